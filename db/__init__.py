@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL directly: SQL, pool, migrations, embedded server."""

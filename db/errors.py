@@ -1,0 +1,110 @@
+"""The one place that turns PostgreSQL errors into Tollgate's domain errors.
+
+Tollgate's own rules raise SQLSTATEs of class TG (see db/sql/10-guards.sql) and name the rule
+in the error's CONSTRAINT field; table and domain constraints are named too. Both names are
+part of the API: they become the stable ``code`` of an error response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+from psycopg import errors as pgerr
+
+Kind = Literal[
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "invalid",
+    "payment_required",
+    "unavailable",
+    "bad_gateway",
+]
+
+
+@dataclass
+class DomainError(Exception):
+    kind: Kind
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+# Tollgate's own SQLSTATEs. The message is the one the function raised, written for people.
+RULES: dict[str, tuple[Kind, str]] = {
+    "TG001": ("unauthorized", "invalid_api_key"),
+    "TG002": ("forbidden", "admin_key_required"),
+    "TG003": ("not_found", "not_found"),
+    "TG010": ("conflict", "invalid_transition"),
+    "TG011": ("conflict", "immutable"),
+    "TG012": ("conflict", "append_only"),
+    "TG020": ("conflict", "idempotency_key_reused"),
+    "TG030": ("invalid", "invalid_event"),
+}
+
+# Named table and domain constraints a caller can run into, with a message that does not
+# expose the schema.
+CONSTRAINTS: dict[str, tuple[str, str]] = {
+    "amount_minor_range": (
+        "invalid_amount",
+        "amount must be a positive whole number of minor units, at most 999999999999",
+    ),
+    "payment_amount_max": (
+        "invalid_amount",
+        "amount is above the largest payment Stripe accepts (99999999 minor units)",
+    ),
+    "payment_intents_currency_fkey": ("unknown_currency", "currency is not an ISO 4217 code"),
+    "purpose_format": (
+        "invalid_purpose",
+        "purpose must be 1-100 characters of a-z, 0-9 and _ . : - starting with a letter or digit",
+    ),
+    "description_length": ("invalid_description", "description is limited to 1000 characters"),
+    "idempotency_keys_key_format": (
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+    ),
+    "accounts_external_id_format": (
+        "invalid_account_id",
+        "account ids are 1-128 characters of letters, digits and _ . : @ -",
+    ),
+    "payment_events_id_format": ("invalid_event", "event id must look like evt_..."),
+    "payment_events_type_format": ("invalid_event", "event type is malformed"),
+    "payment_intents_stripe_id_format": ("invalid_event", "PaymentIntent id must look like pi_..."),
+}
+
+UNAVAILABLE = (
+    pgerr.OperationalError,  # connection lost, server shutting down, too many connections
+    pgerr.SerializationFailure,
+    pgerr.DeadlockDetected,
+    pgerr.LockNotAvailable,
+    pgerr.QueryCanceled,
+)
+
+
+def from_psycopg(exc: psycopg.Error) -> DomainError | None:
+    """The domain error for ``exc``, or None when it is a defect rather than a refusal."""
+    sqlstate = exc.sqlstate or ""
+    constraint = exc.diag.constraint_name if exc.diag else None
+    message = (exc.diag.message_primary if exc.diag else None) or str(exc)
+    if sqlstate in RULES:
+        kind, code = RULES[sqlstate]
+        return DomainError(kind, code, message)
+    if constraint in CONSTRAINTS:
+        code, friendly = CONSTRAINTS[constraint]
+        kind = "conflict" if sqlstate == "23505" else "invalid"
+        return DomainError(kind, code, friendly)
+    if isinstance(exc, UNAVAILABLE) or isinstance(exc, psycopg.OperationalError):
+        return DomainError("unavailable", "database_unavailable", "the database is unavailable")
+    if sqlstate.startswith("22"):  # data exception: a value out of range or malformed
+        return DomainError("invalid", "invalid_input", message)
+    return None
+
+
+def translate(exc: psycopg.Error) -> Exception:
+    """What to raise instead of ``exc``: a DomainError, or ``exc`` itself for a defect."""
+    return from_psycopg(exc) or exc

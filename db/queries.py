@@ -1,0 +1,232 @@
+"""Typed calls of the named queries in ``queries.sql``.
+
+Each helper takes the connection to run on, so a caller can put several calls in one
+transaction, and returns rows as dataclasses. psycopg errors leave as DomainError
+(see db/errors.py) or, for defects, unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, LiteralString, TypeVar, cast
+from uuid import UUID
+
+import psycopg
+from psycopg import AsyncConnection, Connection, sql
+from psycopg.rows import class_row
+
+from db import errors
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def load_queries(path: Path) -> dict[str, sql.SQL]:
+    """Split a file of ``-- name: x`` blocks into {name: query}."""
+    text = path.read_text(encoding="utf-8")
+    parts = _NAME.split(text)[1:]
+    return {
+        name: sql.SQL(cast(LiteralString, body.strip().rstrip(";")))
+        for name, body in zip(parts[::2], parts[1::2], strict=True)
+    }
+
+
+QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentClaim:
+    replayed: bool
+    payment_id: UUID
+    account_uuid: UUID
+    amount: int
+    currency: str
+    stripe_idempotency_key: str
+    response: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: UUID
+    stripe_id: str
+    account_id: str
+    amount: int
+    currency: str
+    status: str
+    purpose: str | None
+    description: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    allowed: bool
+    status: str | None
+    payment_id: UUID | None
+    account_id: str
+    purpose: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    outcome: str
+    event_id: str
+    payment_id: UUID | None
+    payment_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    key_id: UUID
+    account_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    key_id: UUID
+    account_id: str
+    key_prefix: str
+    is_admin: bool
+    label: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Revoked:
+    revoked: bool
+
+
+async def _one(
+    conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]
+) -> T:
+    try:
+        cur = conn.cursor(row_factory=class_row(row))
+        await cur.execute(QUERIES[name], params)
+        result = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+    if result is None:  # every api function returns a row or raises
+        raise RuntimeError(f"query {name} returned no row")
+    return result
+
+
+def _all_sync(
+    conn: Connection[Any], row: type[T], name: str, params: Mapping[str, Any]
+) -> list[T]:
+    try:
+        cur = conn.cursor(row_factory=class_row(row))
+        cur.execute(QUERIES[name], params)
+        return cur.fetchall()
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+
+
+async def ping(conn: AsyncConnection[Any]) -> None:
+    try:
+        await conn.execute(QUERIES["ping"])
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+
+
+async def begin_payment(
+    conn: AsyncConnection[Any],
+    *,
+    key_hash: bytes,
+    idempotency_key: str,
+    account: str | None,
+    amount: int,
+    currency: str,
+    purpose: str | None,
+    description: str | None,
+    payment_method: str | None,
+) -> PaymentClaim:
+    params = {
+        "key_hash": key_hash,
+        "idempotency_key": idempotency_key,
+        "account": account,
+        "amount": amount,
+        "currency": currency,
+        "purpose": purpose,
+        "description": description,
+        "payment_method": payment_method,
+    }
+    return await _one(conn, PaymentClaim, "begin_payment", params)
+
+
+async def finish_payment(
+    conn: AsyncConnection[Any],
+    *,
+    key_hash: bytes,
+    payment_id: UUID,
+    stripe_id: str,
+    status: str,
+    client_secret: str | None,
+) -> dict[str, Any]:
+    params = {
+        "key_hash": key_hash,
+        "payment_id": payment_id,
+        "stripe_id": stripe_id,
+        "status": status,
+        "client_secret": client_secret,
+    }
+    return (await _one(conn, _Response, "finish_payment", params)).response
+
+
+async def get_payment(conn: AsyncConnection[Any], *, key_hash: bytes, ref: str) -> Payment:
+    return await _one(conn, Payment, "get_payment", {"key_hash": key_hash, "ref": ref})
+
+
+async def can_continue(
+    conn: AsyncConnection[Any], *, key_hash: bytes, account: str, purpose: str | None
+) -> Continuation:
+    return await _one(
+        conn,
+        Continuation,
+        "can_continue",
+        {"key_hash": key_hash, "account": account, "purpose": purpose},
+    )
+
+
+async def ingest_stripe_event(conn: AsyncConnection[Any], *, event: str) -> EventOutcome:
+    """Store and apply one verified Stripe event, given as its raw JSON text."""
+    return await _one(conn, EventOutcome, "ingest_stripe_event", {"event": event})
+
+
+def create_api_key(
+    conn: Connection[Any],
+    *,
+    account: str,
+    key_hash: bytes,
+    key_prefix: str,
+    is_admin: bool,
+    label: str | None,
+) -> CreatedKey:
+    params = {
+        "account": account,
+        "key_hash": key_hash,
+        "key_prefix": key_prefix,
+        "is_admin": is_admin,
+        "label": label,
+    }
+    return _all_sync(conn, CreatedKey, "create_api_key", params)[0]
+
+
+def revoke_api_key(conn: Connection[Any], *, key_id: UUID) -> bool:
+    return _all_sync(conn, _Revoked, "revoke_api_key", {"key_id": key_id})[0].revoked
+
+
+def list_api_keys(conn: Connection[Any], *, account: str | None) -> list[ApiKeyInfo]:
+    return _all_sync(conn, ApiKeyInfo, "list_api_keys", {"account": account})
+

@@ -1,0 +1,84 @@
+-- Generic guards used by several tables: who is acting, append-only tables, immutable columns.
+--
+-- SQLSTATEs raised by Tollgate's own rules (class TG); db/errors.py maps them to API errors:
+--   TG001 invalid API key            TG002 admin key required      TG003 not found / not yours
+--   TG010 payment transition refused TG011 immutable column        TG012 append-only table
+--   TG020 idempotency key reused with another request               TG030 malformed Stripe event
+-- Each RAISE also names the rule in CONSTRAINT, so errors carry a stable name.
+
+SET LOCAL ROLE tollgate_owner;
+
+-- Who is acting, for the audit trail: set per transaction by the api functions
+-- ("key:<id>", "stripe:<event id>"); otherwise the database role of a direct SQL session.
+CREATE OR REPLACE FUNCTION tollgate.actor() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('tollgate.actor', true), ''), 'db:' || session_user)
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.set_actor(p_actor text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT set_config('tollgate.actor', p_actor, true)
+$$;
+
+-- Trigger: refuse UPDATE, DELETE and TRUNCATE on an append-only table.
+CREATE OR REPLACE FUNCTION tollgate.refuse_change() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'tollgate.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'TG012',
+              CONSTRAINT = TG_TABLE_NAME || '_append_only',
+              SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+END
+$$;
+
+-- Trigger (BEFORE UPDATE): the columns named in the trigger arguments never change. A name
+-- ending in "?" may be filled in once (NULL -> value) and then never changes.
+CREATE OR REPLACE FUNCTION tollgate.keep_columns() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_row jsonb := to_jsonb(OLD);
+    new_row jsonb := to_jsonb(NEW);
+    arg     text;
+    col     text;
+BEGIN
+    FOREACH arg IN ARRAY TG_ARGV LOOP
+        col := rtrim(arg, '?');
+        IF old_row -> col IS DISTINCT FROM new_row -> col
+           AND NOT (arg LIKE '%?' AND old_row -> col = 'null'::jsonb) THEN
+            RAISE EXCEPTION 'tollgate.%.% cannot change once set (row %)', TG_TABLE_NAME, col,
+                    coalesce(old_row ->> 'id', old_row::text)
+                USING ERRCODE = 'TG011',
+                      CONSTRAINT = TG_TABLE_NAME || '_' || col || '_immutable',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = col;
+        END IF;
+    END LOOP;
+    RETURN NEW;
+END
+$$;
+
+-- Record one change in the audit trail.
+CREATE OR REPLACE FUNCTION tollgate.audit(
+    p_account_id uuid, p_entity text, p_entity_id text, p_action text,
+    p_old_value text DEFAULT NULL, p_new_value text DEFAULT NULL
+) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, old_value, new_value, actor)
+    VALUES (p_account_id, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor())
+$$;
+
+CREATE OR REPLACE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();

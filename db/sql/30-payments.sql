@@ -1,0 +1,285 @@
+-- Payment intents: the status machine, early and stale Stripe events, audit and outbox.
+--
+-- Flow of a status change, whoever makes it (api function or direct UPDATE in psql):
+--   BEFORE UPDATE  payment_intents_10_keep_columns   identity and money never change
+--   BEFORE UPDATE  payment_intents_20_transition     only rows of payment_transitions pass (TG010)
+--   AFTER          payment_intents_50_status_changed audit row; outbox row on succeeded/refunded
+--   AFTER INSERT   outbox_notify                     pg_notify(payment_settled | payment_refunded)
+
+SET LOCAL ROLE tollgate_owner;
+
+-- Serialises everything about one Stripe PaymentIntent: ingesting its events and inserting its
+-- row. Without it an early event and the row could each commit without seeing the other.
+CREATE OR REPLACE FUNCTION tollgate.lock_stripe_object(p_stripe_id text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended('tollgate:stripe:' || p_stripe_id, 0))
+$$;
+
+-- A Stripe PaymentIntent status as Tollgate's enum; NULL for one Tollgate does not know.
+CREATE OR REPLACE FUNCTION tollgate.payment_status_from_stripe(p_status text)
+RETURNS tollgate.payment_status
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.status FROM tollgate.payment_statuses s WHERE s.status::text = p_status
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Outbox
+-- ---------------------------------------------------------------------------------------------
+
+-- Announce a change: a durable outbox row, in the caller's transaction.
+CREATE OR REPLACE FUNCTION tollgate.emit(p_account_id uuid, p_topic text, p_payload jsonb)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tollgate.outbox (account_id, topic, payload)
+    VALUES (p_account_id, p_topic, p_payload)
+    RETURNING id
+$$;
+
+-- Every outbox row wakes listeners of the channel named after its topic (payment.settled ->
+-- payment_settled). NOTIFY is delivered on commit, so listeners never see a rolled-back change.
+CREATE OR REPLACE FUNCTION tollgate.outbox_notify() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify(
+        replace(NEW.topic, '.', '_'),
+        (jsonb_build_object('outbox_id', NEW.id, 'event_id', NEW.event_id, 'topic', NEW.topic,
+                            'account_id', NEW.account_id) || NEW.payload)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER outbox_notify
+    AFTER INSERT ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_notify();
+CREATE OR REPLACE TRIGGER outbox_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER outbox_no_truncate
+    BEFORE TRUNCATE ON tollgate.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Payment intents
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tollgate.payment_intents_lock() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tollgate.lock_stripe_object(NEW.stripe_id);
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.check_payment_transition() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status AND NOT EXISTS (
+        SELECT FROM tollgate.payment_transitions t
+        WHERE t.from_status = OLD.status AND t.to_status = NEW.status
+    ) THEN
+        RAISE EXCEPTION 'payment % cannot go from % to %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'TG010', CONSTRAINT = 'payment_transition_allowed',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.payment_status_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_status text;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF OLD.status = NEW.status THEN
+            RETURN NULL;
+        END IF;
+        old_status := OLD.status::text;
+    END IF;
+    PERFORM tollgate.audit(NEW.account_id, 'payment_intent', NEW.id::text,
+                           CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'status_changed' END,
+                           old_status, NEW.status::text);
+    IF NEW.status IN ('succeeded', 'refunded') THEN
+        PERFORM tollgate.emit(
+            NEW.account_id,
+            CASE NEW.status WHEN 'succeeded' THEN 'payment.settled' ELSE 'payment.refunded' END,
+            jsonb_build_object('payment_id', NEW.id, 'stripe_id', NEW.stripe_id,
+                               'amount', NEW.amount, 'currency', NEW.currency,
+                               'purpose', NEW.purpose));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Events that arrived before their payment intent row are applied as soon as it appears,
+-- oldest first.
+CREATE OR REPLACE FUNCTION tollgate.apply_pending_payment_events() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev record;
+BEGIN
+    FOR ev IN
+        SELECT e.id
+        FROM tollgate.payment_events e
+        JOIN tollgate.payment_statuses s ON s.status = e.target_status
+        WHERE e.stripe_object_id = NEW.stripe_id AND e.state = 'pending'
+        ORDER BY e.stripe_created, s.progress, e.received_at, e.id
+    LOOP
+        PERFORM tollgate.apply_payment_event(ev.id);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER payment_intents_05_lock
+    BEFORE INSERT ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_intents_lock();
+CREATE OR REPLACE TRIGGER payment_intents_10_keep_columns
+    BEFORE UPDATE ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'account_id', 'stripe_id', 'amount', 'currency', 'purpose', 'description',
+        'idempotency_key', 'created_at');
+CREATE OR REPLACE TRIGGER payment_intents_20_transition
+    BEFORE UPDATE ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_payment_transition();
+CREATE OR REPLACE TRIGGER payment_intents_50_status_changed
+    AFTER INSERT OR UPDATE OF status ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_status_changed();
+CREATE OR REPLACE TRIGGER payment_intents_60_apply_pending_events
+    AFTER INSERT ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.apply_pending_payment_events();
+CREATE OR REPLACE TRIGGER payment_intents_no_delete
+    BEFORE DELETE ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER payment_intents_no_truncate
+    BEFORE TRUNCATE ON tollgate.payment_intents
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Stripe events
+-- ---------------------------------------------------------------------------------------------
+
+-- Apply one stored event to its payment intent, if the intent exists. Returns the event's
+-- state afterwards:
+--   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
+--   stale    - an event created before the last one applied (ties broken by lifecycle
+--              progress) never moves the status;
+--   applied  - the status moved, or already was the event's;
+--   rejected - the move is not in payment_transitions (e.g. canceled -> succeeded).
+-- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
+-- The caller must hold tollgate.lock_stripe_object for the event's object.
+CREATE OR REPLACE FUNCTION tollgate.apply_payment_event(p_event_id text)
+RETURNS tollgate.event_state
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev          tollgate.payment_events;
+    pi          tollgate.payment_intents;
+    cur_rank    smallint;
+    new_rank    smallint;
+    outcome     tollgate.event_state;
+    why         text;
+    prev_actor  text := current_setting('tollgate.actor', true);
+BEGIN
+    SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id FOR UPDATE;
+    IF ev.state <> 'pending' THEN
+        RETURN ev.state;
+    END IF;
+    SELECT * INTO pi FROM tollgate.payment_intents WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'pending';
+    END IF;
+
+    PERFORM tollgate.set_actor('stripe:' || ev.id);
+    SELECT progress INTO cur_rank FROM tollgate.payment_statuses WHERE status = pi.status;
+    SELECT progress INTO new_rank FROM tollgate.payment_statuses WHERE status = ev.target_status;
+
+    IF pi.last_event_at IS NOT NULL
+       AND (ev.stripe_created, new_rank) <= (pi.last_event_at, cur_rank) THEN
+        outcome := 'stale';
+        why := format('not newer than %s (%s, %s), already applied', pi.last_event_id,
+                      pi.last_event_at, pi.status);
+    ELSIF ev.target_status = pi.status
+          OR EXISTS (SELECT FROM tollgate.payment_transitions
+                     WHERE from_status = pi.status AND to_status = ev.target_status) THEN
+        UPDATE tollgate.payment_intents
+        SET status = ev.target_status, last_event_id = ev.id, last_event_at = ev.stripe_created
+        WHERE id = pi.id;
+        outcome := 'applied';
+    ELSIF ev.target_status = 'refunded' AND EXISTS (
+        SELECT FROM tollgate.payment_transitions
+        WHERE from_status = pi.status AND to_status = 'succeeded'
+    ) THEN
+        UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = pi.id;
+        UPDATE tollgate.payment_intents
+        SET status = 'refunded', last_event_id = ev.id, last_event_at = ev.stripe_created
+        WHERE id = pi.id;
+        outcome := 'applied';
+        why := format('a full refund implies the payment succeeded (was %s)', pi.status);
+    ELSE
+        outcome := 'rejected';
+        why := format('%s -> %s is not an allowed transition', pi.status, ev.target_status);
+    END IF;
+
+    UPDATE tollgate.payment_events
+    SET state = outcome, note = why, processed_at = now(),
+        account_id = pi.account_id, payment_intent_id = pi.id
+    WHERE id = ev.id;
+    PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
+    RETURN outcome;
+END
+$$;
+
+-- The inbox keeps what Stripe sent: only the processing columns move, once.
+CREATE OR REPLACE FUNCTION tollgate.payment_events_state_final() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF OLD.state <> 'pending' AND NEW.state IS DISTINCT FROM OLD.state THEN
+        RAISE EXCEPTION 'payment event % is % already', OLD.id, OLD.state
+            USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_state_final',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
+    BEFORE UPDATE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
+        'received_at', 'account_id?', 'payment_intent_id?', 'processed_at?');
+CREATE OR REPLACE TRIGGER payment_events_20_state_final
+    BEFORE UPDATE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_events_state_final();
+CREATE OR REPLACE TRIGGER payment_events_no_delete
+    BEFORE DELETE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER payment_events_no_truncate
+    BEFORE TRUNCATE ON tollgate.payment_events
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER idempotency_keys_10_keep_columns
+    BEFORE UPDATE ON tollgate.idempotency_keys
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'account_id', 'key', 'request_hash', 'request', 'payment_id', 'created_at',
+        'response?', 'completed_at?');
