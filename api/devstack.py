@@ -1,0 +1,95 @@
+"""``tollgate dev``: everything needed to try Tollgate on a laptop, with no configuration.
+
+Uses DATABASE_URL and STRIPE_* when they are set; otherwise starts an embedded PostgreSQL in
+the data folder and a local Stripe emulator whose webhooks point at the API.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+
+import psycopg
+import uvicorn
+
+from api import stripe_emulator
+from api.config import Settings
+from api.main import create_app
+from db import embedded, keys
+from db.migrate import migrate
+
+DEV_ACCOUNT = "dev_account"
+
+
+def database_url(stack: ExitStack, data_dir: Path) -> str:
+    """DATABASE_URL, or the embedded server in ``data_dir`` (started if needed)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    server = embedded.start(data_dir / "pgdata")
+    stack.callback(server.cleanup)
+    return embedded.dsn(server)
+
+
+def run(*, host: str, port: int, data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        dsn = database_url(stack, data_dir)
+        applied = migrate(dsn)
+        print(f"database ready ({len(applied)} migrations applied)")
+
+        api_key = os.environ.get("STRIPE_API_KEY")
+        webhook_secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+        api_base = os.environ.get("STRIPE_API_BASE")
+        if not api_key:
+            emulator_port = stripe_emulator.free_port()
+            log = (data_dir / "localstripe.log").open("ab")
+            stack.callback(log.close)
+            emulator = stripe_emulator.start(emulator_port, log=log.fileno())
+            stack.callback(_stop, emulator)
+            api_key = "sk_test_tollgate_dev"
+            webhook_secret = "whsec_" + secrets.token_hex(16)
+            api_base = f"http://127.0.0.1:{emulator_port}"
+            stripe_emulator.register_webhook(
+                api_base,
+                name="tollgate",
+                url=f"http://127.0.0.1:{port}/v1/webhooks/stripe",
+                secret=webhook_secret,
+            )
+            print(f"Stripe emulator (localstripe) on {api_base}, webhooks -> this API")
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            new = keys.create(conn, account=DEV_ACCOUNT, label="tollgate dev")
+
+        settings = Settings(
+            environment="development",
+            database_url=dsn,
+            stripe_api_key=api_key,
+            stripe_webhook_secret=webhook_secret,
+            stripe_api_base=api_base,
+        )
+        base = f"http://{host}:{port}"
+        print(
+            f"\nTollgate API on {base}  (docs: {base}/docs)\n"
+            f"API key for account {DEV_ACCOUNT} (shown once): {new.key}\n\n"
+            "Try it:\n"
+            f"  curl -s -X POST {base}/v1/payments \\\n"
+            f"    -H 'Authorization: Bearer {new.key}' \\\n"
+            f"    -H 'Idempotency-Key: first-payment' -H 'Content-Type: application/json' \\\n"
+            "    -d '{\"amount\": 1250, \"currency\": \"usd\", \"purpose\": \"report.generate\"}'\n"
+            f"  curl -s {base}/v1/accounts/{DEV_ACCOUNT}/can-continue "
+            f"-H 'Authorization: Bearer {new.key}'\n",
+            flush=True,
+        )
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -1,0 +1,98 @@
+"""Every error leaves as JSON ``{"error": {"code", "message"}}`` with a fitting status.
+
+Domain errors carry a kind; this module alone maps kinds to HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db.errors import DomainError, Kind, translate
+
+log = logging.getLogger("tollgate.api")
+
+STATUS: dict[Kind, int] = {
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "invalid": 422,
+    "payment_required": 402,
+    "unavailable": 503,
+    "bad_gateway": 502,
+}
+
+# Codes that are the caller's malformed request rather than a refused one.
+BAD_REQUEST_CODES = {"invalid_signature", "invalid_event", "malformed_json"}
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    status = 400 if exc.code in BAD_REQUEST_CODES else STATUS[exc.kind]
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    return error_response(status, exc.code, exc.message, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return domain_error_response(exc)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # Errors raised outside db/queries.py (pool checkout, connection loss mid-transaction).
+    assert isinstance(exc, psycopg.Error)
+    translated = translate(exc)
+    if isinstance(translated, DomainError):
+        return domain_error_response(translated)
+    log.exception("database error", exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected database error occurred")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    details = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "problem": e.get("msg")}
+        for e in errors
+    ]
+    first = details[0] if details else {"field": "", "problem": "invalid request"}
+    message = f"{first['field'] or 'request'}: {first['problem']}"
+    return error_response(422, "invalid_request", message, details=details)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(psycopg.Error, _database_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

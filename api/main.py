@@ -1,0 +1,51 @@
+"""The FastAPI application. ``create_app`` is the factory uvicorn runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.config import Settings
+from api.routes import accounts, health, payments, webhooks
+from api.stripe_gateway import StripeGateway
+from db.pool import create_pool
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings are read from the environment at startup, not at import."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or Settings()  # type: ignore[call-arg]  # filled from the environment
+        pool = create_pool(
+            s.database_url,
+            role=s.database_role,
+            min_size=s.db_pool_min_size,
+            max_size=s.db_pool_max_size,
+            timeout=s.db_pool_timeout,
+        )
+        # Start even if the database is down: requests answer 503 until it is back.
+        await pool.open(wait=False)
+        gateway = StripeGateway(
+            s.stripe_api_key.get_secret_value(), api_base=s.stripe_api_base, timeout=s.stripe_timeout
+        )
+        app.state.settings, app.state.pool, app.state.stripe = s, pool, gateway
+        try:
+            yield
+        finally:
+            await pool.close()
+            await gateway.close()
+
+    app = FastAPI(
+        title="Tollgate",
+        summary="Payments backend for AI agents; PostgreSQL enforces every rule.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, payments, accounts, webhooks):
+        app.include_router(module.router)
+    return app

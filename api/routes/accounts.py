@@ -1,0 +1,50 @@
+"""GET /v1/accounts/{account_id}/can-continue."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from api.deps import KeyHash, Pool
+from api.models import ApiError, Continuation, ErrorBody
+from db import queries
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+AccountId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+
+
+@router.get(
+    "/{account_id}/can-continue",
+    response_model=Continuation,
+    responses={
+        402: {"model": Continuation, "description": "the account must pay before continuing"},
+        401: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+)
+async def can_continue(
+    account_id: AccountId,
+    key_hash: KeyHash,
+    pool: Pool,
+    purpose: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")] = None,
+) -> JSONResponse:
+    """May the agent go on? 200 when the newest payment (for ``purpose``) succeeded, else 402."""
+    async with pool.connection() as conn:
+        found = await queries.can_continue(
+            conn, key_hash=key_hash, account=account_id, purpose=purpose
+        )
+    answer = Continuation.model_validate(found, from_attributes=True)
+    if not answer.allowed:
+        answer.error = ApiError(
+            code="payment_required",
+            message="no succeeded payment"
+            if answer.status is None
+            else f"the newest payment is {answer.status}, not succeeded",
+        )
+    return JSONResponse(
+        answer.model_dump(mode="json", exclude_none=False), status_code=200 if answer.allowed else 402
+    )

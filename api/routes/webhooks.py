@@ -1,0 +1,51 @@
+"""POST /v1/webhooks/stripe: verify the signature, then one function call."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+
+from api.deps import Pool, SettingsDep
+from api.models import ErrorBody, WebhookReceipt
+from api.stripe_gateway import verify_webhook
+from db import queries
+from db.errors import DomainError
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+MAX_EVENT_BYTES = 1 << 20
+
+
+@router.post(
+    "/stripe",
+    response_model=WebhookReceipt,
+    responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def stripe_webhook(
+    request: Request,
+    pool: Pool,
+    settings: SettingsDep,
+    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+) -> WebhookReceipt:
+    """Store a Stripe event once and apply it. Any 2xx tells Stripe to stop retrying;
+    503 (database down) makes it retry later, and a replay is answered "duplicate"."""
+    payload = await request.body()
+    if len(payload) > MAX_EVENT_BYTES:
+        raise DomainError("invalid", "invalid_event", "the event is larger than 1 MiB")
+    verify_webhook(
+        payload,
+        stripe_signature,
+        settings.stripe_webhook_secret.get_secret_value(),
+        settings.webhook_tolerance,
+    )
+    try:
+        text = payload.decode("utf-8")
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise DomainError("invalid", "malformed_json", "the event is not a JSON object") from exc
+    async with pool.connection() as conn:
+        outcome = await queries.ingest_stripe_event(conn, event=text)
+    return WebhookReceipt.model_validate(outcome, from_attributes=True)

@@ -1,0 +1,82 @@
+"""Stripe, through the official SDK. The only module that talks to Stripe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import stripe
+
+from db.errors import DomainError
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedIntent:
+    id: str
+    status: str
+    client_secret: str | None
+
+
+class StripeGateway:
+    def __init__(self, api_key: str, *, api_base: str | None, timeout: float) -> None:
+        self._http = stripe.HTTPXClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=self._http,
+            max_network_retries=0,
+        )
+
+    async def close(self) -> None:
+        await self._http.close_async()
+
+    async def create_payment_intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        payment_method: str | None,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> CreatedIntent:
+        """Create a PaymentIntent; Stripe failures become DomainErrors the API can answer with."""
+        params: dict[str, object] = {
+            "amount": amount,
+            "currency": currency.lower(),
+            "metadata": metadata,
+        }
+        if payment_method:
+            params["payment_method"] = payment_method
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.CardError as exc:
+            raise DomainError("payment_required", "card_declined", exc.user_message or str(exc))
+        except stripe.InvalidRequestError as exc:
+            raise DomainError("invalid", "stripe_rejected", exc.user_message or str(exc)) from exc
+        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+            raise DomainError(
+                "unavailable", "stripe_unavailable", "Stripe could not be reached; retry later"
+            ) from exc
+        except stripe.StripeError as exc:
+            raise DomainError(
+                "bad_gateway", "stripe_error", f"Stripe answered with an error: {exc}"
+            ) from exc
+        return CreatedIntent(
+            id=intent.id, status=intent.status, client_secret=intent.client_secret
+        )
+
+
+def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance: int) -> None:
+    """Check a webhook's Stripe-Signature with the SDK; raise DomainError when it fails."""
+    if not signature:
+        raise DomainError("invalid", "invalid_signature", "the Stripe-Signature header is missing")
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"), signature, secret, tolerance
+        )
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        raise DomainError(
+            "invalid", "invalid_signature", f"the webhook signature does not verify: {exc}"
+        ) from exc
