@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -29,9 +31,9 @@ def database_url(stack: ExitStack, data_dir: Path) -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    server = embedded.start(data_dir / "pgdata")
-    stack.callback(server.cleanup)
-    return embedded.dsn(server)
+    server = embedded.EmbeddedServer(data_dir / "pgdata")
+    stack.callback(server.stop)
+    return server.dsn()
 
 
 def run(*, host: str, port: int, data_dir: Path) -> None:
@@ -84,6 +86,9 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
             f"-H 'Authorization: Bearer {new.key}'\n",
             flush=True,
         )
+        # uvicorn re-raises SIGTERM after its graceful shutdown; make that unwind this stack
+        # (stopping the emulator and the embedded server) instead of killing the process.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 

@@ -36,9 +36,12 @@ def migrate(dsn: str) -> list[str]:
     from yoyo import get_backend, read_migrations
 
     backend = get_backend(yoyo_uri(dsn))
-    migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations_only(pending)
-        backend.run_post_apply(migrations)
+    try:
+        migrations = read_migrations(str(MIGRATIONS_DIR))
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations_only(pending)
+            backend.run_post_apply(migrations)
+    finally:
+        backend.connection.close()
     return [m.id for m in pending]

@@ -1,0 +1,204 @@
+"""Test fixtures: a real PostgreSQL, a fresh database per test, a real Stripe emulator.
+
+PostgreSQL is the server in DATABASE_URL, else an embedded one started for the session. The
+migrations are applied once to a template database (with pgTAP installed); every test gets
+its own database cloned from it, so no test sees another's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from api import stripe_emulator
+from api.config import Settings
+from api.main import create_app
+from db import keys, pgtap
+from db.embedded import EmbeddedServer
+from db.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+PGTAP_CACHE = ROOT / ".tollgate" / "cache" / "pgtap"
+
+
+@dataclass
+class Cluster:
+    admin_dsn: str
+    embedded: bool
+
+    def dsn(self, dbname: str) -> str:
+        params = conninfo_to_dict(self.admin_dsn)
+        params["dbname"] = dbname
+        return make_conninfo(**params)
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.admin_dsn, autocommit=True)
+
+
+@dataclass
+class Template:
+    name: str
+    pgtap_error: str | None
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield Cluster(url, embedded=False)
+        return
+    server = EmbeddedServer(tmp_path_factory.mktemp("postgres") / "data", temporary=True)
+    try:
+        yield Cluster(server.dsn(), embedded=True)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def template(cluster: Cluster) -> Iterator[Template]:
+    name = f"tollgate_template_{os.getpid()}"
+    with cluster.admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate(cluster.dsn(name))
+    pgtap_error = None
+    with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+        try:
+            override = os.environ.get("PGTAP_DIR")
+            pgtap.install(
+                conn,
+                PGTAP_CACHE,
+                embedded_server=cluster.embedded,
+                override=Path(override) if override else None,
+            )
+        except pgtap.PgTapUnavailable as exc:
+            pgtap_error = str(exc)
+    try:
+        yield Template(name, pgtap_error)
+    finally:
+        with cluster.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def db_dsn(cluster: Cluster, template: Template) -> Iterator[str]:
+    """A fresh database with every migration applied, dropped after the test."""
+    name = f"tollgate_test_{secrets.token_hex(6)}"
+    with cluster.admin() as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template.name)
+            )
+        )
+    try:
+        yield cluster.dsn(name)
+    finally:
+        with cluster.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db(db_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection to the test's database, for arranging and inspecting rows."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@dataclass
+class Emulator:
+    base: str
+
+    def point_webhooks_at(self, url: str, secret: str) -> None:
+        stripe_emulator.register_webhook(self.base, name="tollgate", url=url, secret=secret)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """One localstripe process for the session (its objects have unique ids)."""
+    port = stripe_emulator.free_port()
+    log = (tmp_path_factory.mktemp("localstripe") / "localstripe.log").open("ab")
+    process = stripe_emulator.start(port, log=log.fileno())
+    try:
+        yield Emulator(f"http://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@dataclass
+class Api:
+    url: str
+    settings: Settings
+    webhook_secret: str
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+
+def make_settings(dsn: str, emulator_base: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database_url": dsn,
+        "stripe_api_key": "sk_test_tollgate",
+        "stripe_webhook_secret": "whsec_" + secrets.token_hex(16),
+        "stripe_api_base": emulator_base,
+        "db_pool_max_size": 20,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ServerThread:
+    """The real app, served by uvicorn on a free port in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = stripe_emulator.free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        stripe_emulator.wait_for_port(self.port)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def api(db_dsn: str, emulator: Emulator) -> Iterator[Api]:
+    settings = make_settings(db_dsn, emulator.base)
+    secret = settings.stripe_webhook_secret.get_secret_value()
+    with ServerThread(settings) as url:
+        emulator.point_webhooks_at(f"{url}/v1/webhooks/stripe", secret)
+        yield Api(url, settings, secret)
+
+
+@pytest.fixture
+def new_key(db: psycopg.Connection[Any]) -> Any:
+    """Create an API key: new_key("user_1") or new_key("ops", admin=True)."""
+
+    def create(account: str, *, admin: bool = False) -> str:
+        return keys.create(db, account=account, is_admin=admin).key
+
+    return create
