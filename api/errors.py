@@ -30,7 +30,7 @@ STATUS: dict[Kind, int] = {
 }
 
 # Codes that are the caller's malformed request rather than a refused one.
-BAD_REQUEST_CODES = {"invalid_signature", "invalid_event", "malformed_json"}
+BAD_REQUEST_CODES = {"invalid_signature", "invalid_event", "malformed_json", "idempotency_key_required"}
 
 RETRY_AFTER_SECONDS = "5"
 

@@ -1,0 +1,75 @@
+"""Small helpers shared by the HTTP tests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+import stripe
+from psycopg import sql
+
+T = TypeVar("T")
+
+TABLES = ("accounts", "api_keys", "payment_intents", "idempotency_keys", "payment_events", "outbox", "audit_log")
+
+
+def row_counts(db: psycopg.Connection[Any]) -> dict[str, int]:
+    """How many rows each Tollgate table holds."""
+    counts = {}
+    for table in TABLES:
+        query = sql.SQL("SELECT count(*) FROM tollgate.{}").format(sql.Identifier(table))
+        found = db.execute(query).fetchone()
+        counts[table] = int(found[0]) if found else 0
+    return counts
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """A Stripe-Signature header for ``payload``, computed as Stripe documents it."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def event(event_id: str, stripe_id: str, status: str, created: int | None = None) -> bytes:
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": f"payment_intent.{status}",
+            "created": int(time.time()) if created is None else created,
+            "data": {"object": {"id": stripe_id, "object": "payment_intent", "status": status}},
+        }
+    ).encode()
+
+
+def in_parallel(n: int, call: Callable[[int], T]) -> list[T]:
+    """Run ``call(i)`` for i < n on n threads released at the same moment."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> T:
+        barrier.wait()
+        return call(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def stripe_client(emulator_base: str) -> stripe.StripeClient:
+    return stripe.StripeClient("sk_test_tollgate", base_addresses={"api": emulator_base})
+
+
+def stripe_intents_with(client: stripe.StripeClient, payment_id: str) -> list[Any]:
+    """The emulator's PaymentIntents created for a Tollgate payment id."""
+    listed = client.v1.payment_intents.list({"limit": 100})
+    return [
+        pi
+        for pi in listed.auto_paging_iter()
+        if (pi.to_dict().get("metadata") or {}).get("tollgate_payment_id") == payment_id
+    ]
