@@ -1,0 +1,93 @@
+"""The `tollgate` command, run as a real process, and migrations re-run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from db.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tollgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        cwd=ROOT,
+        env=env if env is not None else os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def can_continue(db: psycopg.Connection[Any], key: str) -> Any:
+    return db.execute(
+        "SELECT allowed FROM api.can_continue_v1(%s, NULL, NULL)", (hashlib.sha256(key.encode()).digest(),)
+    ).fetchone()
+
+
+def test_keys_create_list_revoke(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    env = os.environ | {"DATABASE_URL": db_dsn}
+    created = tollgate("keys", "create", "--account", "cli_user", "--label", "laptop", env=env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("tg_") and len(key) > 40
+    assert can_continue(db, key) == (False,), "the printed key authenticates"
+    stored = db.execute("SELECT key_hash, key_prefix FROM tollgate.api_keys").fetchone()
+    assert stored == (hashlib.sha256(key.encode()).digest(), key[:11]), "only the hash is stored"
+
+    listed = tollgate("keys", "list", "--account", "cli_user", env=env)
+    assert listed.returncode == 0 and key[:11] in listed.stdout and key not in listed.stdout
+    key_id = listed.stdout.split()[0]
+
+    assert tollgate("keys", "revoke", key_id, env=env).returncode == 0
+    with pytest.raises(psycopg.Error) as refused:
+        can_continue(db, key)
+    assert refused.value.sqlstate == "TG001"
+
+
+def test_keys_create_refuses_a_malformed_account(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    done = tollgate("keys", "create", "--account", "has space", env=os.environ | {"DATABASE_URL": db_dsn})
+    assert done.returncode == 2 and "account ids" in done.stderr
+    assert db.execute("SELECT count(*) FROM tollgate.accounts").fetchone() == (0,)
+
+
+def test_serve_without_configuration_explains_what_is_missing() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "STRIPE_API_KEY"}}
+    done = tollgate("serve", env=env)
+    assert done.returncode == 2
+    assert "DATABASE_URL" in done.stderr and "STRIPE_API_KEY" in done.stderr
+
+
+def schema_fingerprint(db: psycopg.Connection[Any]) -> str:
+    rows = db.execute(
+        """
+        SELECT 'function', p.oid::regprocedure::text, pg_get_functiondef(p.oid), coalesce(p.proacl::text, '')
+        FROM pg_proc p WHERE p.pronamespace IN ('tollgate'::regnamespace, 'api'::regnamespace)
+        UNION ALL
+        SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid), ''
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE c.relnamespace = 'tollgate'::regnamespace AND NOT t.tgisinternal
+        UNION ALL
+        SELECT 'relation', c.relname, c.relkind::text, coalesce(c.relacl::text, '')
+        FROM pg_class c WHERE c.relnamespace IN ('tollgate'::regnamespace, 'api'::regnamespace)
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def test_migrating_again_changes_nothing(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    before = schema_fingerprint(db)
+    assert migrate(db_dsn) == [], "every migration was already applied"
+    assert schema_fingerprint(db) == before, "re-applying db/sql is idempotent"
+    done = tollgate("migrate", env=os.environ | {"DATABASE_URL": db_dsn})
+    assert done.returncode == 0 and "nothing new" in done.stdout
