@@ -76,7 +76,9 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
             print(f"tollgate keys create: {exc.message}", file=sys.stderr)
             return 2
     kind = "admin key" if args.admin else "key"
-    print(f"{kind} {new.key_id} for account {args.account}; it is shown only once:", file=sys.stderr)
+    print(
+        f"{kind} {new.key_id} for account {args.account}; it is shown only once:", file=sys.stderr
+    )
     print(new.key)
     return 0
 
@@ -112,7 +114,9 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL, Stripe emulator, API")
+    dev = sub.add_parser(
+        "dev", help="run everything locally: embedded PostgreSQL, Stripe emulator, API"
+    )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(func=_cmd_dev)
@@ -124,7 +128,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_cmd_serve)
 
-    mig = sub.add_parser("migrate", help="apply migrations to DATABASE_URL (or the embedded database)")
+    mig = sub.add_parser(
+        "migrate", help="apply migrations to DATABASE_URL (or the embedded database)"
+    )
     mig.set_defaults(func=_cmd_migrate)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)

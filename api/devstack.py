@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import uvicorn
+from pydantic import SecretStr
 
 from api import stripe_emulator
 from api.config import Settings
@@ -69,8 +70,8 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
         settings = Settings(
             environment="development",
             database_url=dsn,
-            stripe_api_key=api_key,
-            stripe_webhook_secret=webhook_secret,
+            stripe_api_key=SecretStr(api_key),
+            stripe_webhook_secret=SecretStr(webhook_secret),
             stripe_api_base=api_base,
         )
         base = f"http://{host}:{port}"
@@ -81,7 +82,7 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
             f"  curl -s -X POST {base}/v1/payments \\\n"
             f"    -H 'Authorization: Bearer {new.key}' \\\n"
             f"    -H 'Idempotency-Key: first-payment' -H 'Content-Type: application/json' \\\n"
-            "    -d '{\"amount\": 1250, \"currency\": \"usd\", \"purpose\": \"report.generate\"}'\n"
+            '    -d \'{"amount": 1250, "currency": "usd", "purpose": "report.generate"}\'\n'
             f"  curl -s {base}/v1/accounts/{DEV_ACCOUNT}/can-continue "
             f"-H 'Authorization: Bearer {new.key}'\n",
             flush=True,

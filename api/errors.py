@@ -30,7 +30,12 @@ STATUS: dict[Kind, int] = {
 }
 
 # Codes that are the caller's malformed request rather than a refused one.
-BAD_REQUEST_CODES = {"invalid_signature", "invalid_event", "malformed_json", "idempotency_key_required"}
+BAD_REQUEST_CODES = {
+    "invalid_signature",
+    "invalid_event",
+    "malformed_json",
+    "idempotency_key_required",
+}
 
 RETRY_AFTER_SECONDS = "5"
 
@@ -82,7 +87,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Start even if the database is down: requests answer 503 until it is back.
         await pool.open(wait=False)
         gateway = StripeGateway(
-            s.stripe_api_key.get_secret_value(), api_base=s.stripe_api_base, timeout=s.stripe_timeout
+            s.stripe_api_key.get_secret_value(),
+            api_base=s.stripe_api_base,
+            timeout=s.stripe_timeout,
         )
         app.state.settings, app.state.pool, app.state.stripe = s, pool, gateway
         try:

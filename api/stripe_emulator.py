@@ -17,7 +17,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, *, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, *, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
     while True:
@@ -28,7 +30,9 @@ def wait_for_port(port: int, *, timeout: float = 15.0, process: subprocess.Popen
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
+                raise TimeoutError(
+                    f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -50,7 +54,9 @@ def start(port: int, *, log: int | None = subprocess.DEVNULL) -> subprocess.Pope
 def register_webhook(api_base: str, *, name: str, url: str, secret: str) -> None:
     """Point the emulator's webhook ``name`` at ``url``, signing with ``secret``."""
     data = urllib.parse.urlencode({"url": url, "secret": secret}).encode()
-    request = urllib.request.Request(f"{api_base}/_config/webhooks/{name}", data=data, method="POST")
+    request = urllib.request.Request(
+        f"{api_base}/_config/webhooks/{name}", data=data, method="POST"
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 200:
             raise RuntimeError(f"registering the webhook failed: HTTP {response.status}")

@@ -27,7 +27,7 @@ class StripeGateway:
         )
 
     async def close(self) -> None:
-        await self._http.close_async()
+        await self._http.close_async()  # type: ignore[no-untyped-call]
 
     async def create_payment_intent(
         self,
@@ -52,7 +52,9 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             )
         except stripe.CardError as exc:
-            raise DomainError("payment_required", "card_declined", exc.user_message or str(exc))
+            raise DomainError(
+                "payment_required", "card_declined", exc.user_message or str(exc)
+            ) from exc
         except stripe.InvalidRequestError as exc:
             raise DomainError("invalid", "stripe_rejected", exc.user_message or str(exc)) from exc
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
@@ -63,9 +65,7 @@ class StripeGateway:
             raise DomainError(
                 "bad_gateway", "stripe_error", f"Stripe answered with an error: {exc}"
             ) from exc
-        return CreatedIntent(
-            id=intent.id, status=intent.status, client_secret=intent.client_secret
-        )
+        return CreatedIntent(id=intent.id, status=intent.status, client_secret=intent.client_secret)
 
 
 def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance: int) -> None:
@@ -73,9 +73,7 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance
     if not signature:
         raise DomainError("invalid", "invalid_signature", "the Stripe-Signature header is missing")
     try:
-        stripe.WebhookSignature.verify_header(
-            payload.decode("utf-8"), signature, secret, tolerance
-        )
+        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature, secret, tolerance)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise DomainError(
             "invalid", "invalid_signature", f"the webhook signature does not verify: {exc}"

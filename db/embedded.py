@@ -46,7 +46,7 @@ class EmbeddedServer:
         """A libpq connection string (Unix socket) for one database of this server."""
         params = conninfo_to_dict(self._server.get_uri())
         params["dbname"] = dbname
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def pg_ctl(self, *args: str) -> None:
         """Run pg_ctl on this cluster, as the user the server runs as."""

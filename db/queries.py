@@ -108,9 +108,7 @@ class _Revoked:
     revoked: bool
 
 
-async def _one(
-    conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]
-) -> T:
+async def _one(conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> T:
     try:
         cur = conn.cursor(row_factory=class_row(row))
         await cur.execute(QUERIES[name], params)
@@ -122,9 +120,7 @@ async def _one(
     return result
 
 
-def _all_sync(
-    conn: Connection[Any], row: type[T], name: str, params: Mapping[str, Any]
-) -> list[T]:
+def _all_sync(conn: Connection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> list[T]:
     try:
         cur = conn.cursor(row_factory=class_row(row))
         cur.execute(QUERIES[name], params)
@@ -229,4 +225,3 @@ def revoke_api_key(conn: Connection[Any], *, key_id: UUID) -> bool:
 
 def list_api_keys(conn: Connection[Any], *, account: str | None) -> list[ApiKeyInfo]:
     return _all_sync(conn, ApiKeyInfo, "list_api_keys", {"account": account})
-

@@ -17,7 +17,15 @@ from psycopg import sql
 
 T = TypeVar("T")
 
-TABLES = ("accounts", "api_keys", "payment_intents", "idempotency_keys", "payment_events", "outbox", "audit_log")
+TABLES = (
+    "accounts",
+    "api_keys",
+    "payment_intents",
+    "idempotency_keys",
+    "payment_events",
+    "outbox",
+    "audit_log",
+)
 
 
 def row_counts(db: psycopg.Connection[Any]) -> dict[str, int]:

@@ -30,7 +30,8 @@ def tollgate(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 def can_continue(db: psycopg.Connection[Any], key: str) -> Any:
     return db.execute(
-        "SELECT allowed FROM api.can_continue_v1(%s, NULL, NULL)", (hashlib.sha256(key.encode()).digest(),)
+        "SELECT allowed FROM api.can_continue_v1(%s, NULL, NULL)",
+        (hashlib.sha256(key.encode()).digest(),),
     ).fetchone()
 
 
@@ -55,7 +56,9 @@ def test_keys_create_list_revoke(db_dsn: str, db: psycopg.Connection[Any]) -> No
 
 
 def test_keys_create_refuses_a_malformed_account(db_dsn: str, db: psycopg.Connection[Any]) -> None:
-    done = tollgate("keys", "create", "--account", "has space", env=os.environ | {"DATABASE_URL": db_dsn})
+    done = tollgate(
+        "keys", "create", "--account", "has space", env=os.environ | {"DATABASE_URL": db_dsn}
+    )
     assert done.returncode == 2 and "account ids" in done.stderr
     assert db.execute("SELECT count(*) FROM tollgate.accounts").fetchone() == (0,)
 
@@ -70,7 +73,8 @@ def test_serve_without_configuration_explains_what_is_missing() -> None:
 def schema_fingerprint(db: psycopg.Connection[Any]) -> str:
     rows = db.execute(
         """
-        SELECT 'function', p.oid::regprocedure::text, pg_get_functiondef(p.oid), coalesce(p.proacl::text, '')
+        SELECT 'function', p.oid::regprocedure::text, pg_get_functiondef(p.oid),
+               coalesce(p.proacl::text, '')
         FROM pg_proc p WHERE p.pronamespace IN ('tollgate'::regnamespace, 'api'::regnamespace)
         UNION ALL
         SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid), ''

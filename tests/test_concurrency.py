@@ -33,7 +33,9 @@ def test_twenty_identical_creates_make_one_payment(
     assert [pi.id for pi in at_stripe] == [bodies[0]["stripe_id"]], "exactly one Stripe intent"
 
 
-def test_parallel_creates_with_distinct_keys_all_succeed(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+def test_parallel_creates_with_distinct_keys_all_succeed(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
     key = new_key("user_1")
 
     def create(i: int) -> httpx.Response:

@@ -41,7 +41,18 @@ def served(db_dsn: str, emulator: Emulator, tmp_path: Path) -> Iterator[tuple[st
     }
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -65,18 +76,27 @@ def test_pay_confirm_webhook_settle_notify_continue(
     key = new_key("agent_user")
     stripe = stripe_client(emulator.base)
     card = stripe.v1.payment_methods.create(
-        {"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
     )
 
-    with psycopg.connect(db_dsn, autocommit=True) as listener, httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    ) as http:
+    with (
+        psycopg.connect(db_dsn, autocommit=True) as listener,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http,
+    ):
         listener.execute("LISTEN payment_settled")
         assert http.get("/v1/accounts/agent_user/can-continue").status_code == 402
 
         created = http.post(
             "/v1/payments",
-            json={"amount": 4200, "currency": "usd", "purpose": "report.generate", "payment_method": card.id},
+            json={
+                "amount": 4200,
+                "currency": "usd",
+                "purpose": "report.generate",
+                "payment_method": card.id,
+            },
             headers={"Idempotency-Key": "agent-run-1"},
         )
         assert created.status_code == 201, created.text
@@ -94,7 +114,9 @@ def test_pay_confirm_webhook_settle_notify_continue(
         assert note["payment_id"] == payment["id"] and note["topic"] == "payment.settled"
 
         assert http.get(f"/v1/payments/{payment['id']}").json()["status"] == "succeeded"
-        allowed = http.get("/v1/accounts/agent_user/can-continue", params={"purpose": "report.generate"})
+        allowed = http.get(
+            "/v1/accounts/agent_user/can-continue", params={"purpose": "report.generate"}
+        )
         assert allowed.status_code == 200
         assert allowed.json()["allowed"] is True and allowed.json()["status"] == "succeeded"
 
@@ -104,7 +126,10 @@ def test_pay_confirm_webhook_settle_notify_continue(
             (payment["stripe_id"],),
         ).fetchall()
         outbox = db.execute(
-            "SELECT topic FROM tollgate.outbox WHERE payload ->> 'payment_id' = %s", (payment["id"],)
+            "SELECT topic FROM tollgate.outbox WHERE payload ->> 'payment_id' = %s",
+            (payment["id"],),
         ).fetchall()
-    assert received == [("payment_intent.succeeded", "applied")], "the real webhook was stored and applied"
+    assert received == [("payment_intent.succeeded", "applied")], (
+        "the real webhook was stored and applied"
+    )
     assert outbox == [("payment.settled",)]

@@ -40,7 +40,10 @@ def test_database_down_gives_503_with_retry_after(emulator: Emulator) -> None:
             "webhook": http.post(
                 "/v1/webhooks/stripe",
                 content=payload,
-                headers={"Stripe-Signature": sign(payload, secret), "Content-Type": "application/json"},
+                headers={
+                    "Stripe-Signature": sign(payload, secret),
+                    "Content-Type": "application/json",
+                },
             ),
         }
         assert http.get("/healthz").status_code == 200, "liveness does not depend on the database"

@@ -27,16 +27,21 @@ def test_create_records_the_intent_here_and_at_stripe(
     assert body["stripe_id"].startswith("pi_") and body["client_secret"]
 
     stored = db.execute(
-        "SELECT stripe_id, amount, currency, status::text, purpose FROM tollgate.payment_intents WHERE id = %s",
+        "SELECT stripe_id, amount, currency, status::text, purpose"
+        " FROM tollgate.payment_intents WHERE id = %s",
         (body["id"],),
     ).fetchone()
     assert stored == (body["stripe_id"], 1250, "USD", "requires_payment_method", "report.generate")
 
     at_stripe = stripe_intents_with(stripe_client(emulator.base), body["id"])
-    assert [(pi.id, pi.amount, pi.currency) for pi in at_stripe] == [(body["stripe_id"], 1250, "usd")]
+    assert [(pi.id, pi.amount, pi.currency) for pi in at_stripe] == [
+        (body["stripe_id"], 1250, "usd")
+    ]
 
 
-def test_same_key_same_body_replays_the_first_response(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+def test_same_key_same_body_replays_the_first_response(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
     key = new_key("user_123")
     with api.client(key) as http:
         first = http.post("/v1/payments", json=BODY, headers={"Idempotency-Key": "order-2"})
@@ -48,11 +53,18 @@ def test_same_key_same_body_replays_the_first_response(api: Api, new_key: Any, d
     assert row_counts(db)["payment_intents"] == 1
 
 
-def test_same_key_other_body_is_refused(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+def test_same_key_other_body_is_refused(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
     key = new_key("user_123")
     with api.client(key) as http:
-        assert http.post("/v1/payments", json=BODY, headers={"Idempotency-Key": "k"}).status_code == 201
-        r = http.post("/v1/payments", json=BODY | {"amount": 1300}, headers={"Idempotency-Key": "k"})
+        assert (
+            http.post("/v1/payments", json=BODY, headers={"Idempotency-Key": "k"}).status_code
+            == 201
+        )
+        r = http.post(
+            "/v1/payments", json=BODY | {"amount": 1300}, headers={"Idempotency-Key": "k"}
+        )
     assert r.status_code == 409
     assert r.json()["error"]["code"] == "idempotency_key_reused"
     assert row_counts(db)["payment_intents"] == 1
@@ -77,14 +89,18 @@ def test_get_by_tollgate_id_or_stripe_id(api: Api, new_key: Any) -> None:
     assert "client_secret" not in by_id.json()
 
 
-def test_a_key_sees_only_its_own_account(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+def test_a_key_sees_only_its_own_account(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
     with api.client(new_key("alice")) as alice, api.client(new_key("bob")) as bob:
         mine = alice.post("/v1/payments", json=BODY, headers={"Idempotency-Key": "a"}).json()
         assert bob.get(f"/v1/payments/{mine['id']}").status_code == 404
         assert bob.get(f"/v1/payments/{mine['stripe_id']}").status_code == 404
         assert bob.get("/v1/accounts/alice/can-continue").status_code == 404
         before = row_counts(db)
-        r = bob.post("/v1/payments", json=BODY | {"account_id": "alice"}, headers={"Idempotency-Key": "x"})
+        r = bob.post(
+            "/v1/payments", json=BODY | {"account_id": "alice"}, headers={"Idempotency-Key": "x"}
+        )
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         assert row_counts(db) == before
 
@@ -92,7 +108,9 @@ def test_a_key_sees_only_its_own_account(api: Api, new_key: Any, db: psycopg.Con
 def test_admin_keys_act_for_any_account(api: Api, new_key: Any) -> None:
     new_key("alice")
     with api.client(new_key("operator", admin=True)) as admin:
-        r = admin.post("/v1/payments", json=BODY | {"account_id": "alice"}, headers={"Idempotency-Key": "adm"})
+        r = admin.post(
+            "/v1/payments", json=BODY | {"account_id": "alice"}, headers={"Idempotency-Key": "adm"}
+        )
         assert r.status_code == 201 and r.json()["account_id"] == "alice"
         assert admin.get(f"/v1/payments/{r.json()['id']}").status_code == 200
         assert admin.get("/v1/accounts/alice/can-continue").status_code == 402
@@ -144,17 +162,31 @@ BAD_INPUT = [
     ("purpose with spaces", BODY | {"purpose": "Generate Report"}, "b14", 422, "invalid_purpose"),
     ("NUL in a text field", BODY | {"description": "a\x00b"}, "b15", 422, "invalid_request"),
     ("description too long", BODY | {"description": LONG}, "b16", 422, "invalid_description"),
-    ("not a payment method id", BODY | {"payment_method": "card_123"}, "b17", 422, "invalid_request"),
-    ("unknown payment method", BODY | {"payment_method": "pm_doesnotexist"}, "b18", 422, "stripe_rejected"),
+    (
+        "not a payment method id",
+        BODY | {"payment_method": "card_123"},
+        "b17",
+        422,
+        "invalid_request",
+    ),
+    (
+        "unknown payment method",
+        BODY | {"payment_method": "pm_doesnotexist"},
+        "b18",
+        422,
+        "stripe_rejected",
+    ),
     ("malformed JSON", '{"amount": 1250, "currency": ', "b19", 400, "malformed_json"),
-    ("a JSON array", "[1250, \"usd\"]", "b20", 422, "invalid_request"),
+    ("a JSON array", '[1250, "usd"]', "b20", 422, "invalid_request"),
     ("idempotency key with a space", BODY, "has space", 422, "invalid_idempotency_key"),
     ("idempotency key too long", BODY, "k" * 256, 422, "invalid_idempotency_key"),
     ("no idempotency key", BODY, None, 400, "idempotency_key_required"),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "idem", "status", "code"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("case", "body", "idem", "status", "code"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT]
+)
 def test_bad_input_gets_a_clear_4xx_and_writes_nothing(
     api: Api,
     new_key: Any,
@@ -173,7 +205,9 @@ def test_bad_input_gets_a_clear_4xx_and_writes_nothing(
     headers = {"Idempotency-Key": idem} if idem is not None else {}
     with api.client(key) as http:
         if isinstance(body, str):
-            r = http.post("/v1/payments", content=body, headers=headers | {"Content-Type": "application/json"})
+            r = http.post(
+                "/v1/payments", content=body, headers=headers | {"Content-Type": "application/json"}
+            )
         else:
             r = http.post("/v1/payments", json=body, headers=headers)
     assert r.status_code == status, r.text

@@ -25,12 +25,16 @@ def create_payment(api: Api, key: str, idem: str = "p1") -> dict[str, Any]:
 
 def deliver(api: Api, payload: bytes, signature: str | None = None) -> httpx.Response:
     headers = {"Content-Type": "application/json"}
-    headers["Stripe-Signature"] = signature if signature is not None else sign(payload, api.webhook_secret)
+    headers["Stripe-Signature"] = (
+        signature if signature is not None else sign(payload, api.webhook_secret)
+    )
     with httpx.Client(base_url=api.url, timeout=30) as http:
         return http.post("/v1/webhooks/stripe", content=payload, headers=headers)
 
 
-def test_a_signed_event_moves_the_payment(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+def test_a_signed_event_moves_the_payment(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
     payment = create_payment(api, new_key("user_1"))
     r = deliver(api, event("evt_ok_1", payment["stripe_id"], "succeeded"))
     assert r.status_code == 200, r.text
@@ -48,7 +52,10 @@ def test_a_signed_event_moves_the_payment(api: Api, new_key: Any, db: psycopg.Co
 def test_stale_events_do_not_move_the_status_back(api: Api, new_key: Any) -> None:
     payment = create_payment(api, new_key("user_1"))
     now = int(time.time())
-    assert deliver(api, event("evt_new", payment["stripe_id"], "succeeded", now)).json()["outcome"] == "applied"
+    assert (
+        deliver(api, event("evt_new", payment["stripe_id"], "succeeded", now)).json()["outcome"]
+        == "applied"
+    )
     old = deliver(api, event("evt_old", payment["stripe_id"], "processing", now - 5))
     assert old.status_code == 200
     assert old.json()["outcome"] == "stale" and old.json()["payment_status"] == "succeeded"
@@ -59,7 +66,9 @@ def test_an_event_before_its_payment_is_applied_when_the_payment_appears(
 ) -> None:
     key = new_key("user_1")
     with api.client(key) as http:
-        created = http.post("/v1/payments", json=PAYMENT, headers={"Idempotency-Key": "early"}).json()
+        created = http.post(
+            "/v1/payments", json=PAYMENT, headers={"Idempotency-Key": "early"}
+        ).json()
     # Stands in for Stripe's event outrunning Tollgate's own commit: an event for an
     # intent Tollgate has not recorded yet is kept, then applied when the row is inserted.
     early = deliver(api, event("evt_early", "pi_not_yet_recorded", "succeeded"))
@@ -70,7 +79,9 @@ def test_an_event_before_its_payment_is_applied_when_the_payment_appears(
         "FROM tollgate.payment_intents WHERE id = %s",
         (created["id"],),
     )
-    state = db.execute("SELECT state::text FROM tollgate.payment_events WHERE id = 'evt_early'").fetchone()
+    state = db.execute(
+        "SELECT state::text FROM tollgate.payment_events WHERE id = 'evt_early'"
+    ).fetchone()
     status = db.execute(
         "SELECT status::text FROM tollgate.payment_intents WHERE stripe_id = 'pi_not_yet_recorded'"
     ).fetchone()
@@ -80,12 +91,24 @@ def test_an_event_before_its_payment_is_applied_when_the_payment_appears(
 BAD_DELIVERIES = [
     ("no signature", lambda p, s: None, 400, "invalid_signature"),
     ("signed with another secret", lambda p, s: sign(p, "whsec_other"), 400, "invalid_signature"),
-    ("signature older than 300 s", lambda p, s: sign(p, s, int(time.time()) - 301), 400, "invalid_signature"),
-    ("signature from the future replayed", lambda p, s: "t=1,v1=" + "0" * 64, 400, "invalid_signature"),
+    (
+        "signature older than 300 s",
+        lambda p, s: sign(p, s, int(time.time()) - 301),
+        400,
+        "invalid_signature",
+    ),
+    (
+        "signature from the future replayed",
+        lambda p, s: "t=1,v1=" + "0" * 64,
+        400,
+        "invalid_signature",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "signer", "status", "code"), BAD_DELIVERIES, ids=[c[0] for c in BAD_DELIVERIES])
+@pytest.mark.parametrize(
+    ("case", "signer", "status", "code"), BAD_DELIVERIES, ids=[c[0] for c in BAD_DELIVERIES]
+)
 def test_bad_signatures_are_refused_and_write_nothing(
     api: Api, db: psycopg.Connection[Any], case: str, signer: Any, status: int, code: str
 ) -> None:
@@ -117,7 +140,11 @@ def test_a_tampered_body_is_refused(api: Api, db: psycopg.Connection[Any]) -> No
         ("not JSON", b"{not json", "malformed_json"),
         ("a JSON list", b"[1, 2]", "malformed_json"),
         ("not an event", b'{"hello": "world"}', "invalid_event"),
-        ("an event id of the wrong form", event("notanevent", "pi_x", "succeeded"), "invalid_event"),
+        (
+            "an event id of the wrong form",
+            event("notanevent", "pi_x", "succeeded"),
+            "invalid_event",
+        ),
     ],
 )
 def test_signed_garbage_is_refused_and_writes_nothing(
@@ -130,7 +157,9 @@ def test_signed_garbage_is_refused_and_writes_nothing(
     assert row_counts(db) == before
 
 
-def test_twenty_parallel_deliveries_apply_once(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+def test_twenty_parallel_deliveries_apply_once(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
     payment = create_payment(api, new_key("user_1"))
     payload = event("evt_storm", payment["stripe_id"], "succeeded")
     signature = sign(payload, api.webhook_secret)
@@ -142,7 +171,8 @@ def test_twenty_parallel_deliveries_apply_once(api: Api, new_key: Any, db: psyco
     assert counts["payment_events"] == 1
     assert counts["outbox"] == 1
     audit = db.execute(
-        "SELECT count(*) FROM tollgate.audit_log WHERE entity_id = %s AND action = 'status_changed'",
+        "SELECT count(*) FROM tollgate.audit_log"
+        " WHERE entity_id = %s AND action = 'status_changed'",
         (payment["id"],),
     ).fetchone()
     assert audit == (1,)

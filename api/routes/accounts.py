@@ -30,7 +30,9 @@ async def can_continue(
     account_id: AccountId,
     key_hash: KeyHash,
     pool: Pool,
-    purpose: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")] = None,
+    purpose: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")
+    ] = None,
 ) -> JSONResponse:
     """May the agent go on? 200 when the newest payment (for ``purpose``) succeeded, else 402."""
     async with pool.connection() as conn:
@@ -46,5 +48,6 @@ async def can_continue(
             else f"the newest payment is {answer.status}, not succeeded",
         )
     return JSONResponse(
-        answer.model_dump(mode="json", exclude_none=False), status_code=200 if answer.allowed else 402
+        answer.model_dump(mode="json", exclude_none=False),
+        status_code=200 if answer.allowed else 402,
     )
