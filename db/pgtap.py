@@ -11,6 +11,7 @@ Order of attempts:
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,12 @@ class PgTapUnavailable(RuntimeError):
     pass
 
 
+def _apt_download(folder: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["apt-get", "download", DEBIAN_PACKAGE], cwd=folder, capture_output=True, text=True
+    )
+
+
 def _fetch_from_debian(cache: Path) -> Path:
     missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
@@ -37,9 +44,11 @@ def _fetch_from_debian(cache: Path) -> Path:
             "pgtap--*.sql."
         )
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            ["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp, capture_output=True, text=True
-        )
+        done = _apt_download(tmp)
+        if done.returncode != 0 and os.geteuid() == 0:
+            # A fresh machine may have no package lists yet; as root we can fetch them.
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+            done = _apt_download(tmp)
         debs = list(Path(tmp).glob("*.deb"))
         if done.returncode != 0 or not debs:
             raise PgTapUnavailable(
