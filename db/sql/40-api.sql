@@ -269,6 +269,10 @@ BEGIN
     ELSE
         why := format('Tollgate does not act on %s events', ev_type);
     END IF;
+    IF target IS NOT NULL AND object_id IS NULL THEN
+        target := NULL;
+        why := 'the event names no PaymentIntent';
+    END IF;
 
     IF object_id IS NOT NULL THEN
         PERFORM tollgate.lock_stripe_object(object_id);

@@ -1,6 +1,6 @@
 -- Stripe events: stored once, stale ones ignored, early ones applied when the payment appears.
 BEGIN;
-SELECT plan(22);
+SELECT plan(23);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('events_account', sha256('ev-key'), 'tg_events', false, NULL)) IS NOT NULL,
           'an account and key');
@@ -52,6 +52,9 @@ SELECT is(pg_temp.ingest(pg_temp.event('evt_D1', 'pi_D', 'succeeded', 4000)), 'r
 SELECT is(pg_temp.ingest(jsonb_build_object('id', 'evt_X', 'type', 'customer.created', 'created', 1,
           'data', jsonb_build_object('object', jsonb_build_object('object', 'customer', 'id', 'cus_1')))),
           'ignored', 'other event types are stored and ignored');
+SELECT is(pg_temp.ingest(jsonb_build_object('id', 'evt_Y', 'type', 'charge.refunded', 'created', 1,
+          'data', jsonb_build_object('object', jsonb_build_object('object', 'charge', 'id', 'ch_Y', 'refunded', true)))),
+          'ignored', 'a refund that names no payment intent is stored and ignored, not left pending');
 SELECT throws_ok($$SELECT * FROM api.ingest_stripe_event_v1('{"id": "evt_bad"}')$$, 'TG030', NULL,
                  'a malformed event is refused');
 SELECT throws_ok($$UPDATE tollgate.payment_events SET payload = '{}' WHERE id = 'evt_A2'$$, 'TG011', NULL,
