@@ -11,7 +11,6 @@ from psycopg_pool import AsyncConnectionPool
 from api.config import Settings
 from api.stripe_gateway import StripeGateway
 from db.errors import DomainError
-from db.keys import hash_key
 
 
 def _settings(request: Request) -> Settings:
@@ -29,8 +28,8 @@ def _stripe(request: Request) -> StripeGateway:
     return gateway
 
 
-def _key_hash(authorization: Annotated[str | None, Header()] = None) -> bytes:
-    """The SHA-256 of the bearer key; whether it is valid is checked by the database."""
+def _api_key(authorization: Annotated[str | None, Header()] = None) -> str:
+    """The bearer key; whether it is valid is checked by the database."""
     if not authorization:
         raise DomainError(
             "unauthorized", "missing_api_key", "send the key as Authorization: Bearer <key>"
@@ -41,10 +40,10 @@ def _key_hash(authorization: Annotated[str | None, Header()] = None) -> bytes:
         raise DomainError(
             "unauthorized", "malformed_authorization", "expected Authorization: Bearer <key>"
         )
-    return hash_key(key)
+    return key
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 Pool = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(_pool)]
 Stripe = Annotated[StripeGateway, Depends(_stripe)]
-KeyHash = Annotated[bytes, Depends(_key_hash)]
+ApiKey = Annotated[str, Depends(_api_key)]

@@ -27,6 +27,7 @@ STATUS: dict[Kind, int] = {
     "payment_required": 402,
     "unavailable": 503,
     "bad_gateway": 502,
+    "too_large": 413,
 }
 
 # Codes that are the caller's malformed request rather than a refused one.
@@ -37,7 +38,7 @@ BAD_REQUEST_CODES = {
     "idempotency_key_required",
 }
 
-RETRY_AFTER_SECONDS = "5"
+RETRY_AFTER_SECONDS = "2"
 
 
 def error_response(
@@ -51,8 +52,12 @@ def error_response(
 
 def domain_error_response(exc: DomainError) -> JSONResponse:
     status = 400 if exc.code in BAD_REQUEST_CODES else STATUS[exc.kind]
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return error_response(status, exc.code, exc.message, headers=headers)
+    headers: dict[str, str] = {}
+    if status == 503 or exc.code == "idempotency_in_progress":
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(status, exc.code, exc.message, headers=headers or None)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

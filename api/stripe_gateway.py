@@ -51,6 +51,13 @@ class StripeGateway:
                 params,  # type: ignore[arg-type]
                 options={"idempotency_key": idempotency_key},
             )
+        except stripe.IdempotencyError as exc:
+            # An earlier attempt with this key, rolled back here, reached Stripe with other data.
+            raise DomainError(
+                "conflict",
+                "idempotency_key_reused",
+                "this Idempotency-Key was already sent to Stripe with a different request",
+            ) from exc
         except stripe.CardError as exc:
             raise DomainError(
                 "payment_required", "card_declined", exc.user_message or str(exc)
@@ -74,7 +81,7 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance
         raise DomainError("invalid", "invalid_signature", "the Stripe-Signature header is missing")
     try:
         stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature, secret, tolerance)
-    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # any malformed header or body is a failed verification
         raise DomainError(
             "invalid", "invalid_signature", f"the webhook signature does not verify: {exc}"
         ) from exc

@@ -22,6 +22,7 @@ Kind = Literal[
     "payment_required",
     "unavailable",
     "bad_gateway",
+    "too_large",
 ]
 
 
@@ -44,6 +45,7 @@ RULES: dict[str, tuple[Kind, str]] = {
     "TG011": ("conflict", "immutable"),
     "TG012": ("conflict", "append_only"),
     "TG020": ("conflict", "idempotency_key_reused"),
+    "TG021": ("conflict", "idempotency_in_progress"),
     "TG030": ("invalid", "invalid_event"),
 }
 

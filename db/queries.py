@@ -139,7 +139,7 @@ async def ping(conn: AsyncConnection[Any]) -> None:
 async def begin_payment(
     conn: AsyncConnection[Any],
     *,
-    key_hash: bytes,
+    api_key: str,
     idempotency_key: str,
     account: str | None,
     amount: int,
@@ -149,7 +149,7 @@ async def begin_payment(
     payment_method: str | None,
 ) -> PaymentClaim:
     params = {
-        "key_hash": key_hash,
+        "api_key": api_key,
         "idempotency_key": idempotency_key,
         "account": account,
         "amount": amount,
@@ -164,14 +164,14 @@ async def begin_payment(
 async def finish_payment(
     conn: AsyncConnection[Any],
     *,
-    key_hash: bytes,
+    api_key: str,
     payment_id: UUID,
     stripe_id: str,
     status: str,
     client_secret: str | None,
 ) -> dict[str, Any]:
     params = {
-        "key_hash": key_hash,
+        "api_key": api_key,
         "payment_id": payment_id,
         "stripe_id": stripe_id,
         "status": status,
@@ -180,18 +180,18 @@ async def finish_payment(
     return (await _one(conn, _Response, "finish_payment", params)).response
 
 
-async def get_payment(conn: AsyncConnection[Any], *, key_hash: bytes, ref: str) -> Payment:
-    return await _one(conn, Payment, "get_payment", {"key_hash": key_hash, "ref": ref})
+async def get_payment(conn: AsyncConnection[Any], *, api_key: str, ref: str) -> Payment:
+    return await _one(conn, Payment, "get_payment", {"api_key": api_key, "ref": ref})
 
 
 async def can_continue(
-    conn: AsyncConnection[Any], *, key_hash: bytes, account: str, purpose: str | None
+    conn: AsyncConnection[Any], *, api_key: str, account: str, purpose: str | None
 ) -> Continuation:
     return await _one(
         conn,
         Continuation,
         "can_continue",
-        {"key_hash": key_hash, "account": account, "purpose": purpose},
+        {"api_key": api_key, "account": account, "purpose": purpose},
     )
 
 
@@ -201,21 +201,9 @@ async def ingest_stripe_event(conn: AsyncConnection[Any], *, event: str) -> Even
 
 
 def create_api_key(
-    conn: Connection[Any],
-    *,
-    account: str,
-    key_hash: bytes,
-    key_prefix: str,
-    is_admin: bool,
-    label: str | None,
+    conn: Connection[Any], *, account: str, api_key: str, is_admin: bool, label: str | None
 ) -> CreatedKey:
-    params = {
-        "account": account,
-        "key_hash": key_hash,
-        "key_prefix": key_prefix,
-        "is_admin": is_admin,
-        "label": label,
-    }
+    params = {"account": account, "api_key": api_key, "is_admin": is_admin, "label": label}
     return _all_sync(conn, CreatedKey, "create_api_key", params)[0]
 
 

@@ -6,7 +6,7 @@ SELECT 1 AS ok;
 
 -- name: begin_payment
 SELECT * FROM api.begin_payment_v1(
-    p_key_hash        => %(key_hash)s::bytea,
+    p_api_key         => %(api_key)s::text,
     p_idempotency_key => %(idempotency_key)s::text,
     p_account         => %(account)s::text,
     p_amount          => %(amount)s::bigint,
@@ -18,7 +18,7 @@ SELECT * FROM api.begin_payment_v1(
 
 -- name: finish_payment
 SELECT api.finish_payment_v1(
-    p_key_hash      => %(key_hash)s::bytea,
+    p_api_key       => %(api_key)s::text,
     p_payment_id    => %(payment_id)s::uuid,
     p_stripe_id     => %(stripe_id)s::text,
     p_status        => %(status)s::text,
@@ -26,11 +26,11 @@ SELECT api.finish_payment_v1(
 ) AS response;
 
 -- name: get_payment
-SELECT * FROM api.get_payment_v1(p_key_hash => %(key_hash)s::bytea, p_ref => %(ref)s::text);
+SELECT * FROM api.get_payment_v1(p_api_key => %(api_key)s::text, p_ref => %(ref)s::text);
 
 -- name: can_continue
 SELECT * FROM api.can_continue_v1(
-    p_key_hash => %(key_hash)s::bytea,
+    p_api_key => %(api_key)s::text,
     p_account  => %(account)s::text,
     p_purpose  => %(purpose)s::text
 );
@@ -40,11 +40,10 @@ SELECT * FROM api.ingest_stripe_event_v1(p_event => %(event)s::jsonb);
 
 -- name: create_api_key
 SELECT * FROM api.create_api_key_v1(
-    p_account    => %(account)s::text,
-    p_key_hash   => %(key_hash)s::bytea,
-    p_key_prefix => %(key_prefix)s::text,
-    p_is_admin   => %(is_admin)s::boolean,
-    p_label      => %(label)s::text
+    p_account  => %(account)s::text,
+    p_api_key  => %(api_key)s::text,
+    p_is_admin => %(is_admin)s::boolean,
+    p_label    => %(label)s::text
 );
 
 -- name: revoke_api_key

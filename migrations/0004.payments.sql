@@ -22,21 +22,24 @@ CREATE TYPE tollgate.payment_status AS ENUM (
 
 CREATE TABLE tollgate.payment_statuses (
     status      tollgate.payment_status PRIMARY KEY,
-    -- How far along the lifecycle a status is. Two Stripe events stamped with the same second
-    -- are ordered by it, so a late "processing" cannot undo a "succeeded" of the same second.
+    -- How far along the lifecycle a status is. Of two Stripe events stamped with the same
+    -- second, one that asks for a move the transition table refuses is stale if it is less
+    -- far along (a late "processing" after "succeeded"), rejected otherwise.
     progress    smallint NOT NULL,
-    is_terminal boolean  NOT NULL
+    -- A payment may be recorded in this status (a PaymentIntent Stripe has just created);
+    -- every other status is reached only through events.
+    is_initial  boolean  NOT NULL
 );
 
-INSERT INTO tollgate.payment_statuses (status, progress, is_terminal) VALUES
-    ('requires_payment_method', 0, false),
-    ('requires_confirmation',   1, false),
+INSERT INTO tollgate.payment_statuses (status, progress, is_initial) VALUES
+    ('requires_payment_method', 0, true),
+    ('requires_confirmation',   1, true),
     ('requires_action',         2, false),
     ('processing',              3, false),
     ('requires_capture',        4, false),
     ('succeeded',               5, false),
-    ('canceled',                5, true),
-    ('refunded',                6, true);
+    ('canceled',                5, false),
+    ('refunded',                6, false);
 
 -- Every allowed status change is a row here; the trigger on payment_intents refuses any
 -- other (SQLSTATE TGA09, constraint name payment_transition_not_allowed).

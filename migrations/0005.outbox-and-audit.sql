@@ -31,6 +31,9 @@ CREATE TABLE tollgate.audit_log (
     new_value   text,
     -- Who: "key:<api key id>", "stripe:<event id>", or the database role for direct SQL.
     actor       text        NOT NULL,
+    -- The login role of the session, whatever actor it claims: a change made from psql
+    -- shows here even if the session set tollgate.actor itself.
+    db_role     text        NOT NULL DEFAULT session_user,
     at          timestamptz NOT NULL DEFAULT now()
 );
 

@@ -31,7 +31,7 @@ def tollgate(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def can_continue(db: psycopg.Connection[Any], key: str) -> Any:
     return db.execute(
         "SELECT allowed FROM api.can_continue_v1(%s, NULL, NULL)",
-        (hashlib.sha256(key.encode()).digest(),),
+        (key,),
     ).fetchone()
 
 

@@ -97,12 +97,8 @@ BAD_DELIVERIES = [
         400,
         "invalid_signature",
     ),
-    (
-        "signature from the future replayed",
-        lambda p, s: "t=1,v1=" + "0" * 64,
-        400,
-        "invalid_signature",
-    ),
+    ("a made-up signature", lambda p, s: f"t={int(time.time())},v1={'0' * 64}", 400, "invalid_signature"),
+    ("a signature header that is not ASCII", lambda p, s: b"t=1,v1=\xe9", 400, "invalid_signature"),
 ]
 
 
@@ -145,6 +141,7 @@ def test_a_tampered_body_is_refused(api: Api, db: psycopg.Connection[Any]) -> No
             event("notanevent", "pi_x", "succeeded"),
             "invalid_event",
         ),
+        ("JSON nested too deep to parse", b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
     ],
 )
 def test_signed_garbage_is_refused_and_writes_nothing(
@@ -176,3 +173,11 @@ def test_twenty_parallel_deliveries_apply_once(
         (payment["id"],),
     ).fetchone()
     assert audit == (1,)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(api: Api, db: psycopg.Connection[Any]) -> None:
+    payload = b'{"id": "evt_big", "padding": "' + b"x" * (1 << 20) + b'"}'
+    before = row_counts(db)
+    r = deliver(api, payload)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert row_counts(db) == before

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from api.deps import KeyHash, Pool
+from api.deps import ApiKey, Pool
 from api.models import ApiError, Continuation, ErrorBody
 from db import queries
 
@@ -28,7 +28,7 @@ AccountId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9
 )
 async def can_continue(
     account_id: AccountId,
-    key_hash: KeyHash,
+    api_key: ApiKey,
     pool: Pool,
     purpose: Annotated[
         str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")
@@ -37,7 +37,7 @@ async def can_continue(
     """May the agent go on? 200 when the newest payment (for ``purpose``) succeeded, else 402."""
     async with pool.connection() as conn:
         found = await queries.can_continue(
-            conn, key_hash=key_hash, account=account_id, purpose=purpose
+            conn, api_key=api_key, account=account_id, purpose=purpose
         )
     answer = Continuation.model_validate(found, from_attributes=True)
     if not answer.allowed:

@@ -18,6 +18,21 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 MAX_EVENT_BYTES = 1 << 20
 
 
+async def _read_capped(request: Request) -> bytes:
+    """The body, refused with 413 beyond MAX_EVENT_BYTES before more of it is read."""
+    too_large = DomainError("too_large", "payload_too_large", "the event is larger than 1 MiB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_EVENT_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @router.post(
     "/stripe",
     response_model=WebhookReceipt,
@@ -31,9 +46,7 @@ async def stripe_webhook(
 ) -> WebhookReceipt:
     """Store a Stripe event once and apply it. Any 2xx tells Stripe to stop retrying;
     503 (database down) makes it retry later, and a replay is answered "duplicate"."""
-    payload = await request.body()
-    if len(payload) > MAX_EVENT_BYTES:
-        raise DomainError("invalid", "invalid_event", "the event is larger than 1 MiB")
+    payload = await _read_capped(request)
     verify_webhook(
         payload,
         stripe_signature,
@@ -44,7 +57,7 @@ async def stripe_webhook(
         text = payload.decode("utf-8")
         if not isinstance(json.loads(text), dict):
             raise ValueError("not an object")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DomainError("invalid", "malformed_json", "the event is not a JSON object") from exc
     async with pool.connection() as conn:
         outcome = await queries.ingest_stripe_event(conn, event=text)

@@ -2,8 +2,9 @@
 --
 -- SQLSTATEs raised by Tollgate's own rules (class TG); db/errors.py maps them to API errors:
 --   TG001 invalid API key            TG002 admin key required      TG003 not found / not yours
---   TG010 payment transition refused TG011 immutable column        TG012 append-only table
---   TG020 idempotency key reused with another request               TG030 malformed Stripe event
+--   TG010 payment transition refused TG011 immutable column        TG012 change refused (append-only,
+--   TG020 idempotency key reused with another request                     reference data, trigger-written)
+--   TG021 idempotency key in use by a request in progress           TG030 malformed Stripe event
 -- Each RAISE also names the rule in CONSTRAINT, so errors carry a stable name.
 
 SET LOCAL ROLE tollgate_owner;
@@ -24,16 +25,36 @@ AS $$
     SELECT set_config('tollgate.actor', p_actor, true)
 $$;
 
--- Trigger: refuse UPDATE, DELETE and TRUNCATE on an append-only table.
+-- Trigger: refuse the operation. Arguments: the rule's name (default append_only) and why.
 CREATE OR REPLACE FUNCTION tollgate.refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    rule text := coalesce(TG_ARGV[0], 'append_only');
 BEGIN
-    RAISE EXCEPTION 'tollgate.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+    RAISE EXCEPTION 'tollgate.%: % refused (%)', TG_TABLE_NAME, TG_OP,
+            coalesce(TG_ARGV[1], 'rows are never changed or removed')
         USING ERRCODE = 'TG012',
-              CONSTRAINT = TG_TABLE_NAME || '_append_only',
+              CONSTRAINT = TG_TABLE_NAME || '_' || rule,
               SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+END
+$$;
+
+-- Trigger (BEFORE INSERT): rows of this table are written only by other triggers (the audit
+-- trail, the outbox), never by a statement of their own.
+CREATE OR REPLACE FUNCTION tollgate.refuse_direct_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_trigger_depth() < 2 THEN
+        RAISE EXCEPTION 'tollgate.% rows are written by Tollgate''s triggers only', TG_TABLE_NAME
+            USING ERRCODE = 'TG012',
+                  CONSTRAINT = TG_TABLE_NAME || '_written_by_triggers',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
+    RETURN NEW;
 END
 $$;
 
@@ -82,3 +103,15 @@ CREATE OR REPLACE TRIGGER audit_log_append_only
 CREATE OR REPLACE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON tollgate.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER audit_log_written_by_triggers
+    BEFORE INSERT ON tollgate.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- Reference data (currencies, the status machine) changes only in migrations, which disable
+-- these triggers around the change: ALTER TABLE ... DISABLE TRIGGER ..._reference_data.
+CREATE OR REPLACE TRIGGER currencies_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.currencies
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE OR REPLACE TRIGGER currencies_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.currencies
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');

@@ -2,16 +2,26 @@
 
 SET LOCAL ROLE tollgate_owner;
 
+-- What is stored of an API key: its SHA-256. Keys are 256-bit random strings, so a fast hash
+-- is enough, and a stored hash is useless as a credential: every api function takes the key.
+CREATE OR REPLACE FUNCTION tollgate.key_hash(p_api_key text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT sha256(convert_to(p_api_key, 'UTF8'))
+$$;
+
 -- The key behind a request, or SQLSTATE TG001. Also names the key as the actor of everything
 -- the rest of the transaction changes.
-CREATE OR REPLACE FUNCTION tollgate.authenticate(p_key_hash bytea) RETURNS tollgate.api_keys
+CREATE OR REPLACE FUNCTION tollgate.authenticate(p_api_key text) RETURNS tollgate.api_keys
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     k tollgate.api_keys;
 BEGIN
-    SELECT * INTO k FROM tollgate.api_keys WHERE key_hash = p_key_hash AND revoked_at IS NULL;
+    SELECT * INTO k FROM tollgate.api_keys
+    WHERE key_hash = tollgate.key_hash(p_api_key) AND revoked_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'invalid or revoked API key'
             USING ERRCODE = 'TG001', CONSTRAINT = 'api_key_valid';

@@ -1,12 +1,20 @@
 -- Payment intents: the status machine, early and stale Stripe events, audit and outbox.
 --
 -- Flow of a status change, whoever makes it (api function or direct UPDATE in psql):
+--   BEFORE INSERT  payment_intents_05_lock           lock the Stripe id; start in an initial status
 --   BEFORE UPDATE  payment_intents_10_keep_columns   identity and money never change
---   BEFORE UPDATE  payment_intents_20_transition     only rows of payment_transitions pass (TG010)
+--   BEFORE UPDATE  payment_intents_20_transition     only rows of payment_transitions pass (TG010);
+--                                                    the last applied event only moves forward
 --   AFTER          payment_intents_50_status_changed audit row; outbox row on succeeded/refunded
 --   AFTER INSERT   outbox_notify                     pg_notify(payment_settled | payment_refunded)
 
 SET LOCAL ROLE tollgate_owner;
+
+-- How far ahead of this server's clock a Stripe event's creation time may be.
+CREATE OR REPLACE FUNCTION tollgate.max_clock_skew() RETURNS interval
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT interval '1 hour' $$;
 
 -- Serialises everything about one Stripe PaymentIntent: ingesting its events and inserting its
 -- row. Without it an early event and the row could each commit without seeing the other.
@@ -65,17 +73,44 @@ CREATE OR REPLACE TRIGGER outbox_append_only
 CREATE OR REPLACE TRIGGER outbox_no_truncate
     BEFORE TRUNCATE ON tollgate.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER outbox_written_by_triggers
+    BEFORE INSERT ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- The status machine is reference data: it changes only in migrations.
+CREATE OR REPLACE TRIGGER payment_statuses_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.payment_statuses
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE OR REPLACE TRIGGER payment_statuses_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.payment_statuses
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE OR REPLACE TRIGGER payment_transitions_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.payment_transitions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE OR REPLACE TRIGGER payment_transitions_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.payment_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
 
 -- ---------------------------------------------------------------------------------------------
 -- Payment intents
 -- ---------------------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION tollgate.payment_intents_lock() RETURNS trigger
+-- A payment is recorded as Stripe has just created it; every later status comes from events.
+CREATE OR REPLACE FUNCTION tollgate.payment_intents_before_insert() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM tollgate.lock_stripe_object(NEW.stripe_id);
+    IF NOT (SELECT s.is_initial FROM tollgate.payment_statuses s WHERE s.status = NEW.status) THEN
+        RAISE EXCEPTION 'a payment cannot be recorded as %: it starts as Stripe creates it', NEW.status
+            USING ERRCODE = 'TG010', CONSTRAINT = 'payment_initial_status',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
+    END IF;
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    NEW.last_event_id := NULL;
+    NEW.last_event_at := NULL;
     RETURN NEW;
 END
 $$;
@@ -92,6 +127,15 @@ BEGIN
         RAISE EXCEPTION 'payment % cannot go from % to %', OLD.id, OLD.status, NEW.status
             USING ERRCODE = 'TG010', CONSTRAINT = 'payment_transition_allowed',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
+    END IF;
+    -- Event order is what keeps stale events out: it never goes back, nor into the future.
+    IF NEW.last_event_at IS DISTINCT FROM OLD.last_event_at
+       AND (NEW.last_event_at IS NULL OR NEW.last_event_at < OLD.last_event_at
+            OR NEW.last_event_at > now() + tollgate.max_clock_skew()) THEN
+        RAISE EXCEPTION 'payment %: the last applied event cannot move from % to %', OLD.id,
+                OLD.last_event_at, NEW.last_event_at
+            USING ERRCODE = 'TG011', CONSTRAINT = 'payment_intents_last_event_forward',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'last_event_at';
     END IF;
     NEW.updated_at := now();
     RETURN NEW;
@@ -150,7 +194,7 @@ $$;
 
 CREATE OR REPLACE TRIGGER payment_intents_05_lock
     BEFORE INSERT ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_intents_lock();
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_intents_before_insert();
 CREATE OR REPLACE TRIGGER payment_intents_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
@@ -179,10 +223,12 @@ CREATE OR REPLACE TRIGGER payment_intents_no_truncate
 -- Apply one stored event to its payment intent, if the intent exists. Returns the event's
 -- state afterwards:
 --   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
---   stale    - an event created before the last one applied (ties broken by lifecycle
---              progress) never moves the status;
+--   stale    - created before the last event applied, or in the same second and asking for a
+--              refused move back in the lifecycle: it never moves the status;
 --   applied  - the status moved, or already was the event's;
 --   rejected - the move is not in payment_transitions (e.g. canceled -> succeeded).
+-- Stripe stamps events to the second, so two events of one second are not ordered: an allowed
+-- move between them is applied (a card declined in the second the intent was created).
 -- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
 -- The caller must hold tollgate.lock_stripe_object for the event's object.
 CREATE OR REPLACE FUNCTION tollgate.apply_payment_event(p_event_id text)
@@ -212,16 +258,15 @@ BEGIN
     SELECT progress INTO cur_rank FROM tollgate.payment_statuses WHERE status = pi.status;
     SELECT progress INTO new_rank FROM tollgate.payment_statuses WHERE status = ev.target_status;
 
-    IF pi.last_event_at IS NOT NULL
-       AND (ev.stripe_created, new_rank) <= (pi.last_event_at, cur_rank) THEN
+    IF ev.stripe_created < pi.last_event_at THEN
         outcome := 'stale';
-        why := format('not newer than %s (%s, %s), already applied', pi.last_event_id,
-                      pi.last_event_at, pi.status);
+        why := format('older than %s (%s), already applied', pi.last_event_id, pi.last_event_at);
     ELSIF ev.target_status = pi.status
           OR EXISTS (SELECT FROM tollgate.payment_transitions
                      WHERE from_status = pi.status AND to_status = ev.target_status) THEN
         UPDATE tollgate.payment_intents
-        SET status = ev.target_status, last_event_id = ev.id, last_event_at = ev.stripe_created
+        SET status = ev.target_status, last_event_id = ev.id,
+            last_event_at = greatest(ev.stripe_created, pi.last_event_at)
         WHERE id = pi.id;
         outcome := 'applied';
     ELSIF ev.target_status = 'refunded' AND EXISTS (
@@ -230,10 +275,15 @@ BEGIN
     ) THEN
         UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = pi.id;
         UPDATE tollgate.payment_intents
-        SET status = 'refunded', last_event_id = ev.id, last_event_at = ev.stripe_created
+        SET status = 'refunded', last_event_id = ev.id,
+            last_event_at = greatest(ev.stripe_created, pi.last_event_at)
         WHERE id = pi.id;
         outcome := 'applied';
         why := format('a full refund implies the payment succeeded (was %s)', pi.status);
+    ELSIF ev.stripe_created = pi.last_event_at AND new_rank < cur_rank THEN
+        outcome := 'stale';
+        why := format('same second as %s and earlier in the lifecycle than %s', pi.last_event_id,
+                      pi.status);
     ELSE
         outcome := 'rejected';
         why := format('%s -> %s is not an allowed transition', pi.status, ev.target_status);
@@ -248,16 +298,38 @@ BEGIN
 END
 $$;
 
--- The inbox keeps what Stripe sent: only the processing columns move, once.
-CREATE OR REPLACE FUNCTION tollgate.payment_events_state_final() RETURNS trigger
+-- The inbox keeps what Stripe sent. An event is stored pending (or ignored); it leaves
+-- pending once, linked to the payment its Stripe id names; after that nothing changes.
+CREATE OR REPLACE FUNCTION tollgate.payment_events_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    linked tollgate.payment_intents;
 BEGIN
-    IF OLD.state <> 'pending' AND NEW.state IS DISTINCT FROM OLD.state THEN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state NOT IN ('pending', 'ignored') OR NEW.payment_intent_id IS NOT NULL THEN
+            RAISE EXCEPTION 'payment event % must be stored pending or ignored, unlinked', NEW.id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_stored_pending',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
+        END IF;
+        NEW.received_at := now();
+        RETURN NEW;
+    END IF;
+    IF OLD.state <> 'pending' THEN
         RAISE EXCEPTION 'payment event % is % already', OLD.id, OLD.state
             USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_state_final',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
+    END IF;
+    IF NEW.state IN ('applied', 'stale', 'rejected') THEN
+        SELECT * INTO linked FROM tollgate.payment_intents WHERE id = NEW.payment_intent_id;
+        IF NOT FOUND OR linked.stripe_id IS DISTINCT FROM NEW.stripe_object_id
+           OR linked.account_id IS DISTINCT FROM NEW.account_id THEN
+            RAISE EXCEPTION 'payment event % must be linked to the payment % and its account',
+                    OLD.id, OLD.stripe_object_id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'payment_intent_id';
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -268,9 +340,9 @@ CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
         'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
         'received_at', 'account_id?', 'payment_intent_id?', 'processed_at?');
-CREATE OR REPLACE TRIGGER payment_events_20_state_final
-    BEFORE UPDATE ON tollgate.payment_events
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_events_state_final();
+CREATE OR REPLACE TRIGGER payment_events_20_guard
+    BEFORE INSERT OR UPDATE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_events_guard();
 CREATE OR REPLACE TRIGGER payment_events_no_delete
     BEFORE DELETE ON tollgate.payment_events
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();

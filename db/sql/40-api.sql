@@ -23,8 +23,9 @@ JOIN tollgate.accounts a ON a.id = p.account_id;
 -- Keys (called by the `tollgate keys` command, not granted to tollgate_app)
 -- ---------------------------------------------------------------------------------------------
 
+-- Only the hash of p_api_key and its first 11 characters (to tell keys apart) are kept.
 CREATE OR REPLACE FUNCTION api.create_api_key_v1(
-    p_account text, p_key_hash bytea, p_key_prefix text, p_is_admin boolean, p_label text
+    p_account text, p_api_key text, p_is_admin boolean, p_label text
 ) RETURNS TABLE (key_id uuid, account_id uuid)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -40,7 +41,7 @@ BEGIN
     END IF;
     RETURN QUERY
     INSERT INTO tollgate.api_keys (account_id, is_admin, key_hash, key_prefix, label)
-    VALUES (acct, p_is_admin, p_key_hash, p_key_prefix, p_label)
+    VALUES (acct, p_is_admin, tollgate.key_hash(p_api_key), left(p_api_key, 11), p_label)
     RETURNING api_keys.id, api_keys.account_id;
 END
 $$;
@@ -76,12 +77,13 @@ $$;
 -- Step 1 of POST /v1/payments, in the transaction that also runs step 2.
 -- Claims the idempotency key for the account, or finds it claimed:
 --   new request          -> replayed = false, and what the Stripe call needs;
---   same key, same body  -> replayed = true and the stored response (a concurrent request with
---                           the same key waits here until the first one commits or rolls back);
---   same key, other body -> SQLSTATE TG020.
+--   same key, same body  -> replayed = true and the stored response;
+--   same key, other body -> SQLSTATE TG020;
+--   same key, still in progress in another transaction -> SQLSTATE TG021 at once (the caller
+--                           retries shortly; nobody holds a connection waiting).
 -- Money is checked before any Stripe call, by the same domain and table the payment row uses.
 CREATE OR REPLACE FUNCTION api.begin_payment_v1(
-    p_key_hash bytea, p_idempotency_key text, p_account text, p_amount bigint,
+    p_api_key text, p_idempotency_key text, p_account text, p_amount bigint,
     p_currency text, p_purpose text, p_description text, p_payment_method text
 ) RETURNS TABLE (replayed boolean, payment_id uuid, account_uuid uuid, amount bigint,
                  currency text, stripe_idempotency_key text, response jsonb)
@@ -89,7 +91,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k        tollgate.api_keys := tollgate.authenticate(p_key_hash);
+    k        tollgate.api_keys := tollgate.authenticate(p_api_key);
     acct     tollgate.accounts := tollgate.account_for(k, p_account);
     req      jsonb;
     req_hash bytea;
@@ -101,6 +103,13 @@ BEGIN
     IF NOT EXISTS (SELECT FROM tollgate.currencies c WHERE c.code = p_currency) THEN
         RAISE EXCEPTION 'unknown currency %', p_currency
             USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'payment_intents_currency_fkey';
+    END IF;
+    -- Held until this transaction ends, i.e. across the Stripe call.
+    IF NOT pg_try_advisory_xact_lock(
+        hashtextextended('tollgate:idempotency:' || acct.id || ':' || p_idempotency_key, 0)
+    ) THEN
+        RAISE EXCEPTION 'a request with idempotency key % is in progress', p_idempotency_key
+            USING ERRCODE = 'TG021', CONSTRAINT = 'idempotency_key_free';
     END IF;
     req := jsonb_build_object('amount', p_amount, 'currency', p_currency, 'purpose', p_purpose,
                               'description', p_description, 'payment_method', p_payment_method);
@@ -133,13 +142,13 @@ $$;
 
 -- Step 2 of POST /v1/payments: record the intent Stripe created and the response to replay.
 CREATE OR REPLACE FUNCTION api.finish_payment_v1(
-    p_key_hash bytea, p_payment_id uuid, p_stripe_id text, p_status text, p_client_secret text
+    p_api_key text, p_payment_id uuid, p_stripe_id text, p_status text, p_client_secret text
 ) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k      tollgate.api_keys := tollgate.authenticate(p_key_hash);
+    k      tollgate.api_keys := tollgate.authenticate(p_api_key);
     claim  tollgate.idempotency_keys;
     body   jsonb;
 BEGIN
@@ -169,13 +178,13 @@ END
 $$;
 
 -- GET /v1/payments/{ref}: by Tollgate id (uuid) or Stripe id (pi_...), within the key's reach.
-CREATE OR REPLACE FUNCTION api.get_payment_v1(p_key_hash bytea, p_ref text)
+CREATE OR REPLACE FUNCTION api.get_payment_v1(p_api_key text, p_ref text)
 RETURNS SETOF tollgate.payment_v1
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k   tollgate.api_keys := tollgate.authenticate(p_key_hash);
+    k   tollgate.api_keys := tollgate.authenticate(p_api_key);
     pid uuid;
 BEGIN
     IF p_ref ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
@@ -195,13 +204,13 @@ $$;
 
 -- GET /v1/accounts/{id}/can-continue. The seed entitlement rule: an account may continue when
 -- its newest payment (for the purpose, if one is named) has succeeded.
-CREATE OR REPLACE FUNCTION api.can_continue_v1(p_key_hash bytea, p_account text, p_purpose text)
+CREATE OR REPLACE FUNCTION api.can_continue_v1(p_api_key text, p_account text, p_purpose text)
 RETURNS TABLE (allowed boolean, status text, payment_id uuid, account_id text, purpose text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k      tollgate.api_keys := tollgate.authenticate(p_key_hash);
+    k      tollgate.api_keys := tollgate.authenticate(p_api_key);
     acct   tollgate.accounts := tollgate.account_for(k, p_account);
     latest record;
 BEGIN
@@ -253,13 +262,15 @@ BEGIN
     ev_id := p_event ->> 'id';
     ev_type := p_event ->> 'type';
 
-    IF ev_type LIKE 'payment\_intent.%' AND obj ->> 'object' = 'payment_intent' THEN
+    IF ev_type LIKE 'payment\_intent.%' AND obj ->> 'object' = 'payment_intent'
+       AND jsonb_typeof(obj -> 'id') = 'string' THEN
         object_id := obj ->> 'id';
         target := tollgate.payment_status_from_stripe(obj ->> 'status');
         IF target IS NULL THEN
             why := format('unknown PaymentIntent status %L', obj ->> 'status');
         END IF;
-    ELSIF ev_type = 'charge.refunded' AND obj ->> 'object' = 'charge' THEN
+    ELSIF ev_type = 'charge.refunded' AND obj ->> 'object' = 'charge'
+          AND jsonb_typeof(obj -> 'payment_intent') = 'string' THEN
         object_id := obj ->> 'payment_intent';
         IF obj -> 'refunded' = 'true'::jsonb THEN
             target := 'refunded';
@@ -272,6 +283,13 @@ BEGIN
     IF target IS NOT NULL AND object_id IS NULL THEN
         target := NULL;
         why := 'the event names no PaymentIntent';
+    ELSIF target IS NOT NULL AND object_id !~ '^pi_[A-Za-z0-9_]{1,250}$' THEN
+        target := NULL;
+        why := format('%L is not a PaymentIntent id', left(object_id, 300));
+    ELSIF target IS NOT NULL
+          AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
+        target := NULL;
+        why := 'created in the future: not applied';
     END IF;
 
     IF object_id IS NOT NULL THEN

@@ -12,14 +12,16 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA tollgate, api FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA api TO tollgate_app;
 GRANT EXECUTE ON FUNCTION
-    api.begin_payment_v1(bytea, text, text, bigint, text, text, text, text),
-    api.finish_payment_v1(bytea, uuid, text, text, text),
-    api.get_payment_v1(bytea, text),
-    api.can_continue_v1(bytea, text, text),
+    api.begin_payment_v1(text, text, text, bigint, text, text, text, text),
+    api.finish_payment_v1(text, uuid, text, text, text),
+    api.get_payment_v1(text, text),
+    api.can_continue_v1(text, text, text),
     api.ingest_stripe_event_v1(jsonb)
 TO tollgate_app;
 
--- Append-only tables: not even their owner (and so no SECURITY DEFINER function) may change
--- or remove a row. Triggers refuse it as well, for superusers.
+-- Append-only tables: the privileges are revoked from their owner too, so no SECURITY DEFINER
+-- function can change or remove a row, and triggers refuse it for everyone else. The owner
+-- role could re-grant itself and disable triggers: it is NOLOGIN, and only migrations act as
+-- it. Tampering by a superuser is beyond what privileges can stop.
 REVOKE UPDATE, DELETE, TRUNCATE ON tollgate.audit_log, tollgate.outbox FROM tollgate_owner;
 REVOKE DELETE, TRUNCATE ON tollgate.payment_events, tollgate.payment_intents FROM tollgate_owner;

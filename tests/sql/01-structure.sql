@@ -46,7 +46,7 @@ FROM unnest(ARRAY['begin_payment_v1', 'finish_payment_v1', 'get_payment_v1', 'ca
                   'ingest_stripe_event_v1']) AS f;
 
 SELECT function_returns('api', 'ingest_stripe_event_v1', ARRAY['jsonb'], 'setof record');
-SELECT function_returns('api', 'can_continue_v1', ARRAY['bytea', 'text', 'text'], 'setof record');
+SELECT function_returns('api', 'can_continue_v1', ARRAY['text', 'text', 'text'], 'setof record');
 
 SELECT * FROM finish();
 ROLLBACK;

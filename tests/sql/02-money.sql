@@ -10,7 +10,9 @@ SELECT results_eq(
     $$VALUES ('CLF', 4), ('JPY', 0), ('KWD', 3), ('USD', 2)$$,
     'currency exponents follow ISO 4217 (JPY 0, USD 2, KWD 3, CLF 4)');
 SELECT cmp_ok((SELECT count(*)::int FROM tollgate.currencies), '>=', 150, 'the active ISO 4217 currencies are known');
+ALTER TABLE tollgate.currencies DISABLE TRIGGER currencies_reference_data;
 SELECT throws_ok($$INSERT INTO tollgate.currencies VALUES ('usd', 2)$$, '23514', NULL, 'currency codes are three capital letters');
+ALTER TABLE tollgate.currencies ENABLE TRIGGER currencies_reference_data;
 
 CREATE TEMP TABLE attempt (amount bigint, currency text, sqlstate text, why text);
 INSERT INTO attempt VALUES
@@ -35,9 +37,9 @@ SELECT lives_ok(
     'one minor unit, the maximum, and three-decimal currencies are accepted');
 
 -- The api checks a request against the same rules before Stripe is ever called.
-SELECT ok((SELECT key_id FROM api.create_api_key_v1('money_api', sha256('money-key'), 'tg_money', false, NULL)) IS NOT NULL, 'a key for the api checks');
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('money_api', 'money-key', false, NULL)) IS NOT NULL, 'a key for the api checks');
 SELECT throws_ok(
-    format($$SELECT * FROM api.begin_payment_v1(sha256('money-key'), 'k-%s', NULL, %s, %L, NULL, NULL, NULL)$$,
+    format($$SELECT * FROM api.begin_payment_v1('money-key', 'k-%s', NULL, %s, %L, NULL, NULL, NULL)$$,
            md5(a.why), a.amount, a.currency),
     a.sqlstate, NULL, 'api: ' || a.why)
 FROM attempt a WHERE a.currency <> 'usd';

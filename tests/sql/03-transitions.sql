@@ -1,13 +1,14 @@
 -- The status machine: allowed moves pass, every other move throws TG010, even from psql.
 BEGIN;
-SELECT plan(65);
+SELECT plan(73);
 
 INSERT INTO tollgate.accounts (id, external_id)
 VALUES ('00000000-0000-0000-0000-0000000000b1', 'transitions_account');
 
 SELECT is((SELECT count(*)::int FROM tollgate.payment_transitions), 27, '27 allowed transitions');
 
--- One payment per ordered pair of distinct statuses, created in the pair's first status.
+-- One payment per ordered pair of distinct statuses, brought to the pair's first status by
+-- allowed moves (a payment is always recorded in an initial status).
 CREATE TEMP TABLE pair AS
 SELECT f.status AS from_status, t.status AS to_status,
        EXISTS (SELECT FROM tollgate.payment_transitions x
@@ -17,7 +18,11 @@ FROM tollgate.payment_statuses f CROSS JOIN tollgate.payment_statuses t
 WHERE f.status <> t.status;
 
 INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
-SELECT '00000000-0000-0000-0000-0000000000b1', p.stripe_id, 1000, 'USD', p.from_status FROM pair p;
+SELECT '00000000-0000-0000-0000-0000000000b1', p.stripe_id, 1000, 'USD', 'requires_payment_method' FROM pair p;
+UPDATE tollgate.payment_intents pi SET status = 'succeeded'
+FROM pair p WHERE p.stripe_id = pi.stripe_id AND p.from_status = 'refunded';
+UPDATE tollgate.payment_intents pi SET status = p.from_status
+FROM pair p WHERE p.stripe_id = pi.stripe_id AND p.from_status <> 'requires_payment_method';
 
 SELECT throws_ok(
     format('UPDATE tollgate.payment_intents SET status = %L WHERE stripe_id = %L', p.to_status, p.stripe_id),
@@ -31,8 +36,31 @@ SELECT lives_ok(
     format('%s -> %s is allowed', p.from_status, p.to_status))
 FROM pair p WHERE p.allowed ORDER BY p.from_status, p.to_status;
 
+-- A payment starts as Stripe creates it.
+SELECT throws_ok(
+    $$INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
+      VALUES ('00000000-0000-0000-0000-0000000000b1', 'pi_born_paid', 1000, 'USD', 'succeeded')$$,
+    'TG010', NULL, 'a payment cannot be recorded as succeeded');
+INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status, created_at, last_event_at)
+VALUES ('00000000-0000-0000-0000-0000000000b1', 'pi_backdated', 1000, 'USD', 'requires_confirmation',
+        now() + interval '10 years', 'infinity');
+SELECT results_eq($$SELECT created_at = now(), last_event_at IS NULL FROM tollgate.payment_intents WHERE stripe_id = 'pi_backdated'$$,
+                  $$VALUES (true, true)$$, 'created_at and the event clock are set by the database on insert');
+SELECT throws_ok($$UPDATE tollgate.payment_intents SET last_event_at = 'infinity' WHERE stripe_id = 'pi_backdated'$$,
+                 'TG011', NULL, 'the event clock cannot be pushed into the future');
+UPDATE tollgate.payment_intents SET last_event_at = now() WHERE stripe_id = 'pi_backdated';
+SELECT throws_ok($$UPDATE tollgate.payment_intents SET last_event_at = now() - interval '1 day' WHERE stripe_id = 'pi_backdated'$$,
+                 'TG011', NULL, 'nor moved back');
+
 SELECT throws_ok($$INSERT INTO tollgate.payment_transitions VALUES ('refunded', 'succeeded')$$,
-                 '23514', NULL, 'no transition may leave a terminal state');
+                 'TG012', NULL, 'the transition table is reference data');
+SELECT throws_ok($$UPDATE tollgate.payment_statuses SET is_initial = true$$, 'TG012', NULL, 'so are the statuses');
+SELECT throws_ok($$DELETE FROM tollgate.currencies WHERE code = 'USD'$$, 'TG012', NULL, 'and the currencies');
+ALTER TABLE tollgate.payment_transitions DISABLE TRIGGER payment_transitions_reference_data;
+SELECT throws_ok($$INSERT INTO tollgate.payment_transitions VALUES ('refunded', 'succeeded')$$,
+                 '23514', NULL, 'even a migration cannot add a transition out of a terminal state');
+ALTER TABLE tollgate.payment_transitions ENABLE TRIGGER payment_transitions_reference_data;
+
 SELECT throws_ok($$UPDATE tollgate.payment_intents SET amount = 1 WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
                  'TG011', NULL, 'the amount of a payment never changes');
 SELECT throws_ok($$UPDATE tollgate.payment_intents SET account_id = gen_random_uuid() WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
@@ -43,10 +71,15 @@ SELECT throws_ok($$TRUNCATE tollgate.payment_intents CASCADE$$, 'TG012', NULL, '
 
 -- Each status change left an audit row naming the database role that made it.
 SELECT is((SELECT count(*)::int FROM tollgate.audit_log
-           WHERE entity = 'payment_intent' AND action = 'status_changed' AND actor = 'db:' || session_user),
-          27, 'every allowed change is in the audit trail, with its actor');
+           WHERE entity = 'payment_intent' AND action = 'status_changed' AND actor = 'db:' || session_user
+             AND db_role = session_user
+             AND entity_id IN (SELECT id::text FROM tollgate.payment_intents p JOIN pair USING (stripe_id) WHERE pair.allowed)),
+          48, 'every status change (27 tested, 21 to set up) is audited with its actor and login role');
 SELECT throws_ok($$UPDATE tollgate.audit_log SET actor = 'someone else'$$, 'TG012', NULL, 'the audit trail cannot be edited');
 SELECT throws_ok($$DELETE FROM tollgate.audit_log$$, 'TG012', NULL, 'nor emptied');
+SELECT throws_ok($$INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, actor)
+                   VALUES ('00000000-0000-0000-0000-0000000000b1', 'payment_intent', 'x', 'forged', 'me')$$,
+                 'TG012', NULL, 'nor written to directly');
 
 SELECT * FROM finish();
 ROLLBACK;

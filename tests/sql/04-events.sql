@@ -1,15 +1,15 @@
 -- Stripe events: stored once, stale ones ignored, early ones applied when the payment appears.
 BEGIN;
-SELECT plan(23);
+SELECT plan(34);
 
-SELECT ok((SELECT key_id FROM api.create_api_key_v1('events_account', sha256('ev-key'), 'tg_events', false, NULL)) IS NOT NULL,
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('events_account', 'ev-key', false, NULL)) IS NOT NULL,
           'an account and key');
 
 -- Creates a payment the way POST /v1/payments does; returns its Stripe id.
 CREATE FUNCTION pg_temp.pay(p_stripe_id text, p_status text DEFAULT 'requires_payment_method') RETURNS text
 LANGUAGE sql AS $$
-    SELECT api.finish_payment_v1(sha256('ev-key'),
-        (SELECT payment_id FROM api.begin_payment_v1(sha256('ev-key'), p_stripe_id, NULL, 2000, 'EUR', 'report.generate', NULL, NULL)),
+    SELECT api.finish_payment_v1('ev-key',
+        (SELECT payment_id FROM api.begin_payment_v1('ev-key', p_stripe_id, NULL, 2000, 'EUR', 'report.generate', NULL, NULL)),
         p_stripe_id, p_status, NULL) ->> 'stripe_id'
 $$;
 CREATE FUNCTION pg_temp.event(p_id text, p_pi text, p_status text, p_created bigint) RETURNS jsonb
@@ -25,13 +25,22 @@ LANGUAGE sql AS $$ SELECT status::text FROM tollgate.payment_intents WHERE strip
 SELECT is(pg_temp.pay('pi_A'), 'pi_A', 'payment A recorded');
 SELECT is(pg_temp.ingest(pg_temp.event('evt_A2', 'pi_A', 'succeeded', 1000)), 'applied', 'a newer event is applied');
 SELECT is(pg_temp.status('pi_A'), 'succeeded', '... and moves the status');
+SELECT is((SELECT actor FROM tollgate.audit_log WHERE entity = 'payment_intent' AND new_value = 'succeeded'),
+          'stripe:evt_A2', '... and the audit trail names the event as the actor');
 SELECT is(pg_temp.ingest(pg_temp.event('evt_A2', 'pi_A', 'succeeded', 1000)), 'duplicate', 'a replayed event answers duplicate');
 SELECT is((SELECT count(*)::int FROM tollgate.payment_events WHERE id = 'evt_A2'), 1, '... and is stored once');
 SELECT is(pg_temp.ingest(pg_temp.event('evt_A1', 'pi_A', 'processing', 999)), 'stale', 'an older event is stale');
 SELECT is(pg_temp.ingest(pg_temp.event('evt_A3', 'pi_A', 'processing', 1000)), 'stale',
-          'an event of the same second earlier in the lifecycle is stale');
+          'a refused move back in the lifecycle within the same second is stale');
 SELECT is(pg_temp.status('pi_A'), 'succeeded', 'stale events never move the status backwards');
 SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE payload ->> 'stripe_id' = 'pi_A'), 1, 'one settlement announced');
+
+-- Two events of one second are not ordered by Stripe: an allowed move between them applies.
+SELECT is(pg_temp.pay('pi_E', 'requires_confirmation'), 'pi_E', 'payment E awaiting confirmation');
+SELECT is(pg_temp.ingest(pg_temp.event('evt_E1', 'pi_E', 'requires_confirmation', 5000)), 'applied', 'confirmation seen');
+SELECT is(pg_temp.ingest(pg_temp.event('evt_E2', 'pi_E', 'requires_payment_method', 5000)), 'applied',
+          'a decline in the same second still applies');
+SELECT is(pg_temp.status('pi_E'), 'requires_payment_method', '... so the payment asks for a new payment method');
 
 -- An event that arrives before its payment is kept, then applied when the payment is recorded.
 SELECT is(pg_temp.ingest(pg_temp.event('evt_B1', 'pi_B', 'succeeded', 2000)), 'pending', 'an early event waits');
@@ -40,25 +49,38 @@ SELECT is(pg_temp.status('pi_B'), 'succeeded', 'the early event was applied when
 SELECT is((SELECT state::text FROM tollgate.payment_events WHERE id = 'evt_B1'), 'applied', '... and is marked applied');
 
 -- A full refund of a payment still processing implies it succeeded first.
-SELECT is(pg_temp.pay('pi_C', 'processing'), 'pi_C', 'payment C processing');
+SELECT is(pg_temp.pay('pi_C'), 'pi_C', 'payment C');
+SELECT is(pg_temp.ingest(pg_temp.event('evt_C0', 'pi_C', 'processing', 2999)), 'applied', 'payment C processing');
 SELECT is(pg_temp.ingest(jsonb_build_object('id', 'evt_C1', 'type', 'charge.refunded', 'created', 3000,
           'data', jsonb_build_object('object', jsonb_build_object('object', 'charge', 'id', 'ch_C', 'payment_intent', 'pi_C', 'refunded', true)))),
           'applied', 'a full refund is applied');
 SELECT results_eq($$SELECT topic FROM tollgate.outbox WHERE payload ->> 'stripe_id' = 'pi_C' ORDER BY id$$,
                   ARRAY['payment.settled', 'payment.refunded'], 'settled, then refunded');
 
-SELECT is(pg_temp.pay('pi_D', 'canceled'), 'pi_D', 'payment D canceled');
+SELECT is(pg_temp.pay('pi_D'), 'pi_D', 'payment D');
+SELECT is(pg_temp.ingest(pg_temp.event('evt_D0', 'pi_D', 'canceled', 3999)), 'applied', 'payment D canceled');
 SELECT is(pg_temp.ingest(pg_temp.event('evt_D1', 'pi_D', 'succeeded', 4000)), 'rejected', 'a canceled payment cannot succeed');
+
 SELECT is(pg_temp.ingest(jsonb_build_object('id', 'evt_X', 'type', 'customer.created', 'created', 1,
           'data', jsonb_build_object('object', jsonb_build_object('object', 'customer', 'id', 'cus_1')))),
           'ignored', 'other event types are stored and ignored');
 SELECT is(pg_temp.ingest(jsonb_build_object('id', 'evt_Y', 'type', 'charge.refunded', 'created', 1,
           'data', jsonb_build_object('object', jsonb_build_object('object', 'charge', 'id', 'ch_Y', 'refunded', true)))),
           'ignored', 'a refund that names no payment intent is stored and ignored, not left pending');
+SELECT is(pg_temp.ingest(jsonb_build_object('id', 'evt_Z', 'type', 'payment_intent.succeeded', 'created', 1,
+          'data', jsonb_build_object('object', jsonb_build_object('object', 'payment_intent', 'id', jsonb_build_object('a', 1), 'status', 'succeeded')))),
+          'ignored', 'an event whose object id is not a PaymentIntent id is ignored');
 SELECT throws_ok($$SELECT * FROM api.ingest_stripe_event_v1('{"id": "evt_bad"}')$$, 'TG030', NULL,
                  'a malformed event is refused');
+
+-- The inbox cannot be rewritten, even by its owner.
 SELECT throws_ok($$UPDATE tollgate.payment_events SET payload = '{}' WHERE id = 'evt_A2'$$, 'TG011', NULL,
                  'a stored event cannot be altered');
+SELECT throws_ok($$UPDATE tollgate.payment_events SET note = 'nothing to see' WHERE id = 'evt_D1'$$, 'TG011', NULL,
+                 'nor can a processed event''s note');
+SELECT ok(pg_temp.ingest(pg_temp.event('evt_F1', 'pi_F', 'succeeded', 6000)) = 'pending', 'an event waiting for pi_F');
+SELECT throws_ok($$UPDATE tollgate.payment_events SET state = 'applied', processed_at = now() WHERE id = 'evt_F1'$$,
+                 'TG011', NULL, 'a pending event cannot be marked applied without its payment');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -1,0 +1,107 @@
+"""An early Stripe event and the payment row it belongs to, committed concurrently.
+
+Without the lock they share, each transaction could commit without seeing the other and the
+event would stay pending forever. Two real connections, the second blocked on the first.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+KEY = "tg_race_key_for_tests_0123456789"
+
+
+def app_conn(dsn: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(dsn)
+    conn.execute("SET ROLE tollgate_app")
+    return conn
+
+
+def record_payment(conn: psycopg.Connection[Any], stripe_id: str) -> None:
+    claim = conn.execute(
+        "SELECT payment_id FROM api.begin_payment_v1(%s, %s, NULL, 500, 'USD', NULL, NULL, NULL)",
+        (KEY, stripe_id),
+    ).fetchone()
+    assert claim is not None
+    conn.execute(
+        "SELECT api.finish_payment_v1(%s, %s, %s, 'requires_payment_method', NULL)",
+        (KEY, claim[0], stripe_id),
+    )
+
+
+def ingest(conn: psycopg.Connection[Any], stripe_id: str) -> str:
+    event = {
+        "id": f"evt_{stripe_id}",
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "data": {"object": {"object": "payment_intent", "id": stripe_id, "status": "succeeded"}},
+    }
+    found = conn.execute(
+        "SELECT outcome FROM api.ingest_stripe_event_v1(%s::jsonb)", (json.dumps(event),)
+    ).fetchone()
+    assert found is not None
+    return str(found[0])
+
+
+def wait_until_blocked(db: psycopg.Connection[Any], pid: int, timeout: float = 10) -> None:
+    """Return once backend ``pid`` waits for a lock; fail if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row and row[0] == "Lock":
+            return
+        time.sleep(0.01)
+    pytest.fail(f"backend {pid} never waited for the other transaction")
+
+
+def in_background(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.fixture
+def keyed(db: psycopg.Connection[Any]) -> None:
+    db.execute("SELECT api.create_api_key_v1('race_account', %s, false, NULL)", (KEY,))
+
+
+def final_state(db: psycopg.Connection[Any], stripe_id: str) -> tuple[Any, ...] | None:
+    return db.execute(
+        "SELECT p.status::text, e.state::text FROM tollgate.payment_intents p"
+        " JOIN tollgate.payment_events e ON e.stripe_object_id = p.stripe_id WHERE p.stripe_id = %s",
+        (stripe_id,),
+    ).fetchone()
+
+
+def test_event_arriving_while_the_payment_commits(
+    db_dsn: str, db: psycopg.Connection[Any], keyed: None
+) -> None:
+    with app_conn(db_dsn) as creator, app_conn(db_dsn) as webhook:
+        record_payment(creator, "pi_race_one")  # inside a transaction, not committed yet
+        thread, outcome = in_background(lambda: (ingest(webhook, "pi_race_one"), webhook.commit()))
+        wait_until_blocked(db, webhook.info.backend_pid)
+        creator.commit()
+        thread.join(timeout=10)
+    assert outcome and outcome[0][0] == "applied", "the event waited for the payment, then applied"
+    assert final_state(db, "pi_race_one") == ("succeeded", "applied")
+
+
+def test_payment_committing_while_its_early_event_commits(
+    db_dsn: str, db: psycopg.Connection[Any], keyed: None
+) -> None:
+    with app_conn(db_dsn) as creator, app_conn(db_dsn) as webhook:
+        assert ingest(webhook, "pi_race_two") == "pending"  # not committed yet
+        thread, done = in_background(lambda: (record_payment(creator, "pi_race_two"), creator.commit()))
+        wait_until_blocked(db, creator.info.backend_pid)
+        webhook.commit()
+        thread.join(timeout=10)
+    assert done, "recording the payment finished"
+    assert final_state(db, "pi_race_two") == ("succeeded", "applied")
