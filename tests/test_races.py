@@ -54,7 +54,9 @@ def wait_until_blocked(db: psycopg.Connection[Any], pid: int, timeout: float = 1
     """Return once backend ``pid`` waits for a lock; fail if it never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        row = db.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
         if row and row[0] == "Lock":
             return
         time.sleep(0.01)
@@ -76,7 +78,8 @@ def keyed(db: psycopg.Connection[Any]) -> None:
 def final_state(db: psycopg.Connection[Any], stripe_id: str) -> tuple[Any, ...] | None:
     return db.execute(
         "SELECT p.status::text, e.state::text FROM tollgate.payment_intents p"
-        " JOIN tollgate.payment_events e ON e.stripe_object_id = p.stripe_id WHERE p.stripe_id = %s",
+        " JOIN tollgate.payment_events e ON e.stripe_object_id = p.stripe_id"
+        " WHERE p.stripe_id = %s",
         (stripe_id,),
     ).fetchone()
 
@@ -99,7 +102,9 @@ def test_payment_committing_while_its_early_event_commits(
 ) -> None:
     with app_conn(db_dsn) as creator, app_conn(db_dsn) as webhook:
         assert ingest(webhook, "pi_race_two") == "pending"  # not committed yet
-        thread, done = in_background(lambda: (record_payment(creator, "pi_race_two"), creator.commit()))
+        thread, done = in_background(
+            lambda: (record_payment(creator, "pi_race_two"), creator.commit())
+        )
         wait_until_blocked(db, creator.info.backend_pid)
         webhook.commit()
         thread.join(timeout=10)

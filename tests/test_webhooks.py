@@ -97,7 +97,12 @@ BAD_DELIVERIES = [
         400,
         "invalid_signature",
     ),
-    ("a made-up signature", lambda p, s: f"t={int(time.time())},v1={'0' * 64}", 400, "invalid_signature"),
+    (
+        "a made-up signature",
+        lambda p, s: f"t={int(time.time())},v1={'0' * 64}",
+        400,
+        "invalid_signature",
+    ),
     ("a signature header that is not ASCII", lambda p, s: b"t=1,v1=\xe9", 400, "invalid_signature"),
 ]
 
@@ -175,7 +180,9 @@ def test_twenty_parallel_deliveries_apply_once(
     assert audit == (1,)
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(api: Api, db: psycopg.Connection[Any]) -> None:
+def test_an_oversized_body_is_refused_before_it_is_read(
+    api: Api, db: psycopg.Connection[Any]
+) -> None:
     payload = b'{"id": "evt_big", "padding": "' + b"x" * (1 << 20) + b'"}'
     before = row_counts(db)
     r = deliver(api, payload)
