@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+import re
+from decimal import Decimal
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 
 def _no_nul(value: str) -> str:
@@ -18,6 +20,41 @@ def _no_nul(value: str) -> str:
 # Text PostgreSQL can store; the length caps only bound the request size.
 Text = Annotated[str, AfterValidator(_no_nul)]
 BIGINT_MAX = 2**63 - 1
+
+_DECIMAL_TEXT = re.compile(r"^-?[0-9]{1,30}(\.[0-9]{1,30})?$")
+
+
+def _decimal_amount(value: Any) -> Decimal:
+    """A decimal amount from a JSON number (parsed exactly) or a string like "1250.50".
+
+    Only the form is checked here; the database decides whether the amount is allowed for the
+    currency (decimals, sign, maximum).
+    """
+    if isinstance(value, bool):
+        raise ValueError("amount must be a number or a decimal string")
+    if isinstance(value, int):
+        value = Decimal(value)
+    elif isinstance(value, str):
+        if not _DECIMAL_TEXT.match(value):
+            raise ValueError('amount must be a decimal string such as "1250.50"')
+        value = Decimal(value)
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError("amount must be a number or a decimal string")
+    if abs(value.adjusted()) > 30 or -value.as_tuple().exponent > 30:  # type: ignore[operator]
+        raise ValueError("amount has too many digits")
+    return value
+
+
+# Exact decimal amounts: "1250.50" or 1250.50 (the body parser keeps numbers exact).
+DecimalAmount = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_amount),
+    Field(
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "number"}]}, examples=["1250.50"]
+    ),
+]
+Currency = Annotated[Text, Field(pattern=r"^[A-Za-z]{3}$", examples=["USD"])]
+AccountRef = Annotated[Text, Field(max_length=200, examples=["user_123"])]
 
 
 class ApiError(BaseModel):
@@ -83,3 +120,67 @@ class WebhookReceipt(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class TransactionCreate(BaseModel):
+    """POST /v1/transactions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The key's own account if omitted; another account needs an admin key.
+    account_id: AccountRef | None = None
+    reference: Annotated[Text, Field(max_length=200, examples=["order-1042"])]
+    amount: DecimalAmount
+    currency: Currency
+    # A Stripe payment (Tollgate id or pi_...) whose webhooks settle or fail this transaction.
+    payment_id: Annotated[Text, Field(max_length=255)] | None = None
+
+
+class Transaction(BaseModel):
+    id: UUID
+    account_id: str
+    reference: str
+    amount: str = Field(
+        description="decimal string with the currency's decimals", examples=["1250.50"]
+    )
+    amount_minor: int
+    currency: str
+    status: str = Field(description="pending, settled, failed or reversed")
+    payment_id: UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class TransferCreate(BaseModel):
+    """POST /v1/transfers: from one account's balance to another's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The key's own account if omitted; another account needs an admin key.
+    from_account_id: AccountRef | None = None
+    to_account_id: AccountRef
+    amount: DecimalAmount
+    currency: Currency
+
+
+class Transfer(BaseModel):
+    posting_id: UUID
+    from_account_id: str
+    to_account_id: str
+    amount: str
+    currency: str
+    created_at: dt.datetime
+
+
+class Balance(BaseModel):
+    name: str = Field(description="main: the account's own balance")
+    currency: str
+    balance: str = Field(examples=["1250.50"])
+    balance_minor: int
+    version: int = Field(description="number of ledger entries posted to this balance")
+    allow_negative: bool
+
+
+class Balances(BaseModel):
+    account_id: str
+    balances: list[Balance]

@@ -47,36 +47,70 @@ RULES: dict[str, tuple[Kind, str]] = {
     "TG020": ("conflict", "idempotency_key_reused"),
     "TG021": ("conflict", "idempotency_in_progress"),
     "TG030": ("invalid", "invalid_event"),
+    "TG040": ("conflict", "unbalanced_posting"),
 }
 
-# Named table and domain constraints a caller can run into, with a message that does not
-# expose the schema.
-CONSTRAINTS: dict[str, tuple[str, str]] = {
+# Named table and domain constraints, and rules raised with a standard SQLSTATE, that a
+# caller can run into: (kind, code, message). A message of None passes on the database's own,
+# which is written for people; otherwise the message hides the schema.
+CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "amount_minor_range": (
+        "invalid",
         "invalid_amount",
-        "amount must be a positive whole number of minor units, at most 999999999999",
+        "amount must be positive, and at most 999999999999 minor units",
     ),
+    "amount_decimals": ("invalid", "invalid_amount", None),
     "payment_amount_max": (
+        "invalid",
         "invalid_amount",
         "amount is above the largest payment Stripe accepts (99999999 minor units)",
     ),
-    "payment_intents_currency_fkey": ("unknown_currency", "currency is not an ISO 4217 code"),
+    "payment_intents_currency_fkey": ("invalid", "unknown_currency", None),
+    "currency_known": ("invalid", "unknown_currency", None),
     "purpose_format": (
+        "invalid",
         "invalid_purpose",
         "purpose must be 1-100 characters of a-z, 0-9 and _ . : - starting with a letter or digit",
     ),
-    "description_length": ("invalid_description", "description is limited to 1000 characters"),
+    "description_length": (
+        "invalid",
+        "invalid_description",
+        "description is limited to 1000 characters",
+    ),
     "idempotency_keys_key_format": (
+        "invalid",
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+    ),
+    "ledger_postings_idempotency_key_format": (
+        "invalid",
         "invalid_idempotency_key",
         "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
     ),
     "accounts_external_id_format": (
+        "invalid",
         "invalid_account_id",
         "account ids are 1-128 characters of letters, digits and _ . : @ -",
     ),
-    "payment_events_id_format": ("invalid_event", "event id must look like evt_..."),
-    "payment_events_type_format": ("invalid_event", "event type is malformed"),
-    "payment_intents_stripe_id_format": ("invalid_event", "PaymentIntent id must look like pi_..."),
+    "transactions_reference_format": (
+        "invalid",
+        "invalid_reference",
+        "references are 1-128 letters, digits and _ . : -, starting with a letter or digit",
+    ),
+    "transactions_account_reference_key": (
+        "conflict",
+        "duplicate_reference",
+        "a transaction with this reference already exists for the account",
+    ),
+    "transaction_matches_payment": ("invalid", "payment_mismatch", None),
+    "transfer_distinct_accounts": ("invalid", "transfer_to_self", None),
+    "ledger_accounts_balance_non_negative": (
+        "conflict",
+        "insufficient_funds",
+        "the balance may not go below zero and is too low for this",
+    ),
+    "payment_events_id_format": ("invalid", "invalid_event", "event id must look like evt_..."),
+    "payment_events_type_format": ("invalid", "invalid_event", "event type is malformed"),
 }
 
 UNAVAILABLE = (
@@ -97,9 +131,8 @@ def from_psycopg(exc: psycopg.Error) -> DomainError | None:
         kind, code = RULES[sqlstate]
         return DomainError(kind, code, message)
     if constraint in CONSTRAINTS:
-        code, friendly = CONSTRAINTS[constraint]
-        kind = "conflict" if sqlstate == "23505" else "invalid"
-        return DomainError(kind, code, friendly)
+        kind, code, friendly = CONSTRAINTS[constraint]
+        return DomainError(kind, code, friendly or message)
     if isinstance(exc, UNAVAILABLE) or isinstance(exc, psycopg.OperationalError):
         return DomainError("unavailable", "database_unavailable", "the database is unavailable")
     if sqlstate.startswith("22"):  # data exception: a value out of range or malformed

@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, LiteralString, TypeVar, cast
 from uuid import UUID
@@ -99,6 +100,42 @@ class ApiKeyInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Transaction:
+    id: UUID
+    account_id: str
+    reference: str
+    amount: str
+    amount_minor: int
+    currency: str
+    status: str
+    payment_id: UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    replayed: bool
+    posting_id: UUID
+    from_account: str
+    to_account: str
+    amount: str
+    currency: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: str
+    name: str
+    currency: str
+    balance: str
+    balance_minor: int
+    version: int
+    allow_negative: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Response:
     response: dict[str, Any]
 
@@ -118,6 +155,17 @@ async def _one(conn: AsyncConnection[Any], row: type[T], name: str, params: Mapp
     if result is None:  # every api function returns a row or raises
         raise RuntimeError(f"query {name} returned no row")
     return result
+
+
+async def _all(
+    conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]
+) -> list[T]:
+    try:
+        cur = conn.cursor(row_factory=class_row(row))
+        await cur.execute(QUERIES[name], params)
+        return await cur.fetchall()
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
 
 
 def _all_sync(conn: Connection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> list[T]:
@@ -198,6 +246,66 @@ async def can_continue(
 async def ingest_stripe_event(conn: AsyncConnection[Any], *, event: str) -> EventOutcome:
     """Store and apply one verified Stripe event, given as its raw JSON text."""
     return await _one(conn, EventOutcome, "ingest_stripe_event", {"event": event})
+
+
+async def create_transaction(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    reference: str,
+    amount: Decimal,
+    currency: str,
+    payment: str | None,
+) -> Transaction:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "reference": reference,
+        "amount": amount,
+        "currency": currency,
+        "payment": payment,
+    }
+    return await _one(conn, Transaction, "create_transaction", params)
+
+
+async def get_transaction(
+    conn: AsyncConnection[Any], *, api_key: str, account: str | None, reference: str
+) -> Transaction:
+    params = {"api_key": api_key, "account": account, "reference": reference}
+    return await _one(conn, Transaction, "get_transaction", params)
+
+
+async def move_transaction(
+    conn: AsyncConnection[Any], *, api_key: str, account: str | None, reference: str, status: str
+) -> Transaction:
+    params = {"api_key": api_key, "account": account, "reference": reference, "status": status}
+    return await _one(conn, Transaction, "move_transaction", params)
+
+
+async def transfer(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    from_account: str | None,
+    to_account: str,
+    amount: Decimal,
+    currency: str,
+    idempotency_key: str,
+) -> Transfer:
+    params = {
+        "api_key": api_key,
+        "from_account": from_account,
+        "to_account": to_account,
+        "amount": amount,
+        "currency": currency,
+        "idempotency_key": idempotency_key,
+    }
+    return await _one(conn, Transfer, "transfer", params)
+
+
+async def balances(conn: AsyncConnection[Any], *, api_key: str, account: str) -> list[Balance]:
+    return await _all(conn, Balance, "balances", {"api_key": api_key, "account": account})
 
 
 def create_api_key(

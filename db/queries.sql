@@ -51,3 +51,41 @@ SELECT api.revoke_api_key_v1(p_key_id => %(key_id)s::uuid) AS revoked;
 
 -- name: list_api_keys
 SELECT * FROM api.list_api_keys_v1(p_account => %(account)s::text);
+
+-- name: create_transaction
+SELECT * FROM api.create_transaction_v1(
+    p_api_key   => %(api_key)s::text,
+    p_account   => %(account)s::text,
+    p_reference => %(reference)s::text,
+    p_amount    => %(amount)s::numeric,
+    p_currency  => %(currency)s::text,
+    p_payment   => %(payment)s::text
+);
+
+-- name: get_transaction
+SELECT * FROM api.get_transaction_v1(
+    p_api_key   => %(api_key)s::text,
+    p_account   => %(account)s::text,
+    p_reference => %(reference)s::text
+);
+
+-- name: move_transaction
+SELECT * FROM api.move_transaction_v1(
+    p_api_key   => %(api_key)s::text,
+    p_account   => %(account)s::text,
+    p_reference => %(reference)s::text,
+    p_status    => %(status)s::text
+);
+
+-- name: transfer
+SELECT * FROM api.transfer_v1(
+    p_api_key         => %(api_key)s::text,
+    p_from_account    => %(from_account)s::text,
+    p_to_account      => %(to_account)s::text,
+    p_amount          => %(amount)s::numeric,
+    p_currency        => %(currency)s::text,
+    p_idempotency_key => %(idempotency_key)s::text
+);
+
+-- name: balances
+SELECT * FROM api.balances_v1(p_api_key => %(api_key)s::text, p_account => %(account)s::text);

@@ -56,11 +56,12 @@ def test_keys_create_list_revoke(db_dsn: str, db: psycopg.Connection[Any]) -> No
 
 
 def test_keys_create_refuses_a_malformed_account(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    before = db.execute("SELECT count(*) FROM tollgate.accounts").fetchone()
     done = tollgate(
         "keys", "create", "--account", "has space", env=os.environ | {"DATABASE_URL": db_dsn}
     )
     assert done.returncode == 2 and "account ids" in done.stderr
-    assert db.execute("SELECT count(*) FROM tollgate.accounts").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM tollgate.accounts").fetchone() == before
 
 
 def test_serve_without_configuration_explains_what_is_missing() -> None:

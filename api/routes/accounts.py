@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
 from api.deps import ApiKey, Pool
-from api.models import ApiError, Continuation, ErrorBody
+from api.models import ApiError, Balance, Balances, Continuation, ErrorBody
 from db import queries
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -50,4 +50,19 @@ async def can_continue(
     return JSONResponse(
         answer.model_dump(mode="json", exclude_none=False),
         status_code=200 if answer.allowed else 402,
+    )
+
+
+@router.get(
+    "/{account_id}/balances",
+    response_model=Balances,
+    responses={code: {"model": ErrorBody} for code in (401, 404, 503)},
+)
+async def balances(account_id: AccountId, api_key: ApiKey, pool: Pool) -> Balances:
+    """The account's ledger balances, one per currency."""
+    async with pool.connection() as conn:
+        rows = await queries.balances(conn, api_key=api_key, account=account_id)
+    return Balances(
+        account_id=account_id,
+        balances=[Balance.model_validate(r, from_attributes=True) for r in rows],
     )

@@ -85,6 +85,30 @@ BEGIN
 END
 $$;
 
+-- Trigger (BEFORE UPDATE): a status change must be a row of the transitions table named in the
+-- first argument; the second names the entity in the error (SQLSTATE TG010, constraint
+-- <entity>_transition_allowed). Used by payments and transactions.
+CREATE OR REPLACE FUNCTION tollgate.check_transition() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    allowed boolean;
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM tollgate.%I WHERE from_status = $1 AND to_status = $2)',
+                       TG_ARGV[0])
+        INTO allowed USING OLD.status, NEW.status;
+        IF NOT allowed THEN
+            RAISE EXCEPTION '% % cannot go from % to %', TG_ARGV[1], OLD.id, OLD.status, NEW.status
+                USING ERRCODE = 'TG010', CONSTRAINT = TG_ARGV[1] || '_transition_allowed',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 -- Record one change in the audit trail.
 CREATE OR REPLACE FUNCTION tollgate.audit(
     p_account_id uuid, p_entity text, p_entity_id text, p_action text,

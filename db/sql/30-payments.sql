@@ -3,8 +3,8 @@
 -- Flow of a status change, whoever makes it (api function or direct UPDATE in psql):
 --   BEFORE INSERT  payment_intents_05_lock           lock the Stripe id; start in an initial status
 --   BEFORE UPDATE  payment_intents_10_keep_columns   identity and money never change
---   BEFORE UPDATE  payment_intents_20_transition     only rows of payment_transitions pass (TG010);
---                                                    the last applied event only moves forward
+--   BEFORE UPDATE  payment_intents_20_transition     only rows of payment_transitions pass (TG010)
+--   BEFORE UPDATE  payment_intents_25_event_clock    the last applied event only moves forward
 --   AFTER          payment_intents_50_status_changed audit row; outbox row on succeeded/refunded
 --   AFTER INSERT   outbox_notify                     pg_notify(payment_settled | payment_refunded)
 
@@ -115,19 +115,11 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tollgate.check_payment_transition() RETURNS trigger
+CREATE OR REPLACE FUNCTION tollgate.payment_event_clock() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.status IS DISTINCT FROM OLD.status AND NOT EXISTS (
-        SELECT FROM tollgate.payment_transitions t
-        WHERE t.from_status = OLD.status AND t.to_status = NEW.status
-    ) THEN
-        RAISE EXCEPTION 'payment % cannot go from % to %', OLD.id, OLD.status, NEW.status
-            USING ERRCODE = 'TG010', CONSTRAINT = 'payment_transition_allowed',
-                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
-    END IF;
     -- Event order is what keeps stale events out: it never goes back, nor into the future.
     IF NEW.last_event_at IS DISTINCT FROM OLD.last_event_at
        AND (NEW.last_event_at IS NULL OR NEW.last_event_at < OLD.last_event_at
@@ -202,7 +194,10 @@ CREATE OR REPLACE TRIGGER payment_intents_10_keep_columns
         'idempotency_key', 'created_at');
 CREATE OR REPLACE TRIGGER payment_intents_20_transition
     BEFORE UPDATE ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.check_payment_transition();
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('payment_transitions', 'payment');
+CREATE OR REPLACE TRIGGER payment_intents_25_event_clock
+    BEFORE UPDATE ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_event_clock();
 CREATE OR REPLACE TRIGGER payment_intents_50_status_changed
     AFTER INSERT OR UPDATE OF status ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.payment_status_changed();

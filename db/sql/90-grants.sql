@@ -16,12 +16,25 @@ GRANT EXECUTE ON FUNCTION
     api.finish_payment_v1(text, uuid, text, text, text),
     api.get_payment_v1(text, text),
     api.can_continue_v1(text, text, text),
-    api.ingest_stripe_event_v1(jsonb)
+    api.ingest_stripe_event_v1(jsonb),
+    api.transfer_v1(text, text, text, numeric, text, text),
+    api.balances_v1(text, text),
+    api.set_allow_negative_v1(text, text, text, boolean),
+    api.create_transaction_v1(text, text, text, numeric, text, text),
+    api.get_transaction_v1(text, text, text),
+    api.move_transaction_v1(text, text, text, text)
 TO tollgate_app;
 
 -- Append-only tables: the privileges are revoked from their owner too, so no SECURITY DEFINER
 -- function can change or remove a row, and triggers refuse it for everyone else. The owner
 -- role could re-grant itself and disable triggers: it is NOLOGIN, and only migrations act as
 -- it. Tampering by a superuser is beyond what privileges can stop.
-REVOKE UPDATE, DELETE, TRUNCATE ON tollgate.audit_log, tollgate.outbox FROM tollgate_owner;
-REVOKE DELETE, TRUNCATE ON tollgate.payment_events, tollgate.payment_intents FROM tollgate_owner;
+REVOKE UPDATE, DELETE, TRUNCATE
+    ON tollgate.audit_log, tollgate.outbox, tollgate.ledger_entries
+    FROM tollgate_owner;
+-- Rows other tables reference keep UPDATE: foreign key checks lock them FOR KEY SHARE, which
+-- needs it. Their triggers refuse updates that are not allowed.
+REVOKE DELETE, TRUNCATE
+    ON tollgate.payment_events, tollgate.payment_intents, tollgate.transactions,
+       tollgate.ledger_accounts, tollgate.ledger_postings
+    FROM tollgate_owner;

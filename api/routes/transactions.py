@@ -1,0 +1,93 @@
+"""Transactions: record, read, settle, fail, reverse. The lifecycle rules are the database's."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from api import body
+from api.deps import ApiKey, Pool
+from api.models import ErrorBody, Transaction, TransactionCreate
+from db import queries
+
+router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
+}
+Reference = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+# Admin keys name the account; other keys may omit it (their own) or name their own.
+AccountQuery = Annotated[
+    str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Transaction,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(TransactionCreate),
+)
+async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> Transaction:
+    """Record a pending transaction. `amount` is exact: "1250.50" or 1250.50, never rounded."""
+    new = await body.parse(request, TransactionCreate)
+    async with pool.connection() as conn:
+        created = await queries.create_transaction(
+            conn,
+            api_key=api_key,
+            account=new.account_id,
+            reference=new.reference,
+            amount=new.amount,
+            currency=new.currency.upper(),
+            payment=new.payment_id,
+        )
+    return Transaction.model_validate(created, from_attributes=True)
+
+
+@router.get("/{reference}", response_model=Transaction, responses=ERRORS)
+async def get_transaction(
+    reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
+) -> Transaction:
+    """A transaction by its reference."""
+    async with pool.connection() as conn:
+        found = await queries.get_transaction(
+            conn, api_key=api_key, account=account_id, reference=reference
+        )
+    return Transaction.model_validate(found, from_attributes=True)
+
+
+async def _move(
+    pool: Pool, api_key: str, account_id: str | None, reference: str, status: str
+) -> Transaction:
+    async with pool.connection() as conn:
+        moved = await queries.move_transaction(
+            conn, api_key=api_key, account=account_id, reference=reference, status=status
+        )
+    return Transaction.model_validate(moved, from_attributes=True)
+
+
+@router.post("/{reference}/settle", response_model=Transaction, responses=ERRORS)
+async def settle_transaction(
+    reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
+) -> Transaction:
+    """pending -> settled: credits the account's balance (a balanced ledger posting)."""
+    return await _move(pool, api_key, account_id, reference, "settled")
+
+
+@router.post("/{reference}/fail", response_model=Transaction, responses=ERRORS)
+async def fail_transaction(
+    reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
+) -> Transaction:
+    """pending -> failed: nothing is posted."""
+    return await _move(pool, api_key, account_id, reference, "failed")
+
+
+@router.post("/{reference}/reverse", response_model=Transaction, responses=ERRORS)
+async def reverse_transaction(
+    reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
+) -> Transaction:
+    """settled -> reversed: a compensating posting; 409 insufficient_funds if the balance
+    may not go negative and is too low."""
+    return await _move(pool, api_key, account_id, reference, "reversed")

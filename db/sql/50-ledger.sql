@@ -1,0 +1,352 @@
+-- The double-entry ledger: money conversion, postings, entries, balances.
+--
+-- A posting is a set of entries that sums to zero per currency (checked at commit by a
+-- deferred constraint trigger). Inserting an entry is the only way to move a balance: the
+-- entry's trigger locks its ledger account, records the balance before and after and the
+-- account's new version, and updates the account. Ledger accounts are locked in id order
+-- before any entry is written, so opposite postings cannot deadlock.
+
+SET LOCAL ROLE tollgate_owner;
+
+-- ---------------------------------------------------------------------------------------------
+-- Money: decimal amounts at the edge, integer minor units inside
+-- ---------------------------------------------------------------------------------------------
+
+-- p_amount (e.g. 1250.50) as minor units of p_currency (125050), exactly or not at all:
+-- more decimals than the currency has are refused, never rounded.
+CREATE OR REPLACE FUNCTION tollgate.to_minor(p_amount numeric, p_currency text) RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    exp    smallint;
+    scaled numeric;
+BEGIN
+    SELECT c.exponent INTO exp FROM tollgate.currencies c WHERE c.code = p_currency;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown currency %', p_currency
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'currency_known';
+    END IF;
+    scaled := p_amount * 10::numeric ^ exp;
+    IF scaled <> trunc(scaled) THEN
+        RAISE EXCEPTION '% amounts have at most % decimals: % has more', p_currency, exp, p_amount
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_decimals';
+    END IF;
+    IF scaled < 1 OR scaled > 999999999999 THEN
+        RAISE EXCEPTION 'amount % is not between one minor unit and the maximum', p_amount
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_minor_range';
+    END IF;
+    RETURN scaled::bigint;
+END
+$$;
+
+-- Minor units as a decimal string with the currency's decimals: (125050, USD) -> '1250.50'.
+CREATE OR REPLACE FUNCTION tollgate.format_minor(p_amount bigint, p_currency text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT round(p_amount::numeric / 10::numeric ^ c.exponent, c.exponent)::text
+    FROM tollgate.currencies c WHERE c.code = p_currency
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Ledger accounts
+-- ---------------------------------------------------------------------------------------------
+
+-- The ledger account (account, name, currency), created on first use.
+CREATE OR REPLACE FUNCTION tollgate.ledger_account(
+    p_account_id uuid, p_name text, p_currency text, p_allow_negative boolean DEFAULT false
+) RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found uuid;
+BEGIN
+    SELECT la.id INTO found FROM tollgate.ledger_accounts la
+    WHERE la.account_id = p_account_id AND la.name = p_name AND la.currency = p_currency;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    INSERT INTO tollgate.ledger_accounts (account_id, name, currency, allow_negative)
+    VALUES (p_account_id, p_name, p_currency, p_allow_negative)
+    ON CONFLICT ON CONSTRAINT ledger_accounts_account_name_currency_key DO NOTHING
+    RETURNING id INTO found;
+    IF found IS NULL THEN  -- created concurrently
+        SELECT la.id INTO STRICT found FROM tollgate.ledger_accounts la
+        WHERE la.account_id = p_account_id AND la.name = p_name AND la.currency = p_currency;
+    END IF;
+    RETURN found;
+END
+$$;
+
+-- Tollgate's counterpart of money that arrived from outside (Stripe, a bank), per currency.
+-- It goes negative by design: it mirrors what outside parties hold for Tollgate's accounts.
+CREATE OR REPLACE FUNCTION tollgate.clearing_account(p_currency text) RETURNS uuid
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT tollgate.ledger_account('00000000-0000-0000-0000-000000000000', 'clearing', p_currency, true)
+$$;
+
+-- Balances and versions move only through entries (the entry trigger runs this UPDATE one
+-- trigger level down); names, owners and currencies never change.
+CREATE OR REPLACE FUNCTION tollgate.ledger_accounts_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.balance, NEW.version) IS DISTINCT FROM (OLD.balance, OLD.version)
+       AND (pg_trigger_depth() < 2 OR NEW.version <> OLD.version + 1) THEN
+        RAISE EXCEPTION 'ledger account %: balances move only through ledger entries', OLD.id
+            USING ERRCODE = 'TG012', CONSTRAINT = 'ledger_accounts_balance_by_entries',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'balance';
+    END IF;
+    IF NEW.allow_negative IS DISTINCT FROM OLD.allow_negative THEN
+        PERFORM tollgate.audit(NEW.account_id, 'ledger_account', NEW.id::text, 'allow_negative',
+                               OLD.allow_negative::text, NEW.allow_negative::text);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ledger_accounts_10_keep_columns
+    BEFORE UPDATE ON tollgate.ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns('id', 'account_id', 'name', 'currency', 'created_at');
+CREATE OR REPLACE TRIGGER ledger_accounts_20_guard
+    BEFORE UPDATE ON tollgate.ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_accounts_guard();
+CREATE OR REPLACE TRIGGER ledger_accounts_no_delete
+    BEFORE DELETE ON tollgate.ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER ledger_accounts_no_truncate
+    BEFORE TRUNCATE ON tollgate.ledger_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Entries and postings
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tollgate.ledger_entries_before_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    la tollgate.ledger_accounts;
+BEGIN
+    SELECT * INTO la FROM tollgate.ledger_accounts WHERE id = NEW.ledger_account_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ledger account % does not exist', NEW.ledger_account_id
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'ledger_entries_ledger_account_fkey';
+    END IF;
+    NEW.account_id := la.account_id;
+    NEW.currency := la.currency;
+    NEW.balance_before := la.balance;
+    NEW.balance_after := la.balance + NEW.amount;
+    NEW.account_version := la.version + 1;
+    NEW.created_at := now();
+    -- The CHECK ledger_accounts_balance_non_negative refuses what would overdraw a wallet.
+    UPDATE tollgate.ledger_accounts SET balance = NEW.balance_after, version = NEW.account_version
+    WHERE id = la.id;
+    RETURN NEW;
+END
+$$;
+
+-- At commit: every posting balances per currency, and has at least two entries. SECURITY
+-- DEFINER because deferred triggers run at COMMIT as the session's role, not the api
+-- function's owner.
+CREATE OR REPLACE FUNCTION tollgate.check_posting_balanced() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    posting uuid;
+    bad     record;
+BEGIN
+    IF TG_TABLE_NAME = 'ledger_postings' THEN
+        posting := NEW.id;
+    ELSE
+        posting := NEW.posting_id;
+    END IF;
+    SELECT e.currency, sum(e.amount) AS total, count(*) AS entries INTO bad
+    FROM tollgate.ledger_entries e WHERE e.posting_id = posting
+    GROUP BY e.currency HAVING sum(e.amount) <> 0 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'posting % does not balance: % % left over', posting, bad.total, bad.currency
+            USING ERRCODE = 'TG040', CONSTRAINT = 'ledger_postings_balanced';
+    END IF;
+    IF (SELECT count(*) FROM tollgate.ledger_entries e WHERE e.posting_id = posting) < 2 THEN
+        RAISE EXCEPTION 'posting % has fewer than two entries', posting
+            USING ERRCODE = 'TG040', CONSTRAINT = 'ledger_postings_balanced';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ledger_entries_10_balances
+    BEFORE INSERT ON tollgate.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_before_insert();
+DROP TRIGGER IF EXISTS ledger_entries_balanced ON tollgate.ledger_entries;
+CREATE CONSTRAINT TRIGGER ledger_entries_balanced
+    AFTER INSERT ON tollgate.ledger_entries DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_posting_balanced();
+DROP TRIGGER IF EXISTS ledger_postings_balanced ON tollgate.ledger_postings;
+CREATE CONSTRAINT TRIGGER ledger_postings_balanced
+    AFTER INSERT ON tollgate.ledger_postings DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_posting_balanced();
+
+CREATE OR REPLACE TRIGGER ledger_entries_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON tollgate.ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER ledger_postings_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER ledger_postings_no_truncate
+    BEFORE TRUNCATE ON tollgate.ledger_postings
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- Write a posting: lock its ledger accounts in id order (so opposite postings cannot
+-- deadlock), then one entry per (ledger account, amount). Returns the posting id, or NULL
+-- when p_idempotency_key was used before by the account (the caller looks that posting up).
+CREATE OR REPLACE FUNCTION tollgate.post(
+    p_account_id uuid, p_kind tollgate.posting_kind, p_ledger_accounts uuid[], p_amounts bigint[],
+    p_idempotency_key text DEFAULT NULL, p_request_hash bytea DEFAULT NULL, p_reverses uuid DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    posting uuid;
+BEGIN
+    INSERT INTO tollgate.ledger_postings (account_id, kind, idempotency_key, request_hash, reverses)
+    VALUES (p_account_id, p_kind, p_idempotency_key, p_request_hash, p_reverses)
+    ON CONFLICT ON CONSTRAINT ledger_postings_idempotency_key DO NOTHING
+    RETURNING id INTO posting;
+    IF posting IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM FROM tollgate.ledger_accounts la WHERE la.id = ANY (p_ledger_accounts)
+    ORDER BY la.id FOR UPDATE;
+    INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
+    SELECT posting, leg.ledger_account_id, leg.amount
+    FROM unnest(p_ledger_accounts, p_amounts) AS leg (ledger_account_id, amount);
+    RETURN posting;
+END
+$$;
+
+-- Undo a posting with its mirror image: the same ledger accounts, negated amounts. A posting
+-- is reversed at most once (ledger_postings_reverses_once).
+CREATE OR REPLACE FUNCTION tollgate.reverse_posting(p_posting_id uuid, p_account_id uuid) RETURNS uuid
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT tollgate.post(p_account_id, 'reversal', array_agg(e.ledger_account_id ORDER BY e.id),
+                         array_agg(-e.amount ORDER BY e.id), p_reverses => p_posting_id)
+    FROM tollgate.ledger_entries e WHERE e.posting_id = p_posting_id
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- api: transfers and balances
+-- ---------------------------------------------------------------------------------------------
+
+-- Move p_amount (a decimal, e.g. 12.50) of p_currency from one account's main balance to
+-- another's, in one statement. The sender is the key's own account (any account for an admin
+-- key); the receiver any account. Idempotent on (sender, p_idempotency_key): the same request
+-- again answers replayed = true with the first posting; another request with that key is
+-- refused (TG020). A wallet that may not go negative refuses the transfer (23514,
+-- ledger_accounts_balance_non_negative).
+CREATE OR REPLACE FUNCTION api.transfer_v1(
+    p_api_key text, p_from_account text, p_to_account text, p_amount numeric, p_currency text,
+    p_idempotency_key text
+) RETURNS TABLE (replayed boolean, posting_id uuid, from_account text, to_account text,
+                 amount text, currency text, created_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k        tollgate.api_keys := tollgate.authenticate(p_api_key);
+    sender   tollgate.accounts := tollgate.account_for(k, p_from_account);
+    receiver tollgate.accounts;
+    minor    bigint := tollgate.to_minor(p_amount, p_currency);
+    req_hash bytea;
+    posting  tollgate.ledger_postings;
+BEGIN
+    SELECT * INTO receiver FROM tollgate.accounts a
+    WHERE a.external_id = p_to_account AND a.id <> '00000000-0000-0000-0000-000000000000';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account % not found', p_to_account
+            USING ERRCODE = 'TG003', CONSTRAINT = 'account_visible';
+    END IF;
+    IF receiver.id = sender.id THEN
+        RAISE EXCEPTION 'a transfer needs two different accounts'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_distinct_accounts';
+    END IF;
+    req_hash := sha256(convert_to(concat_ws(':', sender.id, receiver.id, minor, p_currency), 'UTF8'));
+    posting.id := tollgate.post(
+        sender.id, 'transfer',
+        ARRAY[tollgate.ledger_account(sender.id, 'main', p_currency),
+              tollgate.ledger_account(receiver.id, 'main', p_currency)],
+        ARRAY[-minor, minor],
+        p_idempotency_key, req_hash);
+    IF posting.id IS NULL THEN
+        SELECT * INTO STRICT posting FROM tollgate.ledger_postings lp
+        WHERE lp.account_id = sender.id AND lp.idempotency_key = p_idempotency_key;
+        IF posting.request_hash <> req_hash THEN
+            RAISE EXCEPTION 'idempotency key % was used with a different transfer', p_idempotency_key
+                USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+        END IF;
+        RETURN QUERY SELECT true, posting.id, sender.external_id, receiver.external_id,
+                            tollgate.format_minor(minor, p_currency), p_currency, posting.created_at;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT false, posting.id, sender.external_id, receiver.external_id,
+                        tollgate.format_minor(minor, p_currency), p_currency, now();
+END
+$$;
+
+-- An account's balances, one row per ledger account.
+CREATE OR REPLACE FUNCTION api.balances_v1(p_api_key text, p_account text)
+RETURNS TABLE (account_id text, name text, currency text, balance text, balance_minor bigint,
+               version bigint, allow_negative boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k    tollgate.api_keys := tollgate.authenticate(p_api_key);
+    acct tollgate.accounts := tollgate.account_for(k, p_account);
+BEGIN
+    RETURN QUERY
+    SELECT acct.external_id, la.name, la.currency, tollgate.format_minor(la.balance, la.currency),
+           la.balance, la.version, la.allow_negative
+    FROM tollgate.ledger_accounts la WHERE la.account_id = acct.id
+    ORDER BY la.currency, la.name;
+END
+$$;
+
+-- Admin keys only: let an account's main balance in a currency go negative (overdraft), or
+-- forbid it again (refused while it is negative).
+CREATE OR REPLACE FUNCTION api.set_allow_negative_v1(
+    p_api_key text, p_account text, p_currency text, p_allow boolean
+) RETURNS TABLE (account_id text, currency text, allow_negative boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k    tollgate.api_keys := tollgate.authenticate(p_api_key);
+    acct tollgate.accounts;
+    la   uuid;
+BEGIN
+    IF NOT k.is_admin THEN
+        RAISE EXCEPTION 'only an admin key may change overdraft rules'
+            USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
+    END IF;
+    acct := tollgate.account_for(k, p_account);
+    PERFORM tollgate.to_minor(1, p_currency);  -- the currency must exist
+    la := tollgate.ledger_account(acct.id, 'main', p_currency);
+    UPDATE tollgate.ledger_accounts SET allow_negative = p_allow WHERE id = la;
+    RETURN QUERY SELECT acct.external_id, p_currency, p_allow;
+END
+$$;

@@ -1,0 +1,267 @@
+-- Transactions: recorded pending, then settled (posting to the ledger), failed, or reversed
+-- (a compensating posting). A transaction linked to a Stripe payment follows it: the
+-- payment's webhook settles, fails or reverses it through the same UPDATE.
+--
+--   BEFORE INSERT  transactions_05_start          starts pending, nothing posted
+--   BEFORE UPDATE  transactions_10_keep_columns   identity and money never change
+--   BEFORE UPDATE  transactions_20_transition     only rows of transaction_transitions (TG010)
+--   BEFORE UPDATE  transactions_30_post           settled: settlement posting; reversed: reversal
+--   AFTER UPDATE   transactions_50_status_changed audit row, outbox row
+
+SET LOCAL ROLE tollgate_owner;
+
+CREATE OR REPLACE TRIGGER transaction_transitions_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.transaction_transitions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE OR REPLACE TRIGGER transaction_transitions_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.transaction_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+CREATE OR REPLACE FUNCTION tollgate.transactions_start() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.status <> 'pending' THEN
+        RAISE EXCEPTION 'a transaction starts pending, not %', NEW.status
+            USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_initial_status',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
+    END IF;
+    NEW.settlement_posting_id := NULL;
+    NEW.reversal_posting_id := NULL;
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+-- Settling credits the account's main balance against the clearing account; reversing posts
+-- the mirror image of the settlement. The posting ids are set here and nowhere else.
+CREATE OR REPLACE FUNCTION tollgate.transactions_post() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.status = OLD.status THEN
+        IF (NEW.settlement_posting_id, NEW.reversal_posting_id)
+           IS DISTINCT FROM (OLD.settlement_posting_id, OLD.reversal_posting_id) THEN
+            RAISE EXCEPTION 'transaction %: postings are set by status changes only', OLD.id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'transactions_postings_by_transition',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+        END IF;
+        RETURN NEW;
+    END IF;
+    NEW.settlement_posting_id := OLD.settlement_posting_id;
+    NEW.reversal_posting_id := OLD.reversal_posting_id;
+    IF NEW.status = 'settled' THEN
+        NEW.settlement_posting_id := tollgate.post(
+            NEW.account_id, 'settlement',
+            ARRAY[tollgate.ledger_account(NEW.account_id, 'main', NEW.currency),
+                  tollgate.clearing_account(NEW.currency)],
+            ARRAY[NEW.amount::bigint, -NEW.amount::bigint]);
+    ELSIF NEW.status = 'reversed' THEN
+        NEW.reversal_posting_id := tollgate.reverse_posting(OLD.settlement_posting_id, NEW.account_id);
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.transactions_status_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.status = NEW.status THEN
+        RETURN NULL;
+    END IF;
+    PERFORM tollgate.audit(NEW.account_id, 'transaction', NEW.id::text,
+                           CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'status_changed' END,
+                           CASE TG_OP WHEN 'UPDATE' THEN OLD.status::text END, NEW.status::text);
+    IF TG_OP = 'UPDATE' THEN
+        PERFORM tollgate.emit(NEW.account_id, 'transaction.' || NEW.status::text,
+                              jsonb_build_object('transaction_id', NEW.id, 'reference', NEW.reference,
+                                                 'amount', NEW.amount, 'currency', NEW.currency));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER transactions_05_start
+    BEFORE INSERT ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_start();
+CREATE OR REPLACE TRIGGER transactions_10_keep_columns
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'account_id', 'reference', 'amount', 'currency', 'payment_intent_id', 'created_at');
+CREATE OR REPLACE TRIGGER transactions_20_transition
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('transaction_transitions', 'transaction');
+CREATE OR REPLACE TRIGGER transactions_30_post
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_post();
+CREATE OR REPLACE TRIGGER transactions_50_status_changed
+    AFTER INSERT OR UPDATE OF status ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_status_changed();
+CREATE OR REPLACE TRIGGER transactions_no_delete
+    BEFORE DELETE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER transactions_no_truncate
+    BEFORE TRUNCATE ON tollgate.transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Following a Stripe payment
+-- ---------------------------------------------------------------------------------------------
+
+-- succeeded settles the payment's pending transactions, canceled fails them, refunded
+-- reverses the settled ones. A refund the wallet cannot absorb (it may not go negative) leaves
+-- the transaction settled and says so in the audit trail and the outbox, rather than failing
+-- the webhook: Stripe would retry it forever.
+CREATE OR REPLACE FUNCTION tollgate.transactions_follow_payment() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+BEGIN
+    IF NEW.status = OLD.status THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status = 'succeeded' THEN
+        UPDATE tollgate.transactions SET status = 'settled'
+        WHERE payment_intent_id = NEW.id AND status = 'pending';
+    ELSIF NEW.status = 'canceled' THEN
+        UPDATE tollgate.transactions SET status = 'failed'
+        WHERE payment_intent_id = NEW.id AND status = 'pending';
+    ELSIF NEW.status = 'refunded' THEN
+        FOR t IN SELECT id, account_id FROM tollgate.transactions
+                 WHERE payment_intent_id = NEW.id AND status = 'settled' ORDER BY id LOOP
+            BEGIN
+                UPDATE tollgate.transactions SET status = 'reversed' WHERE id = t.id;
+            EXCEPTION WHEN check_violation THEN
+                PERFORM tollgate.audit(t.account_id, 'transaction', t.id::text, 'reversal_refused',
+                                       'settled', 'settled');
+                PERFORM tollgate.emit(t.account_id, 'transaction.reversal_refused',
+                                      jsonb_build_object('transaction_id', t.id, 'payment_id', NEW.id));
+            END;
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER payment_intents_70_transactions
+    AFTER UPDATE OF status ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_follow_payment();
+
+-- ---------------------------------------------------------------------------------------------
+-- api
+-- ---------------------------------------------------------------------------------------------
+
+-- How a transaction looks to API callers: amount as a decimal string in its currency.
+CREATE OR REPLACE VIEW tollgate.transaction_v1 AS
+SELECT t.id,
+       a.external_id                                AS account_id,
+       t.reference,
+       tollgate.format_minor(t.amount, t.currency)  AS amount,
+       t.amount::bigint                             AS amount_minor,
+       t.currency,
+       t.status::text                               AS status,
+       t.payment_intent_id                          AS payment_id,
+       t.created_at,
+       t.updated_at
+FROM tollgate.transactions t
+JOIN tollgate.accounts a ON a.id = t.account_id;
+
+-- Record a pending transaction of p_amount (a decimal, e.g. 1250.50) for an account. The
+-- reference is unique per account (23505, transactions_account_reference_key). Linked to a
+-- payment (its id or pi_...), amounts must match, and a payment that already succeeded or was
+-- canceled settles or fails the transaction at once.
+CREATE OR REPLACE FUNCTION api.create_transaction_v1(
+    p_api_key text, p_account text, p_reference text, p_amount numeric, p_currency text,
+    p_payment text
+) RETURNS SETOF tollgate.transaction_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k     tollgate.api_keys := tollgate.authenticate(p_api_key);
+    acct  tollgate.accounts := tollgate.account_for(k, p_account);
+    minor bigint := tollgate.to_minor(p_amount, p_currency);
+    pay   tollgate.payment_intents;
+    txn   uuid;
+BEGIN
+    IF p_payment IS NOT NULL THEN
+        SELECT * INTO pay FROM tollgate.payment_intents p
+        WHERE p.account_id = acct.id
+          AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment));
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'payment % not found', p_payment
+                USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
+        END IF;
+        IF (pay.amount, pay.currency) IS DISTINCT FROM (minor, p_currency) THEN
+            RAISE EXCEPTION 'payment % is % %, not %', p_payment,
+                    tollgate.format_minor(pay.amount, pay.currency), pay.currency, p_amount
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'transaction_matches_payment';
+        END IF;
+        IF pay.status = 'refunded' THEN
+            RAISE EXCEPTION 'payment % was refunded', p_payment
+                USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_payment_not_refunded';
+        END IF;
+    END IF;
+    INSERT INTO tollgate.transactions (account_id, reference, amount, currency, payment_intent_id)
+    VALUES (acct.id, p_reference, minor, p_currency, pay.id)
+    RETURNING id INTO txn;
+    IF pay.status IN ('succeeded', 'canceled') THEN
+        UPDATE tollgate.transactions
+        SET status = CASE pay.status WHEN 'succeeded' THEN 'settled' ELSE 'failed' END::tollgate.transaction_status
+        WHERE id = txn;
+    END IF;
+    RETURN QUERY SELECT * FROM tollgate.transaction_v1 v WHERE v.id = txn;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.transaction_by_reference(p_key tollgate.api_keys, p_account text, p_reference text)
+RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct tollgate.accounts := tollgate.account_for(p_key, p_account);
+    txn  uuid;
+BEGIN
+    SELECT t.id INTO txn FROM tollgate.transactions t
+    WHERE t.account_id = acct.id AND t.reference = p_reference;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'transaction % not found', p_reference
+            USING ERRCODE = 'TG003', CONSTRAINT = 'transaction_visible';
+    END IF;
+    RETURN txn;
+END
+$$;
+
+-- A transaction by reference, in the key's own account (or p_account, for admin keys).
+CREATE OR REPLACE FUNCTION api.get_transaction_v1(p_api_key text, p_account text, p_reference text)
+RETURNS SETOF tollgate.transaction_v1
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT v.* FROM tollgate.transaction_v1 v
+    WHERE v.id = tollgate.transaction_by_reference(tollgate.authenticate(p_api_key), p_account, p_reference)
+$$;
+
+-- Move a transaction to settled, failed or reversed; the triggers decide whether it may.
+CREATE OR REPLACE FUNCTION api.move_transaction_v1(
+    p_api_key text, p_account text, p_reference text, p_status text
+) RETURNS SETOF tollgate.transaction_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    txn uuid := tollgate.transaction_by_reference(tollgate.authenticate(p_api_key), p_account, p_reference);
+BEGIN
+    UPDATE tollgate.transactions SET status = p_status::tollgate.transaction_status WHERE id = txn;
+    RETURN QUERY SELECT * FROM tollgate.transaction_v1 v WHERE v.id = txn;
+END
+$$;
