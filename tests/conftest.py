@@ -148,9 +148,11 @@ class Api:
     settings: Settings
     webhook_secret: str
 
-    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+    def client(
+        self, key: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> httpx.Client:
+        sent = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=sent | (headers or {}), timeout=30)
 
 
 def make_settings(dsn: str, emulator_base: str, **overrides: Any) -> Settings:

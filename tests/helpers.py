@@ -25,6 +25,10 @@ TABLES = (
     "payment_events",
     "outbox",
     "audit_log",
+    "transactions",
+    "ledger_accounts",
+    "ledger_postings",
+    "ledger_entries",
 )
 
 
@@ -81,3 +85,8 @@ def stripe_intents_with(client: stripe.StripeClient, payment_id: str) -> list[An
         for pi in listed.auto_paging_iter()
         if (pi.to_dict().get("metadata") or {}).get("tollgate_payment_id") == payment_id
     ]
+
+
+def ledger_problems(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """Everything tollgate.ledger_discrepancies() finds wrong with the ledger (empty: sound)."""
+    return db.execute("SELECT * FROM tollgate.ledger_discrepancies()").fetchall()

@@ -249,6 +249,49 @@ AS $$
 $$;
 
 -- ---------------------------------------------------------------------------------------------
+-- Verification
+-- ---------------------------------------------------------------------------------------------
+
+-- Every way the ledger could disagree with itself; no rows means it is consistent:
+--   balance   - a ledger account's balance or version is not what its entries add up to
+--   chain     - an entry's balance_before is not the previous entry's balance_after
+--   posting   - a posting's entries do not sum to zero in a currency
+--   currency  - all balances in a currency do not sum to zero
+CREATE OR REPLACE FUNCTION tollgate.ledger_discrepancies()
+RETURNS TABLE (kind text, subject text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'balance', la.id::text,
+           format('balance %s version %s; entries sum to %s over %s, last balance_after %s',
+                  la.balance, la.version, coalesce(e.total, 0), coalesce(e.n, 0), e.last_after)
+    FROM tollgate.ledger_accounts la
+    LEFT JOIN LATERAL (
+        SELECT sum(x.amount) AS total, count(*) AS n,
+               (array_agg(x.balance_after ORDER BY x.account_version DESC))[1] AS last_after
+        FROM tollgate.ledger_entries x WHERE x.ledger_account_id = la.id
+    ) e ON true
+    WHERE la.balance <> coalesce(e.total, 0) OR la.version <> coalesce(e.n, 0)
+       OR (e.n > 0 AND e.last_after <> la.balance)
+    UNION ALL
+    SELECT 'chain', c.id::text, format('balance_before %s, previous balance_after %s', c.balance_before, c.prev)
+    FROM (
+        SELECT x.id, x.balance_before, x.account_version,
+               lag(x.balance_after, 1, 0::bigint) OVER w AS prev,
+               lag(x.account_version, 1, 0::bigint) OVER w AS prev_version
+        FROM tollgate.ledger_entries x
+        WINDOW w AS (PARTITION BY x.ledger_account_id ORDER BY x.account_version)
+    ) c
+    WHERE c.balance_before <> c.prev OR c.account_version <> c.prev_version + 1
+    UNION ALL
+    SELECT 'posting', x.posting_id::text, format('%s %s left over', sum(x.amount), x.currency)
+    FROM tollgate.ledger_entries x GROUP BY x.posting_id, x.currency HAVING sum(x.amount) <> 0
+    UNION ALL
+    SELECT 'currency', la.currency, format('balances sum to %s', sum(la.balance))
+    FROM tollgate.ledger_accounts la GROUP BY la.currency HAVING sum(la.balance) <> 0
+$$;
+
+-- ---------------------------------------------------------------------------------------------
 -- api: transfers and balances
 -- ---------------------------------------------------------------------------------------------
 

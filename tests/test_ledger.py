@@ -1,0 +1,227 @@
+"""Transfers and the ledger's invariants: over HTTP, under concurrency, and by property."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Api
+from tests.helpers import in_parallel, ledger_problems, row_counts
+
+ADMIN_KEY = "tg_ledger_admin_key_0123456789abcdef"
+
+
+def fund(http: httpx.Client, account: str, amount: str, currency: str = "USD") -> None:
+    reference = f"fund-{secrets.token_hex(4)}"
+    created = http.post(
+        "/v1/transactions",
+        json={
+            "account_id": account,
+            "reference": reference,
+            "amount": amount,
+            "currency": currency,
+        },
+    )
+    assert created.status_code == 201, created.text
+    settled = http.post(f"/v1/transactions/{reference}/settle", params={"account_id": account})
+    assert settled.status_code == 200, settled.text
+
+
+def balance(http: httpx.Client, account: str) -> str:
+    rows = http.get(f"/v1/accounts/{account}/balances").json()["balances"]
+    return str(rows[0]["balance"]) if rows else "0"
+
+
+def transfer(http: httpx.Client, key: str, body: dict[str, Any]) -> httpx.Response:
+    return http.post(
+        "/v1/transfers", json=body | {"currency": "USD"}, headers={"Idempotency-Key": key}
+    )
+
+
+def test_transfer_between_accounts(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
+    new_key("bob")
+    with api.client(new_key("alice")) as alice, api.client(new_key("ops", admin=True)) as admin:
+        fund(admin, "alice", "100.00")
+        sent = transfer(alice, "t1", {"to_account_id": "bob", "amount": "30.25"})
+        assert sent.status_code == 201, sent.text
+        assert {k: sent.json()[k] for k in ("from_account_id", "to_account_id", "amount")} == {
+            "from_account_id": "alice",
+            "to_account_id": "bob",
+            "amount": "30.25",
+        }
+        again = transfer(alice, "t1", {"to_account_id": "bob", "amount": "30.25"})
+        assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
+        assert again.json()["posting_id"] == sent.json()["posting_id"]
+        other = transfer(alice, "t1", {"to_account_id": "bob", "amount": "30.26"})
+        assert (
+            other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+        )
+        assert (balance(admin, "alice"), balance(admin, "bob")) == ("69.75", "30.25")
+    assert ledger_problems(db) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"to_account_id": "bob", "amount": "100.01"}, 409, "insufficient_funds"),
+        ({"to_account_id": "alice", "amount": "1"}, 422, "transfer_to_self"),
+        ({"to_account_id": "nobody", "amount": "1"}, 404, "not_found"),
+        ({"to_account_id": "bob", "amount": "1.001"}, 422, "invalid_amount"),
+        ({"to_account_id": "bob", "amount": "-1"}, 422, "invalid_amount"),
+        ({"from_account_id": "bob", "to_account_id": "alice", "amount": "1"}, 404, "not_found"),
+    ],
+)
+def test_refused_transfers_write_nothing(
+    api: Api,
+    new_key: Any,
+    db: psycopg.Connection[Any],
+    body: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    new_key("bob")
+    with api.client(new_key("alice")) as alice, api.client(new_key("ops", admin=True)) as admin:
+        fund(admin, "alice", "100.00")
+        before = row_counts(db)
+        r = transfer(alice, "refused", body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    assert row_counts(db) == before
+
+
+def test_a_transfer_needs_an_idempotency_key(api: Api, new_key: Any) -> None:
+    with api.client(new_key("alice")) as alice:
+        r = alice.post(
+            "/v1/transfers", json={"to_account_id": "x", "amount": "1", "currency": "USD"}
+        )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "idempotency_key_required"
+
+
+def test_concurrent_opposite_transfers_keep_every_invariant(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    accounts = [f"acct_{i}" for i in range(8)]
+    for name in accounts:
+        new_key(name)
+    admin_key = new_key("ops", admin=True)
+    with api.client(admin_key) as admin:
+        for name in accounts:
+            fund(admin, name, "100.00")
+
+    def worker(n: int) -> list[int]:
+        rng = random.Random(n)
+        statuses = []
+        with api.client(admin_key) as http:
+            for i in range(20):
+                # Pairs in both directions at once: n even sends a->b, n odd b->a.
+                a, b = accounts[(n // 2) % 4], accounts[4 + (i % 4)]
+                src, dst = (a, b) if n % 2 == 0 else (b, a)
+                amount = f"{rng.randint(1, 4000) / 100:.2f}"
+                r = transfer(
+                    http,
+                    f"w{n}-{i}",
+                    {"from_account_id": src, "to_account_id": dst, "amount": amount},
+                )
+                statuses.append(r.status_code)
+                if r.status_code == 409:
+                    assert r.json()["error"]["code"] == "insufficient_funds"
+        return statuses
+
+    results = [s for batch in in_parallel(20, worker) for s in batch]
+    assert set(results) <= {201, 409}, f"unexpected statuses: {sorted(set(results))}"
+    assert results.count(201) > 100, "most transfers went through"
+    assert ledger_problems(db) == [], (
+        "balances equal their entries; every posting and currency sums to zero"
+    )
+    total = db.execute(
+        "SELECT sum(la.balance), min(la.balance) FROM tollgate.ledger_accounts la"
+        " JOIN tollgate.accounts a ON a.id = la.account_id WHERE a.external_id LIKE 'acct_%'"
+    ).fetchone()
+    assert total == (80000, total[1]) and total[1] >= 0, (
+        "money moved, none created, no wallet below zero"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: any sequence of transfers keeps the ledger sound and matches a simple model
+# ---------------------------------------------------------------------------------------------
+
+transfers = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(1, 5000)), min_size=1, max_size=25
+)
+
+
+@pytest.fixture
+def ledger_admin(db: psycopg.Connection[Any]) -> str:
+    db.execute("SELECT api.create_api_key_v1('prop_ops', %s, true, NULL)", (ADMIN_KEY,))
+    return ADMIN_KEY
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    funding=st.lists(st.integers(0, 10_000), min_size=4, max_size=4),
+    overdraft=st.lists(st.booleans(), min_size=4, max_size=4),
+    moves=transfers,
+)
+def test_random_transfers_match_a_model_and_keep_the_ledger_sound(
+    db: psycopg.Connection[Any],
+    ledger_admin: str,
+    funding: list[int],
+    overdraft: list[bool],
+    moves: list[Any],
+) -> None:
+    run = secrets.token_hex(4)
+    names = [f"p{run}_{i}" for i in range(4)]
+    model = dict(zip(names, funding, strict=True))
+    for name, cents, may_go_negative in zip(names, funding, overdraft, strict=True):
+        db.execute(
+            "SELECT api.create_api_key_v1(%s, %s, false, NULL)", (name, f"tg_{name}_key_000000")
+        )
+        if cents:
+            db.execute(
+                "SELECT api.create_transaction_v1(%s, %s, 'fund', %s, 'USD', NULL)",
+                (ledger_admin, name, Decimal(cents) / 100),
+            )
+            db.execute(
+                "SELECT api.move_transaction_v1(%s, %s, 'fund', 'settled')", (ledger_admin, name)
+            )
+        if may_go_negative:
+            db.execute(
+                "SELECT api.set_allow_negative_v1(%s, %s, 'USD', true)", (ledger_admin, name)
+            )
+
+    for n, (src, dst, cents) in enumerate(moves):
+        a, b = names[src], names[dst]
+        expected_ok = a != b and (overdraft[src] or model[a] >= cents)
+        try:
+            db.execute(
+                "SELECT api.transfer_v1(%s, %s, %s, %s, 'USD', %s)",
+                (ledger_admin, a, b, Decimal(cents) / 100, f"m{n}"),
+            )
+            done = True
+        except psycopg.errors.CheckViolation:
+            done = False
+        assert done == expected_ok, f"transfer {a} -> {b} of {cents} with {model}"
+        if done:
+            model[a] -= cents
+            model[b] += cents
+
+    found = dict(
+        db.execute(
+            "SELECT a.external_id, la.balance FROM tollgate.ledger_accounts la"
+            " JOIN tollgate.accounts a ON a.id = la.account_id WHERE a.external_id = ANY(%s)",
+            (names,),
+        ).fetchall()
+    )
+    assert {n: found.get(n, 0) for n in names} == model
+    assert ledger_problems(db) == []
