@@ -31,7 +31,9 @@ async def parse(request: Request, model: type[M]) -> M:
     if len(body) > MAX_BODY_BYTES:
         raise DomainError("too_large", "payload_too_large", "the body is larger than 64 KiB")
     try:
-        data = json.loads(body, parse_float=Decimal, parse_constant=_refuse_constant)
+        data = json.loads(
+            body, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
+        )
     except (ValueError, RecursionError) as exc:
         raise DomainError(
             "invalid", "malformed_json", "the request body is not valid JSON"

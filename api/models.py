@@ -14,6 +14,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from "\ud800" in JSON
+        raise ValueError("must be valid Unicode text") from None
     return value
 
 
@@ -35,7 +39,7 @@ def _decimal_amount(value: Any) -> Decimal:
     if isinstance(value, int):
         value = Decimal(value)
     elif isinstance(value, str):
-        if not _DECIMAL_TEXT.match(value):
+        if not _DECIMAL_TEXT.fullmatch(value):
             raise ValueError('amount must be a decimal string such as "1250.50"')
         value = Decimal(value)
     if not isinstance(value, Decimal) or not value.is_finite():

@@ -104,6 +104,13 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     ),
     "transaction_matches_payment": ("invalid", "payment_mismatch", None),
     "transfer_distinct_accounts": ("invalid", "transfer_to_self", None),
+    "transactions_payment_intent_id_key": (
+        "conflict",
+        "payment_already_linked",
+        "the payment already backs another transaction",
+    ),
+    "ledger_postings_reverses_once": ("conflict", "already_reversed", "it was already reversed"),
+    "overdraft_in_use": ("conflict", "overdraft_in_use", None),
     "ledger_accounts_balance_non_negative": (
         "conflict",
         "insufficient_funds",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -145,13 +146,22 @@ class _Revoked:
     revoked: bool
 
 
-async def _one(conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> T:
+@contextmanager
+def _translated() -> Iterator[None]:
+    """psycopg errors as domain errors (or unchanged, for defects)."""
     try:
+        yield
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+    except UnicodeEncodeError as exc:  # text psycopg cannot send, e.g. a lone surrogate
+        raise errors.DomainError("invalid", "invalid_text", "text must be valid Unicode") from exc
+
+
+async def _one(conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> T:
+    with _translated():
         cur = conn.cursor(row_factory=class_row(row))
         await cur.execute(QUERIES[name], params)
         result = await cur.fetchone()
-    except psycopg.Error as exc:
-        raise errors.translate(exc) from exc
     if result is None:  # every api function returns a row or raises
         raise RuntimeError(f"query {name} returned no row")
     return result
@@ -160,28 +170,22 @@ async def _one(conn: AsyncConnection[Any], row: type[T], name: str, params: Mapp
 async def _all(
     conn: AsyncConnection[Any], row: type[T], name: str, params: Mapping[str, Any]
 ) -> list[T]:
-    try:
+    with _translated():
         cur = conn.cursor(row_factory=class_row(row))
         await cur.execute(QUERIES[name], params)
         return await cur.fetchall()
-    except psycopg.Error as exc:
-        raise errors.translate(exc) from exc
 
 
 def _all_sync(conn: Connection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> list[T]:
-    try:
+    with _translated():
         cur = conn.cursor(row_factory=class_row(row))
         cur.execute(QUERIES[name], params)
         return cur.fetchall()
-    except psycopg.Error as exc:
-        raise errors.translate(exc) from exc
 
 
 async def ping(conn: AsyncConnection[Any]) -> None:
-    try:
+    with _translated():
         await conn.execute(QUERIES["ping"])
-    except psycopg.Error as exc:
-        raise errors.translate(exc) from exc
 
 
 async def begin_payment(

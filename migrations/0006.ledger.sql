@@ -56,6 +56,9 @@ CREATE TABLE tollgate.ledger_postings (
     request_hash     bytea,
     reverses         uuid        CONSTRAINT ledger_postings_reverses_fkey REFERENCES tollgate.ledger_postings
                                  CONSTRAINT ledger_postings_reverses_once UNIQUE,
+    -- The transaction that wrote the posting (set by the database): entries can be added to a
+    -- posting only in that transaction, so a committed posting never changes.
+    created_xid      xid8        NOT NULL DEFAULT pg_current_xact_id(),
     created_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT ledger_postings_idempotency_key UNIQUE (account_id, idempotency_key),
     CONSTRAINT ledger_postings_key_has_hash CHECK ((idempotency_key IS NULL) = (request_hash IS NULL)),

@@ -32,8 +32,10 @@ CREATE TABLE tollgate.transactions (
     amount                tollgate.amount_minor NOT NULL,
     currency              text        NOT NULL CONSTRAINT transactions_currency_fkey REFERENCES tollgate.currencies,
     status                tollgate.transaction_status NOT NULL DEFAULT 'pending',
-    -- The Stripe payment whose webhooks settle, fail or reverse this transaction, if any.
-    payment_intent_id     uuid        CONSTRAINT transactions_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
+    -- The Stripe payment whose webhooks settle, fail or reverse this transaction, if any. One
+    -- payment backs at most one transaction, or it would credit the account more than once.
+    payment_intent_id     uuid        CONSTRAINT transactions_payment_intent_id_fkey REFERENCES tollgate.payment_intents
+                                      CONSTRAINT transactions_payment_intent_id_key UNIQUE,
     settlement_posting_id uuid        CONSTRAINT transactions_settlement_posting_id_fkey REFERENCES tollgate.ledger_postings,
     reversal_posting_id   uuid        CONSTRAINT transactions_reversal_posting_id_fkey REFERENCES tollgate.ledger_postings,
     created_at            timestamptz NOT NULL DEFAULT now(),
@@ -42,7 +44,5 @@ CREATE TABLE tollgate.transactions (
     CONSTRAINT transactions_settled_has_posting CHECK ((status IN ('settled', 'reversed')) = (settlement_posting_id IS NOT NULL)),
     CONSTRAINT transactions_reversed_has_posting CHECK ((status = 'reversed') = (reversal_posting_id IS NOT NULL))
 );
-
-CREATE INDEX transactions_payment_intent_idx ON tollgate.transactions (payment_intent_id) WHERE payment_intent_id IS NOT NULL;
 
 COMMENT ON TABLE tollgate.transactions IS 'Financial actions recorded before they happen; settling one posts to the ledger.';

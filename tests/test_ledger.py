@@ -225,3 +225,51 @@ def test_random_transfers_match_a_model_and_keep_the_ledger_sound(
     )
     assert {n: found.get(n, 0) for n in names} == model
     assert ledger_problems(db) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# What only a real COMMIT shows (pgTAP files roll back, so deferred checks never run there)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_unbalanced_posting_is_refused_at_commit(
+    db: psycopg.Connection[Any], new_key: Any
+) -> None:
+    new_key("solo")
+    before = row_counts(db)
+    with pytest.raises(psycopg.Error) as refused, db.transaction():
+        posting = db.execute(
+            "INSERT INTO tollgate.ledger_postings (account_id, kind)"
+            " SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'solo' RETURNING id"
+        ).fetchone()
+        assert posting is not None
+        db.execute(
+            "INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)"
+            " SELECT %s, tollgate.ledger_account(id, 'main', 'USD'), 500"
+            " FROM tollgate.accounts WHERE external_id = 'solo'",
+            (posting[0],),
+        )
+    assert refused.value.sqlstate == "TG040"
+    assert row_counts(db) == before, "the whole transaction was rolled back"
+
+
+def test_a_committed_posting_takes_no_more_entries(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    new_key("bob")
+    with api.client(new_key("alice")) as alice, api.client(new_key("ops", admin=True)) as admin:
+        fund(admin, "alice", "100.00")
+        posting = transfer(alice, "once", {"to_account_id": "bob", "amount": "10"}).json()[
+            "posting_id"
+        ]
+    # Copy the transfer's two (balanced) entries into the same posting, later: money from nowhere.
+    with pytest.raises(psycopg.Error) as refused:
+        db.execute(
+            "INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)"
+            " SELECT posting_id, ledger_account_id, amount FROM tollgate.ledger_entries"
+            " WHERE posting_id = %s",
+            (posting,),
+        )
+    assert refused.value.sqlstate == "TG012"
+    assert refused.value.diag.constraint_name == "ledger_entries_posting_open"
+    assert ledger_problems(db) == []

@@ -1,7 +1,9 @@
-"""An early Stripe event and the payment row it belongs to, committed concurrently.
+"""Rows that must see each other, written by transactions committing at the same time.
 
-Without the lock they share, each transaction could commit without seeing the other and the
-event would stay pending forever. Two real connections, the second blocked on the first.
+An early Stripe event and the payment it belongs to; a payment's webhook and a transaction
+being linked to that payment. Without the locks they share, each side could commit without
+seeing the other: an event pending forever, a transaction never settled. Two real
+connections, the second blocked on the first.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from tests.helpers import ledger_problems
 
 KEY = "tg_race_key_for_tests_0123456789"
 
@@ -110,3 +114,55 @@ def test_payment_committing_while_its_early_event_commits(
         thread.join(timeout=10)
     assert done, "recording the payment finished"
     assert final_state(db, "pi_race_two") == ("succeeded", "applied")
+
+
+def link_transaction(conn: psycopg.Connection[Any], stripe_id: str) -> str:
+    found = conn.execute(
+        "SELECT status FROM api.create_transaction_v1(%s, NULL, %s, 5.00, 'USD', %s)",
+        (KEY, f"order-{stripe_id}", stripe_id),
+    ).fetchone()
+    assert found is not None
+    return str(found[0])
+
+
+def transaction_status(db: psycopg.Connection[Any], stripe_id: str) -> Any:
+    return db.execute(
+        "SELECT status::text FROM tollgate.transactions WHERE reference = %s",
+        (f"order-{stripe_id}",),
+    ).fetchone()
+
+
+def test_linking_a_transaction_while_the_payment_succeeds(
+    db_dsn: str, db: psycopg.Connection[Any], keyed: None
+) -> None:
+    with app_conn(db_dsn) as setup:
+        record_payment(setup, "pi_link_one")
+        setup.commit()
+    with app_conn(db_dsn) as webhook, app_conn(db_dsn) as linker:
+        assert ingest(webhook, "pi_link_one") == "applied"  # succeeded, not committed yet
+        thread, status = in_background(
+            lambda: (link_transaction(linker, "pi_link_one"), linker.commit())
+        )
+        wait_until_blocked(db, linker.info.backend_pid)
+        webhook.commit()
+        thread.join(timeout=10)
+    assert status and status[0][0] == "settled", "the link waited and saw the success"
+    assert transaction_status(db, "pi_link_one") == ("settled",)
+    assert ledger_problems(db) == []
+
+
+def test_the_payment_succeeding_while_a_transaction_is_linked(
+    db_dsn: str, db: psycopg.Connection[Any], keyed: None
+) -> None:
+    with app_conn(db_dsn) as setup:
+        record_payment(setup, "pi_link_two")
+        setup.commit()
+    with app_conn(db_dsn) as webhook, app_conn(db_dsn) as linker:
+        assert link_transaction(linker, "pi_link_two") == "pending"  # not committed yet
+        thread, done = in_background(lambda: (ingest(webhook, "pi_link_two"), webhook.commit()))
+        wait_until_blocked(db, webhook.info.backend_pid)
+        linker.commit()
+        thread.join(timeout=10)
+    assert done and done[0][0] == "applied"
+    assert transaction_status(db, "pi_link_two") == ("settled",), "the webhook settled the new link"
+    assert ledger_problems(db) == []

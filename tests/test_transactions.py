@@ -14,8 +14,15 @@ from tests.helpers import event, in_parallel, ledger_problems, row_counts, sign
 ORDER = {"reference": "order-1042", "amount": "1250.50", "currency": "USD"}
 
 
+def move(
+    admin: httpx.Client, action: str, reference: str = "order-1042", account: str = "shop"
+) -> httpx.Response:
+    """Settle, fail or reverse: the job of the downstream service, with an admin key."""
+    return admin.post(f"/v1/transactions/{reference}/{action}", params={"account_id": account})
+
+
 def test_record_read_settle(api: Api, new_key: Any) -> None:
-    with api.client(new_key("shop")) as http:
+    with api.client(new_key("shop")) as http, api.client(new_key("ops", admin=True)) as admin:
         created = http.post("/v1/transactions", json=ORDER | {"account_id": "shop"})
         assert created.status_code == 201, created.text
         body = created.json()
@@ -31,7 +38,9 @@ def test_record_read_settle(api: Api, new_key: Any) -> None:
         assert body["amount_minor"] == 125050
         assert http.get("/v1/transactions/order-1042").json() == body
 
-        settled = http.post("/v1/transactions/order-1042/settle")
+        own = http.post("/v1/transactions/order-1042/settle")
+        assert own.status_code == 403 and own.json()["error"]["code"] == "admin_key_required"
+        settled = move(admin, "settle")
         assert settled.status_code == 200 and settled.json()["status"] == "settled"
         balances = http.get("/v1/accounts/shop/balances").json()["balances"]
     assert [(b["currency"], b["balance"], b["version"]) for b in balances] == [
@@ -80,6 +89,7 @@ BAD = [
     ("reference with a space", {"reference": "order 1"}, 422, "invalid_reference"),
     ("reference too long", {"reference": "r" * 129}, 422, "invalid_reference"),
     ("unknown field", {"memo": "x"}, 422, "invalid_request"),
+    ("a trailing newline in the amount", {"amount": "12.50\n"}, 422, "invalid_request"),
     ("a payment that does not exist", {"payment_id": "pi_nothere"}, 404, "not_found"),
 ]
 
@@ -114,6 +124,26 @@ def test_json_numbers_are_read_exactly_not_as_floats(
     with api.client(key, headers={"Content-Type": "application/json"}) as http:
         r = http.post("/v1/transactions", content=raw)
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_amount"
+    assert row_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"reference": "big", "currency": "USD", "amount": ' + b"9" * 5000 + b"}",
+        b'{"reference": "\\ud800", "currency": "USD", "amount": "1.00"}',
+        b'{"reference": "x", "currency": "USD", "amount": "1.00", "payment_id": "\\udfff"}',
+    ],
+    ids=["an integer of 5000 digits", "a lone surrogate", "a lone surrogate in payment_id"],
+)
+def test_raw_json_edge_cases_get_422(
+    api: Api, new_key: Any, db: psycopg.Connection[Any], raw: bytes
+) -> None:
+    key = new_key("shop")
+    before = row_counts(db)
+    with api.client(key, headers={"Content-Type": "application/json"}) as http:
+        r = http.post("/v1/transactions", content=raw)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
     assert row_counts(db) == before
 
 
@@ -169,26 +199,27 @@ def test_twenty_concurrent_creates_of_one_reference(
 def test_moves_outside_the_lifecycle_get_409(
     api: Api, new_key: Any, db: psycopg.Connection[Any], moves: list[str], refused: str, final: str
 ) -> None:
-    with api.client(new_key("shop")) as http:
+    with api.client(new_key("shop")) as http, api.client(new_key("ops", admin=True)) as admin:
         http.post("/v1/transactions", json=ORDER)
-        for move in moves:
-            assert http.post(f"/v1/transactions/order-1042/{move}").status_code == 200
+        for action in moves:
+            assert move(admin, action).status_code == 200
         entries_before = row_counts(db)
-        r = http.post(f"/v1/transactions/order-1042/{refused}")
+        r = move(admin, refused)
         assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
         assert http.get("/v1/transactions/order-1042").json()["status"] == final
     assert row_counts(db) == entries_before
 
 
-@pytest.mark.parametrize("move", ["settle", "fail"])
+@pytest.mark.parametrize("moves", [["settle"], ["fail"], ["settle", "reverse"]])
 def test_repeating_a_move_is_answered_again_and_posts_nothing(
-    api: Api, new_key: Any, db: psycopg.Connection[Any], move: str
+    api: Api, new_key: Any, db: psycopg.Connection[Any], moves: list[str]
 ) -> None:
-    with api.client(new_key("shop")) as http:
+    with api.client(new_key("shop")) as http, api.client(new_key("ops", admin=True)) as admin:
         http.post("/v1/transactions", json=ORDER)
-        first = http.post(f"/v1/transactions/order-1042/{move}")
+        for action in moves:
+            first = move(admin, action)
         counts = row_counts(db)
-        again = http.post(f"/v1/transactions/order-1042/{move}")
+        again = move(admin, moves[-1])
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()
     assert row_counts(db) == counts, "a retried move changes nothing"
@@ -196,16 +227,16 @@ def test_repeating_a_move_is_answered_again_and_posts_nothing(
 
 def test_reversing_money_already_spent_gets_insufficient_funds(api: Api, new_key: Any) -> None:
     new_key("other")
-    with api.client(new_key("shop")) as http:
+    with api.client(new_key("shop")) as http, api.client(new_key("ops", admin=True)) as admin:
         http.post("/v1/transactions", json=ORDER)
-        http.post("/v1/transactions/order-1042/settle")
+        assert move(admin, "settle").status_code == 200
         spent = http.post(
             "/v1/transfers",
             json={"to_account_id": "other", "amount": "1000", "currency": "USD"},
             headers={"Idempotency-Key": "spend"},
         )
         assert spent.status_code == 201, spent.text
-        r = http.post("/v1/transactions/order-1042/reverse")
+        r = move(admin, "reverse")
         assert r.status_code == 409 and r.json()["error"]["code"] == "insufficient_funds"
         assert http.get("/v1/transactions/order-1042").json()["status"] == "settled"
 
@@ -218,12 +249,7 @@ def test_other_accounts_transactions_are_not_found(api: Api, new_key: Any) -> No
             rival.get("/v1/transactions/order-1042", params={"account_id": "shop"}).status_code
             == 404
         )
-        assert (
-            rival.post(
-                "/v1/transactions/order-1042/settle", params={"account_id": "shop"}
-            ).status_code
-            == 404
-        )
+        assert move(rival, "settle").status_code == 403
     with api.client(new_key("ops", admin=True)) as admin:
         assert (
             admin.get("/v1/transactions/order-1042", params={"account_id": "shop"}).status_code

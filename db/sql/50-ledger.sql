@@ -1,10 +1,11 @@
 -- The double-entry ledger: money conversion, postings, entries, balances.
 --
 -- A posting is a set of entries that sums to zero per currency (checked at commit by a
--- deferred constraint trigger). Inserting an entry is the only way to move a balance: the
--- entry's trigger locks its ledger account, records the balance before and after and the
--- account's new version, and updates the account. Ledger accounts are locked in id order
--- before any entry is written, so opposite postings cannot deadlock.
+-- deferred constraint trigger), written in one transaction and never changed after. Inserting
+-- an entry is the only way to move a balance: the entry's triggers lock its ledger account,
+-- record the balance before and after and the account's new version, then update the
+-- account, whose guard accepts a new balance only if that very entry exists. Ledger accounts
+-- are locked in id order before any entry is written, so opposite postings cannot deadlock.
 
 SET LOCAL ROLE tollgate_owner;
 
@@ -22,6 +23,10 @@ DECLARE
     exp    smallint;
     scaled numeric;
 BEGIN
+    IF p_amount IS NULL THEN
+        RAISE EXCEPTION 'an amount is required'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_minor_range';
+    END IF;
     SELECT c.exponent INTO exp FROM tollgate.currencies c WHERE c.code = p_currency;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown currency %', p_currency
@@ -89,14 +94,20 @@ AS $$
     SELECT tollgate.ledger_account('00000000-0000-0000-0000-000000000000', 'clearing', p_currency, true)
 $$;
 
--- Balances and versions move only through entries (the entry trigger runs this UPDATE one
--- trigger level down); names, owners and currencies never change. (Spelled out rather than
--- tollgate.keep_columns: this runs for every entry.)
+-- A ledger account is born empty; afterwards its balance and version move only with an entry
+-- (the guard looks for the entry that explains the new balance), and its owner, name and
+-- currency never change. Spelled out rather than tollgate.keep_columns: this runs per entry.
 CREATE OR REPLACE FUNCTION tollgate.ledger_accounts_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.balance := 0;
+        NEW.version := 0;
+        NEW.created_at := now();
+        RETURN NEW;
+    END IF;
     IF (NEW.id, NEW.account_id, NEW.name, NEW.currency, NEW.created_at)
        IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.name, OLD.currency, OLD.created_at) THEN
         RAISE EXCEPTION 'ledger account %: only allow_negative may change', OLD.id
@@ -104,7 +115,10 @@ BEGIN
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
     END IF;
     IF (NEW.balance, NEW.version) IS DISTINCT FROM (OLD.balance, OLD.version)
-       AND (pg_trigger_depth() < 2 OR NEW.version <> OLD.version + 1) THEN
+       AND (NEW.version IS DISTINCT FROM OLD.version + 1 OR NOT EXISTS (
+                SELECT FROM tollgate.ledger_entries e
+                WHERE e.ledger_account_id = NEW.id AND e.account_version = NEW.version
+                  AND e.balance_before = OLD.balance AND e.balance_after = NEW.balance)) THEN
         RAISE EXCEPTION 'ledger account %: balances move only through ledger entries', OLD.id
             USING ERRCODE = 'TG012', CONSTRAINT = 'ledger_accounts_balance_by_entries',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'balance';
@@ -118,7 +132,7 @@ END
 $$;
 
 CREATE OR REPLACE TRIGGER ledger_accounts_20_guard
-    BEFORE UPDATE ON tollgate.ledger_accounts
+    BEFORE INSERT OR UPDATE ON tollgate.ledger_accounts
     FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_accounts_guard();
 CREATE OR REPLACE TRIGGER ledger_accounts_no_delete
     BEFORE DELETE ON tollgate.ledger_accounts
@@ -138,6 +152,12 @@ AS $$
 DECLARE
     la tollgate.ledger_accounts;
 BEGIN
+    IF (SELECT p.created_xid FROM tollgate.ledger_postings p WHERE p.id = NEW.posting_id)
+       IS DISTINCT FROM pg_current_xact_id() THEN
+        RAISE EXCEPTION 'entries join posting % only in the transaction that wrote it', NEW.posting_id
+            USING ERRCODE = 'TG012', CONSTRAINT = 'ledger_entries_posting_open',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
     SELECT * INTO la FROM tollgate.ledger_accounts WHERE id = NEW.ledger_account_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'ledger account % does not exist', NEW.ledger_account_id
@@ -149,9 +169,30 @@ BEGIN
     NEW.balance_after := la.balance + NEW.amount;
     NEW.account_version := la.version + 1;
     NEW.created_at := now();
-    -- The CHECK ledger_accounts_balance_non_negative refuses what would overdraw a wallet.
+    RETURN NEW;
+END
+$$;
+
+-- The entry is in place: move the account to it. The CHECK ledger_accounts_balance_non_negative
+-- refuses what would overdraw a wallet.
+CREATE OR REPLACE FUNCTION tollgate.ledger_entries_after_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
     UPDATE tollgate.ledger_accounts SET balance = NEW.balance_after, version = NEW.account_version
-    WHERE id = la.id;
+    WHERE id = NEW.ledger_account_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.ledger_postings_before_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.created_xid := pg_current_xact_id();
+    NEW.created_at := now();
     RETURN NEW;
 END
 $$;
@@ -193,6 +234,12 @@ $$;
 CREATE OR REPLACE TRIGGER ledger_entries_10_balances
     BEFORE INSERT ON tollgate.ledger_entries
     FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_before_insert();
+CREATE OR REPLACE TRIGGER ledger_entries_20_move_account
+    AFTER INSERT ON tollgate.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_after_insert();
+CREATE OR REPLACE TRIGGER ledger_postings_10_stamp
+    BEFORE INSERT ON tollgate.ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_postings_before_insert();
 DROP TRIGGER IF EXISTS ledger_entries_balanced ON tollgate.ledger_entries;
 CREATE CONSTRAINT TRIGGER ledger_entries_balanced
     AFTER INSERT ON tollgate.ledger_entries DEFERRABLE INITIALLY DEFERRED
@@ -237,9 +284,11 @@ BEGIN
     END IF;
     PERFORM FROM tollgate.ledger_accounts la WHERE la.id = ANY (p_ledger_accounts)
     ORDER BY la.id FOR UPDATE;
-    INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
-    SELECT posting, leg.ledger_account_id, leg.amount
-    FROM unnest(p_ledger_accounts, p_amounts) AS leg (ledger_account_id, amount);
+    -- One statement per entry: each entry's account moves before the next entry is computed.
+    FOR i IN 1 .. cardinality(p_ledger_accounts) LOOP
+        INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
+        VALUES (posting, p_ledger_accounts[i], p_amounts[i]);
+    END LOOP;
     RETURN posting;
 END
 $$;
@@ -396,6 +445,11 @@ BEGIN
     acct := tollgate.account_for(k, p_account);
     PERFORM tollgate.to_minor(1, p_currency);  -- the currency must exist
     la := tollgate.ledger_account(acct.id, 'main', p_currency);
+    IF NOT p_allow AND (SELECT x.balance < 0 FROM tollgate.ledger_accounts x WHERE x.id = la) THEN
+        RAISE EXCEPTION 'the % balance of % is negative: bring it to zero before forbidding overdrafts',
+                p_currency, p_account
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'overdraft_in_use';
+    END IF;
     UPDATE tollgate.ledger_accounts SET allow_negative = p_allow WHERE id = la;
     RETURN QUERY SELECT acct.external_id, p_currency, p_allow;
 END

@@ -114,10 +114,11 @@ CREATE OR REPLACE TRIGGER transactions_no_truncate
 -- Following a Stripe payment
 -- ---------------------------------------------------------------------------------------------
 
--- succeeded settles the payment's pending transactions, canceled fails them, refunded
--- reverses the settled ones. A refund the wallet cannot absorb (it may not go negative) leaves
--- the transaction settled and says so in the audit trail and the outbox, rather than failing
--- the webhook: Stripe would retry it forever.
+-- succeeded settles the payment's pending transaction, canceled fails it, refunded reverses it
+-- if settled (fails it if still pending). A refund the ledger cannot take (the wallet may not
+-- go negative, or the settlement was already reversed) leaves the transaction as it is and
+-- says so in the audit trail and the outbox, rather than failing the webhook: Stripe would
+-- retry it forever.
 CREATE OR REPLACE FUNCTION tollgate.transactions_follow_payment() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -131,15 +132,16 @@ BEGIN
     IF NEW.status = 'succeeded' THEN
         UPDATE tollgate.transactions SET status = 'settled'
         WHERE payment_intent_id = NEW.id AND status = 'pending';
-    ELSIF NEW.status = 'canceled' THEN
+    ELSIF NEW.status IN ('canceled', 'refunded') THEN
         UPDATE tollgate.transactions SET status = 'failed'
         WHERE payment_intent_id = NEW.id AND status = 'pending';
-    ELSIF NEW.status = 'refunded' THEN
+    END IF;
+    IF NEW.status = 'refunded' THEN
         FOR t IN SELECT id, account_id FROM tollgate.transactions
-                 WHERE payment_intent_id = NEW.id AND status = 'settled' ORDER BY id LOOP
+                 WHERE payment_intent_id = NEW.id AND status = 'settled' LOOP
             BEGIN
                 UPDATE tollgate.transactions SET status = 'reversed' WHERE id = t.id;
-            EXCEPTION WHEN check_violation THEN
+            EXCEPTION WHEN check_violation OR unique_violation THEN
                 PERFORM tollgate.audit(t.account_id, 'transaction', t.id::text, 'reversal_refused',
                                        'settled', 'settled');
                 PERFORM tollgate.emit(t.account_id, 'transaction.reversal_refused',
@@ -176,8 +178,10 @@ JOIN tollgate.accounts a ON a.id = t.account_id;
 
 -- Record a pending transaction of p_amount (a decimal, e.g. 1250.50) for an account. The
 -- reference is unique per account (23505, transactions_account_reference_key). Linked to a
--- payment (its id or pi_...), amounts must match, and a payment that already succeeded or was
--- canceled settles or fails the transaction at once.
+-- payment (its id or pi_...), amounts must match, a payment backs one transaction only, and a
+-- payment that already succeeded or was canceled settles or fails the transaction at once.
+-- The payment row is locked FOR SHARE, so its webhook waits for this transaction to commit
+-- (and then moves the new row) or this call waits for the webhook (and sees its status).
 CREATE OR REPLACE FUNCTION api.create_transaction_v1(
     p_api_key text, p_account text, p_reference text, p_amount numeric, p_currency text,
     p_payment text
@@ -195,7 +199,8 @@ BEGIN
     IF p_payment IS NOT NULL THEN
         SELECT * INTO pay FROM tollgate.payment_intents p
         WHERE p.account_id = acct.id
-          AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment));
+          AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment))
+        FOR SHARE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'payment % not found', p_payment
                 USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
@@ -252,6 +257,8 @@ AS $$
 $$;
 
 -- Move a transaction to settled, failed or reversed; the triggers decide whether it may.
+-- Settling credits an account, so only admin keys (the downstream service that knows the money
+-- arrived) move transactions; and a transaction linked to a Stripe payment moves only with it.
 CREATE OR REPLACE FUNCTION api.move_transaction_v1(
     p_api_key text, p_account text, p_reference text, p_status text
 ) RETURNS SETOF tollgate.transaction_v1
@@ -259,9 +266,20 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    txn uuid := tollgate.transaction_by_reference(tollgate.authenticate(p_api_key), p_account, p_reference);
+    k   tollgate.api_keys := tollgate.authenticate(p_api_key);
+    txn tollgate.transactions;
 BEGIN
-    UPDATE tollgate.transactions SET status = p_status::tollgate.transaction_status WHERE id = txn;
-    RETURN QUERY SELECT * FROM tollgate.transaction_v1 v WHERE v.id = txn;
+    IF NOT k.is_admin THEN
+        RAISE EXCEPTION 'only an admin key may settle, fail or reverse a transaction'
+            USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
+    END IF;
+    SELECT * INTO STRICT txn FROM tollgate.transactions t
+    WHERE t.id = tollgate.transaction_by_reference(k, p_account, p_reference);
+    IF txn.payment_intent_id IS NOT NULL AND txn.status::text <> p_status THEN
+        RAISE EXCEPTION 'transaction % follows its Stripe payment: it cannot be moved by hand', p_reference
+            USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_follows_payment';
+    END IF;
+    UPDATE tollgate.transactions SET status = p_status::tollgate.transaction_status WHERE id = txn.id;
+    RETURN QUERY SELECT * FROM tollgate.transaction_v1 v WHERE v.id = txn.id;
 END
 $$;

@@ -1,7 +1,7 @@
 -- The ledger: exact money, balanced postings, append-only entries, balances moved only by
 -- entries, wallets that cannot go negative, idempotent transfers.
 BEGIN;
-SELECT plan(37);
+SELECT plan(40);
 
 -- Money at the edge
 SELECT results_eq($$SELECT tollgate.to_minor(1250.50, 'USD'), tollgate.to_minor(1250, 'JPY'), tollgate.to_minor(1.234, 'KWD'),
@@ -25,7 +25,10 @@ SELECT ok((SELECT key_id FROM api.create_api_key_v1('ann', 'ann-key', false, NUL
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ben', 'ben-key', false, NULL)) IS NOT NULL, 'ben');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT is((SELECT status FROM api.create_transaction_v1('ann-key', NULL, 'fund-ann', 100.00, 'USD', NULL)), 'pending', 'ann''s deposit recorded');
-SELECT is((SELECT status FROM api.move_transaction_v1('ann-key', NULL, 'fund-ann', 'settled')), 'settled', 'and settled');
+SELECT throws_ok($$SELECT * FROM api.move_transaction_v1('ann-key', NULL, 'fund-ann', 'settled')$$, 'TG002', NULL,
+                 'an account cannot settle money into its own wallet');
+SELECT is((SELECT status FROM api.move_transaction_v1('ops-key', 'ann', 'fund-ann', 'settled')), 'settled',
+          'the admin (the service that saw the money arrive) settles it');
 SELECT results_eq($$SELECT balance, version FROM api.balances_v1('ann-key', NULL) WHERE currency = 'USD'$$,
                   $$VALUES ('100.00', 1::bigint)$$, 'settling credited ann''s balance');
 
@@ -64,6 +67,12 @@ SELECT results_eq($$SELECT sum(balance)::bigint FROM tollgate.ledger_accounts WH
 -- What nobody may do
 SELECT throws_ok($$UPDATE tollgate.ledger_accounts SET balance = balance + 100$$, 'TG012', NULL,
                  'a balance moves only through entries');
+SELECT throws_ok($$UPDATE tollgate.ledger_accounts SET balance = balance + 100, version = version + 1$$, 'TG012', NULL,
+                 'even with its version stepped: no entry explains it');
+INSERT INTO tollgate.ledger_accounts (account_id, name, currency, balance, version)
+SELECT id, 'stash', 'USD', 50000, 7 FROM tollgate.accounts WHERE external_id = 'ann';
+SELECT results_eq($$SELECT balance, version FROM tollgate.ledger_accounts WHERE name = 'stash'$$,
+                  $$VALUES (0::bigint, 0::bigint)$$, 'a ledger account is born empty, whatever the INSERT says');
 SELECT throws_ok($$UPDATE tollgate.ledger_entries SET amount = 1$$, 'TG012', NULL, 'entries cannot be edited');
 SELECT throws_ok($$DELETE FROM tollgate.ledger_entries$$, 'TG012', NULL, 'nor deleted');
 SELECT throws_ok($$DELETE FROM tollgate.ledger_postings$$, 'TG012', NULL, 'postings cannot be deleted');

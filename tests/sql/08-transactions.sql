@@ -1,9 +1,10 @@
 -- Transactions: the lifecycle, its postings, and following a Stripe payment.
 BEGIN;
-SELECT plan(34);
+SELECT plan(41);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('tia', 'tia-key', false, NULL)) IS NOT NULL, 'tia');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('tom', 'tom-key', false, NULL)) IS NOT NULL, 'tom');
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'boss-key', true, NULL)) IS NOT NULL, 'the settling service''s admin key');
 
 SELECT results_eq($$SELECT reference, amount, amount_minor, currency, status
                     FROM api.create_transaction_v1('tia-key', NULL, 'order-1', '1250.50', 'USD', NULL)$$,
@@ -21,10 +22,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM api.create_transaction_v1('tia-key', NULL, p_reference, 10, p_currency, NULL);
     IF p_status IN ('settled', 'failed', 'reversed') THEN
-        PERFORM api.move_transaction_v1('tia-key', NULL, p_reference, CASE p_status WHEN 'reversed' THEN 'settled' ELSE p_status END);
+        PERFORM api.move_transaction_v1('boss-key', 'tia', p_reference, CASE p_status WHEN 'reversed' THEN 'settled' ELSE p_status END);
     END IF;
     IF p_status = 'reversed' THEN
-        PERFORM api.move_transaction_v1('tia-key', NULL, p_reference, 'reversed');
+        PERFORM api.move_transaction_v1('boss-key', 'tia', p_reference, 'reversed');
     END IF;
     RETURN p_reference;
 END
@@ -51,7 +52,7 @@ SELECT throws_ok($$UPDATE tollgate.transactions SET settlement_posting_id = NULL
                  'TG011', NULL, 'the posting of a settled transaction cannot be detached');
 SELECT throws_ok($$UPDATE tollgate.transactions SET amount = 1 WHERE reference = 'direct'$$, 'TG011', NULL,
                  'nor its amount changed');
-SELECT is((SELECT status FROM api.move_transaction_v1('tia-key', NULL, 'direct', 'reversed')), 'reversed',
+SELECT is((SELECT status FROM api.move_transaction_v1('boss-key', 'tia', 'direct', 'reversed')), 'reversed',
           'reversing it ...');
 SELECT results_eq($$SELECT balance FROM api.balances_v1('tia-key', NULL) WHERE currency = 'EUR'$$, ARRAY['0.00'],
                   '... takes the money back with a compensating posting');
@@ -68,7 +69,7 @@ SELECT results_eq($$SELECT topic FROM tollgate.outbox WHERE payload ->> 'referen
 -- A reversal the wallet cannot absorb
 SELECT is(pg_temp.txn('spent', 'settled', 'GBP'), 'spent', 'tia has 10.00 GBP');
 SELECT ok((SELECT NOT replayed FROM api.transfer_v1('tia-key', NULL, 'tom', 8, 'GBP', 'spend')), 'and spends 8.00');
-SELECT throws_ok($$SELECT * FROM api.move_transaction_v1('tia-key', NULL, 'spent', 'reversed')$$, '23514', NULL,
+SELECT throws_ok($$SELECT * FROM api.move_transaction_v1('boss-key', 'tia', 'spent', 'reversed')$$, '23514', NULL,
                  'reversing the deposit would overdraw the wallet: refused');
 
 -- Following a Stripe payment
@@ -88,12 +89,24 @@ SELECT throws_ok($$SELECT * FROM api.create_transaction_v1('tia-key', NULL, 'sal
                  'a linked transaction must match the payment''s amount');
 SELECT is((SELECT status FROM api.create_transaction_v1('tia-key', NULL, 'sale', 25, 'USD', 'pi_sale')), 'pending',
           'a transaction linked to it');
+SELECT throws_ok($$SELECT * FROM api.create_transaction_v1('tia-key', NULL, 'sale-again', 25, 'USD', 'pi_sale')$$, '23505', NULL,
+                 'a payment backs one transaction only');
+SELECT throws_ok($$SELECT * FROM api.move_transaction_v1('boss-key', 'tia', 'sale', 'settled')$$, 'TG010', NULL,
+                 'a linked transaction moves only with its payment');
 SELECT is(pg_temp.stripe('evt_sale_ok', 'payment_intent.succeeded', '{"object": "payment_intent", "id": "pi_sale", "status": "succeeded"}'),
           'applied', 'the payment succeeds');
 SELECT is((SELECT status FROM api.get_transaction_v1('tia-key', NULL, 'sale')), 'settled', 'and the transaction settled with it');
 SELECT is(pg_temp.stripe('evt_sale_refund', 'charge.refunded', '{"object": "charge", "id": "ch_1", "payment_intent": "pi_sale", "refunded": true}'),
           'applied', 'the payment is refunded');
 SELECT is((SELECT status FROM api.get_transaction_v1('tia-key', NULL, 'sale')), 'reversed', 'and the transaction reversed');
+
+SELECT is(pg_temp.pay('pi_refund_first'), 'pi_refund_first', 'another payment');
+SELECT is((SELECT status FROM api.create_transaction_v1('tia-key', NULL, 'sale-2', 25, 'USD', 'pi_refund_first')), 'pending',
+          'with its transaction');
+SELECT is(pg_temp.stripe('evt_rf', 'charge.refunded', '{"object": "charge", "id": "ch_2", "payment_intent": "pi_refund_first", "refunded": true}'),
+          'applied', 'refunded before its success was seen');
+SELECT is((SELECT status FROM api.get_transaction_v1('tia-key', NULL, 'sale-2')), 'reversed',
+          'the implied success settled it, the refund reversed it');
 
 SELECT is_empty($$SELECT * FROM tollgate.ledger_discrepancies()$$, 'the ledger adds up');
 
