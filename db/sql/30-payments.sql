@@ -316,7 +316,16 @@ BEGIN
             USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_state_final',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
     END IF;
-    IF NEW.state IN ('applied', 'stale', 'rejected') THEN
+    IF NEW.state IN ('applied', 'stale', 'rejected') AND NEW.subscription_id IS NOT NULL THEN
+        IF NOT EXISTS (SELECT FROM tollgate.subscriptions s
+                       WHERE s.id = NEW.subscription_id AND s.stripe_id = NEW.stripe_object_id
+                         AND s.account_id = NEW.account_id) THEN
+            RAISE EXCEPTION 'subscription event % must be linked to the subscription % and its account',
+                    OLD.id, OLD.stripe_object_id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'subscription_id';
+        END IF;
+    ELSIF NEW.state IN ('applied', 'stale', 'rejected') THEN
         SELECT * INTO linked FROM tollgate.payment_intents WHERE id = NEW.payment_intent_id;
         IF NOT FOUND OR linked.stripe_id IS DISTINCT FROM NEW.stripe_object_id
            OR linked.account_id IS DISTINCT FROM NEW.account_id THEN
@@ -334,7 +343,7 @@ CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_events
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
         'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
-        'received_at', 'account_id?', 'payment_intent_id?', 'processed_at?');
+        'received_at', 'account_id?', 'payment_intent_id?', 'subscription_id?', 'processed_at?');
 CREATE OR REPLACE TRIGGER payment_events_20_guard
     BEFORE INSERT OR UPDATE ON tollgate.payment_events
     FOR EACH ROW EXECUTE FUNCTION tollgate.payment_events_guard();

@@ -166,6 +166,13 @@ BEGIN
     VALUES (claim.payment_id, claim.account_id, p_stripe_id, (claim.request ->> 'amount')::bigint,
             claim.request ->> 'currency', p_status::tollgate.payment_status,
             claim.request ->> 'purpose', claim.request ->> 'description', claim.key);
+    -- Buying credits: a transaction linked to the payment settles into the account's balance
+    -- (its credits wallet) when the payment succeeds.
+    IF claim.request ->> 'purpose' = 'credits' THEN
+        PERFORM tollgate.create_transaction(claim.account_id, 'credits-' || p_stripe_id,
+                                            (claim.request ->> 'amount')::bigint,
+                                            claim.request ->> 'currency', claim.payment_id);
+    END IF;
 
     SELECT to_jsonb(v) || jsonb_build_object('client_secret', p_client_secret)
     INTO STRICT body
@@ -235,7 +242,8 @@ $$;
 
 -- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;
 -- nothing happens), ignored (a type Tollgate does not act on), pending (its payment intent is
--- not known yet), applied, stale, rejected (see tollgate.apply_payment_event).
+-- not known yet), applied, stale, rejected (see tollgate.apply_payment_event and, for
+-- customer.subscription.* events, tollgate.apply_subscription_event).
 CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
 RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -250,6 +258,7 @@ DECLARE
     why        text;
     stored     tollgate.payment_events;
     state      tollgate.event_state;
+    is_sub     boolean := false;
 BEGIN
     IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'
        OR jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
@@ -277,10 +286,17 @@ BEGIN
         ELSE
             why := 'partial refund: the payment stays succeeded';
         END IF;
+    ELSIF ev_type LIKE 'customer.subscription.%' AND obj ->> 'object' = 'subscription'
+          AND jsonb_typeof(obj -> 'id') = 'string' AND obj ->> 'id' ~ '^sub_[A-Za-z0-9_]{1,250}$' THEN
+        object_id := obj ->> 'id';
+        is_sub := true;
     ELSE
         why := format('Tollgate does not act on %s events', ev_type);
     END IF;
-    IF target IS NOT NULL AND object_id IS NULL THEN
+    IF is_sub AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
+        is_sub := false;
+        why := 'created in the future: not applied';
+    ELSIF target IS NOT NULL AND object_id IS NULL THEN
         target := NULL;
         why := 'the event names no PaymentIntent';
     ELSIF target IS NOT NULL AND object_id !~ '^pi_[A-Za-z0-9_]{1,250}$' THEN
@@ -300,8 +316,8 @@ BEGIN
         (id, type, stripe_object_id, target_status, stripe_created, payload, state, note, processed_at)
     VALUES (ev_id, ev_type, object_id, target,
             to_timestamp((p_event ->> 'created')::double precision), p_event,
-            CASE WHEN target IS NULL THEN 'ignored' ELSE 'pending' END::tollgate.event_state, why,
-            CASE WHEN target IS NULL THEN now() END)
+            CASE WHEN target IS NULL AND NOT is_sub THEN 'ignored' ELSE 'pending' END::tollgate.event_state,
+            why, CASE WHEN target IS NULL AND NOT is_sub THEN now() END)
     ON CONFLICT ON CONSTRAINT payment_events_pkey DO NOTHING;
 
     IF NOT FOUND THEN
@@ -312,7 +328,8 @@ BEGIN
         RETURN;
     END IF;
 
-    state := CASE WHEN target IS NULL THEN 'ignored'::tollgate.event_state
+    state := CASE WHEN is_sub THEN tollgate.apply_subscription_event(ev_id)
+                  WHEN target IS NULL THEN 'ignored'::tollgate.event_state
                   ELSE tollgate.apply_payment_event(ev_id) END;
     SELECT * INTO STRICT stored FROM tollgate.payment_events WHERE id = ev_id;
     RETURN QUERY

@@ -176,12 +176,49 @@ SELECT t.id,
 FROM tollgate.transactions t
 JOIN tollgate.accounts a ON a.id = t.account_id;
 
--- Record a pending transaction of p_amount (a decimal, e.g. 1250.50) for an account. The
--- reference is unique per account (23505, transactions_account_reference_key). Linked to a
--- payment (its id or pi_...), amounts must match, a payment backs one transaction only, and a
--- payment that already succeeded or was canceled settles or fails the transaction at once.
--- The payment row is locked FOR SHARE, so its webhook waits for this transaction to commit
--- (and then moves the new row) or this call waits for the webhook (and sees its status).
+-- Record a pending transaction for an account, linked to a payment if p_payment_id is set: a
+-- payment backs one transaction only (transactions_payment_intent_id_key), amounts must match,
+-- and a payment that already succeeded or was canceled settles or fails it at once. The
+-- payment row is locked FOR SHARE, so its webhook waits for this transaction to commit (and
+-- then moves the new row) or this waits for the webhook (and sees its status).
+CREATE OR REPLACE FUNCTION tollgate.create_transaction(
+    p_account_id uuid, p_reference text, p_amount bigint, p_currency text, p_payment_id uuid
+) RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pay tollgate.payment_intents;
+    txn uuid;
+BEGIN
+    IF p_payment_id IS NOT NULL THEN
+        SELECT * INTO STRICT pay FROM tollgate.payment_intents p WHERE p.id = p_payment_id FOR SHARE;
+        IF (pay.amount, pay.currency) IS DISTINCT FROM (p_amount, p_currency) THEN
+            RAISE EXCEPTION 'payment % is % %, not %', pay.stripe_id,
+                    tollgate.format_minor(pay.amount, pay.currency), pay.currency,
+                    tollgate.format_minor(p_amount, p_currency)
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'transaction_matches_payment';
+        END IF;
+        IF pay.status = 'refunded' THEN
+            RAISE EXCEPTION 'payment % was refunded', pay.stripe_id
+                USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_payment_not_refunded';
+        END IF;
+    END IF;
+    INSERT INTO tollgate.transactions (account_id, reference, amount, currency, payment_intent_id)
+    VALUES (p_account_id, p_reference, p_amount, p_currency, pay.id)
+    RETURNING id INTO txn;
+    IF pay.status IN ('succeeded', 'canceled') THEN
+        UPDATE tollgate.transactions
+        SET status = CASE pay.status WHEN 'succeeded' THEN 'settled' ELSE 'failed' END::tollgate.transaction_status
+        WHERE id = txn;
+    END IF;
+    RETURN txn;
+END
+$$;
+
+-- Record a pending transaction of p_amount (a decimal, e.g. 1250.50) for an account, linked
+-- to a payment (its id or pi_...) of the same account if p_payment is set. The reference is
+-- unique per account (23505, transactions_account_reference_key).
 CREATE OR REPLACE FUNCTION api.create_transaction_v1(
     p_api_key text, p_account text, p_reference text, p_amount numeric, p_currency text,
     p_payment text
@@ -193,36 +230,18 @@ DECLARE
     k     tollgate.api_keys := tollgate.authenticate(p_api_key);
     acct  tollgate.accounts := tollgate.account_for(k, p_account);
     minor bigint := tollgate.to_minor(p_amount, p_currency);
-    pay   tollgate.payment_intents;
+    pay   uuid;
     txn   uuid;
 BEGIN
     IF p_payment IS NOT NULL THEN
-        SELECT * INTO pay FROM tollgate.payment_intents p
-        WHERE p.account_id = acct.id
-          AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment))
-        FOR SHARE;
+        SELECT p.id INTO pay FROM tollgate.payment_intents p
+        WHERE p.account_id = acct.id AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment));
         IF NOT FOUND THEN
             RAISE EXCEPTION 'payment % not found', p_payment
                 USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
         END IF;
-        IF (pay.amount, pay.currency) IS DISTINCT FROM (minor, p_currency) THEN
-            RAISE EXCEPTION 'payment % is % %, not %', p_payment,
-                    tollgate.format_minor(pay.amount, pay.currency), pay.currency, p_amount
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'transaction_matches_payment';
-        END IF;
-        IF pay.status = 'refunded' THEN
-            RAISE EXCEPTION 'payment % was refunded', p_payment
-                USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_payment_not_refunded';
-        END IF;
     END IF;
-    INSERT INTO tollgate.transactions (account_id, reference, amount, currency, payment_intent_id)
-    VALUES (acct.id, p_reference, minor, p_currency, pay.id)
-    RETURNING id INTO txn;
-    IF pay.status IN ('succeeded', 'canceled') THEN
-        UPDATE tollgate.transactions
-        SET status = CASE pay.status WHEN 'succeeded' THEN 'settled' ELSE 'failed' END::tollgate.transaction_status
-        WHERE id = txn;
-    END IF;
+    txn := tollgate.create_transaction(acct.id, p_reference, minor, p_currency, pay);
     RETURN QUERY SELECT * FROM tollgate.transaction_v1 v WHERE v.id = txn;
 END
 $$;

@@ -5,7 +5,7 @@
 
 SET LOCAL ROLE tollgate_owner;
 
-REVOKE ALL ON SCHEMA tollgate, api FROM PUBLIC;
+REVOKE ALL ON SCHEMA tollgate, api, reporting FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA tollgate FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA tollgate FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA tollgate, api FROM PUBLIC;
@@ -22,7 +22,16 @@ GRANT EXECUTE ON FUNCTION
     api.set_allow_negative_v1(text, text, text, boolean),
     api.create_transaction_v1(text, text, text, numeric, text, text),
     api.get_transaction_v1(text, text, text),
-    api.move_transaction_v1(text, text, text, text)
+    api.move_transaction_v1(text, text, text, text),
+    api.authorize_v1(text, text, text, numeric, text, text, integer),
+    api.capture_hold_v1(text, uuid, numeric),
+    api.release_hold_v1(text, uuid),
+    api.get_hold_v1(text, uuid),
+    api.set_action_price_v1(text, text, numeric, text, text),
+    api.set_metric_price_v1(text, text, numeric, text),
+    api.set_spend_cap_v1(text, text, text, text, text, numeric, integer),
+    api.record_usage_v1(text, text[], text[], text[], text[], numeric[], timestamptz[]),
+    api.usage_v1(text, text, text, text, timestamptz, timestamptz)
 TO tollgate_app;
 
 -- Append-only tables: the privileges are revoked from their owner too, so no SECURITY DEFINER
@@ -30,11 +39,12 @@ TO tollgate_app;
 -- role could re-grant itself and disable triggers: it is NOLOGIN, and only migrations act as
 -- it. Tampering by a superuser is beyond what privileges can stop.
 REVOKE UPDATE, DELETE, TRUNCATE
-    ON tollgate.audit_log, tollgate.outbox, tollgate.ledger_entries
+    ON tollgate.audit_log, tollgate.outbox, tollgate.ledger_entries, tollgate.usage_events
     FROM tollgate_owner;
 -- Rows other tables reference keep UPDATE: foreign key checks lock them FOR KEY SHARE, which
 -- needs it. Their triggers refuse updates that are not allowed.
 REVOKE DELETE, TRUNCATE
     ON tollgate.payment_events, tollgate.payment_intents, tollgate.transactions,
-       tollgate.ledger_accounts, tollgate.ledger_postings
+       tollgate.ledger_accounts, tollgate.ledger_postings, tollgate.holds,
+       tollgate.payment_entitlements, tollgate.subscriptions
     FROM tollgate_owner;

@@ -1,0 +1,238 @@
+-- Metered usage: batches of events, idempotent per account on the caller's id; priced metrics
+-- are debited from credits, within spend caps, in the same transaction.
+
+SET LOCAL ROLE tollgate_owner;
+
+CREATE OR REPLACE TRIGGER usage_events_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.usage_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER usage_events_no_truncate
+    BEFORE TRUNCATE ON tollgate.usage_events
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- Record up to 1000 usage events, given as parallel arrays (one element per event). Each
+-- event is answered on its own: accepted, duplicate (its id was recorded before for the
+-- account, or earlier in this batch) or rejected with a reason (unknown_account, invalid_id,
+-- invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at, insufficient_credits,
+-- spend_cap_exceeded). Priced events are taken in batch order while credits and caps last;
+-- all of an account's priced events in the batch are charged in one posting.
+-- Batches for one account are serialised (an advisory lock per account, then the wallets in
+-- id order), so a concurrent retry sees this batch's events and never charges them twice.
+CREATE OR REPLACE FUNCTION api.record_usage_v1(
+    p_api_key text, p_ids text[], p_accounts text[], p_agents text[], p_metrics text[],
+    p_quantities numeric[], p_occurred_at timestamptz[]
+) RETURNS TABLE (ord integer, id text, outcome text, reason text, cost text, currency text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    k          tollgate.api_keys := tollgate.authenticate(p_api_key);
+    own        text := (SELECT a.external_id FROM tollgate.accounts a WHERE a.id = k.account_id);
+    n          integer := coalesce(cardinality(p_ids), 0);
+    e_account  uuid[];
+    e_agent    text[];
+    e_cost     bigint[];
+    e_currency text[];
+    e_wallet   uuid[];
+    e_reason   text[];
+    wallets    uuid[];
+    avail      jsonb := '{}';   -- wallet -> credits still available (absent: no limit)
+    caps       record;
+    cap_id     uuid[] := '{}';
+    cap_acct   uuid[] := '{}';
+    cap_agent  text[] := '{}';
+    cap_cur    text[] := '{}';
+    cap_room   bigint[] := '{}';
+    w          uuid;
+    i          integer;
+    j          integer;
+    ok         boolean;
+    charged    record;
+    posting    uuid;
+BEGIN
+    IF n > 1000 THEN
+        RAISE EXCEPTION 'a batch holds at most 1000 events, not %', n
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
+    END IF;
+    IF n = 0 OR cardinality(p_accounts) <> n OR cardinality(p_agents) <> n OR cardinality(p_metrics) <> n
+       OR cardinality(p_quantities) <> n OR cardinality(p_occurred_at) <> n THEN
+        RAISE EXCEPTION 'a batch needs at least one event, each with id, account, agent, metric, quantity, occurred_at'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
+    END IF;
+
+    -- Resolve and check every event, and price it.
+    SELECT array_agg(r.account ORDER BY r.ord), array_agg(r.agent ORDER BY r.ord),
+           array_agg(r.cost ORDER BY r.ord), array_agg(r.cur ORDER BY r.ord),
+           array_agg(r.reason ORDER BY r.ord)
+    INTO e_account, e_agent, e_cost, e_currency, e_reason
+    FROM (
+        SELECT i.ord, a.id AS account, coalesce(i.agent, '') AS agent, p.currency AS cur,
+               round(i.quantity * p.unit_price)::bigint AS cost,
+               CASE
+                   WHEN a.id IS NULL THEN 'unknown_account'
+                   WHEN i.id IS NULL OR i.id !~ '^[\x21-\x7e]{1,128}$' THEN 'invalid_id'
+                   WHEN coalesce(i.agent, '') !~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})?$' THEN 'invalid_agent'
+                   WHEN i.metric IS NULL OR i.metric !~ '^[a-z][a-z0-9_.:-]{0,99}$' THEN 'invalid_metric'
+                   WHEN i.quantity IS NULL OR i.quantity <= 0 OR i.quantity >= 1e15 THEN 'invalid_quantity'
+                   WHEN i.occurred_at IS NULL OR i.occurred_at > now() + tollgate.max_clock_skew()
+                        OR i.occurred_at < now() - interval '400 days' THEN 'invalid_occurred_at'
+                   WHEN count(*) OVER (PARTITION BY a.id, i.id ORDER BY i.ord) > 1 THEN 'duplicate'
+               END AS reason
+        FROM unnest(p_ids, p_accounts, p_agents, p_metrics, p_quantities, p_occurred_at)
+             WITH ORDINALITY AS i (id, account, agent, metric, quantity, occurred_at, ord)
+        LEFT JOIN tollgate.accounts a
+               ON a.external_id = coalesce(i.account, own)
+              AND (k.is_admin OR a.id = k.account_id)
+              AND a.id <> '00000000-0000-0000-0000-000000000000'
+        LEFT JOIN tollgate.metric_prices p ON p.metric = i.metric
+    ) r;
+
+    -- One batch at a time per account, then the credit wallets in id order.
+    PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:usage:' || x.account, 0))
+    FROM (SELECT DISTINCT unnest(e_account) AS account) x WHERE x.account IS NOT NULL ORDER BY x.account;
+    SELECT array_agg(la.id ORDER BY la.id) INTO wallets
+    FROM (SELECT la.id FROM tollgate.ledger_accounts la
+          JOIN (SELECT DISTINCT a, c FROM unnest(e_account, e_currency) AS x (a, c) WHERE c IS NOT NULL) x
+            ON la.account_id = x.a AND la.currency = x.c AND la.name = 'main'
+          ORDER BY la.id FOR UPDATE OF la) la;
+    FOREACH w IN ARRAY coalesce(wallets, '{}') LOOP
+        PERFORM tollgate.expire_holds(w);
+        IF tollgate.available_credits(w) IS NOT NULL THEN
+            avail := avail || jsonb_build_object(w::text, tollgate.available_credits(w));
+        END IF;
+    END LOOP;
+    SELECT array_agg(la.id ORDER BY x.ord) INTO e_wallet
+    FROM unnest(e_account, e_currency) WITH ORDINALITY AS x (a, c, ord)
+    LEFT JOIN tollgate.ledger_accounts la ON la.account_id = x.a AND la.currency = x.c AND la.name = 'main';
+
+    -- Ids recorded before (the account's batches are serialised now, so this is final).
+    SELECT array_agg(CASE WHEN x.reason IS NULL AND EXISTS (
+                              SELECT FROM tollgate.usage_events u WHERE u.account_id = x.a AND u.id = x.id)
+                          THEN 'duplicate' ELSE x.reason END ORDER BY x.ord)
+    INTO e_reason
+    FROM unnest(e_account, p_ids, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
+
+    -- Headroom under every cap that applies.
+    FOR caps IN
+        SELECT c.id, c.account_id, c.agent_id, c.currency,
+               c.hard_limit - tollgate.spent_since(c.account_id, nullif(c.agent_id, ''), c.currency,
+                                                   tollgate.period_start(c.period)) AS room
+        FROM tollgate.spend_caps c
+        WHERE (c.account_id, c.currency) IN (SELECT DISTINCT a, cu FROM unnest(e_account, e_currency) AS x (a, cu))
+    LOOP
+        cap_id := cap_id || caps.id; cap_acct := cap_acct || caps.account_id;
+        cap_agent := cap_agent || caps.agent_id; cap_cur := cap_cur || caps.currency;
+        cap_room := cap_room || caps.room;
+    END LOOP;
+
+    -- Priced events, in order, while credits and caps last.
+    FOR i IN 1 .. n LOOP
+        CONTINUE WHEN e_reason[i] IS NOT NULL OR e_cost[i] IS NULL OR e_cost[i] = 0;
+        IF e_wallet[i] IS NULL OR (avail ? e_wallet[i]::text AND (avail ->> e_wallet[i]::text)::bigint < e_cost[i]) THEN
+            e_reason[i] := 'insufficient_credits';
+            CONTINUE;
+        END IF;
+        ok := true;
+        FOR j IN 1 .. coalesce(cardinality(cap_id), 0) LOOP
+            IF cap_acct[j] = e_account[i] AND cap_cur[j] = e_currency[i] AND cap_agent[j] IN ('', e_agent[i])
+               AND cap_room[j] < e_cost[i] THEN
+                ok := false;
+            END IF;
+        END LOOP;
+        IF NOT ok THEN
+            e_reason[i] := 'spend_cap_exceeded';
+            CONTINUE;
+        END IF;
+        FOR j IN 1 .. coalesce(cardinality(cap_id), 0) LOOP
+            IF cap_acct[j] = e_account[i] AND cap_cur[j] = e_currency[i] AND cap_agent[j] IN ('', e_agent[i]) THEN
+                cap_room[j] := cap_room[j] - e_cost[i];
+            END IF;
+        END LOOP;
+        IF avail ? e_wallet[i]::text THEN
+            avail := jsonb_set(avail, ARRAY[e_wallet[i]::text],
+                               to_jsonb((avail ->> e_wallet[i]::text)::bigint - e_cost[i]));
+        END IF;
+    END LOOP;
+
+    -- One charge per wallet, then the events, then what was spent.
+    FOR charged IN
+        SELECT x.wallet, x.a AS account, x.c AS cur, sum(x.cost)::bigint AS total
+        FROM unnest(e_wallet, e_account, e_currency, e_cost, e_reason) AS x (wallet, a, c, cost, reason)
+        WHERE x.reason IS NULL AND x.cost > 0
+        GROUP BY x.wallet, x.a, x.c
+    LOOP
+        posting := tollgate.post(charged.account, 'charge',
+                                 ARRAY[charged.wallet, tollgate.revenue_account(charged.cur)],
+                                 ARRAY[-charged.total, charged.total]);
+        avail := avail || jsonb_build_object('posting:' || charged.wallet::text, posting);
+    END LOOP;
+
+    INSERT INTO tollgate.usage_events (account_id, id, agent_id, metric, quantity, occurred_at, cost, currency, posting_id)
+    SELECT x.a, x.id, x.agent, x.metric, x.quantity, x.occurred_at, x.cost, x.c,
+           CASE WHEN x.cost > 0 THEN (avail ->> ('posting:' || x.wallet::text))::uuid END
+    FROM unnest(e_account, p_ids, e_agent, p_metrics, p_quantities, p_occurred_at, e_cost, e_currency, e_wallet, e_reason)
+         AS x (a, id, agent, metric, quantity, occurred_at, cost, c, wallet, reason)
+    WHERE x.reason IS NULL;
+
+    PERFORM tollgate.add_spend(x.a, x.agent, x.c, tollgate.utc_day(), sum(x.cost)::bigint)
+    FROM unnest(e_account, e_agent, e_currency, e_cost, e_reason) AS x (a, agent, c, cost, reason)
+    WHERE x.reason IS NULL AND x.cost > 0
+    GROUP BY x.a, x.agent, x.c;
+
+    RETURN QUERY
+    SELECT x.ord::integer, x.id,
+           CASE WHEN x.reason IS NULL THEN 'accepted' WHEN x.reason = 'duplicate' THEN 'duplicate' ELSE 'rejected' END,
+           CASE WHEN x.reason = 'duplicate' THEN NULL ELSE x.reason END,
+           CASE WHEN x.reason IS NULL AND x.c IS NOT NULL THEN tollgate.format_minor(x.cost, x.c) END,
+           CASE WHEN x.reason IS NULL THEN x.c END
+    FROM unnest(p_ids, e_reason, e_cost, e_currency) WITH ORDINALITY AS x (id, reason, cost, c, ord)
+    ORDER BY x.ord;
+END
+$$;
+
+-- Usage of an account per period: events, total and largest quantity, and what it cost.
+CREATE OR REPLACE FUNCTION api.usage_v1(
+    p_api_key text, p_account text, p_metric text, p_period text, p_from timestamptz, p_to timestamptz
+) RETURNS TABLE (period_start timestamptz, metric text, events bigint, quantity_sum numeric,
+                 quantity_max numeric, cost text, currency text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    k    tollgate.api_keys := tollgate.authenticate(p_api_key);
+    acct tollgate.accounts := tollgate.account_for(k, p_account);
+BEGIN
+    IF p_period NOT IN ('day', 'month') THEN
+        RAISE EXCEPTION 'period is day or month' USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_period';
+    END IF;
+    RETURN QUERY
+    SELECT date_trunc(p_period, u.occurred_at, 'UTC'), u.metric, count(*), sum(u.quantity), max(u.quantity),
+           CASE WHEN max(u.currency) IS NOT NULL THEN tollgate.format_minor(sum(u.cost)::bigint, max(u.currency)) END,
+           max(u.currency)
+    FROM tollgate.usage_events u
+    WHERE u.account_id = acct.id AND (p_metric IS NULL OR u.metric = p_metric)
+      AND u.occurred_at >= coalesce(p_from, '-infinity') AND u.occurred_at < coalesce(p_to, 'infinity')
+    GROUP BY 1, 2
+    ORDER BY 1, 2;
+END
+$$;
+
+-- For analysts: usage per account, agent, metric and UTC day.
+CREATE OR REPLACE VIEW reporting.usage_daily AS
+SELECT a.external_id                             AS account_id,
+       nullif(u.agent_id, '')                    AS agent_id,
+       u.metric,
+       (u.occurred_at AT TIME ZONE 'UTC')::date  AS day,
+       count(*)                                  AS events,
+       sum(u.quantity)                           AS quantity_sum,
+       max(u.quantity)                           AS quantity_max,
+       sum(u.cost)                               AS cost_minor,
+       max(u.currency)                           AS currency
+FROM tollgate.usage_events u
+JOIN tollgate.accounts a ON a.id = u.account_id
+GROUP BY 1, 2, 3, 4;
+
+COMMENT ON VIEW reporting.usage_daily IS
+    'Usage per account, agent (NULL: none named), metric and UTC day of occurrence; cost in minor units of currency.';
