@@ -22,17 +22,30 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 64 * 1024
 
 
+def _integer(text: str) -> int | Decimal:
+    # Beyond 40 digits no field takes it as an int; Decimal lets the model refuse it (422)
+    # where int() would stop at Python's digit limit.
+    return int(text) if len(text) <= 40 else Decimal(text)
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-async def parse(request: Request, model: type[M]) -> M:
+async def parse(
+    request: Request, model: type[M], *, max_bytes: int = MAX_BODY_BYTES, empty_ok: bool = False
+) -> M:
+    """The body as ``model``; an empty body reads as {} when ``empty_ok``."""
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise DomainError("too_large", "payload_too_large", "the body is larger than 64 KiB")
+    if len(body) > max_bytes:
+        raise DomainError(
+            "too_large", "payload_too_large", f"the body is larger than {max_bytes} bytes"
+        )
+    if empty_ok and not body.strip():
+        body = b"{}"
     try:
         data = json.loads(
-            body, parse_float=Decimal, parse_int=Decimal, parse_constant=_refuse_constant
+            body, parse_float=Decimal, parse_int=_integer, parse_constant=_refuse_constant
         )
     except (ValueError, RecursionError) as exc:
         raise DomainError(
@@ -46,11 +59,11 @@ async def parse(request: Request, model: type[M]) -> M:
         ) from exc
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+def openapi_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
     """The requestBody entry for a route that parses its body with ``parse``."""
     return {
         "requestBody": {
-            "required": True,
+            "required": required,
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }

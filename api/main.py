@@ -9,7 +9,18 @@ from fastapi import FastAPI
 
 from api import errors
 from api.config import Settings
-from api.routes import accounts, health, payments, transactions, transfers, webhooks
+from api.routes import (
+    accounts,
+    authorize,
+    catalog,
+    health,
+    holds,
+    payments,
+    transactions,
+    transfers,
+    usage,
+    webhooks,
+)
 from api.stripe_gateway import StripeGateway
 from db.pool import create_pool
 
@@ -48,6 +59,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, payments, transactions, transfers, accounts, webhooks):
+    for module in (
+        health,
+        authorize,
+        holds,
+        usage,
+        payments,
+        transactions,
+        transfers,
+        accounts,
+        catalog,
+        webhooks,
+    ):
         app.include_router(module.router)
     return app

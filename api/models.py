@@ -5,10 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+)
 
 
 def _no_nul(value: str) -> str:
@@ -188,3 +196,185 @@ class Balance(BaseModel):
 class Balances(BaseModel):
     account_id: str
     balances: list[Balance]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gating
+# ---------------------------------------------------------------------------------------------
+
+AgentId = Annotated[Text, Field(max_length=128, examples=["agent-7"])]
+ActionName = Annotated[Text, Field(max_length=100, examples=["report.generate"])]
+
+
+class AuthorizeRequest(BaseModel):
+    """POST /v1/authorize: may this account run this action now?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: AccountRef | None = None
+    action: ActionName
+    # What this run costs in credits, if not the action's price (a decimal).
+    cost: DecimalAmount | None = None
+    currency: Currency | None = None
+    agent_id: AgentId | None = None
+    # How long a hold on credits lasts before it expires (default 900 s).
+    hold_seconds: StrictInt | None = Field(default=None, ge=1, le=86400)
+
+
+class Authorization(BaseModel):
+    allowed: bool
+    via: str = Field(description="subscription, payment or credits")
+    account_id: str
+    action: str
+    hold_id: UUID | None = Field(description="with credits: capture or release it when done")
+    expires_at: dt.datetime | None = Field(description="when the hold lapses")
+    uses_left: int | None = Field(description="with a payment: further paid runs of this action")
+    remaining: str | None = Field(description="credits still available after this authorization")
+    currency: str | None
+
+
+class PaymentRequest(BaseModel):
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class PaymentOption(BaseModel):
+    scheme: str = Field(description="stripe.payment: pay for this run; credits: top up, then retry")
+    description: str
+    amount: str
+    amount_minor: int
+    currency: str
+    request: PaymentRequest
+
+
+class PaymentRequired(BaseModel):
+    """The 402 answer: why not, and exactly how to pay."""
+
+    allowed: bool = False
+    error: ApiError
+    account_id: str
+    action: str
+    price: str | None
+    currency: str | None
+    remaining: str | None
+    accepts: list[PaymentOption]
+
+
+class HoldOut(BaseModel):
+    id: UUID
+    account_id: str
+    agent_id: str | None
+    action: str
+    amount: str
+    captured_amount: str | None
+    currency: str
+    status: str = Field(description="active, captured, released or expired")
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class CaptureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The actual cost (a decimal); the whole hold if omitted; 0 captures nothing.
+    amount: DecimalAmount | None = None
+
+
+class UsageEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[Text, Field(min_length=1, max_length=128)]
+    account_id: AccountRef | None = None
+    agent_id: AgentId | None = None
+    metric: Annotated[Text, Field(max_length=100, examples=["tokens"])]
+    quantity: Annotated[Decimal, BeforeValidator(_decimal_amount)]
+    occurred_at: AwareDatetime
+
+
+class UsageBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class UsageResult(BaseModel):
+    index: int = Field(description="position of the event in the batch, from 0")
+    id: str | None
+    outcome: str = Field(description="accepted, duplicate or rejected")
+    reason: str | None = None
+    cost: str | None = None
+    currency: str | None = None
+
+
+class UsageReceipt(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[UsageResult]
+
+
+class UsageRow(BaseModel):
+    period_start: dt.datetime
+    metric: str
+    events: int
+    quantity_sum: Decimal
+    quantity_max: Decimal
+    cost: str | None
+    currency: str | None
+
+
+class UsageReport(BaseModel):
+    account_id: str
+    period: str
+    rows: list[UsageRow]
+
+
+class ActionPriceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    price: DecimalAmount
+    currency: Currency
+    description: Annotated[Text, Field(max_length=2000)] | None = None
+
+
+class ActionPriceOut(BaseModel):
+    action: str
+    price: str
+    currency: str
+    description: str | None
+
+
+class MetricPriceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Per unit, in the currency's units; may be a fraction of a minor unit ("0.00002").
+    unit_price: Annotated[Decimal, BeforeValidator(_decimal_amount)]
+    currency: Currency
+
+
+class MetricPriceOut(BaseModel):
+    metric: str
+    unit_price: Decimal
+    currency: str
+
+
+class SpendCapIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: AgentId | None = None
+    period: Literal["day", "month"]
+    currency: Currency
+    hard_limit: DecimalAmount
+    soft_pct: StrictInt = Field(default=80, ge=1, le=100)
+
+
+class SpendCapOut(BaseModel):
+    account_id: str
+    agent_id: str | None
+    period: str
+    currency: str
+    hard_limit: str
+    soft_pct: int

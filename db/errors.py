@@ -111,6 +111,11 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     ),
     "ledger_postings_reverses_once": ("conflict", "already_reversed", "it was already reversed"),
     "overdraft_in_use": ("conflict", "overdraft_in_use", None),
+    "hold_capture_within_hold": ("conflict", "capture_exceeds_hold", None),
+    "spend_cap": ("payment_required", "spend_cap_exceeded", None),
+    "usage_batch_size": ("invalid", "invalid_batch", None),
+    "usage_period": ("invalid", "invalid_request", None),
+    "holds_agent_id_format": ("invalid", "invalid_agent", None),
     "ledger_accounts_balance_non_negative": (
         "conflict",
         "insufficient_funds",
@@ -144,6 +149,8 @@ def from_psycopg(exc: psycopg.Error) -> DomainError | None:
         return DomainError("unavailable", "database_unavailable", "the database is unavailable")
     if sqlstate.startswith("22"):  # data exception: a value out of range or malformed
         return DomainError("invalid", "invalid_input", message)
+    if sqlstate.startswith("23"):  # a constraint not listed above: still the caller's input
+        return DomainError("invalid", "rejected_by_rule", message)
     return None
 
 

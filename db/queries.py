@@ -325,3 +325,139 @@ def revoke_api_key(conn: Connection[Any], *, key_id: UUID) -> bool:
 
 def list_api_keys(conn: Connection[Any], *, account: str | None) -> list[ApiKeyInfo]:
     return _all_sync(conn, ApiKeyInfo, "list_api_keys", {"account": account})
+
+
+# ---------------------------------------------------------------------------------------------
+# Gating: authorize, holds, usage, prices and caps
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    allowed: bool
+    via: str | None
+    code: str | None
+    message: str | None
+    account_id: str
+    action: str
+    hold_id: UUID | None
+    uses_left: int | None
+    remaining: str | None
+    currency: str | None
+    price: str | None
+    price_minor: int | None
+    expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: UUID
+    account_id: str
+    agent_id: str | None
+    action: str
+    amount: str
+    captured_amount: str | None
+    currency: str
+    status: str
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UsageResult:
+    ord: int
+    id: str
+    outcome: str
+    reason: str | None
+    cost: str | None
+    currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    period_start: dt.datetime
+    metric: str
+    events: int
+    quantity_sum: Decimal
+    quantity_max: Decimal
+    cost: str | None
+    currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionPrice:
+    action: str
+    price: str
+    currency: str
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPrice:
+    metric: str
+    unit_price: Decimal
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpendCap:
+    account_id: str
+    agent_id: str | None
+    period: str
+    currency: str
+    hard_limit: str
+    soft_pct: int
+
+
+async def authorize(conn: AsyncConnection[Any], **params: Any) -> Authorization:
+    """params: api_key, account, action, cost, currency, agent, hold_seconds."""
+    return await _one(conn, Authorization, "authorize", params)
+
+
+async def capture_hold(
+    conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID, amount: Decimal | None
+) -> Hold:
+    params = {"api_key": api_key, "hold_id": hold_id, "amount": amount}
+    return await _one(conn, Hold, "capture_hold", params)
+
+
+async def release_hold(conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID) -> Hold:
+    return await _one(conn, Hold, "release_hold", {"api_key": api_key, "hold_id": hold_id})
+
+
+async def get_hold(conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID) -> Hold:
+    return await _one(conn, Hold, "get_hold", {"api_key": api_key, "hold_id": hold_id})
+
+
+async def record_usage(conn: AsyncConnection[Any], **params: Any) -> list[UsageResult]:
+    """params: api_key and the parallel lists ids, accounts, agents, metrics, quantities,
+    occurred_at (one element per event)."""
+    return await _all(conn, UsageResult, "record_usage", params)
+
+
+async def usage(conn: AsyncConnection[Any], **params: Any) -> list[UsageRow]:
+    """params: api_key, account, metric, period, start, end."""
+    return await _all(conn, UsageRow, "usage", params)
+
+
+async def set_action_price(conn: AsyncConnection[Any], **params: Any) -> ActionPrice:
+    """params: api_key, action, price, currency, description."""
+    return await _one(conn, ActionPrice, "set_action_price", params)
+
+
+async def set_metric_price(conn: AsyncConnection[Any], **params: Any) -> MetricPrice:
+    """params: api_key, metric, unit_price, currency."""
+    return await _one(conn, MetricPrice, "set_metric_price", params)
+
+
+async def set_spend_cap(conn: AsyncConnection[Any], **params: Any) -> SpendCap:
+    """params: api_key, account, agent, period, currency, hard_limit, soft_pct."""
+    return await _one(conn, SpendCap, "set_spend_cap", params)
+
+
+def operator_set_action_price(
+    conn: Connection[Any], *, action: str, price: Decimal, currency: str, description: str | None
+) -> ActionPrice:
+    params = {"action": action, "price": price, "currency": currency, "description": description}
+    return _all_sync(conn, ActionPrice, "operator_set_action_price", params)[0]

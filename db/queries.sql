@@ -1,5 +1,6 @@
 -- The queries Tollgate's Python code runs, each loaded by name (db/queries.py).
--- Every one is a single call of a stored function in schema api: the rules live there.
+-- Every one is a single call of a stored function: api.* for the service, tollgate.* for the
+-- operator commands of the CLI (run as the migrating role). The rules live in those functions.
 
 -- name: ping
 SELECT 1 AS ok;
@@ -89,3 +90,82 @@ SELECT * FROM api.transfer_v1(
 
 -- name: balances
 SELECT * FROM api.balances_v1(p_api_key => %(api_key)s::text, p_account => %(account)s::text);
+
+-- name: authorize
+SELECT * FROM api.authorize_v1(
+    p_api_key      => %(api_key)s::text,
+    p_account      => %(account)s::text,
+    p_action       => %(action)s::text,
+    p_cost         => %(cost)s::numeric,
+    p_currency     => %(currency)s::text,
+    p_agent        => %(agent)s::text,
+    p_hold_seconds => %(hold_seconds)s::integer
+);
+
+-- name: capture_hold
+SELECT * FROM api.capture_hold_v1(
+    p_api_key => %(api_key)s::text, p_hold_id => %(hold_id)s::uuid, p_amount => %(amount)s::numeric
+);
+
+-- name: release_hold
+SELECT * FROM api.release_hold_v1(p_api_key => %(api_key)s::text, p_hold_id => %(hold_id)s::uuid);
+
+-- name: get_hold
+SELECT * FROM api.get_hold_v1(p_api_key => %(api_key)s::text, p_hold_id => %(hold_id)s::uuid);
+
+-- name: record_usage
+SELECT * FROM api.record_usage_v1(
+    p_api_key     => %(api_key)s::text,
+    p_ids         => %(ids)s::text[],
+    p_accounts    => %(accounts)s::text[],
+    p_agents      => %(agents)s::text[],
+    p_metrics     => %(metrics)s::text[],
+    p_quantities  => %(quantities)s::numeric[],
+    p_occurred_at => %(occurred_at)s::timestamptz[]
+);
+
+-- name: usage
+SELECT * FROM api.usage_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_metric  => %(metric)s::text,
+    p_period  => %(period)s::text,
+    p_from    => %(start)s::timestamptz,
+    p_to      => %(end)s::timestamptz
+);
+
+-- name: set_action_price
+SELECT * FROM api.set_action_price_v1(
+    p_api_key     => %(api_key)s::text,
+    p_action      => %(action)s::text,
+    p_price       => %(price)s::numeric,
+    p_currency    => %(currency)s::text,
+    p_description => %(description)s::text
+);
+
+-- name: set_metric_price
+SELECT * FROM api.set_metric_price_v1(
+    p_api_key    => %(api_key)s::text,
+    p_metric     => %(metric)s::text,
+    p_unit_price => %(unit_price)s::numeric,
+    p_currency   => %(currency)s::text
+);
+
+-- name: set_spend_cap
+SELECT * FROM api.set_spend_cap_v1(
+    p_api_key    => %(api_key)s::text,
+    p_account    => %(account)s::text,
+    p_agent      => %(agent)s::text,
+    p_period     => %(period)s::text,
+    p_currency   => %(currency)s::text,
+    p_hard_limit => %(hard_limit)s::numeric,
+    p_soft_pct   => %(soft_pct)s::integer
+);
+
+-- name: operator_set_action_price
+SELECT * FROM tollgate.set_action_price(
+    p_action      => %(action)s::text,
+    p_price       => %(price)s::numeric,
+    p_currency    => %(currency)s::text,
+    p_description => %(description)s::text
+);

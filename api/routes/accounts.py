@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import datetime as dt
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from api import body
 from api.deps import ApiKey, Pool
-from api.models import ApiError, Balance, Balances, Continuation, ErrorBody
+from api.models import (
+    ApiError,
+    Balance,
+    Balances,
+    Continuation,
+    ErrorBody,
+    SpendCapIn,
+    SpendCapOut,
+    UsageReport,
+    UsageRow,
+)
 from db import queries
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -66,3 +78,60 @@ async def balances(account_id: AccountId, api_key: ApiKey, pool: Pool) -> Balanc
         account_id=account_id,
         balances=[Balance.model_validate(r, from_attributes=True) for r in rows],
     )
+
+
+@router.get(
+    "/{account_id}/usage",
+    response_model=UsageReport,
+    responses={code: {"model": ErrorBody} for code in (401, 404, 422, 503)},
+)
+async def usage_report(
+    account_id: AccountId,
+    api_key: ApiKey,
+    pool: Pool,
+    metric: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z][a-z0-9_.:-]*$")] = None,
+    period: Literal["day", "month"] = "day",
+    start: Annotated[dt.datetime | None, Query(alias="from")] = None,
+    end: Annotated[dt.datetime | None, Query(alias="to")] = None,
+) -> UsageReport:
+    """Usage per metric and UTC day or month: events, total and largest quantity, cost."""
+    async with pool.connection() as conn:
+        rows = await queries.usage(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            metric=metric,
+            period=period,
+            start=start,
+            end=end,
+        )
+    return UsageReport(
+        account_id=account_id,
+        period=period,
+        rows=[UsageRow.model_validate(r, from_attributes=True) for r in rows],
+    )
+
+
+@router.put(
+    "/{account_id}/spend-caps",
+    response_model=SpendCapOut,
+    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 422, 503)},
+    openapi_extra=body.openapi_body(SpendCapIn),
+)
+async def set_spend_cap(
+    account_id: AccountId, request: Request, api_key: ApiKey, pool: Pool
+) -> SpendCapOut:
+    """Admin keys: set what the account (or one agent of it) may spend per day or month."""
+    ask = await body.parse(request, SpendCapIn)
+    async with pool.connection() as conn:
+        done = await queries.set_spend_cap(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            agent=ask.agent_id,
+            period=ask.period,
+            currency=ask.currency.upper(),
+            hard_limit=ask.hard_limit,
+            soft_pct=ask.soft_pct,
+        )
+    return SpendCapOut.model_validate(done, from_attributes=True)

@@ -1,0 +1,64 @@
+"""Prices of actions and metered metrics (admin keys)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from api import body
+from api.deps import ApiKey, Pool
+from api.models import ActionPriceIn, ActionPriceOut, ErrorBody, MetricPriceIn, MetricPriceOut
+from db import queries
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)
+}
+Name = Annotated[str, Path(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
+
+
+@router.put(
+    "/actions/{action}",
+    response_model=ActionPriceOut,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(ActionPriceIn),
+)
+async def set_action_price(
+    action: Name, request: Request, api_key: ApiKey, pool: Pool
+) -> ActionPriceOut:
+    """What one run of an action costs: the payment a 402 asks for, the default credit hold."""
+    ask = await body.parse(request, ActionPriceIn)
+    async with pool.connection() as conn:
+        done = await queries.set_action_price(
+            conn,
+            api_key=api_key,
+            action=action,
+            price=ask.price,
+            currency=ask.currency.upper(),
+            description=ask.description,
+        )
+    return ActionPriceOut.model_validate(done, from_attributes=True)
+
+
+@router.put(
+    "/metrics/{metric}",
+    response_model=MetricPriceOut,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(MetricPriceIn),
+)
+async def set_metric_price(
+    metric: Name, request: Request, api_key: ApiKey, pool: Pool
+) -> MetricPriceOut:
+    """The price per unit of a metered metric, debited from credits as usage is recorded."""
+    ask = await body.parse(request, MetricPriceIn)
+    async with pool.connection() as conn:
+        done = await queries.set_metric_price(
+            conn,
+            api_key=api_key,
+            metric=metric,
+            unit_price=ask.unit_price,
+            currency=ask.currency.upper(),
+        )
+    return MetricPriceOut.model_validate(done, from_attributes=True)

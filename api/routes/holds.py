@@ -1,0 +1,50 @@
+"""Holds on credits: capture the actual cost, or release."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+
+from api import body
+from api.deps import ApiKey, Pool
+from api.models import CaptureRequest, ErrorBody, HoldOut
+from db import queries
+
+router = APIRouter(prefix="/v1/holds", tags=["gating"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
+}
+
+
+@router.get("/{hold_id}", response_model=HoldOut, responses=ERRORS)
+async def get_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
+    async with pool.connection() as conn:
+        found = await queries.get_hold(conn, api_key=api_key, hold_id=hold_id)
+    return HoldOut.model_validate(found, from_attributes=True)
+
+
+@router.post(
+    "/{hold_id}/capture",
+    response_model=HoldOut,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(CaptureRequest, required=False),
+)
+async def capture_hold(hold_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> HoldOut:
+    """Take the actual cost (at most the hold, unless the account may go negative) from the
+    credits and free the rest. Without a body the whole hold is captured."""
+    ask = await body.parse(request, CaptureRequest, empty_ok=True)
+    async with pool.connection() as conn:
+        found = await queries.capture_hold(
+            conn, api_key=api_key, hold_id=hold_id, amount=ask.amount
+        )
+    return HoldOut.model_validate(found, from_attributes=True)
+
+
+@router.post("/{hold_id}/release", response_model=HoldOut, responses=ERRORS)
+async def release_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
+    """Cancel the hold: nothing is spent."""
+    async with pool.connection() as conn:
+        found = await queries.release_hold(conn, api_key=api_key, hold_id=hold_id)
+    return HoldOut.model_validate(found, from_attributes=True)
