@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 ## Benchmarks (not part of the tests): results in bench/results/.
 bench: $(STAMP)
+	$(BIN)/python -m bench.gating
 	$(BIN)/python -m bench.ledger
 
 clean:

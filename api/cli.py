@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
 
@@ -104,6 +105,26 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0 if revoked else 1
 
 
+def _cmd_actions_set(args: argparse.Namespace) -> int:
+    from db import queries
+    from db.errors import DomainError
+
+    with ExitStack() as stack:
+        try:
+            done = queries.operator_set_action_price(
+                _connect(stack, args.data_dir),
+                action=args.action,
+                price=args.price,
+                currency=args.currency.upper(),
+                description=args.description,
+            )
+        except DomainError as exc:
+            print(f"tollgate actions set: {exc.message}", file=sys.stderr)
+            return 2
+    print(f"{done.action}: {done.price} {done.currency}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tollgate", description="Payments backend for AI agents.")
     p.add_argument(
@@ -145,6 +166,16 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=UUID)
     revoke.set_defaults(func=_cmd_keys_revoke)
+
+    actions = sub.add_parser("actions", help="prices of paid actions").add_subparsers(
+        dest="actions", required=True
+    )
+    price = actions.add_parser("set", help="set what one run of an action costs")
+    price.add_argument("action", help="e.g. report.generate")
+    price.add_argument("price", type=Decimal, help="a decimal, e.g. 0.50")
+    price.add_argument("currency", help="ISO 4217, e.g. USD")
+    price.add_argument("--description")
+    price.set_defaults(func=_cmd_actions_set)
     return p
 
 

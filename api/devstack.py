@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -21,10 +22,12 @@ from pydantic import SecretStr
 from api import stripe_emulator
 from api.config import Settings
 from api.main import create_app
-from db import embedded, keys
+from db import embedded, keys, queries
 from db.migrate import migrate
 
 DEV_ACCOUNT = "dev_account"
+DEV_EMULATOR_PORT = 8420  # localstripe's own default, when free
+DEV_ACTION = "report.generate"  # priced at 0.50 USD, so the agent flow works at once
 
 
 def database_url(stack: ExitStack, data_dir: Path) -> str:
@@ -48,7 +51,7 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
         webhook_secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
         api_base = os.environ.get("STRIPE_API_BASE")
         if not api_key:
-            emulator_port = stripe_emulator.free_port()
+            emulator_port = stripe_emulator.port_or_free(DEV_EMULATOR_PORT)
             log = (data_dir / "localstripe.log").open("ab")
             stack.callback(log.close)
             emulator = stripe_emulator.start(emulator_port, log=log.fileno())
@@ -66,6 +69,9 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             new = keys.create(conn, account=DEV_ACCOUNT, label="tollgate dev")
+            queries.operator_set_action_price(
+                conn, action=DEV_ACTION, price=Decimal("0.50"), currency="USD", description=None
+            )
 
         settings = Settings(
             environment="development",
@@ -83,8 +89,8 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
             f"    -H 'Authorization: Bearer {new.key}' \\\n"
             f"    -H 'Idempotency-Key: first-payment' -H 'Content-Type: application/json' \\\n"
             '    -d \'{"amount": 1250, "currency": "usd", "purpose": "report.generate"}\'\n'
-            f"  curl -s {base}/v1/accounts/{DEV_ACCOUNT}/can-continue "
-            f"-H 'Authorization: Bearer {new.key}'\n",
+            f"  curl -s -X POST {base}/v1/authorize -H 'Authorization: Bearer {new.key}' \\\n"
+            f"    -H 'Content-Type: application/json' -d '{{\"action\": \"{DEV_ACTION}\"}}'\n",
             flush=True,
         )
         # uvicorn re-raises SIGTERM after its graceful shutdown; make that unwind this stack

@@ -17,6 +17,16 @@ def free_port() -> int:
         return port
 
 
+def port_or_free(port: int) -> int:
+    """``port`` if nothing listens there, else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def wait_for_port(
     port: int, *, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None
 ) -> None:

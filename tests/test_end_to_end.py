@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import psycopg
 import pytest
 
 from api.stripe_emulator import free_port, wait_for_port
-from tests.conftest import Emulator
+from tests.conftest import Api, Emulator
 from tests.helpers import stripe_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +134,106 @@ def test_pay_confirm_webhook_settle_notify_continue(
         "the real webhook was stored and applied"
     )
     assert outbox == [("payment.settled",)]
+
+
+def wait_for(
+    listener: psycopg.Connection[Any], channel_payload_check: Any, timeout: float = 30
+) -> dict[str, Any]:
+    """The first notification the check accepts, within the timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for note in listener.notifies(timeout=left, stop_after=1):
+            payload: dict[str, Any] = json.loads(note.payload)
+            if channel_payload_check(payload):
+                return payload
+    raise AssertionError("no matching notification in time")
+
+
+def test_an_agent_refused_pays_at_stripe_and_is_then_allowed(
+    api: Api, db_dsn: str, new_key: Any, emulator: Emulator
+) -> None:
+    """402 -> the payment request it names -> confirmed at the emulator -> its real webhook ->
+    entitled -> allowed."""
+    stripe = stripe_client(emulator.base)
+    card = stripe.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
+    with api.client(new_key("ops", admin=True)) as admin:
+        admin.put("/v1/actions/report.generate", json={"price": "0.50", "currency": "USD"})
+    with (
+        psycopg.connect(db_dsn, autocommit=True) as listener,
+        api.client(new_key("agent_user")) as agent,
+    ):
+        listener.execute("LISTEN payment_settled")
+        refused = agent.post("/v1/authorize", json={"action": "report.generate"})
+        assert refused.status_code == 402
+        how = next(o for o in refused.json()["accepts"] if o["scheme"] == "stripe.payment")[
+            "request"
+        ]
+
+        paid = agent.request(
+            how["method"],
+            how["url"],
+            json=how["body"] | {"payment_method": card.id},
+            headers=how["headers"],
+        )
+        assert paid.status_code == 201, paid.text
+        assert stripe.v1.payment_intents.confirm(paid.json()["stripe_id"]).status == "succeeded"
+        wait_for(listener, lambda n: n["payment_id"] == paid.json()["id"])
+
+        allowed = agent.post("/v1/authorize", json={"action": "report.generate"})
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.json()["via"] == "payment"
+
+
+def test_a_stripe_subscription_entitles_every_action(
+    api: Api, new_key: Any, emulator: Emulator, db_dsn: str
+) -> None:
+    """customer.subscription.created from the emulator, signed and delivered, keeps the
+    subscription current in PostgreSQL; an active one entitles any action."""
+    stripe = stripe_client(emulator.base)
+    with api.client(new_key("ops", admin=True)) as admin:
+        admin.put("/v1/actions/copilot.answer", json={"price": "0.05", "currency": "USD"})
+    with api.client(new_key("team_42")) as agent:
+        assert agent.post("/v1/authorize", json={"action": "copilot.answer"}).status_code == 402
+        card = stripe.v1.payment_methods.create(
+            {
+                "type": "card",
+                "card": {
+                    "number": "4242424242424242",
+                    "exp_month": 12,
+                    "exp_year": 2034,
+                    "cvc": "123",
+                },
+            }
+        )
+        customer = stripe.v1.customers.create(
+            {"payment_method": card.id, "invoice_settings": {"default_payment_method": card.id}}
+        )
+        plan = stripe.v1.plans.create(
+            {"amount": 2000, "currency": "usd", "interval": "month", "product": {"name": "Pro"}}
+        )
+        with psycopg.connect(db_dsn, autocommit=True) as db:
+            sub = stripe.v1.subscriptions.create(
+                {
+                    "customer": customer.id,
+                    "items": [{"plan": plan.id}],
+                    "metadata": {"tollgate_account": "team_42"},
+                }
+            )
+            assert sub.status == "active"
+            deadline = time.monotonic() + 30
+            while (
+                db.execute(
+                    "SELECT status::text FROM tollgate.subscriptions WHERE stripe_id = %s",
+                    (sub.id,),
+                ).fetchone()
+                is None
+            ):
+                assert time.monotonic() < deadline, "the subscription webhook never arrived"
+                time.sleep(0.1)
+        allowed = agent.post("/v1/authorize", json={"action": "copilot.answer"})
+        assert allowed.status_code == 200 and allowed.json()["via"] == "subscription"
