@@ -116,6 +116,7 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "usage_batch_size": ("invalid", "invalid_batch", None),
     "usage_period": ("invalid", "invalid_request", None),
     "holds_agent_id_format": ("invalid", "invalid_agent", None),
+    "cost_currency": ("invalid", "invalid_currency", None),
     "ledger_accounts_balance_non_negative": (
         "conflict",
         "insufficient_funds",

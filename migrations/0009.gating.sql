@@ -146,15 +146,15 @@ CREATE TABLE tollgate.spend_caps (
     CONSTRAINT spend_caps_scope_key UNIQUE (account_id, agent_id, period, currency)
 );
 
--- What was spent, per account, agent, currency and UTC day: held credits (the whole hold
--- while active, the captured amount after) and metered usage. Maintained by triggers on
--- holds and usage; caps read it for the days of their period.
+-- What was spent, per account, agent, currency and UTC day, in minor units: held credits (the
+-- whole hold while active, the captured amount after) and metered usage (exact, so possibly
+-- fractional). Maintained by the hold triggers and the usage function; caps read it.
 CREATE TABLE tollgate.spend_daily (
     account_id  uuid        NOT NULL CONSTRAINT spend_daily_account_id_fkey REFERENCES tollgate.accounts,
     agent_id    text        NOT NULL,
     currency    text        NOT NULL CONSTRAINT spend_daily_currency_fkey REFERENCES tollgate.currencies,
     day         date        NOT NULL,
-    spent       bigint      NOT NULL DEFAULT 0 CONSTRAINT spend_daily_spent_non_negative CHECK (spent >= 0),
+    spent       numeric     NOT NULL DEFAULT 0 CONSTRAINT spend_daily_spent_non_negative CHECK (spent >= 0),
     PRIMARY KEY (account_id, currency, day, agent_id)
 );
 
@@ -163,7 +163,7 @@ CREATE TABLE tollgate.spend_notices (
     cap_id       uuid        NOT NULL CONSTRAINT spend_notices_cap_id_fkey REFERENCES tollgate.spend_caps,
     account_id   uuid        NOT NULL CONSTRAINT spend_notices_account_id_fkey REFERENCES tollgate.accounts,
     period_start timestamptz NOT NULL,
-    spent        bigint      NOT NULL,
+    spent        numeric     NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (cap_id, period_start)
 );

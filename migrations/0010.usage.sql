@@ -17,8 +17,9 @@ CREATE TABLE tollgate.usage_events (
     quantity     numeric     NOT NULL CONSTRAINT usage_events_quantity_range CHECK (quantity > 0 AND quantity < 1e15),
     occurred_at  timestamptz NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
-    -- What it cost, debited from credits with the batch's posting (NULL: unpriced metric).
-    cost         bigint      CONSTRAINT usage_events_cost_non_negative CHECK (cost >= 0),
+    -- What it cost, exactly, in minor units (a fraction of one when the unit price is small;
+    -- NULL: unpriced metric). Charged with the batch's posting, whole minor units at a time.
+    cost         numeric     CONSTRAINT usage_events_cost_non_negative CHECK (cost >= 0),
     currency     text        CONSTRAINT usage_events_currency_fkey REFERENCES tollgate.currencies,
     posting_id   uuid        CONSTRAINT usage_events_posting_id_fkey REFERENCES tollgate.ledger_postings,
     PRIMARY KEY (account_id, id),
@@ -26,5 +27,15 @@ CREATE TABLE tollgate.usage_events (
 );
 
 CREATE INDEX usage_events_metric_time_idx ON tollgate.usage_events (account_id, metric, occurred_at);
+
+-- The part of a minor unit of usage an account owes but has not been charged yet: each batch
+-- charges the whole minor units of (carry + its exact costs) and carries the rest, so many
+-- small events cost what they add up to, never rounded away one by one.
+CREATE TABLE tollgate.usage_carry (
+    account_id  uuid        NOT NULL CONSTRAINT usage_carry_account_id_fkey REFERENCES tollgate.accounts,
+    currency    text        NOT NULL CONSTRAINT usage_carry_currency_fkey REFERENCES tollgate.currencies,
+    fraction    numeric     NOT NULL CONSTRAINT usage_carry_fraction_range CHECK (fraction >= 0 AND fraction < 1),
+    PRIMARY KEY (account_id, currency)
+);
 
 COMMENT ON TABLE tollgate.usage_events IS 'Metered usage; priced metrics are debited from credits in the same transaction.';

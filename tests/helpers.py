@@ -29,6 +29,13 @@ TABLES = (
     "ledger_accounts",
     "ledger_postings",
     "ledger_entries",
+    "holds",
+    "payment_entitlements",
+    "subscriptions",
+    "spend_daily",
+    "spend_notices",
+    "usage_events",
+    "usage_carry",
 )
 
 

@@ -3,6 +3,7 @@ usage metering. The rules are the database's; these tests watch them from the ag
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -190,7 +191,9 @@ def test_concurrent_authorizations_never_spend_a_credit_twice(
 
     def ask(_: int) -> httpx.Response:
         with httpx.Client(base_url=api.url, headers={"Authorization": key}, timeout=30) as http:
-            return authorize(http, cost="0.10")
+            return http.post(
+                "/v1/authorize", json={"action": "work.metered", "cost": "0.10", "currency": "USD"}
+            )
 
     responses = in_parallel(30, ask)
     assert sorted(r.status_code for r in responses) == [200] * 10 + [402] * 20
@@ -224,7 +227,7 @@ def test_usage_batch_answers_each_event(
         json={"account_id": "agent_user", "reference": "f", "amount": "0.30", "currency": "USD"},
     )
     admin.post("/v1/transactions/f/settle", params={"account_id": "agent_user"})
-    now = "2026-11-21T12:00:00Z"
+    now = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     events = [
         {
             "id": "u1",
@@ -237,7 +240,7 @@ def test_usage_batch_answers_each_event(
         {"id": "u1", "metric": "tokens", "quantity": 1000, "occurred_at": now},
         {"id": "u3", "metric": "tokens", "quantity": "lots", "occurred_at": now},
         {"id": "u4", "metric": "tokens", "quantity": 5000, "occurred_at": now},
-        {"id": "u5", "metric": "tokens", "quantity": 1500, "occurred_at": "2026-11-21T12:00:00"},
+        {"id": "u5", "metric": "tokens", "quantity": 1500, "occurred_at": now[:19]},  # no zone
     ]
     r = agent.post("/v1/usage", json={"events": events})
     assert r.status_code == 200, r.text

@@ -401,6 +401,8 @@ BEGIN
                             tollgate.format_minor(minor, p_currency), p_currency, posting.created_at;
         RETURN;
     END IF;
+    -- Credits held for authorized work are not the sender's to transfer.
+    PERFORM tollgate.check_holds_covered(tollgate.ledger_account(sender.id, 'main', p_currency));
     RETURN QUERY SELECT false, posting.id, sender.external_id, receiver.external_id,
                         tollgate.format_minor(minor, p_currency), p_currency, now();
 END

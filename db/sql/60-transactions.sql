@@ -61,6 +61,7 @@ BEGIN
             ARRAY[NEW.amount::bigint, -NEW.amount::bigint]);
     ELSIF NEW.status = 'reversed' THEN
         NEW.reversal_posting_id := tollgate.reverse_posting(OLD.settlement_posting_id, NEW.account_id);
+        PERFORM tollgate.check_holds_covered(tollgate.ledger_account(NEW.account_id, 'main', NEW.currency));
     END IF;
     NEW.updated_at := now();
     RETURN NEW;
@@ -202,6 +203,11 @@ BEGIN
         IF pay.status = 'refunded' THEN
             RAISE EXCEPTION 'payment % was refunded', pay.stripe_id
                 USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_payment_not_refunded';
+        END IF;
+        -- A payment for an action entitles that action; it cannot also become credits.
+        IF pay.purpose IS NOT NULL AND pay.purpose <> 'credits' THEN
+            RAISE EXCEPTION 'payment % pays for %: it cannot back a transaction', pay.stripe_id, pay.purpose
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'transaction_matches_payment';
         END IF;
     END IF;
     INSERT INTO tollgate.transactions (account_id, reference, amount, currency, payment_intent_id)

@@ -34,7 +34,8 @@ $$;
 -- Entitlements from payments and subscriptions
 -- ---------------------------------------------------------------------------------------------
 
--- A payment for an action that succeeds entitles one run of it; a refund takes it back.
+-- A payment for an action that succeeds entitles one run of it, if it paid at least the
+-- action's price in its currency (an unpriced action takes any payment); a refund takes it back.
 CREATE OR REPLACE FUNCTION tollgate.payment_entitlement_follow() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -45,7 +46,9 @@ BEGIN
     END IF;
     IF NEW.status = 'succeeded' THEN
         INSERT INTO tollgate.payment_entitlements (payment_intent_id, account_id, action, uses_left)
-        VALUES (NEW.id, NEW.account_id, NEW.purpose, 1)
+        SELECT NEW.id, NEW.account_id, NEW.purpose, 1
+        WHERE NOT EXISTS (SELECT FROM tollgate.actions a
+                          WHERE a.name = NEW.purpose AND (a.currency <> NEW.currency OR a.price > NEW.amount))
         ON CONFLICT ON CONSTRAINT payment_entitlements_pkey DO NOTHING;
     ELSIF NEW.status = 'refunded' THEN
         UPDATE tollgate.payment_entitlements SET uses_left = 0 WHERE payment_intent_id = NEW.id;
@@ -82,9 +85,20 @@ CREATE OR REPLACE TRIGGER payment_entitlements_no_delete
     BEFORE DELETE ON tollgate.payment_entitlements
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
 
+-- How far along its lifecycle a subscription status is: orders events of the same second.
+CREATE OR REPLACE FUNCTION tollgate.subscription_progress(p_status tollgate.subscription_status) RETURNS smallint
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE p_status WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
+                         WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4
+                         ELSE 5 END::smallint
+$$;
+
 -- Apply a stored customer.subscription.* event: the subscription row is created from the
 -- event's object (the account named in its metadata as tollgate_account) or updated by it,
--- unless the event is older than the last one applied (stale).
+-- unless the event is older than the last one applied, or of the same second and earlier in
+-- the lifecycle (stale). Canceled and incomplete_expired are final (rejected).
 CREATE OR REPLACE FUNCTION tollgate.apply_subscription_event(p_event_id text)
 RETURNS tollgate.event_state
 LANGUAGE plpgsql
@@ -137,6 +151,13 @@ BEGIN
     ELSIF ev.stripe_created < sub.last_event_at THEN
         outcome := 'stale';
         why := format('older than %s (%s), already applied', sub.last_event_id, sub.last_event_at);
+    ELSIF sub.status IN ('canceled', 'incomplete_expired') AND v_status <> sub.status THEN
+        outcome := 'rejected';
+        why := format('subscription is %s: final', sub.status);
+    ELSIF ev.stripe_created = sub.last_event_at
+          AND tollgate.subscription_progress(v_status) < tollgate.subscription_progress(sub.status) THEN
+        outcome := 'stale';
+        why := format('same second as %s and earlier in the lifecycle than %s', sub.last_event_id, sub.status);
     ELSE
         UPDATE tollgate.subscriptions
         SET status = v_status, plan = coalesce(v_plan, subscriptions.plan),
@@ -208,19 +229,19 @@ CREATE OR REPLACE TRIGGER spend_caps_50_audit
 
 -- What the account (p_agent NULL: all its agents) spent in p_currency since p_since.
 CREATE OR REPLACE FUNCTION tollgate.spent_since(p_account_id uuid, p_agent text, p_currency text, p_since date)
-RETURNS bigint
+RETURNS numeric
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(sum(d.spent), 0)::bigint FROM tollgate.spend_daily d
+    SELECT coalesce(sum(d.spent), 0) FROM tollgate.spend_daily d
     WHERE d.account_id = p_account_id AND d.currency = p_currency AND d.day >= p_since
       AND (p_agent IS NULL OR d.agent_id = p_agent)
 $$;
 
 -- The first cap that spending p_amount more would break, or no row. Caps of the account
 -- (agent_id '') count all its agents; an agent's cap counts that agent.
-CREATE OR REPLACE FUNCTION tollgate.cap_exceeded(p_account_id uuid, p_agent text, p_currency text, p_amount bigint)
-RETURNS TABLE (cap_id uuid, agent_id text, period tollgate.spend_period, hard_limit bigint, spent bigint)
+CREATE OR REPLACE FUNCTION tollgate.cap_exceeded(p_account_id uuid, p_agent text, p_currency text, p_amount numeric)
+RETURNS TABLE (cap_id uuid, agent_id text, period tollgate.spend_period, hard_limit bigint, spent numeric)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -239,7 +260,7 @@ $$;
 -- Record spending (negative: money freed again) and, when a cap's soft threshold is crossed,
 -- announce spend.threshold_reached once per cap and period.
 CREATE OR REPLACE FUNCTION tollgate.add_spend(
-    p_account_id uuid, p_agent text, p_currency text, p_day date, p_delta bigint
+    p_account_id uuid, p_agent text, p_currency text, p_day date, p_delta numeric
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -265,20 +286,34 @@ BEGIN
         WHERE c.account_id = p_account_id AND c.currency = p_currency AND c.agent_id IN ('', p_agent)
     LOOP
         IF cap.spent * 100 >= cap.hard_limit * cap.soft_pct THEN
+            -- Its trigger announces it; the key makes it once per cap and period.
             INSERT INTO tollgate.spend_notices (cap_id, account_id, period_start, spent)
             VALUES (cap.id, p_account_id, cap.since, cap.spent)
             ON CONFLICT ON CONSTRAINT spend_notices_pkey DO NOTHING;
-            IF FOUND THEN
-                PERFORM tollgate.emit(p_account_id, 'spend.threshold_reached',
-                    jsonb_build_object('cap_id', cap.id, 'agent_id', nullif(cap.agent_id, ''),
-                                       'period', cap.period, 'period_start', cap.since,
-                                       'currency', p_currency, 'spent', cap.spent,
-                                       'hard_limit', cap.hard_limit, 'soft_pct', cap.soft_pct));
-            END IF;
         END IF;
     END LOOP;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION tollgate.spend_notices_announce() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cap tollgate.spend_caps;
+BEGIN
+    SELECT * INTO STRICT cap FROM tollgate.spend_caps WHERE id = NEW.cap_id;
+    PERFORM tollgate.emit(NEW.account_id, 'spend.threshold_reached',
+        jsonb_build_object('cap_id', cap.id, 'agent_id', nullif(cap.agent_id, ''), 'period', cap.period,
+                           'period_start', NEW.period_start, 'currency', cap.currency, 'spent', NEW.spent,
+                           'hard_limit', cap.hard_limit, 'soft_pct', cap.soft_pct));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER spend_notices_50_announce
+    AFTER INSERT ON tollgate.spend_notices
+    FOR EACH ROW EXECUTE FUNCTION tollgate.spend_notices_announce();
 
 -- ---------------------------------------------------------------------------------------------
 -- Holds
@@ -295,6 +330,20 @@ AS $$
                                             WHERE h.ledger_account_id = la.id AND h.status = 'active'
                                               AND h.expires_at > now()), 0)::bigint END
     FROM tollgate.ledger_accounts la WHERE la.id = p_wallet
+$$;
+
+-- After money leaves a wallet that may not go negative (a transfer, a reversal), its balance
+-- must still cover the credits held for work already authorized.
+CREATE OR REPLACE FUNCTION tollgate.check_holds_covered(p_wallet uuid) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tollgate.available_credits(p_wallet) < 0 THEN
+        RAISE EXCEPTION 'the balance would no longer cover the credits held for authorized work'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
+    END IF;
+END
 $$;
 
 -- Holds past their expiry stop reserving credits: mark them so (the caller holds the wallet lock).
@@ -404,8 +453,9 @@ FROM tollgate.holds h JOIN tollgate.accounts a ON a.id = h.account_id;
 
 -- May the account run p_action now? Answers allowed (via subscription, payment or credits)
 -- or not, with a reason code: payment_required (no entitlement, not enough credits) or
--- spend_cap_exceeded. p_cost (a decimal) overrides the action's price for the credits path;
--- p_currency defaults to the action's. With credits a hold of the cost is placed for
+-- spend_cap_exceeded. p_cost (a decimal) is what this run costs in credits when that varies:
+-- an admin key may set any cost, any other key only more than the action's price (an agent
+-- cannot pay itself a discount). p_currency defaults to the action's. With credits a hold of the cost is placed for
 -- p_hold_seconds; capture or release it when the action is done.
 CREATE OR REPLACE FUNCTION api.authorize_v1(
     p_api_key text, p_account text, p_action text, p_cost numeric, p_currency text,
@@ -443,6 +493,13 @@ BEGIN
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'currency_known';
         END IF;
         cost := tollgate.to_minor(p_cost, cur);
+        IF NOT k.is_admin AND act.name IS NOT NULL THEN
+            IF cur <> act.currency THEN
+                RAISE EXCEPTION 'action % is priced in %, not %', p_action, act.currency, cur
+                    USING ERRCODE = 'check_violation', CONSTRAINT = 'cost_currency';
+            END IF;
+            cost := greatest(cost, act.price);
+        END IF;
     ELSIF act.name IS NOT NULL AND cur = act.currency THEN
         cost := act.price;
     END IF;
@@ -475,7 +532,8 @@ BEGIN
     END IF;
 
     IF cost IS NULL THEN
-        RAISE EXCEPTION 'action % has no price: send its cost and currency', p_action
+        RAISE EXCEPTION '%', CASE WHEN act.name IS NULL THEN format('action %s has no price: send its cost and currency', p_action)
+                                  ELSE format('action %s is priced in %s, not %s', p_action, act.currency, cur) END
             USING ERRCODE = 'TG003', CONSTRAINT = 'action_known';
     END IF;
 
@@ -505,7 +563,7 @@ BEGIN
                             format('the %s cap of %s %s%s is reached: %s spent, %s more would pass it',
                                    cap.period, tollgate.format_minor(cap.hard_limit, cur), cur,
                                    CASE WHEN cap.agent_id <> '' THEN ' for agent ' || cap.agent_id ELSE '' END,
-                                   tollgate.format_minor(cap.spent, cur), tollgate.format_minor(cost, cur)),
+                                   tollgate.format_exact(cap.spent, cur), tollgate.format_minor(cost, cur)),
                             acct.external_id, p_action, NULL::uuid, NULL::integer,
                             CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail, cur) END, cur,
                             tollgate.format_minor(cost, cur), cost, NULL::timestamptz;

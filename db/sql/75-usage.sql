@@ -10,12 +10,26 @@ CREATE OR REPLACE TRIGGER usage_events_no_truncate
     BEFORE TRUNCATE ON tollgate.usage_events
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
+-- An exact amount of minor units (possibly fractional) as a decimal in the currency's units,
+-- with at least the currency's decimals: (0.4, USD) -> '0.004', (125, USD) -> '1.25'.
+CREATE OR REPLACE FUNCTION tollgate.format_exact(p_minor numeric, p_currency text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN scale(x) < c.exponent THEN round(x, c.exponent) ELSE x END::text
+    FROM tollgate.currencies c,
+         LATERAL (SELECT trim_scale(p_minor / 10::numeric ^ c.exponent) AS x) v
+    WHERE c.code = p_currency
+$$;
+
 -- Record up to 1000 usage events, given as parallel arrays (one element per event). Each
 -- event is answered on its own: accepted, duplicate (its id was recorded before for the
--- account, or earlier in this batch) or rejected with a reason (unknown_account, invalid_id,
--- invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at, insufficient_credits,
--- spend_cap_exceeded). Priced events are taken in batch order while credits and caps last;
--- all of an account's priced events in the batch are charged in one posting.
+-- account, or accepted earlier in this batch) or rejected with a reason (unknown_account,
+-- invalid_id, invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at,
+-- insufficient_credits, spend_cap_exceeded, repeated_in_batch).
+-- A priced event costs quantity x unit price, exactly; events are taken in batch order while
+-- credits and caps last. Each account's charges go in one posting of whole minor units, the
+-- fraction left is carried to its next batch (tollgate.usage_carry).
 -- Batches for one account are serialised (an advisory lock per account, then the wallets in
 -- id order), so a concurrent retry sees this batch's events and never charges them twice.
 CREATE OR REPLACE FUNCTION api.record_usage_v1(
@@ -32,10 +46,11 @@ DECLARE
     n          integer := coalesce(cardinality(p_ids), 0);
     e_account  uuid[];
     e_agent    text[];
-    e_cost     bigint[];
+    e_cost     numeric[];
     e_currency text[];
     e_wallet   uuid[];
     e_reason   text[];
+    e_first    integer[];   -- the first position of the same (account, id) in the batch
     wallets    uuid[];
     avail      jsonb := '{}';   -- wallet -> credits still available (absent: no limit)
     caps       record;
@@ -43,13 +58,15 @@ DECLARE
     cap_acct   uuid[] := '{}';
     cap_agent  text[] := '{}';
     cap_cur    text[] := '{}';
-    cap_room   bigint[] := '{}';
+    cap_room   numeric[] := '{}';
     w          uuid;
     i          integer;
     j          integer;
     ok         boolean;
     charged    record;
-    posting    uuid;
+    carry      numeric;
+    whole      bigint;
+    postings   jsonb := '{}';   -- wallet -> the posting that charged it
 BEGIN
     IF n > 1000 THEN
         RAISE EXCEPTION 'a batch holds at most 1000 events, not %', n
@@ -61,14 +78,15 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
     END IF;
 
-    -- Resolve and check every event, and price it.
+    -- Resolve and check every event; price the valid ones.
     SELECT array_agg(r.account ORDER BY r.ord), array_agg(r.agent ORDER BY r.ord),
-           array_agg(r.cost ORDER BY r.ord), array_agg(r.cur ORDER BY r.ord),
-           array_agg(r.reason ORDER BY r.ord)
-    INTO e_account, e_agent, e_cost, e_currency, e_reason
+           array_agg(CASE WHEN r.reason IS NULL THEN r.quantity * r.unit_price END ORDER BY r.ord),
+           array_agg(r.cur ORDER BY r.ord), array_agg(r.reason ORDER BY r.ord),
+           array_agg(r.first ORDER BY r.ord)
+    INTO e_account, e_agent, e_cost, e_currency, e_reason, e_first
     FROM (
-        SELECT i.ord, a.id AS account, coalesce(i.agent, '') AS agent, p.currency AS cur,
-               round(i.quantity * p.unit_price)::bigint AS cost,
+        SELECT i.ord, a.id AS account, coalesce(i.agent, '') AS agent, p.currency AS cur, p.unit_price,
+               i.quantity, min(i.ord) OVER (PARTITION BY a.id, i.id)::integer AS first,
                CASE
                    WHEN a.id IS NULL THEN 'unknown_account'
                    WHEN i.id IS NULL OR i.id !~ '^[\x21-\x7e]{1,128}$' THEN 'invalid_id'
@@ -77,7 +95,7 @@ BEGIN
                    WHEN i.quantity IS NULL OR i.quantity <= 0 OR i.quantity >= 1e15 THEN 'invalid_quantity'
                    WHEN i.occurred_at IS NULL OR i.occurred_at > now() + tollgate.max_clock_skew()
                         OR i.occurred_at < now() - interval '400 days' THEN 'invalid_occurred_at'
-                   WHEN count(*) OVER (PARTITION BY a.id, i.id ORDER BY i.ord) > 1 THEN 'duplicate'
+                   WHEN min(i.ord) OVER (PARTITION BY a.id, i.id) < i.ord THEN 'repeat'
                END AS reason
         FROM unnest(p_ids, p_accounts, p_agents, p_metrics, p_quantities, p_occurred_at)
              WITH ORDINALITY AS i (id, account, agent, metric, quantity, occurred_at, ord)
@@ -99,7 +117,11 @@ BEGIN
     FOREACH w IN ARRAY coalesce(wallets, '{}') LOOP
         PERFORM tollgate.expire_holds(w);
         IF tollgate.available_credits(w) IS NOT NULL THEN
-            avail := avail || jsonb_build_object(w::text, tollgate.available_credits(w));
+            avail := avail || jsonb_build_object(w::text, tollgate.available_credits(w)
+                                                          - coalesce((SELECT c.fraction FROM tollgate.usage_carry c
+                                                                      JOIN tollgate.ledger_accounts la ON la.id = w
+                                                                      WHERE c.account_id = la.account_id
+                                                                        AND c.currency = la.currency), 0));
         END IF;
     END LOOP;
     SELECT array_agg(la.id ORDER BY x.ord) INTO e_wallet
@@ -123,13 +145,13 @@ BEGIN
     LOOP
         cap_id := cap_id || caps.id; cap_acct := cap_acct || caps.account_id;
         cap_agent := cap_agent || caps.agent_id; cap_cur := cap_cur || caps.currency;
-        cap_room := cap_room || caps.room;
+        cap_room := cap_room || caps.room::numeric;
     END LOOP;
 
     -- Priced events, in order, while credits and caps last.
     FOR i IN 1 .. n LOOP
         CONTINUE WHEN e_reason[i] IS NOT NULL OR e_cost[i] IS NULL OR e_cost[i] = 0;
-        IF e_wallet[i] IS NULL OR (avail ? e_wallet[i]::text AND (avail ->> e_wallet[i]::text)::bigint < e_cost[i]) THEN
+        IF e_wallet[i] IS NULL OR (avail ? e_wallet[i]::text AND (avail ->> e_wallet[i]::text)::numeric < e_cost[i]) THEN
             e_reason[i] := 'insufficient_credits';
             CONTINUE;
         END IF;
@@ -151,40 +173,58 @@ BEGIN
         END LOOP;
         IF avail ? e_wallet[i]::text THEN
             avail := jsonb_set(avail, ARRAY[e_wallet[i]::text],
-                               to_jsonb((avail ->> e_wallet[i]::text)::bigint - e_cost[i]));
+                               to_jsonb((avail ->> e_wallet[i]::text)::numeric - e_cost[i]));
         END IF;
     END LOOP;
 
-    -- One charge per wallet, then the events, then what was spent.
+    -- A repeat of an id answers like its first occurrence did: duplicate if that was accepted.
+    FOR i IN 1 .. n LOOP
+        IF e_reason[i] = 'repeat' THEN
+            e_reason[i] := CASE WHEN e_reason[e_first[i]] IS NULL OR e_reason[e_first[i]] = 'duplicate'
+                                THEN 'duplicate' ELSE 'repeated_in_batch' END;
+        END IF;
+    END LOOP;
+
+    -- Per wallet: charge the whole minor units of carry + costs, carry the rest.
     FOR charged IN
-        SELECT x.wallet, x.a AS account, x.c AS cur, sum(x.cost)::bigint AS total
-        FROM unnest(e_wallet, e_account, e_currency, e_cost, e_reason) AS x (wallet, a, c, cost, reason)
+        SELECT x.wallet, x.a AS account, x.c AS cur, x.agent, sum(x.cost) AS total
+        FROM unnest(e_wallet, e_account, e_currency, e_agent, e_cost, e_reason) AS x (wallet, a, c, agent, cost, reason)
         WHERE x.reason IS NULL AND x.cost > 0
-        GROUP BY x.wallet, x.a, x.c
+        GROUP BY GROUPING SETS ((x.wallet, x.a, x.c), (x.wallet, x.a, x.c, x.agent))
+        ORDER BY x.wallet, x.agent NULLS FIRST
     LOOP
-        posting := tollgate.post(charged.account, 'charge',
-                                 ARRAY[charged.wallet, tollgate.revenue_account(charged.cur)],
-                                 ARRAY[-charged.total, charged.total]);
-        avail := avail || jsonb_build_object('posting:' || charged.wallet::text, posting);
+        IF charged.agent IS NULL THEN
+            SELECT c.fraction INTO carry FROM tollgate.usage_carry c
+            WHERE c.account_id = charged.account AND c.currency = charged.cur FOR UPDATE;
+            carry := coalesce(carry, 0) + charged.total;
+            whole := floor(carry)::bigint;
+            INSERT INTO tollgate.usage_carry AS c (account_id, currency, fraction)
+            VALUES (charged.account, charged.cur, carry - whole)
+            ON CONFLICT (account_id, currency) DO UPDATE SET fraction = excluded.fraction;
+            IF whole > 0 THEN
+                postings := postings || jsonb_build_object(charged.wallet::text, tollgate.post(
+                    charged.account, 'charge',
+                    ARRAY[charged.wallet, tollgate.revenue_account(charged.cur)], ARRAY[-whole, whole]));
+            END IF;
+        ELSE
+            -- What each agent spent, in the exact costs rounded to minor units as charged.
+            PERFORM tollgate.add_spend(charged.account, charged.agent, charged.cur, tollgate.utc_day(),
+                                       round(charged.total)::bigint);
+        END IF;
     END LOOP;
 
     INSERT INTO tollgate.usage_events (account_id, id, agent_id, metric, quantity, occurred_at, cost, currency, posting_id)
     SELECT x.a, x.id, x.agent, x.metric, x.quantity, x.occurred_at, x.cost, x.c,
-           CASE WHEN x.cost > 0 THEN (avail ->> ('posting:' || x.wallet::text))::uuid END
+           (postings ->> x.wallet::text)::uuid
     FROM unnest(e_account, p_ids, e_agent, p_metrics, p_quantities, p_occurred_at, e_cost, e_currency, e_wallet, e_reason)
          AS x (a, id, agent, metric, quantity, occurred_at, cost, c, wallet, reason)
     WHERE x.reason IS NULL;
-
-    PERFORM tollgate.add_spend(x.a, x.agent, x.c, tollgate.utc_day(), sum(x.cost)::bigint)
-    FROM unnest(e_account, e_agent, e_currency, e_cost, e_reason) AS x (a, agent, c, cost, reason)
-    WHERE x.reason IS NULL AND x.cost > 0
-    GROUP BY x.a, x.agent, x.c;
 
     RETURN QUERY
     SELECT x.ord::integer, x.id,
            CASE WHEN x.reason IS NULL THEN 'accepted' WHEN x.reason = 'duplicate' THEN 'duplicate' ELSE 'rejected' END,
            CASE WHEN x.reason = 'duplicate' THEN NULL ELSE x.reason END,
-           CASE WHEN x.reason IS NULL AND x.c IS NOT NULL THEN tollgate.format_minor(x.cost, x.c) END,
+           CASE WHEN x.reason IS NULL AND x.c IS NOT NULL THEN tollgate.format_exact(x.cost, x.c) END,
            CASE WHEN x.reason IS NULL THEN x.c END
     FROM unnest(p_ids, e_reason, e_cost, e_currency) WITH ORDINALITY AS x (id, reason, cost, c, ord)
     ORDER BY x.ord;
@@ -209,13 +249,13 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT date_trunc(p_period, u.occurred_at, 'UTC'), u.metric, count(*), sum(u.quantity), max(u.quantity),
-           CASE WHEN max(u.currency) IS NOT NULL THEN tollgate.format_minor(sum(u.cost)::bigint, max(u.currency)) END,
-           max(u.currency)
+           CASE WHEN u.currency IS NOT NULL THEN tollgate.format_exact(sum(u.cost), u.currency) END,
+           u.currency
     FROM tollgate.usage_events u
     WHERE u.account_id = acct.id AND (p_metric IS NULL OR u.metric = p_metric)
       AND u.occurred_at >= coalesce(p_from, '-infinity') AND u.occurred_at < coalesce(p_to, 'infinity')
-    GROUP BY 1, 2
-    ORDER BY 1, 2;
+    GROUP BY 1, 2, u.currency
+    ORDER BY 1, 2, u.currency;
 END
 $$;
 
@@ -229,10 +269,10 @@ SELECT a.external_id                             AS account_id,
        sum(u.quantity)                           AS quantity_sum,
        max(u.quantity)                           AS quantity_max,
        sum(u.cost)                               AS cost_minor,
-       max(u.currency)                           AS currency
+       u.currency
 FROM tollgate.usage_events u
 JOIN tollgate.accounts a ON a.id = u.account_id
-GROUP BY 1, 2, 3, 4;
+GROUP BY 1, 2, 3, 4, u.currency;
 
 COMMENT ON VIEW reporting.usage_daily IS
-    'Usage per account, agent (NULL: none named), metric and UTC day of occurrence; cost in minor units of currency.';
+    'Usage per account, agent (NULL: none named), metric, UTC day of occurrence and currency; cost in (possibly fractional) minor units.';

@@ -1,6 +1,6 @@
 -- Agent gating: subscription, one-off payment, credits with holds, spend caps.
 BEGIN;
-SELECT plan(35);
+SELECT plan(46);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ann', 'ann-key', false, NULL)) IS NOT NULL, 'ann');
@@ -9,10 +9,12 @@ SELECT results_eq($$SELECT price, currency FROM api.set_action_price_v1('ops-key
 SELECT throws_ok($$SELECT * FROM api.set_action_price_v1('ann-key', 'report.generate', 0.01, 'USD', NULL)$$, 'TG002', NULL,
                  'only an admin sets prices');
 
-CREATE FUNCTION pg_temp.authorize(p_key text DEFAULT 'ann-key', p_agent text DEFAULT NULL, p_cost numeric DEFAULT NULL)
+CREATE FUNCTION pg_temp.authorize(p_key text DEFAULT 'ann-key', p_agent text DEFAULT NULL, p_cost numeric DEFAULT NULL,
+                                   p_action text DEFAULT 'report.generate')
 RETURNS TABLE (allowed boolean, via text, code text, remaining text, hold_id uuid)
 LANGUAGE sql AS $$
-    SELECT allowed, via, code, remaining, hold_id FROM api.authorize_v1(p_key, NULL, 'report.generate', p_cost, NULL, p_agent, NULL)
+    SELECT allowed, via, code, remaining, hold_id
+    FROM api.authorize_v1(p_key, NULL, p_action, p_cost, CASE WHEN p_cost IS NOT NULL THEN 'USD' END, p_agent, NULL)
 $$;
 
 SELECT results_eq($$SELECT allowed, code, remaining FROM pg_temp.authorize()$$,
@@ -59,8 +61,12 @@ SELECT results_eq($$SELECT status FROM api.release_hold_v1('ann-key', (SELECT id
                   'releasing frees the rest');
 SELECT throws_ok($$SELECT * FROM api.release_hold_v1('ann-key', (SELECT id FROM h LIMIT 1))$$, 'TG010', NULL,
                  'a captured hold cannot be released');
+SELECT results_eq($$SELECT allowed, remaining FROM pg_temp.authorize(p_cost => 0.01)$$, $$VALUES (true, '1.20')$$,
+                  'an agent cannot declare less than the price: 0.50 held, not 0.01');
+UPDATE tollgate.holds SET status = 'released' WHERE status = 'active' AND amount = 50 AND created_at = now()
+  AND id = (SELECT id FROM tollgate.holds WHERE status = 'active' ORDER BY created_at DESC, id LIMIT 1);
 SELECT results_eq($$SELECT allowed, remaining FROM pg_temp.authorize(p_cost => 1.70)$$, $$VALUES (true, '0.00')$$,
-                  'an explicit cost overrides the price: all 1.70 held');
+                  'but it may declare more: all 1.70 held');
 SELECT results_eq($$SELECT allowed, code FROM pg_temp.authorize(p_cost => 0.01)$$, $$VALUES (false, 'payment_required')$$,
                   'held credits cannot be held twice');
 
@@ -70,17 +76,31 @@ SELECT results_eq($$SELECT hard_limit FROM api.set_spend_cap_v1('ops-key', 'ann'
 SELECT throws_ok($$SELECT * FROM api.set_spend_cap_v1('ann-key', 'ann', NULL, 'day', 'USD', 100, 80)$$, 'TG002', NULL,
                  'an agent cannot lift its own cap');
 UPDATE tollgate.holds SET status = 'released' WHERE status = 'active';
-SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1')$$, $$VALUES (true, 'credits')$$, 'agent-1: 0.50');
+SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1', 0.50, 'work.metered')$$, $$VALUES (true, 'credits')$$, 'agent-1: 0.50');
 SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'), 0, 'below 80%: no notice');
-SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1', 0.40)$$, $$VALUES (true, 'credits')$$, 'agent-1: 0.90');
+SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1', 0.40, 'work.metered')$$, $$VALUES (true, 'credits')$$, 'agent-1: 0.90');
 SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'), 1, 'past 80%: one notice');
-SELECT results_eq($$SELECT allowed, code FROM pg_temp.authorize('ann-key', 'agent-1', 0.20)$$,
+SELECT results_eq($$SELECT allowed, code FROM pg_temp.authorize('ann-key', 'agent-1', 0.20, 'work.metered')$$,
                   $$VALUES (false, 'spend_cap_exceeded')$$, 'the hard cap refuses 1.10');
-SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-2', 0.20)$$, $$VALUES (true, 'credits')$$,
+SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-2', 0.20, 'work.metered')$$, $$VALUES (true, 'credits')$$,
                   'another agent is not bound by agent-1''s cap');
-SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1', 0.10)$$, $$VALUES (true, 'credits')$$,
+SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1', 0.10, 'work.metered')$$, $$VALUES (true, 'credits')$$,
                   'agent-1 may still reach its cap exactly');
 SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'), 1, 'still one notice this period');
+
+-- A payment entitles only if it paid the price, and then only the action.
+SELECT is(pg_temp.paid('pi_cheap', 'report.generate', 10), 'applied', 'ann pays 0.10 for a 0.50 report');
+SELECT is((SELECT count(*)::int FROM tollgate.payment_entitlements WHERE payment_intent_id =
+          (SELECT id FROM tollgate.payment_intents WHERE stripe_id = 'pi_cheap')), 0, 'which entitles nothing');
+SELECT throws_ok($$SELECT * FROM api.create_transaction_v1('ann-key', NULL, 'double', 0.10, 'USD', 'pi_cheap')$$, '23514', NULL,
+                 'nor can an action''s payment become credits as well');
+
+-- Held credits are not the account's to send away.
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('bob', 'bob-key', false, NULL)) IS NOT NULL, 'bob');
+SELECT throws_ok(format($$SELECT * FROM api.transfer_v1('ann-key', NULL, 'bob', %s, 'USD', 'drain')$$,
+                        (SELECT balance FROM api.balances_v1('ann-key', NULL))),
+                 '23514', 'the balance would no longer cover the credits held for authorized work',
+                 'a transfer that would eat into active holds is refused');
 
 -- A subscription entitles every action.
 SELECT is((SELECT outcome FROM api.ingest_stripe_event_v1(jsonb_build_object('id', 'evt_sub_1', 'type', 'customer.subscription.created',
@@ -90,6 +110,20 @@ SELECT is((SELECT outcome FROM api.ingest_stripe_event_v1(jsonb_build_object('id
           'applied', 'ann subscribes');
 SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent-1', 5.00)$$, $$VALUES (true, 'subscription')$$,
                   'the subscription covers it, whatever it costs');
+
+-- Subscription events of one second, delivered out of order.
+CREATE FUNCTION pg_temp.sub_event(p_id text, p_type text, p_status text, p_created bigint) RETURNS text
+LANGUAGE sql AS $$
+    SELECT outcome FROM api.ingest_stripe_event_v1(jsonb_build_object('id', p_id, 'type', p_type, 'created', p_created,
+        'data', jsonb_build_object('object', jsonb_build_object('object', 'subscription', 'id', 'sub_bob', 'status', p_status,
+        'metadata', jsonb_build_object('tollgate_account', 'bob')))))
+$$;
+SELECT is(pg_temp.sub_event('evt_b2', 'customer.subscription.updated', 'active', 1000), 'applied', 'bob: active (sent second)');
+SELECT is(pg_temp.sub_event('evt_b1', 'customer.subscription.created', 'incomplete', 1000), 'stale',
+          'incomplete of the same second, sent first, arrives late: stale');
+SELECT is(pg_temp.sub_event('evt_b3', 'customer.subscription.deleted', 'canceled', 1001), 'applied', 'bob cancels');
+SELECT is(pg_temp.sub_event('evt_b4', 'customer.subscription.updated', 'active', 1001), 'rejected', 'canceled is final');
+SELECT is((SELECT status::text FROM tollgate.subscriptions WHERE stripe_id = 'sub_bob'), 'canceled', 'bob''s subscription is over');
 
 SELECT * FROM finish();
 ROLLBACK;

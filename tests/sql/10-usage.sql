@@ -1,6 +1,6 @@
 -- Usage metering: idempotent events, per-event answers, credits debited with the events.
 BEGIN;
-SELECT plan(16);
+SELECT plan(25);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('uma', 'uma-key', false, NULL)) IS NOT NULL, 'uma');
@@ -40,6 +40,34 @@ SELECT throws_ok($$SELECT * FROM pg_temp.usage('uma-key', array_fill('x'::text, 
 SELECT results_eq($$SELECT metric, events::int, quantity_sum, cost FROM api.usage_v1('uma-key', NULL, NULL, 'day', NULL, NULL) ORDER BY metric$$,
                   $$VALUES ('calls', 1, 1::numeric, NULL), ('tokens', 4, 7100::numeric, '0.71')$$, 'usage aggregates per metric and day');
 SELECT throws_ok($$UPDATE tollgate.usage_events SET quantity = 1$$, 'TG012', NULL, 'usage events are append-only');
+
+-- Many small events cost what they add up to: 250 events of 200 tokens at 0.000002 USD
+-- (0.04 cent each, so 0 cents each if rounded one by one) cost 0.10.
+SELECT results_eq($$SELECT metric, unit_price FROM api.set_metric_price_v1('ops-key', 'small.tokens', 0.000002, 'USD')$$,
+                  $$VALUES ('small.tokens', 0.000002)$$, 'a tiny unit price');
+SELECT results_eq($$SELECT count(*)::int FROM pg_temp.usage('uma-key', ARRAY(SELECT 's' || g FROM generate_series(1, 250) g),
+                    array_fill('small.tokens'::text, ARRAY[250]), array_fill(200::numeric, ARRAY[250])) WHERE outcome = 'accepted'$$,
+                  ARRAY[250], 'all accepted');
+SELECT results_eq($$SELECT balance FROM api.balances_v1('uma-key', NULL)$$, ARRAY['0.19'], 'and together they cost 0.10');
+
+-- One bad event is rejected on its own; a repeat answers like its first occurrence.
+SELECT results_eq($$SELECT id, outcome, reason FROM pg_temp.usage('uma-key', ARRAY['big', 'r1', 'r1', 'ok1'],
+                    ARRAY['tokens', 'tokens', 'tokens', 'calls'], ARRAY[1e20, 10000, 10000, 1]::numeric[])$$,
+                  $$VALUES ('big', 'rejected', 'invalid_quantity'), ('r1', 'rejected', 'insufficient_credits'),
+                           ('r1', 'rejected', 'repeated_in_batch'), ('ok1', 'accepted', NULL)$$,
+                  'a huge quantity, and a repeat of a rejected event, are rejected alone');
+
+-- Crossing a cap's soft threshold with usage is announced once, and the hard cap holds.
+SELECT results_eq($$SELECT hard_limit FROM api.set_spend_cap_v1('ops-key', 'uma', NULL, 'day', 'USD', 1.00, 80)$$,
+                  ARRAY['1.00'], 'uma may spend 1.00 a day');
+SELECT is((SELECT status FROM api.create_transaction_v1('ops-key', 'uma', 'more', 5.00, 'USD', NULL)), 'pending', 'more credits');
+SELECT is((SELECT status FROM api.move_transaction_v1('ops-key', 'uma', 'more', 'settled')), 'settled', 'arrive');
+SELECT results_eq($$SELECT id, outcome, reason FROM pg_temp.usage('uma-key', ARRAY['c1', 'c2'], ARRAY['tokens', 'tokens'],
+                    ARRAY[1500, 2000]::numeric[])$$,
+                  $$VALUES ('c1', 'accepted', NULL), ('c2', 'rejected', 'spend_cap_exceeded')$$,
+                  'usage past the hard cap is rejected');
+SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'), 1,
+          'the soft threshold was announced, from usage');
 SELECT is_empty($$SELECT * FROM tollgate.ledger_discrepancies()$$, 'the ledger adds up');
 
 SELECT * FROM finish();
