@@ -125,6 +125,80 @@ def _cmd_actions_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_listen(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from api.devstack import database_url
+    from db import handlers
+    from db.listener import Handler, Listener, ListenerSettings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    if args.webhook:
+        secret = args.secret or os.environ.get("TOLLGATE_WEBHOOK_SECRET")
+        if not secret:
+            print(
+                "tollgate listen: --webhook needs --secret or TOLLGATE_WEBHOOK_SECRET",
+                file=sys.stderr,
+            )
+            return 2
+        handler: Handler = handlers.Webhook(args.webhook, secret)
+    elif args.handler:
+        try:
+            handler = handlers.load(args.handler)
+        except (ImportError, ValueError) as exc:
+            print(f"tollgate listen: {exc}", file=sys.stderr)
+            return 2
+    else:
+        handler = handlers.stdout
+    with ExitStack() as stack:
+        listener = Listener(
+            ListenerSettings(
+                dsn=database_url(stack, args.data_dir),
+                consumer=args.consumer,
+                role=args.role or None,
+                batch=args.batch,
+                poll_seconds=args.poll,
+                max_attempts=args.max_attempts,
+                retry_base_seconds=args.retry_base,
+                from_start=args.from_start,
+            ),
+            handler,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: listener.stop.set())
+        listener.run()
+    return 0
+
+
+def _cmd_outbox_dead(args: argparse.Namespace) -> int:
+    from api.devstack import database_url
+    from db import listener
+
+    with ExitStack() as stack:
+        rows = listener.dead(database_url(stack, args.data_dir), args.consumer)
+    for r in rows:
+        fields = (
+            r["event_id"],
+            r["topic"],
+            r["account_id"],
+            f"attempts={r['attempts']}",
+            r["last_error"],
+        )
+        print("  ".join(str(f) for f in fields))
+    return 0
+
+
+def _cmd_outbox_replay(args: argparse.Namespace) -> int:
+    from api.devstack import database_url
+    from db import listener
+
+    with ExitStack() as stack:
+        n = listener.replay(database_url(stack, args.data_dir), args.consumer, args.event)
+    print(f"{n} deliveries pending again")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tollgate", description="Payments backend for AI agents.")
     p.add_argument(
@@ -176,6 +250,42 @@ def parser() -> argparse.ArgumentParser:
     price.add_argument("currency", help="ISO 4217, e.g. USD")
     price.add_argument("--description")
     price.set_defaults(func=_cmd_actions_set)
+
+    listen = sub.add_parser("listen", help="deliver outbox events to a handler, at least once")
+    listen.add_argument(
+        "--consumer", required=True, help="consumer name: each sees every event once"
+    )
+    how = listen.add_mutually_exclusive_group()
+    how.add_argument("--handler", help="a Python callable, package.module:function")
+    how.add_argument("--webhook", help="POST each event to this URL, signed (Tollgate-Signature)")
+    how.add_argument("--stdout", action="store_true", help="one JSON line per event (the default)")
+    listen.add_argument("--secret", help="webhook signing secret (or TOLLGATE_WEBHOOK_SECRET)")
+    listen.add_argument("--batch", type=int, default=100, help="events per transaction")
+    listen.add_argument(
+        "--poll", type=float, default=5.0, help="seconds between looks without NOTIFY"
+    )
+    listen.add_argument(
+        "--max-attempts", type=int, default=10, help="failures before dead-lettering"
+    )
+    listen.add_argument("--retry-base", type=float, default=1.0, help="first retry after, seconds")
+    listen.add_argument(
+        "--from-start", action="store_true", help="a new consumer also gets past events"
+    )
+    listen.add_argument(
+        "--role", default="tollgate_listener", help="SET ROLE to this ('' for none)"
+    )
+    listen.set_defaults(func=_cmd_listen)
+
+    outbox = sub.add_parser("outbox", help="dead letters").add_subparsers(
+        dest="outbox", required=True
+    )
+    dead = outbox.add_parser("dead", help="list a consumer's dead deliveries")
+    dead.add_argument("--consumer", required=True)
+    dead.set_defaults(func=_cmd_outbox_dead)
+    replay = outbox.add_parser("replay", help="deliver dead events again")
+    replay.add_argument("--consumer", required=True)
+    replay.add_argument("--event", type=UUID, help="one event id (default: all dead ones)")
+    replay.set_defaults(func=_cmd_outbox_replay)
     return p
 
 

@@ -169,3 +169,38 @@ SELECT * FROM tollgate.set_action_price(
     p_currency    => %(currency)s::text,
     p_description => %(description)s::text
 );
+
+-- name: set_low_balance
+SELECT * FROM api.set_low_balance_v1(
+    p_api_key   => %(api_key)s::text,
+    p_account   => %(account)s::text,
+    p_currency  => %(currency)s::text,
+    p_threshold => %(threshold)s::numeric
+);
+
+-- name: register_consumer
+SELECT * FROM api.register_consumer_v1(p_consumer => %(consumer)s::text, p_from_start => %(from_start)s::boolean);
+
+-- name: claim_deliveries
+SELECT * FROM api.claim_deliveries_v1(p_consumer => %(consumer)s::text, p_limit => %(limit)s::integer);
+
+-- name: deliveries_done
+SELECT api.deliveries_done_v1(p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[]) AS count;
+
+-- name: delivery_failed
+SELECT api.delivery_failed_v1(
+    p_consumer     => %(consumer)s::text,
+    p_outbox_id    => %(outbox_id)s::bigint,
+    p_error        => %(error)s::text,
+    p_max_attempts => %(max_attempts)s::integer,
+    p_retry_base   => %(retry_base)s::interval
+) AS status;
+
+-- name: next_delivery_due
+SELECT api.next_delivery_due_v1(p_consumer => %(consumer)s::text) AS due;
+
+-- name: dead_deliveries
+SELECT * FROM api.dead_deliveries_v1(p_consumer => %(consumer)s::text);
+
+-- name: replay_deliveries
+SELECT api.replay_deliveries_v1(p_consumer => %(consumer)s::text, p_event_id => %(event_id)s::uuid) AS count;

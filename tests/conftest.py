@@ -37,6 +37,8 @@ PGTAP_CACHE = ROOT / ".tollgate" / "cache" / "pgtap"
 class Cluster:
     admin_dsn: str
     embedded: bool
+    # The embedded server, which tests may restart; None for a DATABASE_URL server.
+    server: EmbeddedServer | None = None
 
     def dsn(self, dbname: str) -> str:
         params = conninfo_to_dict(self.admin_dsn)
@@ -61,7 +63,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         return
     server = EmbeddedServer(tmp_path_factory.mktemp("postgres") / "data", temporary=True)
     try:
-        yield Cluster(server.dsn(), embedded=True)
+        yield Cluster(server.dsn(), embedded=True, server=server)
     finally:
         server.stop()
 

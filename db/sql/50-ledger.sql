@@ -174,14 +174,23 @@ END
 $$;
 
 -- The entry is in place: move the account to it. The CHECK ledger_accounts_balance_non_negative
--- refuses what would overdraw a wallet.
+-- refuses what would overdraw a wallet. A balance that falls below its low_balance announces
+-- credits.low (once per crossing).
 CREATE OR REPLACE FUNCTION tollgate.ledger_entries_after_insert() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    low bigint;
 BEGIN
     UPDATE tollgate.ledger_accounts SET balance = NEW.balance_after, version = NEW.account_version
-    WHERE id = NEW.ledger_account_id;
+    WHERE id = NEW.ledger_account_id
+    RETURNING low_balance INTO low;
+    IF NEW.balance_before >= low AND NEW.balance_after < low THEN
+        PERFORM tollgate.emit(NEW.account_id, 'credits.low',
+            jsonb_build_object('currency', NEW.currency, 'balance', NEW.balance_after, 'low_balance', low,
+                               'ledger_account_id', NEW.ledger_account_id));
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -10,7 +10,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA tollgate FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA tollgate FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA tollgate, api FROM PUBLIC;
 
-GRANT USAGE ON SCHEMA api TO tollgate_app;
+GRANT USAGE ON SCHEMA api TO tollgate_app, tollgate_listener;
 GRANT EXECUTE ON FUNCTION
     api.begin_payment_v1(text, text, text, bigint, text, text, text, text),
     api.finish_payment_v1(text, uuid, text, text, text),
@@ -31,20 +31,32 @@ GRANT EXECUTE ON FUNCTION
     api.set_metric_price_v1(text, text, numeric, text),
     api.set_spend_cap_v1(text, text, text, text, text, numeric, integer),
     api.record_usage_v1(text, text[], text[], text[], text[], numeric[], timestamptz[]),
-    api.usage_v1(text, text, text, text, timestamptz, timestamptz)
+    api.usage_v1(text, text, text, text, timestamptz, timestamptz),
+    api.set_low_balance_v1(text, text, text, numeric)
 TO tollgate_app;
+
+-- tollgate_listener: the delivery side of the outbox, nothing else.
+GRANT EXECUTE ON FUNCTION
+    api.register_consumer_v1(text, boolean),
+    api.claim_deliveries_v1(text, integer),
+    api.deliveries_done_v1(text, bigint[]),
+    api.delivery_failed_v1(text, bigint, text, integer, interval),
+    api.next_delivery_due_v1(text),
+    api.dead_deliveries_v1(text),
+    api.replay_deliveries_v1(text, uuid)
+TO tollgate_listener;
 
 -- Append-only tables: the privileges are revoked from their owner too, so no SECURITY DEFINER
 -- function can change or remove a row, and triggers refuse it for everyone else. The owner
 -- role could re-grant itself and disable triggers: it is NOLOGIN, and only migrations act as
 -- it. Tampering by a superuser is beyond what privileges can stop.
 REVOKE UPDATE, DELETE, TRUNCATE
-    ON tollgate.audit_log, tollgate.outbox, tollgate.ledger_entries, tollgate.usage_events
+    ON tollgate.audit_log, tollgate.ledger_entries, tollgate.usage_events
     FROM tollgate_owner;
 -- Rows other tables reference keep UPDATE: foreign key checks lock them FOR KEY SHARE, which
 -- needs it. Their triggers refuse updates that are not allowed.
 REVOKE DELETE, TRUNCATE
-    ON tollgate.payment_events, tollgate.payment_intents, tollgate.transactions,
+    ON tollgate.outbox, tollgate.payment_events, tollgate.payment_intents, tollgate.transactions,
        tollgate.ledger_accounts, tollgate.ledger_postings, tollgate.holds,
        tollgate.payment_entitlements, tollgate.subscriptions
     FROM tollgate_owner;

@@ -14,7 +14,7 @@ SELECT results_eq($$SELECT topic, payload ->> 'stripe_id' FROM tollgate.outbox$$
                   'succeeding writes one payment.settled row in the same transaction');
 SELECT throws_ok($$UPDATE tollgate.outbox SET topic = 'payment.refunded'$$, 'TG012', NULL, 'outbox rows cannot change');
 SELECT throws_ok($$DELETE FROM tollgate.outbox$$, 'TG012', NULL, 'nor be deleted');
-SELECT throws_ok($$TRUNCATE tollgate.outbox$$, 'TG012', NULL, 'nor truncated');
+SELECT throws_ok($$TRUNCATE tollgate.outbox CASCADE$$, 'TG012', NULL, 'nor truncated');
 SELECT throws_ok($$INSERT INTO tollgate.outbox (account_id, topic, payload)
                    SELECT account_id, 'payment.settled', '{}' FROM tollgate.outbox$$,
                  'TG012', NULL, 'and only triggers write outbox rows');

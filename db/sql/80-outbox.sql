@@ -1,0 +1,198 @@
+-- Delivering the outbox to consumers, at least once.
+--
+-- Every outbox row is fanned out to one delivery row per registered consumer, in the
+-- transaction that wrote it, and wakes listeners with NOTIFY tollgate_outbox (the durable
+-- state is the delivery row: a listener that was down catches up by polling). A listener
+-- claims due deliveries FOR UPDATE SKIP LOCKED, runs its handler, and marks them delivered
+-- (or failed, with exponential backoff, then dead) in the same transaction.
+
+SET LOCAL ROLE tollgate_owner;
+
+CREATE OR REPLACE FUNCTION tollgate.outbox_fan_out() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
+    SELECT c.name, NEW.id, NEW.account_id FROM tollgate.outbox_consumers c;
+    PERFORM pg_notify('tollgate_outbox', NEW.id::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER outbox_fan_out
+    AFTER INSERT ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_fan_out();
+
+-- Delivery rows keep their identity; a delivered one stays delivered.
+CREATE OR REPLACE FUNCTION tollgate.outbox_deliveries_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.consumer, NEW.outbox_id, NEW.account_id) IS DISTINCT FROM (OLD.consumer, OLD.outbox_id, OLD.account_id) THEN
+        RAISE EXCEPTION 'delivery %/%: its identity never changes', OLD.consumer, OLD.outbox_id
+            USING ERRCODE = 'TG011', CONSTRAINT = 'outbox_deliveries_identity';
+    END IF;
+    IF OLD.status = 'delivered' AND NEW.status <> 'delivered' THEN
+        RAISE EXCEPTION 'delivery %/% was delivered', OLD.consumer, OLD.outbox_id
+            USING ERRCODE = 'TG010', CONSTRAINT = 'delivery_transition_allowed';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
+    BEFORE UPDATE ON tollgate.outbox_deliveries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_deliveries_guard();
+
+-- ---------------------------------------------------------------------------------------------
+-- api: for `tollgate listen` (role tollgate_listener)
+-- ---------------------------------------------------------------------------------------------
+
+-- Register a consumer (idempotent). A new consumer receives events written from now on; with
+-- p_from_start it also receives every event already in the outbox.
+CREATE OR REPLACE FUNCTION api.register_consumer_v1(p_consumer text, p_from_start boolean)
+RETURNS TABLE (consumer text, created boolean, backfilled bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    is_new boolean;
+    n      bigint := 0;
+BEGIN
+    INSERT INTO tollgate.outbox_consumers (name) VALUES (p_consumer)
+    ON CONFLICT (name) DO NOTHING;
+    is_new := FOUND;
+    IF is_new AND p_from_start THEN
+        INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
+        SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    RETURN QUERY SELECT p_consumer, is_new, n;
+END
+$$;
+
+-- Claim up to p_limit due deliveries of a consumer, oldest first, locked until the caller's
+-- transaction ends (other processes of the consumer skip them).
+CREATE OR REPLACE FUNCTION api.claim_deliveries_v1(p_consumer text, p_limit integer)
+RETURNS TABLE (outbox_id bigint, event_id uuid, topic text, account_id text, payload jsonb,
+               created_at timestamptz, attempt integer)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH claimed AS (
+        SELECT d.outbox_id, d.attempts FROM tollgate.outbox_deliveries d
+        WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at, d.outbox_id
+        LIMIT greatest(p_limit, 1)
+        FOR UPDATE SKIP LOCKED
+    )
+    SELECT o.id, o.event_id, o.topic, a.external_id, o.payload, o.created_at, c.attempts + 1
+    FROM claimed c
+    JOIN tollgate.outbox o ON o.id = c.outbox_id
+    JOIN tollgate.accounts a ON a.id = o.account_id
+    ORDER BY o.id
+$$;
+
+CREATE OR REPLACE FUNCTION api.deliveries_done_v1(p_consumer text, p_outbox_ids bigint[]) RETURNS integer
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH done AS (
+        UPDATE tollgate.outbox_deliveries
+        SET status = 'delivered', delivered_at = now(), attempts = attempts + 1, last_error = NULL
+        WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM done
+$$;
+
+-- A handler failed: try again after p_retry_base x 2^(attempts - 1) (at most an hour), or
+-- give up after p_max_attempts (status dead).
+CREATE OR REPLACE FUNCTION api.delivery_failed_v1(
+    p_consumer text, p_outbox_id bigint, p_error text, p_max_attempts integer, p_retry_base interval
+) RETURNS text
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE tollgate.outbox_deliveries
+    SET attempts = attempts + 1,
+        last_error = left(p_error, 2000),
+        status = CASE WHEN attempts + 1 >= p_max_attempts THEN 'dead' ELSE 'pending' END::tollgate.delivery_status,
+        next_attempt_at = now() + least(p_retry_base * power(2, attempts), interval '1 hour')
+    WHERE consumer = p_consumer AND outbox_id = p_outbox_id AND status = 'pending'
+    RETURNING status::text
+$$;
+
+-- When the consumer's next retry falls due (NULL: nothing waits), for the listener's sleep.
+CREATE OR REPLACE FUNCTION api.next_delivery_due_v1(p_consumer text) RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(d.next_attempt_at) FROM tollgate.outbox_deliveries d
+    WHERE d.consumer = p_consumer AND d.status = 'pending'
+$$;
+
+CREATE OR REPLACE FUNCTION api.dead_deliveries_v1(p_consumer text)
+RETURNS TABLE (outbox_id bigint, event_id uuid, topic text, account_id text, attempts integer,
+               last_error text, created_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT o.id, o.event_id, o.topic, a.external_id, d.attempts, d.last_error, o.created_at
+    FROM tollgate.outbox_deliveries d
+    JOIN tollgate.outbox o ON o.id = d.outbox_id
+    JOIN tollgate.accounts a ON a.id = o.account_id
+    WHERE d.consumer = p_consumer AND d.status = 'dead'
+    ORDER BY o.id
+$$;
+
+-- Send dead deliveries again (one event by its id, or all of the consumer's): they become
+-- pending with a fresh count of attempts, and listeners are woken.
+CREATE OR REPLACE FUNCTION api.replay_deliveries_v1(p_consumer text, p_event_id uuid) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE tollgate.outbox_deliveries d
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL
+    WHERE d.consumer = p_consumer AND d.status = 'dead'
+      AND (p_event_id IS NULL OR d.outbox_id = (SELECT o.id FROM tollgate.outbox o WHERE o.event_id = p_event_id));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('tollgate_outbox', 'replay');
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Credits low
+-- ---------------------------------------------------------------------------------------------
+
+-- Admin keys: set the balance below which the account is told its credits are low (NULL: never).
+CREATE OR REPLACE FUNCTION api.set_low_balance_v1(p_api_key text, p_account text, p_currency text, p_threshold numeric)
+RETURNS TABLE (account_id text, currency text, low_balance text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    k     tollgate.api_keys := tollgate.require_admin(p_api_key);
+    acct  tollgate.accounts := tollgate.account_for(k, p_account);
+    minor bigint;
+BEGIN
+    PERFORM tollgate.to_minor(1, p_currency);  -- the currency must exist
+    IF p_threshold IS NOT NULL THEN
+        minor := tollgate.to_minor(p_threshold, p_currency);
+    END IF;
+    UPDATE tollgate.ledger_accounts SET low_balance = minor
+    WHERE id = tollgate.ledger_account(acct.id, 'main', p_currency);
+    RETURN QUERY SELECT acct.external_id, p_currency, tollgate.format_minor(minor, p_currency);
+END
+$$;

@@ -1,0 +1,319 @@
+"""`tollgate listen` as a real process: nothing lost across kill -9 and database restarts,
+no double delivery between processes of one consumer, retries, dead letters and replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from db import handlers
+from tests.conftest import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "listener_account"
+
+
+class Listeners:
+    """Starts listener processes and makes sure none outlives the test."""
+
+    def __init__(self, dsn: str, tmp: Path) -> None:
+        self.dsn, self.tmp = dsn, tmp
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, consumer: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"listen-{consumer}-{len(self.processes)}.log").open("wb")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "listen",
+                "--consumer",
+                consumer,
+                "--from-start",
+                "--poll",
+                "0.5",
+                *args,
+            ],
+            cwd=ROOT,
+            env=os.environ | {"DATABASE_URL": self.dsn} | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def recorder(
+        self, consumer: str, record: Path, *args: str, **env: str
+    ) -> subprocess.Popen[bytes]:
+        return self.start(
+            consumer,
+            "--handler",
+            "tests.listener_handlers:record",
+            *args,
+            TOLLGATE_TEST_RECORD=str(record),
+            **env,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-2000:] for p in sorted(self.tmp.glob("listen-*.log")))
+
+    def stop_all(self) -> None:
+        for p in self.processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
+
+@pytest.fixture
+def listeners(db_dsn: str, tmp_path: Path) -> Iterator[Listeners]:
+    started = Listeners(db_dsn, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+def produce(dsn: str, n: int, tag: str | None = None) -> list[str]:
+    """Commit n settled transactions; each writes one transaction.settled outbox event."""
+    tag = tag or secrets.token_hex(4)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tollgate.accounts (external_id) VALUES (%s) ON CONFLICT DO NOTHING",
+            (ACCOUNT,),
+        )
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+                " SELECT a.id, %s || '-' || g, 100, 'USD' FROM tollgate.accounts a,"
+                " generate_series(1, %s) g WHERE a.external_id = %s",
+                (tag, n, ACCOUNT),
+            )
+            conn.execute(
+                "UPDATE tollgate.transactions SET status = 'settled' WHERE reference LIKE %s",
+                (f"{tag}-%",),
+            )
+        rows = conn.execute(
+            "SELECT event_id::text FROM tollgate.outbox"
+            " WHERE payload ->> 'reference' LIKE %s ORDER BY id",
+            (f"{tag}-%",),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_until(
+    check: Callable[[], bool], what: str, listeners: Listeners | None = None, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if (
+            listeners
+            and listeners.processes
+            and all(p.poll() is not None for p in listeners.processes)
+        ):
+            pytest.fail(f"every listener exited while waiting for {what}:\n{listeners.logs()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def handled(path: Path) -> set[str]:
+    return {r["event_id"] for r in records(path)}
+
+
+def test_every_event_reaches_the_handler_once(
+    listeners: Listeners, db_dsn: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "seen.jsonl"
+    listeners.recorder("billing", record)
+    sent = produce(db_dsn, 30)
+    wait_until(lambda: handled(record) >= set(sent), "30 events", listeners)
+    assert sorted(r["event_id"] for r in records(record)) == sorted(sent), "each exactly once"
+    with psycopg.connect(db_dsn) as db:
+        states = db.execute(
+            "SELECT status::text, count(*) FROM tollgate.outbox_deliveries"
+            " WHERE consumer = 'billing' GROUP BY 1"
+        ).fetchall()
+    assert states == [("delivered", 30)]
+
+
+def test_kill_9_mid_flow_loses_nothing(listeners: Listeners, db_dsn: str, tmp_path: Path) -> None:
+    record = tmp_path / "seen.jsonl"
+    slow = {"TOLLGATE_TEST_DELAY": "0.01"}
+    first = listeners.recorder("fulfil", record, "--batch", "10", **slow)
+    sent = [e for _ in range(4) for e in produce(db_dsn, 50)]
+    wait_until(lambda: len(records(record)) >= 30, "some deliveries", listeners)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    before_restart = len(records(record))
+    assert before_restart < len(sent), "killed while events were still flowing"
+    sent += produce(db_dsn, 50)
+    listeners.recorder("fulfil", record, "--batch", "10", **slow)
+    wait_until(
+        lambda: handled(record) >= set(sent),
+        "every event after the restart",
+        listeners,
+        timeout=120,
+    )
+    seen = [r["event_id"] for r in records(record)]
+    assert set(seen) == set(sent), "none lost, none invented"
+    duplicates = len(seen) - len(set(seen))
+    assert duplicates <= 10, "at most the batch in flight when killed is handled twice"
+
+
+def test_restarting_postgres_while_listening(
+    cluster: Cluster, listeners: Listeners, db_dsn: str, tmp_path: Path
+) -> None:
+    if cluster.server is None:
+        pytest.skip("restarting PostgreSQL needs the embedded server (DATABASE_URL is set)")
+    record = tmp_path / "seen.jsonl"
+    process = listeners.recorder("notify", record)
+    sent = produce(db_dsn, 20)
+    wait_until(lambda: handled(record) >= set(sent), "events before the restart", listeners)
+    cluster.server.pg_ctl("-w", "-m", "fast", "restart")
+    sent += produce(db_dsn, 20)
+    wait_until(lambda: handled(record) >= set(sent), "events after the restart", listeners)
+    assert process.poll() is None, "the listener reconnected instead of dying"
+
+
+def test_two_processes_of_one_consumer_share_without_double_delivery(
+    listeners: Listeners, db_dsn: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "seen.jsonl"
+    for _ in range(2):
+        listeners.recorder("receipts", record, "--batch", "5", TOLLGATE_TEST_DELAY="0.005")
+    sent = [e for _ in range(6) for e in produce(db_dsn, 50)]
+    wait_until(lambda: handled(record) >= set(sent), "300 events", listeners)
+    seen = records(record)
+    assert sorted(r["event_id"] for r in seen) == sorted(sent), (
+        "each event exactly once between them"
+    )
+    assert len({r["pid"] for r in seen}) == 2, "both processes did some of the work"
+
+
+def test_consumers_each_see_every_event(listeners: Listeners, db_dsn: str, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    listeners.recorder("crm", a)
+    listeners.recorder("warehouse", b)
+    sent = produce(db_dsn, 25)
+    wait_until(
+        lambda: handled(a) >= set(sent) and handled(b) >= set(sent), "both consumers", listeners
+    )
+    assert len(records(a)) == len(records(b)) == 25
+
+
+def test_a_failing_handler_retries_then_dead_letters_and_replay_delivers(
+    listeners: Listeners, db_dsn: str, tmp_path: Path
+) -> None:
+    record, fail = tmp_path / "seen.jsonl", tmp_path / "fail"
+    fail.touch()
+    listeners.recorder(
+        "flaky", record, "--max-attempts", "3", "--retry-base", "0.2", TOLLGATE_TEST_FAIL=str(fail)
+    )
+    sent = produce(db_dsn, 2)
+
+    def dead() -> list[tuple[Any, ...]]:
+        with psycopg.connect(db_dsn) as db:
+            return db.execute(
+                "SELECT o.event_id::text, d.attempts, d.last_error FROM tollgate.outbox_deliveries d"
+                " JOIN tollgate.outbox o ON o.id = d.outbox_id"
+                " WHERE d.consumer = 'flaky' AND d.status = 'dead'"
+            ).fetchall()
+
+    started = time.monotonic()
+    wait_until(lambda: len(dead()) == 2, "two dead letters", listeners)
+    assert time.monotonic() - started >= 0.2 + 0.4, "retries waited 0.2 s, then 0.4 s"
+    assert {(e, n) for e, n, _ in dead()} == {(e, 3) for e in sent}
+    assert all("told to fail" in error for _, _, error in dead())
+    assert records(record) == []
+
+    env = os.environ | {"DATABASE_URL": db_dsn}
+    listed = subprocess.run(
+        [sys.executable, "-m", "api.cli", "outbox", "dead", "--consumer", "flaky"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert all(e in listed.stdout for e in sent)
+    fail.unlink()
+    replayed = subprocess.run(
+        [sys.executable, "-m", "api.cli", "outbox", "replay", "--consumer", "flaky"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "2 deliveries" in replayed.stdout
+    wait_until(lambda: handled(record) == set(sent), "the replayed events", listeners)
+
+
+def test_webhook_handler_signs_like_stripe(listeners: Listeners, db_dsn: str) -> None:
+    secret = "whsec_" + secrets.token_hex(8)
+    received: list[tuple[bool, dict[str, Any]]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            ok = handlers.verify(body, self.headers.get("Tollgate-Signature", ""), secret)
+            received.append((ok, json.loads(body)))
+            self.send_response(204 if ok else 400)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        listeners.start(
+            "hooks",
+            "--webhook",
+            f"http://127.0.0.1:{server.server_port}/events",
+            "--secret",
+            secret,
+        )
+        sent = produce(db_dsn, 3)
+        wait_until(lambda: len(received) >= 3, "three webhooks", listeners)
+    finally:
+        server.shutdown()
+    assert all(ok for ok, _ in received), "every signature verifies with the secret"
+    assert sorted(body["id"] for _, body in received) == sorted(sent)
+    assert {body["type"] for _, body in received} == {"transaction.settled"}
+    assert not handlers.verify(b"{}", handlers.sign(b"{}", "wrong secret"), secret)
+
+
+def test_stdout_handler_writes_json_lines(
+    listeners: Listeners, db_dsn: str, tmp_path: Path
+) -> None:
+    process = listeners.start("pipe", "--stdout")
+    sent = produce(db_dsn, 2)
+    log = next(tmp_path.glob("listen-pipe-*.log"))
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+
+    wait_until(lambda: len(lines()) >= 2, "two JSON lines", listeners)
+    assert process.poll() is None
+    assert sorted(x["id"] for x in lines()) == sorted(sent)
+    assert all(x["account_id"] == ACCOUNT and "reference" in x["data"] for x in lines())
