@@ -233,8 +233,8 @@ def test_a_failing_handler_retries_then_dead_letters_and_replay_delivers(
     def dead() -> list[tuple[Any, ...]]:
         with psycopg.connect(db_dsn) as db:
             return db.execute(
-                "SELECT o.event_id::text, d.attempts, d.last_error FROM tollgate.outbox_deliveries d"
-                " JOIN tollgate.outbox o ON o.id = d.outbox_id"
+                "SELECT o.event_id::text, d.attempts, d.last_error"
+                " FROM tollgate.outbox_deliveries d JOIN tollgate.outbox o ON o.id = d.outbox_id"
                 " WHERE d.consumer = 'flaky' AND d.status = 'dead'"
             ).fetchall()
 
