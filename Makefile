@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.gating
 	$(BIN)/python -m bench.ledger
+	$(BIN)/python -m bench.outbox
 
 clean:
 	rm -rf $(VENV) .tollgate

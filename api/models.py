@@ -361,6 +361,24 @@ class MetricPriceOut(BaseModel):
     currency: str
 
 
+class WalletIn(BaseModel):
+    """PUT /v1/accounts/{id}/wallets/{currency}: fields left out are not changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # May the balance go negative (an overdraft)? Refused while it is negative.
+    allow_negative: bool | None = None
+    # Below this balance, credits.low is announced once per crossing; null: never.
+    low_balance: DecimalAmount | None = None
+
+
+class WalletOut(BaseModel):
+    account_id: str
+    currency: str
+    allow_negative: bool | None
+    low_balance: str | None
+
+
 class SpendCapIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -461,3 +461,36 @@ def operator_set_action_price(
 ) -> ActionPrice:
     params = {"action": action, "price": price, "currency": currency, "description": description}
     return _all_sync(conn, ActionPrice, "operator_set_action_price", params)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Overdraft:
+    account_id: str
+    currency: str
+    allow_negative: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LowBalance:
+    account_id: str
+    currency: str
+    low_balance: str | None
+
+
+async def set_allow_negative(
+    conn: AsyncConnection[Any], *, api_key: str, account: str, currency: str, allow: bool
+) -> Overdraft:
+    params = {"api_key": api_key, "account": account, "currency": currency, "allow": allow}
+    return await _one(conn, Overdraft, "set_allow_negative", params)
+
+
+async def set_low_balance(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str,
+    currency: str,
+    threshold: Decimal | None,
+) -> LowBalance:
+    params = {"api_key": api_key, "account": account, "currency": currency, "threshold": threshold}
+    return await _one(conn, LowBalance, "set_low_balance", params)

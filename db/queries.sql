@@ -178,6 +178,14 @@ SELECT * FROM api.set_low_balance_v1(
     p_threshold => %(threshold)s::numeric
 );
 
+-- name: set_allow_negative
+SELECT * FROM api.set_allow_negative_v1(
+    p_api_key  => %(api_key)s::text,
+    p_account  => %(account)s::text,
+    p_currency => %(currency)s::text,
+    p_allow    => %(allow)s::boolean
+);
+
 -- name: register_consumer
 SELECT * FROM api.register_consumer_v1(p_consumer => %(consumer)s::text, p_from_start => %(from_start)s::boolean);
 

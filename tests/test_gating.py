@@ -284,3 +284,36 @@ def test_malformed_batches_get_422(
     r = shop["agent"].post("/v1/usage", json=body)
     assert r.status_code == status
     assert row_counts(db) == before
+
+
+def test_wallet_settings_overdraft_and_low_balance(
+    api: Api, shop: dict[str, httpx.Client], db: psycopg.Connection[Any]
+) -> None:
+    admin, agent = shop["admin"], shop["agent"]
+    refused = agent.put("/v1/accounts/agent_user/wallets/usd", json={"allow_negative": True})
+    assert refused.status_code == 403
+    r = admin.put(
+        "/v1/accounts/agent_user/wallets/usd", json={"allow_negative": True, "low_balance": "1.00"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "account_id": "agent_user",
+        "currency": "USD",
+        "allow_negative": True,
+        "low_balance": "1.00",
+    }
+    admin.post(
+        "/v1/transactions",
+        json={"account_id": "agent_user", "reference": "f", "amount": "2", "currency": "USD"},
+    )
+    admin.post("/v1/transactions/f/settle", params={"account_id": "agent_user"})
+    held = authorize(agent, cost="3.00")
+    assert held.status_code == 200 and held.json()["via"] == "credits", (
+        "an overdraft lets it run on credit"
+    )
+    assert agent.post(f"/v1/holds/{held.json()['hold_id']}/capture").status_code == 200
+    assert agent.get("/v1/accounts/agent_user/balances").json()["balances"][0]["balance"] == "-1.00"
+    low = db.execute("SELECT count(*) FROM tollgate.outbox WHERE topic = 'credits.low'").fetchone()
+    assert low == (1,), "falling from 2.00 below 1.00 was announced"
+    back = admin.put("/v1/accounts/agent_user/wallets/USD", json={"allow_negative": False})
+    assert back.status_code == 409 and back.json()["error"]["code"] == "overdraft_in_use"

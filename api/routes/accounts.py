@@ -20,6 +20,8 @@ from api.models import (
     SpendCapOut,
     UsageReport,
     UsageRow,
+    WalletIn,
+    WalletOut,
 )
 from db import queries
 
@@ -135,3 +137,41 @@ async def set_spend_cap(
             soft_pct=ask.soft_pct,
         )
     return SpendCapOut.model_validate(done, from_attributes=True)
+
+
+@router.put(
+    "/{account_id}/wallets/{currency}",
+    response_model=WalletOut,
+    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)},
+    openapi_extra=body.openapi_body(WalletIn),
+)
+async def set_wallet(
+    account_id: AccountId,
+    currency: Annotated[str, Path(pattern=r"^[A-Za-z]{3}$")],
+    request: Request,
+    api_key: ApiKey,
+    pool: Pool,
+) -> WalletOut:
+    """Admin keys: overdraft and low-balance notice of an account's balance in a currency."""
+    ask = await body.parse(request, WalletIn)
+    given = ask.model_fields_set
+    cur = currency.upper()
+    overdraft: bool | None = None
+    low: str | None = None
+    async with pool.connection() as conn, conn.transaction():
+        if "allow_negative" in given and ask.allow_negative is not None:
+            done = await queries.set_allow_negative(
+                conn, api_key=api_key, account=account_id, currency=cur, allow=ask.allow_negative
+            )
+            overdraft = done.allow_negative
+        if "low_balance" in given:
+            low = (
+                await queries.set_low_balance(
+                    conn,
+                    api_key=api_key,
+                    account=account_id,
+                    currency=cur,
+                    threshold=ask.low_balance,
+                )
+            ).low_balance
+    return WalletOut(account_id=account_id, currency=cur, allow_negative=overdraft, low_balance=low)

@@ -1,0 +1,170 @@
+"""Outbox benchmark: commit -> listener handler latency, and how fast a backlog drains.
+
+    python -m bench.outbox [--events 200] [--backlog 20000]
+
+Runs `tollgate listen` as its own process with a probe handler that notes when each event
+arrives. Latency: events committed one at a time (a settled transaction each), from the moment
+COMMIT returns to the moment the handler runs. Drain: a backlog written while no listener runs,
+then handled by one listener; events per second between the first and the last handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import psycopg
+
+from bench.ledger import RESULTS, fresh_database
+from db.embedded import EmbeddedServer
+from db.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_listener(dsn: str, consumer: str, probe: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "listen",
+            "--consumer",
+            consumer,
+            "--from-start",
+            "--handler",
+            "bench.outbox_probe:record",
+            "--batch",
+            "500",
+        ],
+        cwd=ROOT,
+        env=os.environ | {"DATABASE_URL": dsn, "TOLLGATE_BENCH_PROBE": str(probe)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def arrivals(probe: Path) -> dict[str, float]:
+    if not probe.exists():
+        return {}
+    seen: dict[str, float] = {}
+    for line in probe.read_text().splitlines():
+        event, _, at = line.partition(" ")
+        seen.setdefault(event, float(at))
+    return seen
+
+
+def wait_for(probe: Path, count: int, timeout: float = 300) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while len(seen := arrivals(probe)) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(seen)} of {count} events arrived")
+        time.sleep(0.05)
+    return seen
+
+
+def settle(conn: psycopg.Connection[object], reference: str) -> str:
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+            " SELECT id, %s, 100, 'USD' FROM tollgate.accounts WHERE external_id = 'bench_outbox'",
+            (reference,),
+        )
+        conn.execute(
+            "UPDATE tollgate.transactions SET status = 'settled' WHERE reference = %s", (reference,)
+        )
+        row = conn.execute(
+            "SELECT event_id::text FROM tollgate.outbox WHERE payload ->> 'reference' = %s",
+            (reference,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--backlog", type=int, default=20_000)
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        admin_dsn = os.environ.get("DATABASE_URL")
+        if not admin_dsn:
+            server = EmbeddedServer(
+                Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
+            )
+            stack.callback(server.stop)
+            admin_dsn = server.dsn()
+        dsn = fresh_database(admin_dsn, "tollgate_bench_outbox")
+        migrate(dsn)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO tollgate.accounts (external_id) VALUES ('bench_outbox')")
+
+            # Latency: one event per commit, the listener waiting.
+            probe = tmp / "latency.txt"
+            listener = start_listener(dsn, "latency", probe)
+            stack.callback(listener.kill)
+            settle(conn, "warm-up")
+            wait_for(probe, 1, timeout=60)
+            committed: dict[str, float] = {}
+            for i in range(args.events):
+                event = settle(conn, f"lat-{i}")
+                committed[event] = time.time()
+                time.sleep(0.005)
+            seen = wait_for(probe, args.events + 1)
+            listener.kill()
+            latencies = [(seen[e] - t) * 1000 for e, t in committed.items()]
+
+            # Drain: a backlog written while nobody listens, then one listener.
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+                    " SELECT a.id, 'drain-' || g, 100, 'USD' FROM tollgate.accounts a,"
+                    " generate_series(1, %s) g WHERE a.external_id = 'bench_outbox'",
+                    (args.backlog,),
+                )
+                conn.execute(
+                    "UPDATE tollgate.transactions SET status = 'settled'"
+                    " WHERE reference LIKE 'drain-%'"
+                )
+            drain_probe = tmp / "drain.txt"
+            drainer = start_listener(dsn, "drain", drain_probe)
+            stack.callback(drainer.kill)
+            total = args.events + 1 + args.backlog
+            seen = wait_for(drain_probe, total)
+            drainer.kill()
+            times = sorted(seen.values())
+
+    report = {
+        "latency_events": args.events,
+        "commit_to_handler_p50_ms": round(statistics.median(latencies), 2),
+        "commit_to_handler_p99_ms": round(percentile(latencies, 99), 2),
+        "commit_to_handler_max_ms": round(max(latencies), 2),
+        "drain_events": total,
+        "drain_events_per_s": round(total / (times[-1] - times[0])),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "outbox.json").write_text(json.dumps(report, indent=2) + "\n")
+    width = max(len(k) for k in report)
+    for k, v in report.items():
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+-- Outbox delivery: fan-out per consumer, claim, retry with backoff, dead letters, replay;
+-- credits.low; the listener role's privileges.
+BEGIN;
+SELECT plan(27);
+
+SELECT results_eq($$SELECT consumer, created FROM api.register_consumer_v1('crm', false)$$, $$VALUES ('crm', true)$$,
+                  'a consumer is registered');
+SELECT results_eq($$SELECT created FROM api.register_consumer_v1('crm', false)$$, ARRAY[false], 'once');
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
+SELECT is((SELECT status FROM api.create_transaction_v1('ops-key', 'ops', 'o-1', 10, 'USD', NULL)), 'pending', 'a transaction');
+SELECT is((SELECT status FROM api.move_transaction_v1('ops-key', 'ops', 'o-1', 'settled')), 'settled', 'settles: one event');
+SELECT results_eq($$SELECT d.consumer, d.status::text FROM tollgate.outbox_deliveries d JOIN tollgate.outbox o ON o.id = d.outbox_id
+                    WHERE o.topic = 'transaction.settled'$$,
+                  $$VALUES ('crm', 'pending')$$, 'the event waits for the consumer, written with it');
+SELECT results_eq($$SELECT created, backfilled FROM api.register_consumer_v1('audit', true)$$, $$VALUES (true, 1::bigint)$$,
+                  'a consumer registered from the start gets the past events too');
+
+CREATE TEMP TABLE claimed AS SELECT * FROM api.claim_deliveries_v1('crm', 10);
+SELECT results_eq($$SELECT topic, attempt FROM claimed$$, $$VALUES ('transaction.settled', 1)$$, 'claimed: first attempt');
+SELECT is(api.delivery_failed_v1('crm', (SELECT outbox_id FROM claimed), 'boom', 3, '10 seconds'), 'pending', 'a failure is retried');
+SELECT results_eq($$SELECT attempts, next_attempt_at > now() + interval '9 seconds', last_error FROM tollgate.outbox_deliveries
+                    WHERE consumer = 'crm'$$,
+                  $$VALUES (1, true, 'boom')$$, 'after the retry base');
+SELECT is_empty($$SELECT * FROM api.claim_deliveries_v1('crm', 10)$$, 'not claimable before it is due');
+UPDATE tollgate.outbox_deliveries SET next_attempt_at = now() WHERE consumer = 'crm';
+SELECT is(api.delivery_failed_v1('crm', (SELECT outbox_id FROM claimed), 'boom', 3, '10 seconds'), 'pending', 'failure 2');
+SELECT results_eq($$SELECT next_attempt_at > now() + interval '19 seconds' FROM tollgate.outbox_deliveries WHERE consumer = 'crm'$$,
+                  ARRAY[true], 'the wait doubles');
+SELECT is(api.delivery_failed_v1('crm', (SELECT outbox_id FROM claimed), 'boom', 3, '10 seconds'), 'dead', 'failure 3: dead');
+SELECT results_eq($$SELECT topic, attempts FROM api.dead_deliveries_v1('crm')$$, $$VALUES ('transaction.settled', 3)$$,
+                  'listed as a dead letter');
+SELECT is(api.replay_deliveries_v1('crm', NULL), 1, 'replayed');
+SELECT is(api.deliveries_done_v1('crm', ARRAY(SELECT outbox_id FROM claimed)), 1, 'and delivered');
+SELECT throws_ok($$UPDATE tollgate.outbox_deliveries SET status = 'pending' WHERE consumer = 'crm'$$, 'TG010', NULL,
+                 'a delivered event stays delivered');
+
+-- credits.low: once, when a balance crosses below its threshold.
+SELECT results_eq($$SELECT low_balance FROM api.set_low_balance_v1('ops-key', 'ops', 'USD', 5)$$, ARRAY['5.00'],
+                  'tell ops when its USD balance falls below 5.00');
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('peer', 'peer-key', false, NULL)) IS NOT NULL, 'a peer');
+SELECT ok((SELECT NOT replayed FROM api.transfer_v1('ops-key', 'ops', 'peer', 4, 'USD', 't1')), '10.00 -> 6.00: above');
+SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE topic = 'credits.low'), 0, 'no notice yet');
+SELECT ok((SELECT NOT replayed FROM api.transfer_v1('ops-key', 'ops', 'peer', 2, 'USD', 't2')), '6.00 -> 4.00: crossed');
+SELECT ok((SELECT NOT replayed FROM api.transfer_v1('ops-key', 'ops', 'peer', 1, 'USD', 't3')), '4.00 -> 3.00: still below');
+SELECT results_eq($$SELECT payload ->> 'balance', payload ->> 'low_balance' FROM tollgate.outbox WHERE topic = 'credits.low'$$,
+                  $$VALUES ('400', '500')$$, 'one credits.low notice, at the crossing');
+
+SET LOCAL ROLE tollgate_listener;
+SELECT throws_ok($$SELECT * FROM tollgate.outbox$$, '42501', NULL, 'the listener role cannot read tables');
+SELECT throws_ok($$SELECT * FROM api.can_continue_v1('ops-key', NULL, NULL)$$, '42501', NULL,
+                 'nor call the service''s functions');
+RESET ROLE;
+
+SELECT * FROM finish();
+ROLLBACK;
