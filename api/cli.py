@@ -135,10 +135,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     if args.webhook:
-        secret = args.secret or os.environ.get("TOLLGATE_WEBHOOK_SECRET")
+        secret = os.environ.get("TOLLGATE_WEBHOOK_SECRET", "")
+        if args.secret_file:
+            secret = Path(args.secret_file).read_text().strip()
         if not secret:
             print(
-                "tollgate listen: --webhook needs --secret or TOLLGATE_WEBHOOK_SECRET",
+                "tollgate listen: --webhook needs TOLLGATE_WEBHOOK_SECRET or --secret-file",
                 file=sys.stderr,
             )
             return 2
@@ -161,6 +163,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 poll_seconds=args.poll,
                 max_attempts=args.max_attempts,
                 retry_base_seconds=args.retry_base,
+                handler_timeout_seconds=args.handler_timeout,
+                lease_seconds=args.lease,
                 from_start=args.from_start,
             ),
             handler,
@@ -196,6 +200,28 @@ def _cmd_outbox_replay(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         n = listener.replay(database_url(stack, args.data_dir), args.consumer, args.event)
     print(f"{n} deliveries pending again")
+    return 0
+
+
+def _cmd_outbox_unregister(args: argparse.Namespace) -> int:
+    from api.devstack import database_url
+    from db import listener
+
+    with ExitStack() as stack:
+        n = listener.unregister(database_url(stack, args.data_dir), args.consumer)
+    print(f"consumer {args.consumer} removed with {n} deliveries")
+    return 0
+
+
+def _cmd_outbox_prune(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from api.devstack import database_url
+    from db import listener
+
+    with ExitStack() as stack:
+        n = listener.prune(database_url(stack, args.data_dir), dt.timedelta(days=args.days))
+    print(f"{n} delivered deliveries forgotten")
     return 0
 
 
@@ -259,7 +285,19 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--handler", help="a Python callable, package.module:function")
     how.add_argument("--webhook", help="POST each event to this URL, signed (Tollgate-Signature)")
     how.add_argument("--stdout", action="store_true", help="one JSON line per event (the default)")
-    listen.add_argument("--secret", help="webhook signing secret (or TOLLGATE_WEBHOOK_SECRET)")
+    listen.add_argument(
+        "--secret-file",
+        help="file holding the webhook signing secret (else TOLLGATE_WEBHOOK_SECRET)",
+    )
+    listen.add_argument(
+        "--handler-timeout", type=float, default=30.0, help="seconds one handler call may take"
+    )
+    listen.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help="seconds before a crashed process's events are retried",
+    )
     listen.add_argument("--batch", type=int, default=100, help="events per transaction")
     listen.add_argument(
         "--poll", type=float, default=5.0, help="seconds between looks without NOTIFY"
@@ -286,6 +324,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--consumer", required=True)
     replay.add_argument("--event", type=UUID, help="one event id (default: all dead ones)")
     replay.set_defaults(func=_cmd_outbox_replay)
+    gone = outbox.add_parser("unregister", help="remove a consumer and its undelivered events")
+    gone.add_argument("--consumer", required=True)
+    gone.set_defaults(func=_cmd_outbox_unregister)
+    prune = outbox.add_parser("prune", help="forget deliveries done more than DAYS ago")
+    prune.add_argument("--days", type=float, default=30.0)
+    prune.set_defaults(func=_cmd_outbox_prune)
     return p
 
 

@@ -1,12 +1,15 @@
 """`tollgate listen`: deliver the outbox to a handler, at least once.
 
 The delivery rows in PostgreSQL are the truth; NOTIFY tollgate_outbox only wakes the listener
-early. The loop: claim due deliveries (FOR UPDATE SKIP LOCKED, so several processes of one
-consumer share the work), run the handler for each, and in the same transaction mark them
-delivered or failed (retried with exponential backoff, then dead). If the process dies before
-the commit, the deliveries are claimed again: a handler may see an event twice, always with
-the same event id, and never misses one. Connections that break (a database restart) are
-reopened with backoff.
+early (it also looks every --poll seconds). Each round leases due deliveries in a short
+transaction (FOR UPDATE SKIP LOCKED: processes of one consumer never lease the same one; the
+attempt is counted and the delivery is not due again until the lease ends), runs the handler
+for each outside any transaction and under a deadline, then records the outcomes in a second
+short transaction: delivered, or failed and retried with exponential backoff, or dead after
+the last attempt. A process that dies mid-round leaves its leases to run out: the events are
+handled again (same event ids), and an event whose handler keeps killing the process ends up
+dead instead of looping. Any database error closes the connections and reopens them with
+backoff.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 
 from db.queries import QUERIES
@@ -66,96 +73,165 @@ class ListenerSettings:
     poll_seconds: float = 5.0
     max_attempts: int = 10
     retry_base_seconds: float = 1.0
+    # How long one handler call may take; past it the attempt counts as failed.
+    handler_timeout_seconds: float = 30.0
+    # How long leased deliveries stay with this process before another may take them (after
+    # a crash, the wait until they are handled again). Renewed while a batch is worked on.
+    lease_seconds: float = 60.0
     from_start: bool = False
+
+    @property
+    def lease(self) -> dt.timedelta:
+        # At least twice a handler's deadline, so a lease renewed before each call holds.
+        return dt.timedelta(seconds=max(self.lease_seconds, 2 * self.handler_timeout_seconds))
+
+
+# TCP keepalives, so a listener cut off by the network notices (no effect on Unix sockets).
+KEEPALIVES = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+class HandlerTimeout(Exception):
+    pass
+
+
+class HandlerRunner:
+    """Runs the handler on one reused worker thread and waits at most a deadline per call. A
+    call past its deadline is abandoned with its thread; the next call gets a fresh one."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
+
+    def __call__(self, event: OutboxEvent, seconds: float) -> None:
+        call = self.pool.submit(self.handler, event)
+        try:
+            call.result(timeout=seconds)
+        except FutureTimeout:
+            self.pool.shutdown(wait=False)
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
+            raise HandlerTimeout(f"the handler took longer than {seconds} s") from None
 
 
 class Listener:
     def __init__(self, settings: ListenerSettings, handler: Handler) -> None:
         self.settings = settings
-        self.handler = handler
+        self.handler = HandlerRunner(handler)
         self.stop = threading.Event()
         self.delivered = 0
 
     def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.settings.dsn, autocommit=autocommit)
+        conn = psycopg.connect(make_conninfo(self.settings.dsn, **KEEPALIVES), autocommit=True)
         if self.settings.role:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.settings.role)))
-            if not autocommit:
-                conn.commit()
+        conn.autocommit = autocommit
         return conn
 
     def run(self) -> None:
-        """Deliver until stop is set, reconnecting whenever the database goes away."""
+        """Deliver until stop is set, reconnecting whenever the database fails us."""
         pause = 0.2
         while not self.stop.is_set():
             try:
-                with (
-                    self._connect(autocommit=True) as wake,
-                    self._connect(autocommit=False) as work,
-                ):
+                with self._connect(autocommit=True) as wake, self._connect(autocommit=True) as work:
                     wake.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    self._register(work)
+                    work.execute(
+                        QUERIES["register_consumer"],
+                        {
+                            "consumer": self.settings.consumer,
+                            "from_start": self.settings.from_start,
+                        },
+                    )
                     log.info("listening as consumer %s", self.settings.consumer)
                     pause = 0.2
                     self._loop(wake, work)
-            except psycopg.OperationalError as exc:
-                log.warning("database unavailable (%s); reconnecting in %.1f s", exc, pause)
+            except psycopg.Error as exc:
+                log.warning("database error (%s); reconnecting in %.1f s", exc, pause)
                 self.stop.wait(pause)
                 pause = min(pause * 2, 5.0)
 
-    def _register(self, work: psycopg.Connection[Any]) -> None:
-        with work.transaction():
-            work.execute(
-                QUERIES["register_consumer"],
-                {"consumer": self.settings.consumer, "from_start": self.settings.from_start},
-            )
-
     def _loop(self, wake: psycopg.Connection[Any], work: psycopg.Connection[Any]) -> None:
         while not self.stop.is_set():
-            while self._deliver_batch(work) and not self.stop.is_set():
+            while not self.stop.is_set() and self._deliver_round(work):
                 pass
+            if self.stop.is_set():
+                return
             for _ in wake.notifies(timeout=self._sleep_seconds(work), stop_after=1):
                 pass
 
     def _sleep_seconds(self, work: psycopg.Connection[Any]) -> float:
-        with work.transaction():
-            row = work.execute(
-                QUERIES["next_delivery_due"], {"consumer": self.settings.consumer}
-            ).fetchone()
+        row = work.execute(
+            QUERIES["next_delivery_due"], {"consumer": self.settings.consumer}
+        ).fetchone()
         due: dt.datetime | None = row[0] if row else None
         if due is None:
             return self.settings.poll_seconds
         wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
         return float(min(max(wait, 0.01), self.settings.poll_seconds))
 
-    def _deliver_batch(self, work: psycopg.Connection[Any]) -> int:
-        """Handle one batch of due deliveries in one transaction; how many were claimed."""
-        consumer = self.settings.consumer
+    def _deliver_round(self, work: psycopg.Connection[Any]) -> int:
+        """Lease a batch, handle it outside any transaction, record the outcomes."""
+        consumer, settings = self.settings.consumer, self.settings
+        events = (
+            work.cursor(row_factory=class_row(OutboxEvent))
+            .execute(
+                QUERIES["claim_deliveries"],
+                {
+                    "consumer": consumer,
+                    "limit": settings.batch,
+                    "lease": settings.lease,
+                    "max_attempts": settings.max_attempts,
+                },
+            )
+            .fetchall()
+        )
+        done: list[int] = []
+        failed: list[tuple[int, str]] = []
+        untried: list[int] = []
+        renewed = time.monotonic()
+        for index, event in enumerate(events):
+            if self.stop.is_set():
+                untried.append(event.outbox_id)
+                continue
+            if time.monotonic() - renewed > settings.lease.total_seconds() / 3:
+                work.execute(
+                    QUERIES["renew_leases"],
+                    {
+                        "consumer": consumer,
+                        "lease": settings.lease,
+                        "outbox_ids": [e.outbox_id for e in events[index:]],
+                    },
+                )
+                renewed = time.monotonic()
+            try:
+                self.handler(event, settings.handler_timeout_seconds)
+            except Exception as exc:  # a handler's failure is data: retry, then dead
+                log.warning("handler failed for %s (%s): %r", event.event_id, event.topic, exc)
+                failed.append((event.outbox_id, repr(exc)))
+            else:
+                done.append(event.outbox_id)
         with work.transaction():
-            cur = work.cursor(row_factory=class_row(OutboxEvent))
-            events = cur.execute(
-                QUERIES["claim_deliveries"], {"consumer": consumer, "limit": self.settings.batch}
-            ).fetchall()
-            done: list[int] = []
-            for event in events:
-                try:
-                    self.handler(event)
-                except Exception as exc:  # a handler's failure is data: retry, then dead
-                    log.warning("handler failed for %s (%s): %r", event.event_id, event.topic, exc)
-                    work.execute(
-                        QUERIES["delivery_failed"],
-                        {
-                            "consumer": consumer,
-                            "outbox_id": event.outbox_id,
-                            "error": repr(exc),
-                            "max_attempts": self.settings.max_attempts,
-                            "retry_base": dt.timedelta(seconds=self.settings.retry_base_seconds),
-                        },
-                    )
-                else:
-                    done.append(event.outbox_id)
             if done:
                 work.execute(QUERIES["deliveries_done"], {"consumer": consumer, "outbox_ids": done})
+            for outbox_id, error in failed:
+                work.execute(
+                    QUERIES["delivery_failed"],
+                    {
+                        "consumer": consumer,
+                        "outbox_id": outbox_id,
+                        "error": error,
+                        "max_attempts": settings.max_attempts,
+                        "retry_base": dt.timedelta(seconds=settings.retry_base_seconds),
+                    },
+                )
+            if untried:
+                work.execute(
+                    QUERIES["release_deliveries"], {"consumer": consumer, "outbox_ids": untried}
+                )
         self.delivered += len(done)
         return len(events)
 
@@ -168,10 +244,22 @@ def dead(dsn: str, consumer: str) -> list[dict[str, Any]]:
 
 
 def replay(dsn: str, consumer: str, event_id: UUID | None) -> int:
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             QUERIES["replay_deliveries"], {"consumer": consumer, "event_id": event_id}
         ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def unregister(dsn: str, consumer: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(QUERIES["unregister_consumer"], {"consumer": consumer}).fetchone()
+        return int(row[0]) if row else 0
+
+
+def prune(dsn: str, older_than: dt.timedelta) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(QUERIES["prune_deliveries"], {"older_than": older_than}).fetchone()
         return int(row[0]) if row else 0
 
 

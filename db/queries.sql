@@ -190,7 +190,26 @@ SELECT * FROM api.set_allow_negative_v1(
 SELECT * FROM api.register_consumer_v1(p_consumer => %(consumer)s::text, p_from_start => %(from_start)s::boolean);
 
 -- name: claim_deliveries
-SELECT * FROM api.claim_deliveries_v1(p_consumer => %(consumer)s::text, p_limit => %(limit)s::integer);
+SELECT * FROM api.claim_deliveries_v1(
+    p_consumer     => %(consumer)s::text,
+    p_limit        => %(limit)s::integer,
+    p_lease        => %(lease)s::interval,
+    p_max_attempts => %(max_attempts)s::integer
+);
+
+-- name: renew_leases
+SELECT api.renew_leases_v1(
+    p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[], p_lease => %(lease)s::interval
+) AS count;
+
+-- name: release_deliveries
+SELECT api.release_deliveries_v1(p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[]) AS count;
+
+-- name: unregister_consumer
+SELECT api.unregister_consumer_v1(p_consumer => %(consumer)s::text) AS count;
+
+-- name: prune_deliveries
+SELECT api.prune_deliveries_v1(p_older_than => %(older_than)s::interval) AS count;
 
 -- name: deliveries_done
 SELECT api.deliveries_done_v1(p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[]) AS count;

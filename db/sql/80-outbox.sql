@@ -15,7 +15,8 @@ AS $$
 BEGIN
     INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
     SELECT c.name, NEW.id, NEW.account_id FROM tollgate.outbox_consumers c;
-    PERFORM pg_notify('tollgate_outbox', NEW.id::text);
+    -- A constant payload: one wake-up per transaction, however many events it wrote.
+    PERFORM pg_notify('tollgate_outbox', '');
     RETURN NULL;
 END
 $$;
@@ -51,7 +52,8 @@ CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
 -- ---------------------------------------------------------------------------------------------
 
 -- Register a consumer (idempotent). A new consumer receives events written from now on; with
--- p_from_start it also receives every event already in the outbox.
+-- p_from_start it also receives every event already in the outbox. SHARE lock on the outbox:
+-- writers still in flight finish first (and are backfilled), later ones see the consumer.
 CREATE OR REPLACE FUNCTION api.register_consumer_v1(p_consumer text, p_from_start boolean)
 RETURNS TABLE (consumer text, created boolean, backfilled bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -59,42 +61,94 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    is_new boolean;
-    n      bigint := 0;
+    n bigint := 0;
 BEGIN
-    INSERT INTO tollgate.outbox_consumers (name) VALUES (p_consumer)
-    ON CONFLICT (name) DO NOTHING;
-    is_new := FOUND;
-    IF is_new AND p_from_start THEN
+    IF EXISTS (SELECT FROM tollgate.outbox_consumers c WHERE c.name = p_consumer) THEN
+        RETURN QUERY SELECT p_consumer, false, 0::bigint;
+        RETURN;
+    END IF;
+    LOCK TABLE tollgate.outbox IN SHARE MODE;
+    INSERT INTO tollgate.outbox_consumers (name) VALUES (p_consumer) ON CONFLICT (name) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT p_consumer, false, 0::bigint;
+        RETURN;
+    END IF;
+    IF p_from_start THEN
         INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
-        SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o
-        ON CONFLICT DO NOTHING;
+        SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o;
         GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
-    RETURN QUERY SELECT p_consumer, is_new, n;
+    RETURN QUERY SELECT p_consumer, true, n;
 END
 $$;
 
--- Claim up to p_limit due deliveries of a consumer, oldest first, locked until the caller's
--- transaction ends (other processes of the consumer skip them).
-CREATE OR REPLACE FUNCTION api.claim_deliveries_v1(p_consumer text, p_limit integer)
-RETURNS TABLE (outbox_id bigint, event_id uuid, topic text, account_id text, payload jsonb,
-               created_at timestamptz, attempt integer)
-LANGUAGE sql SECURITY DEFINER
+-- Remove a consumer and its undelivered events (a mistyped --consumer, a retired service).
+CREATE OR REPLACE FUNCTION api.unregister_consumer_v1(p_consumer text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH claimed AS (
-        SELECT d.outbox_id, d.attempts FROM tollgate.outbox_deliveries d
-        WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.next_attempt_at <= now()
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM tollgate.outbox_deliveries WHERE consumer = p_consumer;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM tollgate.outbox_consumers WHERE name = p_consumer;
+    RETURN n;
+END
+$$;
+
+-- Forget deliveries done more than p_older_than ago (the outbox rows themselves stay).
+CREATE OR REPLACE FUNCTION api.prune_deliveries_v1(p_older_than interval) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM tollgate.outbox_deliveries
+    WHERE status = 'delivered' AND delivered_at < now() - p_older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Lease up to p_limit due deliveries of a consumer, oldest first, in a short transaction of
+-- their own: each attempt is counted now, and the delivery is not due again for p_lease (the
+-- handler runs outside any transaction; if the process dies, the lease runs out and another
+-- claims it). A delivery whose attempts are used up (its handler kept crashing the process)
+-- is dead-lettered instead of handed out again.
+CREATE OR REPLACE FUNCTION api.claim_deliveries_v1(
+    p_consumer text, p_limit integer, p_lease interval, p_max_attempts integer
+) RETURNS TABLE (outbox_id bigint, event_id uuid, topic text, account_id text, payload jsonb,
+                 created_at timestamptz, attempt integer)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE tollgate.outbox_deliveries d
+    SET status = 'dead', last_error = coalesce(d.last_error, 'the handler never reported back')
+    WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.next_attempt_at <= clock_timestamp()
+      AND d.attempts >= p_max_attempts;
+    RETURN QUERY
+    WITH due AS (
+        SELECT d.outbox_id FROM tollgate.outbox_deliveries d
+        WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.next_attempt_at <= clock_timestamp()
         ORDER BY d.next_attempt_at, d.outbox_id
         LIMIT greatest(p_limit, 1)
         FOR UPDATE SKIP LOCKED
+    ), leased AS (
+        UPDATE tollgate.outbox_deliveries d
+        SET attempts = d.attempts + 1, next_attempt_at = clock_timestamp() + p_lease
+        FROM due WHERE d.consumer = p_consumer AND d.outbox_id = due.outbox_id
+        RETURNING d.outbox_id, d.attempts
     )
-    SELECT o.id, o.event_id, o.topic, a.external_id, o.payload, o.created_at, c.attempts + 1
-    FROM claimed c
-    JOIN tollgate.outbox o ON o.id = c.outbox_id
+    SELECT o.id, o.event_id, o.topic, a.external_id, o.payload, o.created_at, l.attempts
+    FROM leased l
+    JOIN tollgate.outbox o ON o.id = l.outbox_id
     JOIN tollgate.accounts a ON a.id = o.account_id
-    ORDER BY o.id
+    ORDER BY o.id;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION api.deliveries_done_v1(p_consumer text, p_outbox_ids bigint[]) RETURNS integer
@@ -103,15 +157,43 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     WITH done AS (
         UPDATE tollgate.outbox_deliveries
-        SET status = 'delivered', delivered_at = now(), attempts = attempts + 1, last_error = NULL
+        SET status = 'delivered', delivered_at = now(), last_error = NULL
         WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
         RETURNING 1
     )
     SELECT count(*)::integer FROM done
 $$;
 
--- A handler failed: try again after p_retry_base x 2^(attempts - 1) (at most an hour), or
--- give up after p_max_attempts (status dead).
+-- Keep leased deliveries for another p_lease (a long batch still being worked through).
+CREATE OR REPLACE FUNCTION api.renew_leases_v1(p_consumer text, p_outbox_ids bigint[], p_lease interval) RETURNS integer
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH renewed AS (
+        UPDATE tollgate.outbox_deliveries SET next_attempt_at = clock_timestamp() + p_lease
+        WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM renewed
+$$;
+
+-- Hand leased deliveries back untried (a listener stopping between events).
+CREATE OR REPLACE FUNCTION api.release_deliveries_v1(p_consumer text, p_outbox_ids bigint[]) RETURNS integer
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH released AS (
+        UPDATE tollgate.outbox_deliveries
+        SET attempts = greatest(attempts - 1, 0), next_attempt_at = clock_timestamp()
+        WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM released
+$$;
+
+-- A handler failed (its attempt was counted when leased): try again after
+-- p_retry_base x 2^(attempts - 1), at most an hour, with up to 10% jitter; or, with the
+-- attempts used up, dead-letter it.
 CREATE OR REPLACE FUNCTION api.delivery_failed_v1(
     p_consumer text, p_outbox_id bigint, p_error text, p_max_attempts integer, p_retry_base interval
 ) RETURNS text
@@ -119,10 +201,11 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE tollgate.outbox_deliveries
-    SET attempts = attempts + 1,
-        last_error = left(p_error, 2000),
-        status = CASE WHEN attempts + 1 >= p_max_attempts THEN 'dead' ELSE 'pending' END::tollgate.delivery_status,
-        next_attempt_at = now() + least(p_retry_base * power(2, attempts), interval '1 hour')
+    SET last_error = left(p_error, 2000),
+        status = CASE WHEN attempts >= p_max_attempts THEN 'dead' ELSE 'pending' END::tollgate.delivery_status,
+        next_attempt_at = clock_timestamp()
+            + least(p_retry_base * power(2, least(greatest(attempts - 1, 0), 30)), interval '1 hour')
+              * (1 + random() / 10)
     WHERE consumer = p_consumer AND outbox_id = p_outbox_id AND status = 'pending'
     RETURNING status::text
 $$;
@@ -165,7 +248,7 @@ BEGIN
       AND (p_event_id IS NULL OR d.outbox_id = (SELECT o.id FROM tollgate.outbox o WHERE o.event_id = p_event_id));
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
-        PERFORM pg_notify('tollgate_outbox', 'replay');
+        PERFORM pg_notify('tollgate_outbox', '');
     END IF;
     RETURN n;
 END

@@ -38,8 +38,10 @@ TO tollgate_app;
 -- tollgate_listener: the delivery side of the outbox, nothing else.
 GRANT EXECUTE ON FUNCTION
     api.register_consumer_v1(text, boolean),
-    api.claim_deliveries_v1(text, integer),
+    api.claim_deliveries_v1(text, integer, interval, integer),
     api.deliveries_done_v1(text, bigint[]),
+    api.release_deliveries_v1(text, bigint[]),
+    api.renew_leases_v1(text, bigint[], interval),
     api.delivery_failed_v1(text, bigint, text, integer, interval),
     api.next_delivery_due_v1(text),
     api.dead_deliveries_v1(text),

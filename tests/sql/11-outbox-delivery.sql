@@ -1,7 +1,7 @@
 -- Outbox delivery: fan-out per consumer, claim, retry with backoff, dead letters, replay;
 -- credits.low; the listener role's privileges.
 BEGIN;
-SELECT plan(27);
+SELECT plan(32);
 
 SELECT results_eq($$SELECT consumer, created FROM api.register_consumer_v1('crm', false)$$, $$VALUES ('crm', true)$$,
                   'a consumer is registered');
@@ -15,24 +15,39 @@ SELECT results_eq($$SELECT d.consumer, d.status::text FROM tollgate.outbox_deliv
 SELECT results_eq($$SELECT created, backfilled FROM api.register_consumer_v1('audit', true)$$, $$VALUES (true, 1::bigint)$$,
                   'a consumer registered from the start gets the past events too');
 
-CREATE TEMP TABLE claimed AS SELECT * FROM api.claim_deliveries_v1('crm', 10);
-SELECT results_eq($$SELECT topic, attempt FROM claimed$$, $$VALUES ('transaction.settled', 1)$$, 'claimed: first attempt');
+CREATE FUNCTION pg_temp.claim(p_consumer text DEFAULT 'crm') RETURNS TABLE (outbox_id bigint, topic text, attempt integer)
+LANGUAGE sql AS $$ SELECT outbox_id, topic, attempt FROM api.claim_deliveries_v1(p_consumer, 10, '1 minute', 3) $$;
+CREATE FUNCTION pg_temp.make_due() RETURNS void
+LANGUAGE sql AS $$ UPDATE tollgate.outbox_deliveries SET next_attempt_at = now() - interval '1 second' WHERE consumer = 'crm' $$;
+
+CREATE TEMP TABLE claimed AS SELECT * FROM pg_temp.claim();
+SELECT results_eq($$SELECT topic, attempt FROM claimed$$, $$VALUES ('transaction.settled', 1)$$, 'leased: first attempt');
+SELECT is_empty($$SELECT * FROM pg_temp.claim()$$, 'a leased delivery is not handed out twice');
 SELECT is(api.delivery_failed_v1('crm', (SELECT outbox_id FROM claimed), 'boom', 3, '10 seconds'), 'pending', 'a failure is retried');
-SELECT results_eq($$SELECT attempts, next_attempt_at > now() + interval '9 seconds', last_error FROM tollgate.outbox_deliveries
+SELECT results_eq($$SELECT attempts, next_attempt_at > clock_timestamp() + interval '9 seconds', last_error FROM tollgate.outbox_deliveries
                     WHERE consumer = 'crm'$$,
                   $$VALUES (1, true, 'boom')$$, 'after the retry base');
-SELECT is_empty($$SELECT * FROM api.claim_deliveries_v1('crm', 10)$$, 'not claimable before it is due');
-UPDATE tollgate.outbox_deliveries SET next_attempt_at = now() WHERE consumer = 'crm';
+SELECT pg_temp.make_due();
+SELECT results_eq($$SELECT attempt FROM pg_temp.claim()$$, ARRAY[2], 'second attempt');
 SELECT is(api.delivery_failed_v1('crm', (SELECT outbox_id FROM claimed), 'boom', 3, '10 seconds'), 'pending', 'failure 2');
-SELECT results_eq($$SELECT next_attempt_at > now() + interval '19 seconds' FROM tollgate.outbox_deliveries WHERE consumer = 'crm'$$,
+SELECT results_eq($$SELECT next_attempt_at > clock_timestamp() + interval '19 seconds' FROM tollgate.outbox_deliveries WHERE consumer = 'crm'$$,
                   ARRAY[true], 'the wait doubles');
+SELECT pg_temp.make_due();
+SELECT results_eq($$SELECT attempt FROM pg_temp.claim()$$, ARRAY[3], 'third attempt');
 SELECT is(api.delivery_failed_v1('crm', (SELECT outbox_id FROM claimed), 'boom', 3, '10 seconds'), 'dead', 'failure 3: dead');
 SELECT results_eq($$SELECT topic, attempts FROM api.dead_deliveries_v1('crm')$$, $$VALUES ('transaction.settled', 3)$$,
                   'listed as a dead letter');
 SELECT is(api.replay_deliveries_v1('crm', NULL), 1, 'replayed');
+SELECT results_eq($$SELECT attempt FROM pg_temp.claim()$$, ARRAY[1], 'with a fresh count');
 SELECT is(api.deliveries_done_v1('crm', ARRAY(SELECT outbox_id FROM claimed)), 1, 'and delivered');
 SELECT throws_ok($$UPDATE tollgate.outbox_deliveries SET status = 'pending' WHERE consumer = 'crm'$$, 'TG010', NULL,
                  'a delivered event stays delivered');
+-- A handler that kills its process never reports back: once its attempts are used up, the
+-- next claim dead-letters the event instead of handing it out again.
+UPDATE tollgate.outbox_deliveries SET attempts = 3, next_attempt_at = now() - interval '1 second' WHERE consumer = 'audit';
+SELECT is_empty($$SELECT * FROM pg_temp.claim('audit')$$, 'an event whose attempts are used up is not handed out');
+SELECT results_eq($$SELECT status::text, last_error FROM tollgate.outbox_deliveries WHERE consumer = 'audit'$$,
+                  $$VALUES ('dead', 'the handler never reported back')$$, 'it is dead-lettered');
 
 -- credits.low: once, when a balance crosses below its threshold.
 SELECT results_eq($$SELECT low_balance FROM api.set_low_balance_v1('ops-key', 'ops', 'USD', 5)$$, ARRAY['5.00'],
