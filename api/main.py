@@ -16,6 +16,8 @@ from api.routes import (
     health,
     holds,
     payments,
+    reconciliation,
+    reviews,
     transactions,
     transfers,
     usage,
@@ -69,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         transfers,
         accounts,
         catalog,
+        reviews,
+        reconciliation,
         webhooks,
     ):
         app.include_router(module.router)

@@ -396,3 +396,80 @@ class SpendCapOut(BaseModel):
     currency: str
     hard_limit: str
     soft_pct: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Reviews and reconciliation
+# ---------------------------------------------------------------------------------------------
+
+
+class ReviewOut(BaseModel):
+    id: UUID
+    account_id: str
+    subject: str = Field(description="transaction or payment")
+    subject_ref: str = Field(description="the transaction's reference, or the payment's pi_ id")
+    rules: list[str]
+    detail: str
+    status: str = Field(description="open, approved or rejected")
+    decided_by: str | None
+    note: str | None
+    created_at: dt.datetime
+    decided_at: dt.datetime | None
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: Annotated[Text, Field(max_length=2000)] | None = None
+
+
+class RiskRuleIn(BaseModel):
+    """Review thresholds in a currency; fields left out are not checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_amount: DecimalAmount | None = None
+    velocity_count: StrictInt | None = Field(default=None, ge=1)
+    velocity_seconds: StrictInt | None = Field(default=None, ge=1, le=31 * 86400)
+    first_amount_max: DecimalAmount | None = None
+
+
+class RiskRuleOut(BaseModel):
+    account_id: str | None
+    currency: str
+    max_amount: str | None
+    velocity_count: int | None
+    velocity_seconds: int | None
+    first_amount_max: str | None
+
+
+class ReconciliationLineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reference: Annotated[Text, Field(min_length=1, max_length=200)]
+    amount: DecimalAmount
+    currency: Currency
+    date: dt.date
+    account_id: AccountRef | None = None
+
+
+class ReconciliationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Annotated[Text, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", examples=["bank"])]
+    lines: list[ReconciliationLineIn] = Field(min_length=1, max_length=10000)
+
+
+class ReconciliationLineOut(BaseModel):
+    line_no: int
+    reference: str
+    status: str = Field(description="matched, missing_ours, amount_mismatch or status_mismatch")
+    transaction_id: UUID | None
+    note: str | None
+
+
+class ReconciliationOut(BaseModel):
+    batch_id: UUID
+    matched: int
+    mismatched: int
+    lines: list[ReconciliationLineOut]

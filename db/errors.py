@@ -48,6 +48,7 @@ RULES: dict[str, tuple[Kind, str]] = {
     "TG021": ("conflict", "idempotency_in_progress"),
     "TG030": ("invalid", "invalid_event"),
     "TG040": ("conflict", "unbalanced_posting"),
+    "TG050": ("conflict", "under_review"),
 }
 
 # Named table and domain constraints, and rules raised with a standard SQLSTATE, that a
@@ -117,6 +118,12 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "usage_period": ("invalid", "invalid_request", None),
     "holds_agent_id_format": ("invalid", "invalid_agent", None),
     "cost_currency": ("invalid", "invalid_currency", None),
+    "reconciliation_line": ("invalid", "invalid_line", None),
+    "risk_rules_velocity_pair": (
+        "invalid",
+        "invalid_request",
+        "velocity_count and velocity_seconds go together",
+    ),
     "ledger_accounts_balance_non_negative": (
         "conflict",
         "insufficient_funds",

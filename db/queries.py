@@ -494,3 +494,77 @@ async def set_low_balance(
 ) -> LowBalance:
     params = {"api_key": api_key, "account": account, "currency": currency, "threshold": threshold}
     return await _one(conn, LowBalance, "set_low_balance", params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reviews and reconciliation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    id: UUID
+    account_id: str
+    subject: str
+    subject_ref: str
+    rules: list[str]
+    detail: str
+    status: str
+    decided_by: str | None
+    note: str | None
+    created_at: dt.datetime
+    decided_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskRule:
+    account_id: str | None
+    currency: str
+    max_amount: str | None
+    velocity_count: int | None
+    velocity_seconds: int | None
+    first_amount_max: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationLine:
+    batch_id: UUID
+    line_no: int
+    reference: str
+    status: str
+    transaction_id: UUID | None
+    note: str | None
+
+
+async def list_reviews(
+    conn: AsyncConnection[Any], *, api_key: str, status: str | None
+) -> list[Review]:
+    return await _all(conn, Review, "list_reviews", {"api_key": api_key, "status": status})
+
+
+async def decide_review(
+    conn: AsyncConnection[Any], *, api_key: str, review_id: UUID, decision: str, note: str | None
+) -> Review:
+    params = {"api_key": api_key, "review_id": review_id, "decision": decision, "note": note}
+    return await _one(conn, Review, "decide_review", params)
+
+
+async def set_risk_rule(conn: AsyncConnection[Any], **params: Any) -> RiskRule:
+    """params: api_key, account, currency, max_amount, velocity_count, velocity_seconds,
+    first_amount_max."""
+    return await _one(conn, RiskRule, "set_risk_rule", params)
+
+
+async def import_reconciliation(
+    conn: AsyncConnection[Any], **params: Any
+) -> list[ReconciliationLine]:
+    """params: api_key, source, and parallel lists references, amounts, currencies, dates,
+    accounts."""
+    return await _all(conn, ReconciliationLine, "import_reconciliation", params)
+
+
+def operator_import_reconciliation(
+    conn: Connection[Any], **params: Any
+) -> list[ReconciliationLine]:
+    """As import_reconciliation, for the CLI (no key: the migrating role)."""
+    return _all_sync(conn, ReconciliationLine, "operator_import_reconciliation", params)

@@ -231,3 +231,50 @@ SELECT * FROM api.dead_deliveries_v1(p_consumer => %(consumer)s::text);
 
 -- name: replay_deliveries
 SELECT api.replay_deliveries_v1(p_consumer => %(consumer)s::text, p_event_id => %(event_id)s::uuid) AS count;
+
+-- name: list_reviews
+SELECT * FROM api.list_reviews_v1(p_api_key => %(api_key)s::text, p_status => %(status)s::text);
+
+-- name: decide_review
+SELECT * FROM api.decide_review_v1(
+    p_api_key   => %(api_key)s::text,
+    p_review_id => %(review_id)s::uuid,
+    p_decision  => %(decision)s::text,
+    p_note      => %(note)s::text
+);
+
+-- name: set_risk_rule
+SELECT * FROM api.set_risk_rule_v1(
+    p_api_key          => %(api_key)s::text,
+    p_account          => %(account)s::text,
+    p_currency         => %(currency)s::text,
+    p_max_amount       => %(max_amount)s::numeric,
+    p_velocity_count   => %(velocity_count)s::integer,
+    p_velocity_seconds => %(velocity_seconds)s::integer,
+    p_first_amount_max => %(first_amount_max)s::numeric
+);
+
+-- name: import_reconciliation
+SELECT * FROM api.import_reconciliation_v1(
+    p_api_key    => %(api_key)s::text,
+    p_source     => %(source)s::text,
+    p_references => %(references)s::text[],
+    p_amounts    => %(amounts)s::numeric[],
+    p_currencies => %(currencies)s::text[],
+    p_dates      => %(dates)s::date[],
+    p_accounts   => %(accounts)s::text[]
+);
+
+-- name: operator_import_reconciliation
+SELECT * FROM tollgate.import_reconciliation(
+    p_source      => %(source)s::text,
+    p_imported_by => 'db:' || session_user,
+    p_references  => %(references)s::text[],
+    p_amounts     => %(amounts)s::numeric[],
+    p_currencies  => %(currencies)s::text[],
+    p_dates       => %(dates)s::date[],
+    p_accounts    => %(accounts)s::text[]
+);
+
+-- name: operator_known_payments
+SELECT stripe_id FROM tollgate.payment_intents WHERE stripe_id = ANY (%(stripe_ids)s::text[]);

@@ -109,16 +109,16 @@ BEGIN
 END
 $$;
 
--- Record one change in the audit trail.
+-- Record one change in the audit trail (its hash chain is kept by trigger audit_log_10_chain).
 CREATE OR REPLACE FUNCTION tollgate.audit(
     p_account_id uuid, p_entity text, p_entity_id text, p_action text,
-    p_old_value text DEFAULT NULL, p_new_value text DEFAULT NULL
+    p_old_value text DEFAULT NULL, p_new_value text DEFAULT NULL, p_note text DEFAULT NULL
 ) RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, old_value, new_value, actor)
-    VALUES (p_account_id, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor())
+    INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, old_value, new_value, actor, note)
+    VALUES (p_account_id, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor(), p_note)
 $$;
 
 CREATE OR REPLACE TRIGGER audit_log_append_only

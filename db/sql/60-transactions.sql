@@ -131,8 +131,9 @@ BEGIN
         RETURN NULL;
     END IF;
     IF NEW.status = 'succeeded' THEN
+        -- One held by a risk review waits for the reviewer (who settles it on approval).
         UPDATE tollgate.transactions SET status = 'settled'
-        WHERE payment_intent_id = NEW.id AND status = 'pending';
+        WHERE payment_intent_id = NEW.id AND status = 'pending' AND NOT tollgate.under_review(id);
     ELSIF NEW.status IN ('canceled', 'refunded') THEN
         UPDATE tollgate.transactions SET status = 'failed'
         WHERE payment_intent_id = NEW.id AND status = 'pending';

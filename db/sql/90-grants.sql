@@ -32,7 +32,11 @@ GRANT EXECUTE ON FUNCTION
     api.set_spend_cap_v1(text, text, text, text, text, numeric, integer),
     api.record_usage_v1(text, text[], text[], text[], text[], numeric[], timestamptz[]),
     api.usage_v1(text, text, text, text, timestamptz, timestamptz),
-    api.set_low_balance_v1(text, text, text, numeric)
+    api.set_low_balance_v1(text, text, text, numeric),
+    api.list_reviews_v1(text, text),
+    api.decide_review_v1(text, uuid, text, text),
+    api.set_risk_rule_v1(text, text, text, numeric, integer, integer, numeric),
+    api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[])
 TO tollgate_app;
 
 -- tollgate_listener: the delivery side of the outbox, nothing else.

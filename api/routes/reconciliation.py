@@ -1,0 +1,43 @@
+"""POST /v1/reconciliation/lines (admin keys): external settlement lines, matched in SQL."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from api import body
+from api.deps import ApiKey, Pool
+from api.models import ErrorBody, ReconciliationIn, ReconciliationLineOut, ReconciliationOut
+from db import queries
+
+router = APIRouter(prefix="/v1/reconciliation", tags=["reconciliation"])
+
+
+@router.post(
+    "/lines",
+    status_code=201,
+    response_model=ReconciliationOut,
+    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)},
+    openapi_extra=body.openapi_body(ReconciliationIn),
+)
+async def import_lines(request: Request, api_key: ApiKey, pool: Pool) -> ReconciliationOut:
+    """Each line is matched to a transaction by reference (and account, when given), amount and
+    currency. Settled transactions no line covers appear in reporting.reconciliation_mismatches
+    as missing_theirs."""
+    ask = await body.parse(request, ReconciliationIn, max_bytes=4 << 20)
+    async with pool.connection() as conn:
+        rows = await queries.import_reconciliation(
+            conn,
+            api_key=api_key,
+            source=ask.source,
+            references=[x.reference for x in ask.lines],
+            amounts=[x.amount for x in ask.lines],
+            currencies=[x.currency.upper() for x in ask.lines],
+            dates=[x.date for x in ask.lines],
+            accounts=[x.account_id for x in ask.lines],
+        )
+    return ReconciliationOut(
+        batch_id=rows[0].batch_id,
+        matched=sum(r.status == "matched" for r in rows),
+        mismatched=sum(r.status != "matched" for r in rows),
+        lines=[ReconciliationLineOut.model_validate(r, from_attributes=True) for r in rows],
+    )

@@ -1,0 +1,91 @@
+"""Risk reviews (admin keys): list, approve, reject; and the thresholds that open them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query, Request
+
+from api import body
+from api.deps import ApiKey, Pool
+from api.models import DecisionIn, ErrorBody, ReviewOut, RiskRuleIn, RiskRuleOut
+from db import queries
+
+router = APIRouter(prefix="/v1", tags=["risk"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
+}
+
+
+@router.get("/reviews", response_model=list[ReviewOut], responses=ERRORS)
+async def list_reviews(
+    api_key: ApiKey, pool: Pool, status: Literal["open", "approved", "rejected"] | None = "open"
+) -> list[ReviewOut]:
+    """Reviews, open ones by default, oldest first."""
+    async with pool.connection() as conn:
+        rows = await queries.list_reviews(conn, api_key=api_key, status=status)
+    return [ReviewOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def _decide(
+    review_id: UUID, decision: str, request: Request, api_key: str, pool: Pool
+) -> ReviewOut:
+    ask = await body.parse(request, DecisionIn, empty_ok=True)
+    async with pool.connection() as conn, conn.transaction():
+        done = await queries.decide_review(
+            conn, api_key=api_key, review_id=review_id, decision=decision, note=ask.note
+        )
+    return ReviewOut.model_validate(done, from_attributes=True)
+
+
+@router.post(
+    "/reviews/{review_id}/approve",
+    response_model=ReviewOut,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(DecisionIn, required=False),
+)
+async def approve(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> ReviewOut:
+    """The flagged transaction may settle (now, if its payment already succeeded)."""
+    return await _decide(review_id, "approved", request, api_key, pool)
+
+
+@router.post(
+    "/reviews/{review_id}/reject",
+    response_model=ReviewOut,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(DecisionIn, required=False),
+)
+async def reject(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> ReviewOut:
+    """The flagged transaction fails."""
+    return await _decide(review_id, "rejected", request, api_key, pool)
+
+
+@router.put(
+    "/risk-rules/{currency}",
+    response_model=RiskRuleOut,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(RiskRuleIn),
+)
+async def set_risk_rule(
+    currency: Annotated[str, Path(pattern=r"^[A-Za-z]{3}$")],
+    request: Request,
+    api_key: ApiKey,
+    pool: Pool,
+    account_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> RiskRuleOut:
+    """Thresholds that open a review, for one account or (without account_id) for all."""
+    ask = await body.parse(request, RiskRuleIn)
+    async with pool.connection() as conn:
+        done = await queries.set_risk_rule(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            currency=currency.upper(),
+            max_amount=ask.max_amount,
+            velocity_count=ask.velocity_count,
+            velocity_seconds=ask.velocity_seconds,
+            first_amount_max=ask.first_amount_max,
+        )
+    return RiskRuleOut.model_validate(done, from_attributes=True)

@@ -1,0 +1,247 @@
+-- Risk reviews. Rules (tollgate.risk_rules) flag a transaction or payment when it is
+-- recorded; the review they open must be approved before a flagged transaction settles
+-- (trigger transactions_25_review_gate, SQLSTATE TG050). A rejected review fails it.
+-- Reviews of payments are for the record: Stripe has the money either way.
+
+SET LOCAL ROLE tollgate_owner;
+
+CREATE OR REPLACE TRIGGER review_transitions_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.review_transitions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+-- The rules p_amount of p_currency breaks for the account: amount_above_threshold, velocity
+-- (more than velocity_count recorded within velocity_window, this one included) and
+-- first_amount_above_threshold (its first, above first_amount_max). p_kind: transaction or
+-- payment, whose records are counted.
+CREATE OR REPLACE FUNCTION tollgate.risk_flags(p_account_id uuid, p_kind text, p_amount bigint, p_currency text)
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rule  tollgate.risk_rules;
+    flags text[] := '{}';
+    seen  bigint;
+BEGIN
+    SELECT * INTO rule FROM tollgate.risk_rules r
+    WHERE r.currency = p_currency AND (r.account_id = p_account_id OR r.account_id IS NULL)
+    ORDER BY r.account_id NULLS LAST LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN flags;
+    END IF;
+    IF p_amount > rule.max_amount THEN
+        flags := flags || 'amount_above_threshold';
+    END IF;
+    IF rule.velocity_count IS NOT NULL THEN
+        seen := CASE p_kind
+            WHEN 'transaction' THEN (SELECT count(*) FROM tollgate.transactions t
+                                     WHERE t.account_id = p_account_id AND t.created_at > now() - rule.velocity_window)
+            ELSE (SELECT count(*) FROM tollgate.payment_intents p
+                  WHERE p.account_id = p_account_id AND p.created_at > now() - rule.velocity_window) END;
+        IF seen > rule.velocity_count THEN
+            flags := flags || 'velocity';
+        END IF;
+    END IF;
+    seen := CASE p_kind
+        WHEN 'transaction' THEN (SELECT count(*) FROM tollgate.transactions t WHERE t.account_id = p_account_id)
+        ELSE (SELECT count(*) FROM tollgate.payment_intents p WHERE p.account_id = p_account_id) END;
+    IF p_amount > rule.first_amount_max AND seen = 1 THEN
+        flags := flags || 'first_amount_above_threshold';
+    END IF;
+    RETURN flags;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.flag_for_review() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kind  text := CASE TG_TABLE_NAME WHEN 'transactions' THEN 'transaction' ELSE 'payment' END;
+    flags text[] := tollgate.risk_flags(NEW.account_id, kind, NEW.amount, NEW.currency);
+BEGIN
+    IF cardinality(flags) > 0 THEN
+        INSERT INTO tollgate.reviews (account_id, transaction_id, payment_intent_id, rules, detail)
+        VALUES (NEW.account_id,
+                CASE kind WHEN 'transaction' THEN NEW.id END,
+                CASE kind WHEN 'payment' THEN NEW.id END,
+                flags,
+                format('%s of %s %s', kind, tollgate.format_minor(NEW.amount, NEW.currency), NEW.currency));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER transactions_40_flag
+    AFTER INSERT ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
+CREATE OR REPLACE TRIGGER payment_intents_40_flag
+    AFTER INSERT ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
+
+-- Is the transaction held by a review (open, or rejected)?
+CREATE OR REPLACE FUNCTION tollgate.under_review(p_transaction_id uuid) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM tollgate.reviews r
+                   WHERE r.transaction_id = p_transaction_id AND r.status IN ('open', 'rejected'))
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.transactions_review_gate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.status = 'settled' AND OLD.status <> 'settled' AND tollgate.under_review(NEW.id) THEN
+        RAISE EXCEPTION 'transaction % is held for risk review: a reviewer must approve it first', NEW.reference
+            USING ERRCODE = 'TG050', CONSTRAINT = 'transaction_review_approved',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER transactions_25_review_gate
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_review_gate();
+
+-- A decision is final, and on the record with its note.
+CREATE OR REPLACE FUNCTION tollgate.reviews_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tollgate.audit(NEW.account_id, 'review', NEW.id::text, 'opened', NULL, 'open',
+                               array_to_string(NEW.rules, ', ') || ': ' || NEW.detail);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM tollgate.audit(NEW.account_id, 'review', NEW.id::text, 'decided', OLD.status::text,
+                               NEW.status::text, NEW.note);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.reviews_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.id, NEW.account_id, NEW.transaction_id, NEW.payment_intent_id, NEW.rules, NEW.detail, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.transaction_id, OLD.payment_intent_id, OLD.rules,
+                         OLD.detail, OLD.created_at)
+       OR (OLD.status <> 'open' AND (NEW.note, NEW.decided_by, NEW.decided_at)
+           IS DISTINCT FROM (OLD.note, OLD.decided_by, OLD.decided_at)) THEN
+        RAISE EXCEPTION 'review %: only an open review takes a decision', OLD.id
+            USING ERRCODE = 'TG011', CONSTRAINT = 'reviews_decided_once';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER reviews_10_guard
+    BEFORE UPDATE ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.reviews_guard();
+CREATE OR REPLACE TRIGGER reviews_20_transition
+    BEFORE UPDATE ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('review_transitions', 'review');
+CREATE OR REPLACE TRIGGER reviews_50_audit
+    AFTER INSERT OR UPDATE OF status ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.reviews_changed();
+CREATE OR REPLACE TRIGGER reviews_no_delete
+    BEFORE DELETE ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- api (admin keys)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE VIEW tollgate.review_v1 AS
+SELECT r.id, a.external_id AS account_id,
+       CASE WHEN r.transaction_id IS NOT NULL THEN 'transaction' ELSE 'payment' END AS subject,
+       coalesce(t.reference, p.stripe_id) AS subject_ref,
+       r.rules, r.detail, r.status::text AS status, r.decided_by, r.note, r.created_at, r.decided_at
+FROM tollgate.reviews r
+JOIN tollgate.accounts a ON a.id = r.account_id
+LEFT JOIN tollgate.transactions t ON t.id = r.transaction_id
+LEFT JOIN tollgate.payment_intents p ON p.id = r.payment_intent_id;
+
+CREATE OR REPLACE FUNCTION api.list_reviews_v1(p_api_key text, p_status text)
+RETURNS SETOF tollgate.review_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tollgate.require_admin(p_api_key);
+    RETURN QUERY SELECT * FROM tollgate.review_v1 v
+    WHERE p_status IS NULL OR v.status = p_status ORDER BY v.created_at, v.id;
+END
+$$;
+
+-- Approve or reject an open review. Approving a transaction whose payment has succeeded
+-- settles it now; rejecting a pending transaction fails it.
+CREATE OR REPLACE FUNCTION api.decide_review_v1(p_api_key text, p_review_id uuid, p_decision text, p_note text)
+RETURNS SETOF tollgate.review_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k   tollgate.api_keys := tollgate.require_admin(p_api_key);
+    rev tollgate.reviews;
+BEGIN
+    SELECT * INTO rev FROM tollgate.reviews WHERE id = p_review_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'review % not found', p_review_id USING ERRCODE = 'TG003', CONSTRAINT = 'review_visible';
+    END IF;
+    IF rev.status::text = p_decision THEN  -- the same decision again: answered again
+        RETURN QUERY SELECT * FROM tollgate.review_v1 v WHERE v.id = rev.id;
+        RETURN;
+    END IF;
+    UPDATE tollgate.reviews
+    SET status = p_decision::tollgate.review_status, note = p_note, decided_by = 'key:' || k.id, decided_at = now()
+    WHERE id = rev.id;
+    IF rev.transaction_id IS NOT NULL AND p_decision = 'rejected' THEN
+        UPDATE tollgate.transactions SET status = 'failed' WHERE id = rev.transaction_id AND status = 'pending';
+    ELSIF rev.transaction_id IS NOT NULL THEN
+        UPDATE tollgate.transactions t SET status = 'settled'
+        FROM tollgate.payment_intents p
+        WHERE t.id = rev.transaction_id AND t.status = 'pending' AND p.id = t.payment_intent_id
+          AND p.status IN ('succeeded', 'refunded');
+    END IF;
+    RETURN QUERY SELECT * FROM tollgate.review_v1 v WHERE v.id = rev.id;
+END
+$$;
+
+-- Set the review thresholds of an account (p_account NULL: the default for every account).
+CREATE OR REPLACE FUNCTION api.set_risk_rule_v1(
+    p_api_key text, p_account text, p_currency text, p_max_amount numeric, p_velocity_count integer,
+    p_velocity_seconds integer, p_first_amount_max numeric
+) RETURNS TABLE (account_id text, currency text, max_amount text, velocity_count integer,
+                 velocity_seconds integer, first_amount_max text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    k    tollgate.api_keys := tollgate.require_admin(p_api_key);
+    acct uuid;
+    mx   bigint;
+    fst  bigint;
+BEGIN
+    IF p_account IS NOT NULL THEN
+        acct := (tollgate.account_for(k, p_account)).id;
+    END IF;
+    PERFORM tollgate.to_minor(1, p_currency);
+    IF p_max_amount IS NOT NULL THEN mx := tollgate.to_minor(p_max_amount, p_currency); END IF;
+    IF p_first_amount_max IS NOT NULL THEN fst := tollgate.to_minor(p_first_amount_max, p_currency); END IF;
+    INSERT INTO tollgate.risk_rules AS r (account_id, currency, max_amount, velocity_count, velocity_window, first_amount_max)
+    VALUES (acct, p_currency, mx, p_velocity_count, make_interval(secs => p_velocity_seconds), fst)
+    ON CONFLICT ON CONSTRAINT risk_rules_scope_key DO UPDATE
+    SET max_amount = excluded.max_amount, velocity_count = excluded.velocity_count,
+        velocity_window = excluded.velocity_window, first_amount_max = excluded.first_amount_max,
+        updated_at = now();
+    RETURN QUERY SELECT p_account, p_currency, tollgate.format_minor(mx, p_currency), p_velocity_count,
+                        p_velocity_seconds, tollgate.format_minor(fst, p_currency);
+END
+$$;

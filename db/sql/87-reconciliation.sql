@@ -1,0 +1,91 @@
+-- Reconciliation: lines from outside (a bank statement, a payout report) matched to
+-- transactions by reference, amount and currency; settled transactions no line accounts for
+-- show as missing on their side (view reporting.reconciliation_mismatches).
+
+SET LOCAL ROLE tollgate_owner;
+
+CREATE OR REPLACE TRIGGER reconciliation_lines_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.reconciliation_lines
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+-- Import one batch of lines (parallel arrays, one element per line; p_accounts may name the
+-- account of a line, else the reference alone decides). Every line is stored with what it
+-- matched: matched, missing_ours (no such reference, or several accounts have it),
+-- amount_mismatch, status_mismatch (the transaction is not settled). A line Tollgate cannot
+-- read (its amount, currency) refuses the whole batch, naming the line.
+CREATE OR REPLACE FUNCTION tollgate.import_reconciliation(
+    p_source text, p_imported_by text, p_references text[], p_amounts numeric[], p_currencies text[],
+    p_dates date[], p_accounts text[]
+) RETURNS TABLE (batch_id uuid, line_no integer, reference text, status text, transaction_id uuid, note text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    n      integer := coalesce(cardinality(p_references), 0);
+    batch  uuid;
+    minor  bigint;
+    found  integer;
+    txn    tollgate.transactions;
+    result tollgate.reconciliation_status;
+    why    text;
+BEGIN
+    IF n = 0 OR n > 100000 OR cardinality(p_amounts) <> n OR cardinality(p_currencies) <> n
+       OR cardinality(p_dates) <> n OR cardinality(p_accounts) <> n THEN
+        RAISE EXCEPTION 'a batch has 1 to 100000 lines, each with reference, amount, currency and date'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'reconciliation_line';
+    END IF;
+    INSERT INTO tollgate.reconciliation_batches (source, imported_by) VALUES (p_source, p_imported_by)
+    RETURNING id INTO batch;
+    FOR i IN 1 .. n LOOP
+        BEGIN
+            minor := tollgate.to_minor(p_amounts[i], p_currencies[i]);
+            IF p_references[i] IS NULL OR p_dates[i] IS NULL THEN
+                RAISE EXCEPTION 'a reference and a date are required';
+            END IF;
+        EXCEPTION WHEN others THEN
+            RAISE EXCEPTION 'line %: %', i, SQLERRM
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'reconciliation_line';
+        END;
+        SELECT count(*) INTO found FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
+        WHERE t.reference = p_references[i] AND (p_accounts[i] IS NULL OR a.external_id = p_accounts[i]);
+        txn := NULL;
+        why := NULL;
+        IF found = 1 THEN
+            SELECT t.* INTO txn FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
+            WHERE t.reference = p_references[i] AND (p_accounts[i] IS NULL OR a.external_id = p_accounts[i]);
+            IF (txn.amount, txn.currency) IS DISTINCT FROM (minor, p_currencies[i]) THEN
+                result := 'amount_mismatch';
+                why := format('ours: %s %s', tollgate.format_minor(txn.amount, txn.currency), txn.currency);
+            ELSIF txn.status <> 'settled' THEN
+                result := 'status_mismatch';
+                why := format('ours is %s', txn.status);
+            ELSE
+                result := 'matched';
+            END IF;
+        ELSE
+            result := 'missing_ours';
+            why := CASE WHEN found > 1 THEN format('%s accounts have this reference: name the account', found) END;
+        END IF;
+        INSERT INTO tollgate.reconciliation_lines
+            (batch_id, line_no, account_id, reference, amount, currency, happened_on, status, transaction_id, note)
+        VALUES (batch, i, txn.account_id, p_references[i], minor, p_currencies[i], p_dates[i], result, txn.id, why);
+        RETURN QUERY SELECT batch, i, p_references[i], result::text, txn.id, why;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION api.import_reconciliation_v1(
+    p_api_key text, p_source text, p_references text[], p_amounts numeric[], p_currencies text[],
+    p_dates date[], p_accounts text[]
+) RETURNS TABLE (batch_id uuid, line_no integer, reference text, status text, transaction_id uuid, note text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k tollgate.api_keys := tollgate.require_admin(p_api_key);
+BEGIN
+    RETURN QUERY SELECT * FROM tollgate.import_reconciliation(
+        p_source, 'key:' || k.id, p_references, p_amounts, p_currencies, p_dates, p_accounts);
+END
+$$;

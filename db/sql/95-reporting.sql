@@ -1,0 +1,127 @@
+-- Views for analysts (schema reporting; docs/ANALYSTS.md explains each column). They run with
+-- their owner's rights, so tollgate_analyst needs nothing but SELECT on them; they leave out
+-- API key hashes and raw Stripe payloads. Amounts come in minor units (*_minor) and as
+-- decimals in the currency's units.
+
+SET LOCAL ROLE tollgate_owner;
+
+-- Status changes of payments, from the audit trail.
+CREATE OR REPLACE VIEW reporting.payment_status_changes AS
+SELECT l.entity_id::uuid AS payment_id, a.external_id AS account_id, l.old_value AS from_status,
+       l.new_value AS to_status, l.actor, l.at
+FROM tollgate.audit_log l JOIN tollgate.accounts a ON a.id = l.account_id
+WHERE l.entity = 'payment_intent';
+
+CREATE OR REPLACE VIEW reporting.payments AS
+SELECT p.id AS payment_id,
+       a.external_id AS account_id,
+       p.stripe_id,
+       p.amount::bigint AS amount_minor,
+       tollgate.format_minor(p.amount, p.currency)::numeric AS amount,
+       p.currency,
+       p.status::text AS status,
+       p.purpose,
+       p.created_at,
+       p.updated_at,
+       (SELECT min(c.at) FROM reporting.payment_status_changes c
+        WHERE c.payment_id = p.id AND c.to_status = 'succeeded') AS succeeded_at,
+       (SELECT min(c.at) FROM reporting.payment_status_changes c
+        WHERE c.payment_id = p.id AND c.to_status = 'refunded') AS refunded_at,
+       (SELECT jsonb_agg(jsonb_build_object('status', c.to_status, 'at', c.at, 'by', c.actor) ORDER BY c.at)
+        FROM reporting.payment_status_changes c WHERE c.payment_id = p.id) AS status_history
+FROM tollgate.payment_intents p JOIN tollgate.accounts a ON a.id = p.account_id;
+
+CREATE OR REPLACE VIEW reporting.refunds AS
+SELECT payment_id, account_id, stripe_id, amount_minor, amount, currency, purpose, refunded_at
+FROM reporting.payments WHERE refunded_at IS NOT NULL;
+
+-- Per UTC day and currency: what succeeded, what was refunded, and the difference.
+CREATE OR REPLACE VIEW reporting.daily_revenue AS
+WITH moves AS (
+    SELECT (p.succeeded_at AT TIME ZONE 'UTC')::date AS day, p.currency, p.amount_minor AS gross, 0::bigint AS refunded, 1 AS n
+    FROM reporting.payments p WHERE p.succeeded_at IS NOT NULL
+    UNION ALL
+    SELECT (p.refunded_at AT TIME ZONE 'UTC')::date, p.currency, 0, p.amount_minor, 0
+    FROM reporting.payments p WHERE p.refunded_at IS NOT NULL
+)
+SELECT day, currency, sum(n)::bigint AS payments_succeeded, sum(gross)::bigint AS gross_minor,
+       sum(refunded)::bigint AS refunded_minor, (sum(gross) - sum(refunded))::bigint AS net_minor
+FROM moves GROUP BY day, currency;
+
+-- Per UTC day of creation: how many payments were created, and how far they got.
+CREATE OR REPLACE VIEW reporting.payment_funnel AS
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day,
+       count(*) AS created,
+       count(*) FILTER (WHERE succeeded_at IS NOT NULL) AS succeeded,
+       count(*) FILTER (WHERE status = 'canceled') AS canceled,
+       count(*) FILTER (WHERE status NOT IN ('succeeded', 'refunded', 'canceled')) AS still_open,
+       round(count(*) FILTER (WHERE succeeded_at IS NOT NULL)::numeric / count(*), 4) AS conversion
+FROM reporting.payments GROUP BY 1;
+
+CREATE OR REPLACE VIEW reporting.transactions AS
+SELECT t.id AS transaction_id, a.external_id AS account_id, t.reference, t.amount::bigint AS amount_minor,
+       tollgate.format_minor(t.amount, t.currency)::numeric AS amount, t.currency, t.status::text AS status,
+       t.payment_intent_id AS payment_id, tollgate.under_review(t.id) AS held_for_review,
+       t.created_at, t.updated_at
+FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id;
+
+CREATE OR REPLACE VIEW reporting.ledger_balances AS
+SELECT a.external_id AS account_id, la.name AS ledger_account, la.currency, la.balance AS balance_minor,
+       tollgate.format_minor(la.balance, la.currency)::numeric AS balance, la.version AS entries,
+       la.allow_negative,
+       (SELECT max(e.created_at) FROM tollgate.ledger_entries e WHERE e.ledger_account_id = la.id) AS last_entry_at
+FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id;
+
+-- Credits: an account's main balance, what holds keep for authorized work, what is left.
+CREATE OR REPLACE VIEW reporting.credit_balances AS
+SELECT a.external_id AS account_id, la.currency, la.balance AS balance_minor,
+       coalesce(h.held, 0)::bigint AS held_minor, (la.balance - coalesce(h.held, 0))::bigint AS available_minor,
+       la.allow_negative, la.low_balance AS low_balance_minor
+FROM tollgate.ledger_accounts la
+JOIN tollgate.accounts a ON a.id = la.account_id
+LEFT JOIN LATERAL (SELECT sum(x.amount) AS held FROM tollgate.holds x
+                   WHERE x.ledger_account_id = la.id AND x.status = 'active' AND x.expires_at > now()) h ON true
+WHERE la.name = 'main' AND la.account_id <> '00000000-0000-0000-0000-000000000000';
+
+CREATE OR REPLACE VIEW reporting.reconciliation_mismatches AS
+WITH coverage AS (
+    SELECT b.source, min(l.happened_on) AS first_day, max(l.happened_on) AS last_day
+    FROM tollgate.reconciliation_lines l JOIN tollgate.reconciliation_batches b ON b.id = l.batch_id
+    GROUP BY b.source
+)
+SELECT b.source, l.batch_id, l.line_no, l.reference, a.external_id AS account_id, l.amount AS amount_minor,
+       l.currency, l.happened_on AS day, l.status::text AS status, l.note
+FROM tollgate.reconciliation_lines l
+JOIN tollgate.reconciliation_batches b ON b.id = l.batch_id
+LEFT JOIN tollgate.accounts a ON a.id = l.account_id
+WHERE l.status <> 'matched'
+UNION ALL
+SELECT c.source, NULL, NULL, t.reference, a.external_id, t.amount::bigint, t.currency,
+       (p.created_at AT TIME ZONE 'UTC')::date, 'missing_theirs', 'settled here, on no line of ' || c.source
+FROM tollgate.transactions t
+JOIN tollgate.accounts a ON a.id = t.account_id
+JOIN tollgate.ledger_postings p ON p.id = t.settlement_posting_id
+JOIN coverage c ON (p.created_at AT TIME ZONE 'UTC')::date BETWEEN c.first_day AND c.last_day
+WHERE t.status = 'settled'
+  AND NOT EXISTS (SELECT FROM tollgate.reconciliation_lines l2
+                  JOIN tollgate.reconciliation_batches b2 ON b2.id = l2.batch_id
+                  WHERE l2.transaction_id = t.id AND l2.status = 'matched' AND b2.source = c.source);
+
+CREATE OR REPLACE VIEW reporting.open_reviews AS
+SELECT v.id AS review_id, v.account_id, v.subject, v.subject_ref, v.rules, v.detail, v.created_at,
+       now() - v.created_at AS waiting
+FROM tollgate.review_v1 v WHERE v.status = 'open';
+
+CREATE OR REPLACE VIEW reporting.audit_trail AS
+SELECT l.id AS audit_id, a.external_id AS account_id, l.seq, l.entity, l.entity_id, l.action,
+       l.old_value, l.new_value, l.actor, l.db_role, l.at, l.note
+FROM tollgate.audit_log l JOIN tollgate.accounts a ON a.id = l.account_id;
+
+CREATE OR REPLACE VIEW reporting.audit_chain_problems AS
+SELECT a.external_id AS account_id, v.problem, v.seq, v.audit_id
+FROM tollgate.verify_audit_chain() v LEFT JOIN tollgate.accounts a ON a.id = v.account_id;
+
+-- The analyst role reads the reporting views, and nothing else.
+REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM PUBLIC;
+GRANT USAGE ON SCHEMA reporting TO tollgate_analyst;
+GRANT SELECT ON ALL TABLES IN SCHEMA reporting TO tollgate_analyst;
