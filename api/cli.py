@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from contextlib import ExitStack
@@ -214,14 +215,98 @@ def _cmd_outbox_unregister(args: argparse.Namespace) -> int:
 
 
 def _cmd_outbox_prune(args: argparse.Namespace) -> int:
-    import datetime as dt
-
     from api.devstack import database_url
     from db import listener
 
     with ExitStack() as stack:
         n = listener.prune(database_url(stack, args.data_dir), dt.timedelta(days=args.days))
     print(f"{n} delivered deliveries forgotten")
+    return 0
+
+
+def _cmd_reconcile_import(args: argparse.Namespace) -> int:
+    from api import reconcile
+    from db import queries
+    from db.errors import DomainError
+
+    try:
+        lines = reconcile.read_csv(args.file)
+    except reconcile.FileError as exc:
+        print(f"tollgate reconcile import: {exc}", file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        conn = _connect(stack, args.data_dir)
+        try:
+            rows = queries.operator_import_reconciliation(
+                conn,
+                source=args.source,
+                references=lines.references,
+                amounts=lines.amounts,
+                currencies=lines.currencies,
+                dates=lines.dates,
+                accounts=lines.accounts,
+            )
+        except DomainError as exc:
+            print(f"tollgate reconcile import: {exc.message}", file=sys.stderr)
+            return 2
+    for r in rows:
+        if r.status != "matched":
+            print(f"line {r.line_no}  {r.reference}  {r.status}  {r.note or ''}".rstrip())
+    matched = sum(r.status == "matched" for r in rows)
+    print(
+        f"batch {rows[0].batch_id}: {matched} matched, {len(rows) - matched} mismatched; "
+        "see reporting.reconciliation_mismatches",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_reconcile_stripe(args: argparse.Namespace) -> int:
+    import time
+
+    import stripe
+
+    from api import reconcile, stripe_gateway
+    from db.errors import DomainError
+
+    api_key = os.environ.get("STRIPE_API_KEY")
+    if not api_key:
+        print("tollgate reconcile stripe: set STRIPE_API_KEY", file=sys.stderr)
+        return 2
+    since = int(dt.datetime.combine(args.since, dt.time(), dt.UTC).timestamp())
+    observed = int(time.time())
+    objects = stripe_gateway.objects_created_since(
+        api_key, api_base=os.environ.get("STRIPE_API_BASE") or None, since=since
+    )
+    with ExitStack() as stack:
+        conn = _connect(stack, args.data_dir)
+        try:
+            counts = reconcile.repair_from_stripe(
+                conn,
+                objects,
+                observed=observed,
+                progress=lambda line: print(line, file=sys.stderr),
+            )
+        except stripe.StripeError as exc:
+            print(f"tollgate reconcile stripe: Stripe answered: {exc}", file=sys.stderr)
+            return 1
+        except DomainError as exc:
+            print(f"tollgate reconcile stripe: {exc.message}", file=sys.stderr)
+            return 1
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to repair")
+    return 0
+
+
+def _cmd_analyst_url(args: argparse.Namespace) -> int:
+    from db import analyst
+
+    with ExitStack() as stack:
+        print(analyst.issue_login(_connect(stack, args.data_dir), role=args.role))
+    print(
+        "a new password: the previous URL for this role no longer works (read-only, "
+        "reporting views only; see docs/ANALYSTS.md)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -330,7 +415,39 @@ def parser() -> argparse.ArgumentParser:
     prune = outbox.add_parser("prune", help="forget deliveries done more than DAYS ago")
     prune.add_argument("--days", type=float, default=30.0)
     prune.set_defaults(func=_cmd_outbox_prune)
+
+    rec = sub.add_parser("reconcile", help="match settlements; repair from Stripe").add_subparsers(
+        dest="reconcile", required=True
+    )
+    imp = rec.add_parser(
+        "import", help="match a settlement CSV (reference,amount,currency,date[,account_id])"
+    )
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--source", default="bank", help="where the lines come from (default bank)")
+    imp.set_defaults(func=_cmd_reconcile_import)
+    fix = rec.add_parser(
+        "stripe",
+        help="apply Stripe's current state of payments created since DATE (missed webhooks)",
+    )
+    fix.add_argument(
+        "--since", type=_date, required=True, help="YYYY-MM-DD (UTC), the oldest creation day"
+    )
+    fix.set_defaults(func=_cmd_reconcile_stripe)
+
+    analysts = sub.add_parser("analyst", help="read-only SQL access").add_subparsers(
+        dest="analyst", required=True
+    )
+    url = analysts.add_parser("url", help="issue a read-only login and print its database URL")
+    url.add_argument("--role", default="tollgate_analyst_login", help=argparse.SUPPRESS)
+    url.set_defaults(func=_cmd_analyst_url)
     return p
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-01") from None
 
 
 def main(argv: list[str] | None = None) -> int:

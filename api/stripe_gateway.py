@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import stripe
 
@@ -85,3 +87,32 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance
         raise DomainError(
             "invalid", "invalid_signature", f"the webhook signature does not verify: {exc}"
         ) from exc
+
+
+def objects_created_since(
+    api_key: str, *, api_base: str | None, since: int, timeout: float = 30.0
+) -> Iterator[dict[str, Any]]:
+    """Every PaymentIntent, then every refunded Charge, created at or after ``since`` (Unix
+    seconds), as plain dicts, following Stripe's pagination.
+
+    Stripe filters by ``created[gte]``; an API that does not know the filter (the local
+    emulator) is listed whole and filtered here.
+    """
+    client = stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base} if api_base else None,
+        http_client=stripe.RequestsClient(timeout=timeout),
+        max_network_retries=2,
+    )
+    for service in (client.v1.payment_intents, client.v1.charges):
+        try:
+            page = service.list({"limit": 100, "created": {"gte": since}})
+        except stripe.InvalidRequestError:
+            page = service.list({"limit": 100})
+        for item in page.auto_paging_iter():
+            obj = item.to_dict()
+            if obj.get("created", 0) < since:
+                continue
+            if obj.get("object") == "charge" and not obj.get("refunded"):
+                continue
+            yield obj

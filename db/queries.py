@@ -252,6 +252,19 @@ async def ingest_stripe_event(conn: AsyncConnection[Any], *, event: str) -> Even
     return await _one(conn, EventOutcome, "ingest_stripe_event", {"event": event})
 
 
+def ingest_stripe_event_sync(conn: Connection[Any], *, event: str) -> EventOutcome:
+    """As ingest_stripe_event, for the CLI."""
+    (outcome,) = _all_sync(conn, EventOutcome, "ingest_stripe_event", {"event": event})
+    return outcome
+
+
+def operator_known_payments(conn: Connection[Any], stripe_ids: list[str]) -> set[str]:
+    """Which of these PaymentIntent ids Tollgate created."""
+    with _translated():
+        rows = conn.execute(QUERIES["operator_known_payments"], {"stripe_ids": stripe_ids})
+        return {str(r[0]) for r in rows.fetchall()}
+
+
 async def create_transaction(
     conn: AsyncConnection[Any],
     *,

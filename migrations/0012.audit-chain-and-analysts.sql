@@ -17,13 +17,6 @@ BEGIN
 END
 $roles$;
 
--- Nobody gets temporary tables by default: the analyst role writes nothing, not even those.
-DO $temp$
-BEGIN
-    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
-END
-$temp$;
-
 SET LOCAL ROLE tollgate_owner;
 
 ALTER TABLE tollgate.audit_log

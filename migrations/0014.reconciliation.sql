@@ -23,7 +23,7 @@ CREATE TABLE tollgate.reconciliation_lines (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     batch_id        uuid        NOT NULL CONSTRAINT reconciliation_lines_batch_id_fkey REFERENCES tollgate.reconciliation_batches,
     line_no         integer     NOT NULL,
-    -- The account the line was matched to (NULL when it matched nothing).
+    -- The line's account: the matched transaction's, else the one the line named (else NULL).
     account_id      uuid        CONSTRAINT reconciliation_lines_account_id_fkey REFERENCES tollgate.accounts,
     reference       text        NOT NULL CONSTRAINT reconciliation_lines_reference_length CHECK (length(reference) BETWEEN 1 AND 200),
     amount          tollgate.amount_minor NOT NULL,

@@ -108,6 +108,10 @@ def db_dsn(cluster: Cluster, template: Template) -> Iterator[str]:
                 sql.Identifier(name), sql.Identifier(template.name)
             )
         )
+        # A database's ACL is not copied from its template: as db/sql/90-grants.sql does.
+        conn.execute(
+            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+        )
     try:
         yield cluster.dsn(name)
     finally:

@@ -514,12 +514,13 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 2. An unused one-off payment for this action: use it (SKIP LOCKED: concurrent callers
-    --    take different payments, never the same one twice).
+    -- 2. An unused one-off payment for this action, not held by a risk review: use it (SKIP
+    --    LOCKED: concurrent callers take different payments, never the same one twice).
     UPDATE tollgate.payment_entitlements e SET uses_left = e.uses_left - 1, used_at = now()
     WHERE e.payment_intent_id = (
         SELECT x.payment_intent_id FROM tollgate.payment_entitlements x
         WHERE x.account_id = acct.id AND x.action = p_action AND x.uses_left > 0
+          AND NOT tollgate.payment_under_review(x.payment_intent_id)
         ORDER BY x.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING * INTO used;
     IF FOUND THEN

@@ -59,7 +59,7 @@ CREATE OR REPLACE TRIGGER audit_heads_written_by_triggers
 --   unchained    - a row written without a hash
 CREATE OR REPLACE FUNCTION tollgate.verify_audit_chain()
 RETURNS TABLE (account_id uuid, problem text, seq bigint, audit_id bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER  -- reporting.audit_chain_problems calls it for analysts
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH chained AS (

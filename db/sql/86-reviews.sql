@@ -30,7 +30,7 @@ BEGIN
         RETURN flags;
     END IF;
     IF p_amount > rule.max_amount THEN
-        flags := flags || 'amount_above_threshold';
+        flags := array_append(flags, 'amount_above_threshold');
     END IF;
     IF rule.velocity_count IS NOT NULL THEN
         seen := CASE p_kind
@@ -39,14 +39,14 @@ BEGIN
             ELSE (SELECT count(*) FROM tollgate.payment_intents p
                   WHERE p.account_id = p_account_id AND p.created_at > now() - rule.velocity_window) END;
         IF seen > rule.velocity_count THEN
-            flags := flags || 'velocity';
+            flags := array_append(flags, 'velocity');
         END IF;
     END IF;
     seen := CASE p_kind
         WHEN 'transaction' THEN (SELECT count(*) FROM tollgate.transactions t WHERE t.account_id = p_account_id)
         ELSE (SELECT count(*) FROM tollgate.payment_intents p WHERE p.account_id = p_account_id) END;
     IF p_amount > rule.first_amount_max AND seen = 1 THEN
-        flags := flags || 'first_amount_above_threshold';
+        flags := array_append(flags, 'first_amount_above_threshold');
     END IF;
     RETURN flags;
 END
@@ -87,6 +87,34 @@ AS $$
     SELECT EXISTS (SELECT FROM tollgate.reviews r
                    WHERE r.transaction_id = p_transaction_id AND r.status IN ('open', 'rejected'))
 $$;
+
+-- Is the payment held by a review? Its entitlement cannot be used until a reviewer approves.
+CREATE OR REPLACE FUNCTION tollgate.payment_under_review(p_payment_intent_id uuid) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM tollgate.reviews r
+                   WHERE r.payment_intent_id = p_payment_intent_id AND r.status IN ('open', 'rejected'))
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.entitlements_review_gate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- A use stamps used_at; a refund zeroes uses_left without one, and must go through.
+    IF NEW.used_at IS DISTINCT FROM OLD.used_at AND tollgate.payment_under_review(NEW.payment_intent_id) THEN
+        RAISE EXCEPTION 'payment % is held for risk review: a reviewer must approve it first', NEW.payment_intent_id
+            USING ERRCODE = 'TG050', CONSTRAINT = 'payment_review_approved',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER payment_entitlements_25_review_gate
+    BEFORE UPDATE ON tollgate.payment_entitlements
+    FOR EACH ROW EXECUTE FUNCTION tollgate.entitlements_review_gate();
 
 CREATE OR REPLACE FUNCTION tollgate.transactions_review_gate() RETURNS trigger
 LANGUAGE plpgsql

@@ -69,7 +69,9 @@ BEGIN
         END IF;
         INSERT INTO tollgate.reconciliation_lines
             (batch_id, line_no, account_id, reference, amount, currency, happened_on, status, transaction_id, note)
-        VALUES (batch, i, txn.account_id, p_references[i], minor, p_currencies[i], p_dates[i], result, txn.id, why);
+        VALUES (batch, i,
+                coalesce(txn.account_id, (SELECT a.id FROM tollgate.accounts a WHERE a.external_id = p_accounts[i])),
+                p_references[i], minor, p_currencies[i], p_dates[i], result, txn.id, why);
         RETURN QUERY SELECT batch, i, p_references[i], result::text, txn.id, why;
     END LOOP;
 END

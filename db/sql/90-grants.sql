@@ -3,6 +3,17 @@
 -- tollgate_app: USAGE on schema api and EXECUTE on the functions listed here; nothing on the
 -- tables. A new api function is unusable by the service until it is added to this list.
 
+-- Nobody gets temporary tables by default (the analyst writes nothing, not even those). A
+-- database's own ACL is not copied from its template, so this runs on every migrate, as the
+-- migrating role (the database's owner or a superuser): earlier files set the role for the
+-- whole migration transaction.
+RESET ROLE;
+DO $temp$
+BEGIN
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+END
+$temp$;
+
 SET LOCAL ROLE tollgate_owner;
 
 REVOKE ALL ON SCHEMA tollgate, api, reporting FROM PUBLIC;
@@ -64,5 +75,5 @@ REVOKE UPDATE, DELETE, TRUNCATE
 REVOKE DELETE, TRUNCATE
     ON tollgate.outbox, tollgate.payment_events, tollgate.payment_intents, tollgate.transactions,
        tollgate.ledger_accounts, tollgate.ledger_postings, tollgate.holds,
-       tollgate.payment_entitlements, tollgate.subscriptions
+       tollgate.payment_entitlements, tollgate.subscriptions, tollgate.audit_heads
     FROM tollgate_owner;

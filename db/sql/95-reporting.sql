@@ -1,6 +1,8 @@
--- Views for analysts (schema reporting; docs/ANALYSTS.md explains each column). They run with
--- their owner's rights, so tollgate_analyst needs nothing but SELECT on them; they leave out
--- API key hashes and raw Stripe payloads. Amounts come in minor units (*_minor) and as
+-- Views for analysts (schema reporting; docs/ANALYSTS.md explains each column). They read
+-- tables with their owner's rights, so tollgate_analyst needs nothing but SELECT on them; but
+-- a function a view calls is checked against the reader, so the views do their arithmetic
+-- inline and call only verify_audit_chain (granted below). They leave out API key hashes and
+-- raw Stripe payloads. Amounts come in minor units (*_minor) and as
 -- decimals in the currency's units.
 
 SET LOCAL ROLE tollgate_owner;
@@ -17,7 +19,7 @@ SELECT p.id AS payment_id,
        a.external_id AS account_id,
        p.stripe_id,
        p.amount::bigint AS amount_minor,
-       tollgate.format_minor(p.amount, p.currency)::numeric AS amount,
+       round(p.amount / 10::numeric ^ cur.exponent, cur.exponent) AS amount,
        p.currency,
        p.status::text AS status,
        p.purpose,
@@ -29,7 +31,9 @@ SELECT p.id AS payment_id,
         WHERE c.payment_id = p.id AND c.to_status = 'refunded') AS refunded_at,
        (SELECT jsonb_agg(jsonb_build_object('status', c.to_status, 'at', c.at, 'by', c.actor) ORDER BY c.at)
         FROM reporting.payment_status_changes c WHERE c.payment_id = p.id) AS status_history
-FROM tollgate.payment_intents p JOIN tollgate.accounts a ON a.id = p.account_id;
+FROM tollgate.payment_intents p
+JOIN tollgate.accounts a ON a.id = p.account_id
+JOIN tollgate.currencies cur ON cur.code = p.currency;
 
 CREATE OR REPLACE VIEW reporting.refunds AS
 SELECT payment_id, account_id, stripe_id, amount_minor, amount, currency, purpose, refunded_at
@@ -60,17 +64,23 @@ FROM reporting.payments GROUP BY 1;
 
 CREATE OR REPLACE VIEW reporting.transactions AS
 SELECT t.id AS transaction_id, a.external_id AS account_id, t.reference, t.amount::bigint AS amount_minor,
-       tollgate.format_minor(t.amount, t.currency)::numeric AS amount, t.currency, t.status::text AS status,
-       t.payment_intent_id AS payment_id, tollgate.under_review(t.id) AS held_for_review,
+       round(t.amount / 10::numeric ^ cur.exponent, cur.exponent) AS amount, t.currency, t.status::text AS status,
+       t.payment_intent_id AS payment_id,
+       EXISTS (SELECT FROM tollgate.reviews r
+               WHERE r.transaction_id = t.id AND r.status IN ('open', 'rejected')) AS held_for_review,
        t.created_at, t.updated_at
-FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id;
+FROM tollgate.transactions t
+JOIN tollgate.accounts a ON a.id = t.account_id
+JOIN tollgate.currencies cur ON cur.code = t.currency;
 
 CREATE OR REPLACE VIEW reporting.ledger_balances AS
 SELECT a.external_id AS account_id, la.name AS ledger_account, la.currency, la.balance AS balance_minor,
-       tollgate.format_minor(la.balance, la.currency)::numeric AS balance, la.version AS entries,
+       round(la.balance / 10::numeric ^ cur.exponent, cur.exponent) AS balance, la.version AS entries,
        la.allow_negative,
        (SELECT max(e.created_at) FROM tollgate.ledger_entries e WHERE e.ledger_account_id = la.id) AS last_entry_at
-FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id;
+FROM tollgate.ledger_accounts la
+JOIN tollgate.accounts a ON a.id = la.account_id
+JOIN tollgate.currencies cur ON cur.code = la.currency;
 
 -- Credits: an account's main balance, what holds keep for authorized work, what is left.
 CREATE OR REPLACE VIEW reporting.credit_balances AS
@@ -121,7 +131,22 @@ CREATE OR REPLACE VIEW reporting.audit_chain_problems AS
 SELECT a.external_id AS account_id, v.problem, v.seq, v.audit_id
 FROM tollgate.verify_audit_chain() v LEFT JOIN tollgate.accounts a ON a.id = v.account_id;
 
+-- One line each, for \dv+ in psql; docs/ANALYSTS.md has every column.
+COMMENT ON VIEW reporting.payments IS 'One row per payment (a Stripe PaymentIntent), with its status history.';
+COMMENT ON VIEW reporting.payment_status_changes IS 'Every status change of a payment: from, to, who, when.';
+COMMENT ON VIEW reporting.refunds IS 'Payments refunded in full.';
+COMMENT ON VIEW reporting.daily_revenue IS 'Per UTC day and currency: succeeded, refunded and net, in minor units.';
+COMMENT ON VIEW reporting.payment_funnel IS 'Per UTC day of creation: payments created, succeeded, canceled, open; conversion.';
+COMMENT ON VIEW reporting.transactions IS 'The ledger of record: one row per transaction, with its status and review hold.';
+COMMENT ON VIEW reporting.ledger_balances IS 'Every ledger account with its balance, as the sum of its entries.';
+COMMENT ON VIEW reporting.credit_balances IS 'Prepaid credits per account and currency: balance, held, available.';
+COMMENT ON VIEW reporting.reconciliation_mismatches IS 'Imported settlement lines that did not match, and settled transactions no line covers.';
+COMMENT ON VIEW reporting.open_reviews IS 'Risk reviews waiting for a decision.';
+COMMENT ON VIEW reporting.audit_trail IS 'Every audited change, per account in a numbered hash chain.';
+COMMENT ON VIEW reporting.audit_chain_problems IS 'Empty when the audit chain is intact; else each broken, altered or missing entry.';
+
 -- The analyst role reads the reporting views, and nothing else.
 REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM PUBLIC;
 GRANT USAGE ON SCHEMA reporting TO tollgate_analyst;
 GRANT SELECT ON ALL TABLES IN SCHEMA reporting TO tollgate_analyst;
+GRANT EXECUTE ON FUNCTION tollgate.verify_audit_chain() TO tollgate_analyst;

@@ -1,0 +1,131 @@
+"""Operator reconciliation: settlement files in, and Stripe's own view replayed after missed
+webhooks. The matching itself lives in SQL (db/sql/87-reconciliation.sql); the state changes
+go through the same ingest function as webhooks (api.ingest_stripe_event_v1)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from db import queries
+
+REQUIRED_COLUMNS = ("reference", "amount", "currency", "date")
+MAX_LINES = 100_000
+
+
+class FileError(ValueError):
+    """A settlement file Tollgate cannot read; the message names the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    references: list[str]
+    amounts: list[Decimal]
+    currencies: list[str]
+    dates: list[dt.date]
+    accounts: list[str | None]
+
+
+def read_csv(path: Path) -> Lines:
+    """A CSV with a header row: reference, amount (major units, e.g. 12.50), currency, date
+    (YYYY-MM-DD) and optionally account_id. Any other column is ignored."""
+    lines = Lines([], [], [], [], [])
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise FileError(f"{path}: the header lacks {', '.join(missing)}")
+            for row in reader:
+                n = reader.line_num
+                if len(lines.references) == MAX_LINES:
+                    raise FileError(f"{path}: more than {MAX_LINES} lines; split the file")
+                try:
+                    amount = Decimal((row["amount"] or "").strip())
+                except InvalidOperation:
+                    amount = Decimal("NaN")
+                if not amount.is_finite():
+                    raise FileError(f"{path}, line {n}: amount {row['amount']!r} is not a number")
+                try:
+                    day = dt.date.fromisoformat((row["date"] or "").strip())
+                except ValueError:
+                    raise FileError(
+                        f"{path}, line {n}: date {row['date']!r} is not like 2026-11-01"
+                    ) from None
+                lines.references.append((row["reference"] or "").strip())
+                lines.amounts.append(amount)
+                lines.currencies.append((row["currency"] or "").strip().upper())
+                lines.dates.append(day)
+                lines.accounts.append((row.get("account_id") or "").strip() or None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FileError(f"{path}: {exc}") from exc
+    if not lines.references:
+        raise FileError(f"{path}: no lines after the header")
+    return lines
+
+
+def _synthetic_event(obj: dict[str, Any], observed: int) -> dict[str, Any]:
+    """The event Stripe would have sent for this object's current state, stamped with the time
+    it was observed (so any webhook from before the listing counts as older)."""
+    if obj["object"] == "charge":
+        event_id, event_type = f"evt_reconcile_{obj['id']}_refunded", "charge.refunded"
+    else:
+        event_id = f"evt_reconcile_{obj['id']}_{obj.get('status')}"
+        event_type = "payment_intent.reconciled"
+    return {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "created": observed,
+        "livemode": bool(obj.get("livemode")),
+        "data": {"object": obj},
+        "tollgate_reconciled": True,
+    }
+
+
+def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def repair_from_stripe(
+    conn: psycopg.Connection[Any],
+    objects: Iterable[dict[str, Any]],
+    *,
+    observed: int,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Counter[str]:
+    """Apply Stripe's current state of every PaymentIntent Tollgate created (and every refunded
+    charge of one) through the webhook path. Idempotent: the synthetic event id names the
+    object and its state, so a second run finds duplicates. Returns a count per outcome
+    (applied, duplicate, stale, ..., and ``unknown`` for objects Tollgate did not create)."""
+    counts: Counter[str] = Counter()
+    for chunk in _chunks(objects, 100):
+        ids = [o["id"] if o["object"] == "payment_intent" else o["payment_intent"] for o in chunk]
+        known = queries.operator_known_payments(conn, [i for i in ids if isinstance(i, str)])
+        for obj, pi in zip(chunk, ids, strict=True):
+            if pi not in known:
+                counts["unknown"] += 1
+                continue
+            event = json.dumps(_synthetic_event(obj, observed))
+            outcome = queries.ingest_stripe_event_sync(conn, event=event)
+            counts[outcome.outcome] += 1
+            if outcome.outcome not in ("duplicate", "stale", "ignored"):
+                progress(f"{pi}: {outcome.outcome} -> {outcome.payment_status}")
+        progress(f"{sum(counts.values())} objects read: " + _summary(counts))
+    return counts
+
+
+def _summary(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
