@@ -247,11 +247,15 @@ def _cmd_reconcile_import(args: argparse.Namespace) -> int:
                 accounts=lines.accounts,
             )
         except DomainError as exc:
-            print(f"tollgate reconcile import: {exc.message}", file=sys.stderr)
+            print(
+                f"tollgate reconcile import: {args.file}, {lines.in_file(exc.message)}",
+                file=sys.stderr,
+            )
             return 2
     for r in rows:
         if r.status != "matched":
-            print(f"line {r.line_no}  {r.reference}  {r.status}  {r.note or ''}".rstrip())
+            where = lines.file_lines[r.line_no - 1]
+            print(f"line {where}  {r.reference}  {r.status}  {r.note or ''}".rstrip())
     matched = sum(r.status == "matched" for r in rows)
     print(
         f"batch {rows[0].batch_id}: {matched} matched, {len(rows) - matched} mismatched; "
@@ -280,12 +284,10 @@ def _cmd_reconcile_stripe(args: argparse.Namespace) -> int:
     )
     with ExitStack() as stack:
         conn = _connect(stack, args.data_dir)
+        progress = reconcile.Progress(sys.stderr)
         try:
             counts = reconcile.repair_from_stripe(
-                conn,
-                objects,
-                observed=observed,
-                progress=lambda line: print(line, file=sys.stderr),
+                conn, objects, observed=observed, changed=progress.changed, read=progress.read
             )
         except stripe.StripeError as exc:
             print(f"tollgate reconcile stripe: Stripe answered: {exc}", file=sys.stderr)
@@ -293,6 +295,8 @@ def _cmd_reconcile_stripe(args: argparse.Namespace) -> int:
         except DomainError as exc:
             print(f"tollgate reconcile stripe: {exc.message}", file=sys.stderr)
             return 1
+        finally:
+            progress.done()
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to repair")
     return 0
 

@@ -7,19 +7,21 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 
 from db import queries
 
 REQUIRED_COLUMNS = ("reference", "amount", "currency", "date")
+_LINE = re.compile(r"^line (\d+)")
 MAX_LINES = 100_000
 
 
@@ -34,12 +36,20 @@ class Lines:
     currencies: list[str]
     dates: list[dt.date]
     accounts: list[str | None]
+    file_lines: list[int]  # where each line is in the file (the database numbers them 1, 2, ...)
+
+    def in_file(self, message: str) -> str:
+        """A database message about "line N" (Nth data line), with N as the file's line."""
+        found = _LINE.match(message)
+        if not found or not 0 < int(found[1]) <= len(self.file_lines):
+            return message
+        return f"line {self.file_lines[int(found[1]) - 1]}" + message[found.end() :]
 
 
 def read_csv(path: Path) -> Lines:
     """A CSV with a header row: reference, amount (major units, e.g. 12.50), currency, date
     (YYYY-MM-DD) and optionally account_id. Any other column is ignored."""
-    lines = Lines([], [], [], [], [])
+    lines = Lines([], [], [], [], [], [])
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -67,6 +77,7 @@ def read_csv(path: Path) -> Lines:
                 lines.currencies.append((row["currency"] or "").strip().upper())
                 lines.dates.append(day)
                 lines.accounts.append((row.get("account_id") or "").strip() or None)
+                lines.file_lines.append(n)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FileError(f"{path}: {exc}") from exc
     if not lines.references:
@@ -104,12 +115,15 @@ def repair_from_stripe(
     objects: Iterable[dict[str, Any]],
     *,
     observed: int,
-    progress: Callable[[str], None] = lambda _: None,
+    changed: Callable[[str], None] = lambda _: None,
+    read: Callable[[Counter[str]], None] = lambda _: None,
 ) -> Counter[str]:
     """Apply Stripe's current state of every PaymentIntent Tollgate created (and every refunded
     charge of one) through the webhook path. Idempotent: the synthetic event id names the
     object and its state, so a second run finds duplicates. Returns a count per outcome
-    (applied, duplicate, stale, ..., and ``unknown`` for objects Tollgate did not create)."""
+    (applied, duplicate, stale, ..., and ``unknown`` for objects Tollgate did not create).
+    ``changed`` hears of each payment the run applied or could not apply; ``read`` gets the
+    counts after every page of objects."""
     counts: Counter[str] = Counter()
     for chunk in _chunks(objects, 100):
         ids = [o["id"] if o["object"] == "payment_intent" else o["payment_intent"] for o in chunk]
@@ -122,10 +136,34 @@ def repair_from_stripe(
             outcome = queries.ingest_stripe_event_sync(conn, event=event)
             counts[outcome.outcome] += 1
             if outcome.outcome not in ("duplicate", "stale", "ignored"):
-                progress(f"{pi}: {outcome.outcome} -> {outcome.payment_status}")
-        progress(f"{sum(counts.values())} objects read: " + _summary(counts))
+                changed(f"{pi}: {outcome.outcome} -> {outcome.payment_status}")
+        read(counts)
     return counts
 
 
-def _summary(counts: Counter[str]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+class Progress:
+    """Progress of a long run on a terminal: one line, rewritten in place as pages are read
+    (Stripe does not say how many objects there are, so it counts rather than fills a bar).
+    Elsewhere (a log, a pipe) it writes a line per thousand objects."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._last = 0
+
+    def changed(self, line: str) -> None:
+        self._out.write(("\r\033[K" if self._tty else "") + line + "\n")
+
+    def read(self, counts: Counter[str]) -> None:
+        total = sum(counts.values())
+        text = f"{total} objects read: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        if self._tty:
+            self._out.write("\r\033[K" + text)
+        elif total // 1000 > self._last // 1000:
+            self._out.write(text + "\n")
+        self._last = total
+        self._out.flush()
+
+    def done(self) -> None:
+        if self._tty and self._last:
+            self._out.write("\n")

@@ -95,8 +95,8 @@ def objects_created_since(
     """Every PaymentIntent, then every refunded Charge, created at or after ``since`` (Unix
     seconds), as plain dicts, following Stripe's pagination.
 
-    Stripe filters by ``created[gte]``; an API that does not know the filter (the local
-    emulator) is listed whole and filtered here.
+    Stripe filters by ``created[gt]``; an API that refuses the filter (the local emulator, for
+    PaymentIntents) is listed whole and filtered here.
     """
     client = stripe.StripeClient(
         api_key,
@@ -106,7 +106,7 @@ def objects_created_since(
     )
     for service in (client.v1.payment_intents, client.v1.charges):
         try:
-            page = service.list({"limit": 100, "created": {"gte": since}})
+            page = service.list({"limit": 100, "created": {"gt": since - 1}})
         except stripe.InvalidRequestError:
             page = service.list({"limit": 100})
         for item in page.auto_paging_iter():

@@ -36,6 +36,11 @@ TABLES = (
     "spend_notices",
     "usage_events",
     "usage_carry",
+    "audit_heads",
+    "risk_rules",
+    "reviews",
+    "reconciliation_batches",
+    "reconciliation_lines",
 )
 
 
