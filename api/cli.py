@@ -257,9 +257,10 @@ def _cmd_reconcile_import(args: argparse.Namespace) -> int:
             where = lines.file_lines[r.line_no - 1]
             print(f"line {where}  {r.reference}  {r.status}  {r.note or ''}".rstrip())
     matched = sum(r.status == "matched" for r in rows)
+    duplicates = sum(r.status == "duplicate" for r in rows)
     print(
-        f"batch {rows[0].batch_id}: {matched} matched, {len(rows) - matched} mismatched; "
-        "see reporting.reconciliation_mismatches",
+        f"batch {rows[0].batch_id}: {matched} matched, {len(rows) - matched - duplicates} "
+        f"mismatched, {duplicates} imported before; see reporting.reconciliation_mismatches",
         file=sys.stderr,
     )
     return 0
@@ -305,9 +306,13 @@ def _cmd_analyst_url(args: argparse.Namespace) -> int:
     from db import analyst
 
     with ExitStack() as stack:
-        print(analyst.issue_login(_connect(stack, args.data_dir), role=args.role))
+        try:
+            print(analyst.issue_login(_connect(stack, args.data_dir), role=args.role))
+        except (analyst.RoleRefused, psycopg.Error) as exc:
+            print(f"tollgate analyst url: {exc}".rstrip(), file=sys.stderr)
+            return 2
     print(
-        "a new password: the previous URL for this role no longer works (read-only, "
+        "a new password: new connections with the previous URL fail (read-only, "
         "reporting views only; see docs/ANALYSTS.md)",
         file=sys.stderr,
     )
@@ -442,7 +447,9 @@ def parser() -> argparse.ArgumentParser:
         dest="analyst", required=True
     )
     url = analysts.add_parser("url", help="issue a read-only login and print its database URL")
-    url.add_argument("--role", default="tollgate_analyst_login", help=argparse.SUPPRESS)
+    url.add_argument(
+        "--role", help="the login's name (default tollgate_analyst_<database>)", default=None
+    )
     url.set_defaults(func=_cmd_analyst_url)
     return p
 

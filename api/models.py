@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    model_validator,
 )
 
 
@@ -429,9 +430,24 @@ class RiskRuleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_amount: DecimalAmount | None = None
-    velocity_count: StrictInt | None = Field(default=None, ge=1)
+    velocity_count: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     velocity_seconds: StrictInt | None = Field(default=None, ge=1, le=31 * 86400)
     first_amount_max: DecimalAmount | None = None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> RiskRuleIn:
+        if (self.velocity_count is None) != (self.velocity_seconds is None):
+            raise ValueError("velocity_count and velocity_seconds go together")
+        if (
+            self.max_amount is None
+            and self.velocity_count is None
+            and self.first_amount_max is None
+        ):
+            raise ValueError(
+                "name at least one threshold: max_amount, velocity_count with velocity_seconds, "
+                "or first_amount_max (a PUT replaces the whole rule)"
+            )
+        return self
 
 
 class RiskRuleOut(BaseModel):
@@ -463,7 +479,10 @@ class ReconciliationIn(BaseModel):
 class ReconciliationLineOut(BaseModel):
     line_no: int
     reference: str
-    status: str = Field(description="matched, missing_ours, amount_mismatch or status_mismatch")
+    status: str = Field(
+        description="matched, missing_ours, amount_mismatch, status_mismatch, or duplicate "
+        "(the source sent this line before: not stored again)"
+    )
     transaction_id: UUID | None
     note: str | None
 
@@ -472,4 +491,5 @@ class ReconciliationOut(BaseModel):
     batch_id: UUID
     matched: int
     mismatched: int
+    duplicates: int
     lines: list[ReconciliationLineOut]

@@ -22,6 +22,7 @@ from db import queries
 
 REQUIRED_COLUMNS = ("reference", "amount", "currency", "date")
 _LINE = re.compile(r"^line (\d+)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 MAX_LINES = 100_000
 
 
@@ -58,10 +59,13 @@ def read_csv(path: Path) -> Lines:
                 raise FileError(f"{path}: the header lacks {', '.join(missing)}")
             for row in reader:
                 n = reader.line_num
+                if any(_CONTROL.search(v) for v in row.values() if isinstance(v, str)):
+                    raise FileError(f"{path}, line {n}: control characters (such as NUL)")
                 if len(lines.references) == MAX_LINES:
                     raise FileError(f"{path}: more than {MAX_LINES} lines; split the file")
-                try:
-                    amount = Decimal((row["amount"] or "").strip())
+                text = (row["amount"] or "").strip()
+                try:  # ASCII only: Decimal() would read other scripts' digits too
+                    amount = Decimal(text) if text.isascii() else Decimal("NaN")
                 except InvalidOperation:
                     amount = Decimal("NaN")
                 if not amount.is_finite():

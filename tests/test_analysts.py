@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from db.analyst import login_role
 from tests.conftest import Cluster, Template
 from tests.test_cli import tollgate
 
@@ -102,10 +102,10 @@ def test_example_queries_run_as_the_analyst(db: psycopg.Connection[Any]) -> None
 
 
 def test_analyst_url_is_read_only(db_dsn: str, cluster: Cluster) -> None:
-    role = f"tollgate_analyst_test_{secrets.token_hex(4)}"
+    role = login_role(psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"])  # one per database
     env = os.environ | {"DATABASE_URL": db_dsn}
     try:
-        issued = tollgate("analyst", "url", "--role", role, env=env)
+        issued = tollgate("analyst", "url", env=env)
         assert issued.returncode == 0, issued.stderr
         url = issued.stdout.strip()
         assert url.startswith("postgresql://" + role + ":")
@@ -133,7 +133,7 @@ def test_analyst_url_is_read_only(db_dsn: str, cluster: Cluster) -> None:
             first = admin.execute(
                 "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
             ).fetchone()
-        again = tollgate("analyst", "url", "--role", role, env=env)
+        again = tollgate("analyst", "url", env=env)
         assert again.returncode == 0 and again.stdout.strip() != url
         with cluster.admin() as admin:
             second = admin.execute(
@@ -143,6 +143,17 @@ def test_analyst_url_is_read_only(db_dsn: str, cluster: Cluster) -> None:
     finally:
         with cluster.admin() as admin:
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_analyst_url_leaves_other_roles_alone(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    env = os.environ | {"DATABASE_URL": db_dsn}
+    for role in ("tollgate_app", "tollgate_analyst", "postgres"):
+        refused = tollgate("analyst", "url", "--role", role, env=env)
+        assert refused.returncode == 2 and "not an analyst login" in refused.stderr, role
+    app = db.execute(
+        "SELECT rolcanlogin, rolconfig FROM pg_roles WHERE rolname = 'tollgate_app'"
+    ).fetchone()
+    assert app == (False, None)
 
 
 def test_migrating_takes_temporary_tables_from_public(cluster: Cluster, template: Template) -> None:

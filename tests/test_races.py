@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import ledger_problems
+from tests.helpers import in_parallel, ledger_problems
 
 KEY = "tg_race_key_for_tests_0123456789"
 
@@ -166,3 +166,79 @@ def test_the_payment_succeeding_while_a_transaction_is_linked(
     assert done and done[0][0] == "applied"
     assert transaction_status(db, "pi_link_two") == ("settled",), "the webhook settled the new link"
     assert ledger_problems(db) == []
+
+
+def test_audit_chain_under_writers_of_one_account(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    """Settlements (a posting's audit row, then its wallets) racing authorize and capture (the
+    wallet, then the hold's audit row) on one account: with the chain's head locked at each
+    audit insert these deadlocked; sealed at COMMIT in account order, none may."""
+    db.autocommit = True
+    db.execute("SELECT api.create_api_key_v1('ops', 'ops-race-key', true, NULL)")
+    db.execute("SELECT api.create_api_key_v1('busy', 'busy-race-key', false, NULL)")
+    db.execute("SELECT api.set_action_price_v1('ops-race-key', 'act', 0.01, 'USD', NULL)")
+    db.execute("SELECT api.create_transaction_v1('busy-race-key', NULL, 'seed', 100, 'USD', NULL)")
+    db.execute("SELECT api.move_transaction_v1('ops-race-key', 'busy', 'seed', 'settled')")
+    rounds = 40
+
+    def settle(conn: psycopg.Connection[Any], i: int) -> None:
+        conn.execute(
+            "SELECT api.create_transaction_v1('busy-race-key', NULL, %s, 1, 'USD', NULL)",
+            (f"s{i}",),
+        )
+        conn.execute(
+            "SELECT api.move_transaction_v1('ops-race-key', 'busy', %s, 'settled')", (f"s{i}",)
+        )
+
+    def spend(conn: psycopg.Connection[Any], i: int) -> None:
+        hold = conn.execute(
+            "SELECT hold_id FROM api.authorize_v1('busy-race-key', NULL, 'act', NULL, NULL, NULL,"
+            " NULL)"
+        ).fetchone()
+        assert hold is not None and hold[0] is not None
+        conn.execute("SELECT api.capture_hold_v1('busy-race-key', %s, NULL)", (hold[0],))
+
+    def worker(n: int) -> list[str]:
+        failures = []
+        with app_conn(db_dsn) as conn:
+            conn.commit()
+            for i in range(rounds):
+                try:
+                    (settle if n == 0 else spend)(conn, i)
+                    conn.commit()  # each call its own transaction, as over HTTP
+                except psycopg.Error as exc:
+                    conn.rollback()
+                    failures.append(f"{type(exc).__name__}: {exc}")
+        return failures
+
+    results = in_parallel(3, worker)
+    assert results == [[], [], []]
+    assert db.execute("SELECT * FROM tollgate.verify_audit_chain()").fetchall() == []
+    sealed = db.execute(
+        "SELECT count(*), max(s.seq) FROM tollgate.audit_seals s"
+        " JOIN tollgate.accounts a ON a.id = s.account_id WHERE a.external_id = 'busy'"
+    ).fetchone()
+    assert sealed is not None and sealed[0] == sealed[1] > 3 * rounds, "one unbroken sequence"
+    assert ledger_problems(db) == []
+
+
+def test_velocity_counts_concurrent_inserts(db_dsn: str, db: psycopg.Connection[Any]) -> None:
+    """Ten transactions at once against "more than 3 an hour": each counts the others."""
+    db.autocommit = True
+    db.execute("SELECT api.create_api_key_v1('ops', 'ops-race-key', true, NULL)")
+    db.execute("SELECT api.create_api_key_v1('fast', 'fast-race-key', false, NULL)")
+    db.execute("SELECT api.set_risk_rule_v1('ops-race-key', 'fast', 'EUR', NULL, 3, 3600, NULL)")
+
+    def record(i: int) -> None:
+        with app_conn(db_dsn) as conn:
+            conn.execute(
+                "SELECT api.create_transaction_v1('fast-race-key', NULL, %s, 1, 'EUR', NULL)",
+                (f"v{i}",),
+            )
+            conn.commit()
+
+    in_parallel(10, record)
+    flagged = db.execute(
+        "SELECT count(*) FROM tollgate.review_v1"
+        " WHERE account_id = 'fast' AND 'velocity' = ANY (rules)"
+    ).fetchone()
+    assert flagged == (7,), "all but the first three"

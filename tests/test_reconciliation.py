@@ -75,6 +75,12 @@ def test_csv_with_each_mismatch_kind(
         ("missing_theirs", "inv-4", "shop", 700, "settled here, on no line of bank"),
         ("status_mismatch", "inv-3", "shop", 500, "ours is pending"),
     ]
+    again = tollgate("reconcile", "import", str(statement), "--source", "bank", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 matched, 0 mismatched, 4 imported before" in again.stderr
+    assert all(" duplicate " in line for line in again.stdout.splitlines()), again.stdout
+    assert len(mismatches(db)) == 4, "an overlapping statement adds nothing"
+
     matched = db.execute(
         "SELECT l.status::text, t.reference FROM tollgate.reconciliation_lines l"
         " JOIN tollgate.transactions t ON t.id = l.transaction_id WHERE l.status = 'matched'"
@@ -95,6 +101,12 @@ def test_unreadable_files_write_nothing(
         f"reference,amount,currency,date\n\ninv-1,10.00,XYZ,{TODAY}\n": "line 3: unknown currency",
         "reference,amount,currency,date\ninv-1,10.00,USD,21/11/2026\n": "line 2",
         "reference,amount,currency,date\n": "no lines",
+        f"reference,amount,currency,date\n ,1.00,USD,{TODAY}\n": "line 2: a reference",
+        "reference,amount,currency,date\ninv-1,1.00,USD,1999-12-31\n": "line 2: the date",
+        "reference,amount,currency,date\ninv-1,1.00,USD,2999-01-01\n": "line 2: the date",
+        f"reference,amount,currency,date,account_id\ninv-1,1.00,USD,{TODAY},nobody\n": "no account",
+        f"reference,amount,currency,date\ninv-1,\u0661\u0662,USD,{TODAY}\n": "is not a number",
+        f"reference,amount,currency,date\ninv\x00-1,1.00,USD,{TODAY}\n": "control characters",
     }
     for n, (text, named) in enumerate(cases.items()):
         path = tmp_path / f"bad-{n}.csv"
@@ -140,9 +152,13 @@ def test_lines_over_http(api: Api, new_key: Any, db: psycopg.Connection[Any]) ->
         body = done.json()
         assert (body["matched"], body["mismatched"]) == (2, 0)
         assert [line["status"] for line in body["lines"]] == ["matched", "matched"]
+        old = {"reference": "old-1", "amount": "1.00", "currency": "USD", "date": "2020-01-02"}
+        other = ops.post("/v1/reconciliation/lines", json={"source": "archive", "lines": [old]})
+        assert other.status_code == 201 and other.json()["mismatched"] == 1
     assert mismatches(db) == [
-        ("missing_theirs", "inv-4", "shop", 700, "settled here, on no line of payouts")
-    ]
+        ("missing_ours", "old-1", None, 100, None),
+        ("missing_theirs", "inv-4", "shop", 700, "settled here, on no line of payouts"),
+    ], "a source covers the days its lines are on, not the days between"
 
 
 def test_stripe_repair_after_missed_webhooks(
@@ -196,7 +212,7 @@ def test_stripe_repair_after_missed_webhooks(
     assert paid["stripe_id"] in first.stderr, "progress names what changed"
     actors = db.execute(
         "SELECT new_value, actor FROM tollgate.audit_log WHERE entity = 'payment_intent'"
-        " AND action = 'status_changed' ORDER BY seq"
+        " AND action = 'status_changed' ORDER BY id"
     ).fetchall()
     assert actors == [
         ("succeeded", f"stripe:evt_reconcile_{paid['stripe_id']}_succeeded"),

@@ -69,7 +69,7 @@ def test_flag_hold_approve_reject(api: Api, new_key: Any, db: psycopg.Connection
 
     trail = db.execute(
         "SELECT new_value, note, actor LIKE 'key:%%' FROM tollgate.audit_log"
-        " WHERE entity = 'review' AND action = 'decided' ORDER BY seq"
+        " WHERE entity = 'review' AND action = 'decided' ORDER BY id"
     ).fetchall()
     assert trail == [("approved", "invoice checked", True), ("rejected", None, True)]
 
@@ -89,6 +89,8 @@ def test_bad_review_requests_write_nothing(
             ops.get("/v1/reviews", params={"status": "maybe"}),
             ops.put("/v1/risk-rules/USD", json={"max_amount": "1.001"}),
             ops.put("/v1/risk-rules/USD", json={"velocity_count": 3}),
+            ops.put("/v1/risk-rules/USD", json={}),
+            ops.put("/v1/risk-rules/USD", json={"max_amount": None}),
             ops.put("/v1/risk-rules/XYZ", json={"max_amount": "1"}),
             ops.put(
                 "/v1/risk-rules/USD", params={"account_id": "nobody"}, json={"max_amount": "1"}

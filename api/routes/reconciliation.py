@@ -38,6 +38,7 @@ async def import_lines(request: Request, api_key: ApiKey, pool: Pool) -> Reconci
     return ReconciliationOut(
         batch_id=rows[0].batch_id,
         matched=sum(r.status == "matched" for r in rows),
-        mismatched=sum(r.status != "matched" for r in rows),
+        mismatched=sum(r.status not in ("matched", "duplicate") for r in rows),
+        duplicates=sum(r.status == "duplicate" for r in rows),
         lines=[ReconciliationLineOut.model_validate(r, from_attributes=True) for r in rows],
     )

@@ -214,7 +214,9 @@ BEGIN
     INSERT INTO tollgate.transactions (account_id, reference, amount, currency, payment_intent_id)
     VALUES (p_account_id, p_reference, p_amount, p_currency, pay.id)
     RETURNING id INTO txn;
-    IF pay.status IN ('succeeded', 'canceled') THEN
+    -- Linked to a payment that already finished: follow it now, unless a risk review holds the
+    -- transaction (approving it settles it then).
+    IF pay.status = 'canceled' OR (pay.status = 'succeeded' AND NOT tollgate.under_review(txn)) THEN
         UPDATE tollgate.transactions
         SET status = CASE pay.status WHEN 'succeeded' THEN 'settled' ELSE 'failed' END::tollgate.transaction_status
         WHERE id = txn;

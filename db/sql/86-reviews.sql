@@ -1,7 +1,8 @@
 -- Risk reviews. Rules (tollgate.risk_rules) flag a transaction or payment when it is
 -- recorded; the review they open must be approved before a flagged transaction settles
--- (trigger transactions_25_review_gate, SQLSTATE TG050). A rejected review fails it.
--- Reviews of payments are for the record: Stripe has the money either way.
+-- (trigger transactions_25_review_gate, SQLSTATE TG050), and before a flagged payment's paid
+-- run can be used (payment_entitlements_25_review_gate). A rejected review fails the
+-- transaction; a rejected payment's money stays at Stripe until an operator refunds it.
 
 SET LOCAL ROLE tollgate_owner;
 
@@ -15,7 +16,7 @@ CREATE OR REPLACE TRIGGER review_transitions_reference_data
 -- payment, whose records are counted.
 CREATE OR REPLACE FUNCTION tollgate.risk_flags(p_account_id uuid, p_kind text, p_amount bigint, p_currency text)
 RETURNS text[]
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE  -- not STABLE: the counts must see what committed while it waited
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -28,6 +29,11 @@ BEGIN
     ORDER BY r.account_id NULLS LAST LIMIT 1;
     IF NOT FOUND THEN
         RETURN flags;
+    END IF;
+    -- Counting what came before races with concurrent inserts for the account: they take turns
+    -- here (until commit), so each counts the others.
+    IF rule.velocity_count IS NOT NULL OR rule.first_amount_max IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:risk:' || p_kind || ':' || p_account_id, 0));
     END IF;
     IF p_amount > rule.max_amount THEN
         flags := array_append(flags, 'amount_above_threshold');

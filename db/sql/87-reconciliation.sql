@@ -11,8 +11,10 @@ CREATE OR REPLACE TRIGGER reconciliation_lines_append_only
 -- Import one batch of lines (parallel arrays, one element per line; p_accounts may name the
 -- account of a line, else the reference alone decides). Every line is stored with what it
 -- matched: matched, missing_ours (no such reference, or several accounts have it),
--- amount_mismatch, status_mismatch (the transaction is not settled). A line Tollgate cannot
--- read (its amount, currency) refuses the whole batch, naming the line.
+-- amount_mismatch, status_mismatch (the transaction is not settled); a line the source sent
+-- before is answered 'duplicate' and not stored. A line Tollgate cannot read (amount,
+-- currency, a blank reference, a date before 2000 or in the future, an unknown account)
+-- refuses the whole batch, naming the line.
 CREATE OR REPLACE FUNCTION tollgate.import_reconciliation(
     p_source text, p_imported_by text, p_references text[], p_amounts numeric[], p_currencies text[],
     p_dates date[], p_accounts text[]
@@ -40,13 +42,28 @@ BEGIN
     FOR i IN 1 .. n LOOP
         BEGIN
             minor := tollgate.to_minor(p_amounts[i], p_currencies[i]);
-            IF p_references[i] IS NULL OR p_dates[i] IS NULL THEN
-                RAISE EXCEPTION 'a reference and a date are required';
+            IF coalesce(btrim(p_references[i]), '') = '' OR length(p_references[i]) > 200 THEN
+                RAISE EXCEPTION 'a reference of 1 to 200 characters is required';
+            ELSIF p_dates[i] IS NULL OR p_dates[i] < date '2000-01-01' OR p_dates[i] > current_date + 1 THEN
+                RAISE EXCEPTION 'the date % is not between 2000-01-01 and today', coalesce(p_dates[i]::text, '(none)');
+            ELSIF p_accounts[i] IS NOT NULL
+                  AND NOT EXISTS (SELECT FROM tollgate.accounts a WHERE a.external_id = p_accounts[i]) THEN
+                RAISE EXCEPTION 'no account %', left(p_accounts[i], 200);
             END IF;
         EXCEPTION WHEN others THEN
             RAISE EXCEPTION 'line %: %', i, SQLERRM
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'reconciliation_line';
         END;
+        -- A line this source sent before (an overlapping statement): reported, not stored again.
+        SELECT format('already imported: batch %s line %s', l.batch_id, l.line_no) INTO why
+        FROM tollgate.reconciliation_lines l JOIN tollgate.reconciliation_batches b ON b.id = l.batch_id
+        WHERE l.reference = p_references[i] AND b.source = p_source AND l.amount = minor
+          AND l.currency = p_currencies[i] AND l.happened_on = p_dates[i]
+        LIMIT 1;
+        IF why IS NOT NULL THEN
+            RETURN QUERY SELECT batch, i, p_references[i], 'duplicate'::text, NULL::uuid, why;
+            CONTINUE;
+        END IF;
         SELECT count(*) INTO found FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
         WHERE t.reference = p_references[i] AND (p_accounts[i] IS NULL OR a.external_id = p_accounts[i]);
         txn := NULL;

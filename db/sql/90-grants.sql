@@ -14,6 +14,22 @@ BEGIN
 END
 $temp$;
 
+-- Advisory locks are how Tollgate serialises work on one Stripe object, idempotency key or
+-- account; anyone who may take them (every role, by default) could hold one and stall that
+-- work. Only Tollgate's functions (running as tollgate_owner) take them.
+DO $locks$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname ~ '^pg_(try_)?advisory_(xact_)?lock'
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO tollgate_owner', f);
+    END LOOP;
+END
+$locks$;
+
 SET LOCAL ROLE tollgate_owner;
 
 REVOKE ALL ON SCHEMA tollgate, api, reporting FROM PUBLIC;
@@ -68,7 +84,7 @@ TO tollgate_listener;
 -- role could re-grant itself and disable triggers: it is NOLOGIN, and only migrations act as
 -- it. Tampering by a superuser is beyond what privileges can stop.
 REVOKE UPDATE, DELETE, TRUNCATE
-    ON tollgate.audit_log, tollgate.ledger_entries, tollgate.usage_events
+    ON tollgate.audit_log, tollgate.audit_seals, tollgate.ledger_entries, tollgate.usage_events
     FROM tollgate_owner;
 -- Rows other tables reference keep UPDATE: foreign key checks lock them FOR KEY SHARE, which
 -- needs it. Their triggers refuse updates that are not allowed.

@@ -94,10 +94,9 @@ LEFT JOIN LATERAL (SELECT sum(x.amount) AS held FROM tollgate.holds x
 WHERE la.name = 'main' AND la.account_id <> '00000000-0000-0000-0000-000000000000';
 
 CREATE OR REPLACE VIEW reporting.reconciliation_mismatches AS
-WITH coverage AS (
-    SELECT b.source, min(l.happened_on) AS first_day, max(l.happened_on) AS last_day
+WITH coverage AS (  -- the days each source's lines cover
+    SELECT DISTINCT b.source, l.happened_on AS day
     FROM tollgate.reconciliation_lines l JOIN tollgate.reconciliation_batches b ON b.id = l.batch_id
-    GROUP BY b.source
 )
 SELECT b.source, l.batch_id, l.line_no, l.reference, a.external_id AS account_id, l.amount AS amount_minor,
        l.currency, l.happened_on AS day, l.status::text AS status, l.note
@@ -111,7 +110,7 @@ SELECT c.source, NULL, NULL, t.reference, a.external_id, t.amount::bigint, t.cur
 FROM tollgate.transactions t
 JOIN tollgate.accounts a ON a.id = t.account_id
 JOIN tollgate.ledger_postings p ON p.id = t.settlement_posting_id
-JOIN coverage c ON (p.created_at AT TIME ZONE 'UTC')::date BETWEEN c.first_day AND c.last_day
+JOIN coverage c ON c.day = (p.created_at AT TIME ZONE 'UTC')::date
 WHERE t.status = 'settled'
   AND NOT EXISTS (SELECT FROM tollgate.reconciliation_lines l2
                   JOIN tollgate.reconciliation_batches b2 ON b2.id = l2.batch_id
@@ -123,9 +122,11 @@ SELECT v.id AS review_id, v.account_id, v.subject, v.subject_ref, v.rules, v.det
 FROM tollgate.review_v1 v WHERE v.status = 'open';
 
 CREATE OR REPLACE VIEW reporting.audit_trail AS
-SELECT l.id AS audit_id, a.external_id AS account_id, l.seq, l.entity, l.entity_id, l.action,
+SELECT l.id AS audit_id, a.external_id AS account_id, s.seq, l.entity, l.entity_id, l.action,
        l.old_value, l.new_value, l.actor, l.db_role, l.at, l.note
-FROM tollgate.audit_log l JOIN tollgate.accounts a ON a.id = l.account_id;
+FROM tollgate.audit_log l
+JOIN tollgate.accounts a ON a.id = l.account_id
+LEFT JOIN tollgate.audit_seals s ON s.audit_id = l.id;
 
 CREATE OR REPLACE VIEW reporting.audit_chain_problems AS
 SELECT a.external_id AS account_id, v.problem, v.seq, v.audit_id

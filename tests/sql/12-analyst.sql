@@ -1,6 +1,6 @@
 -- The analyst role: every reporting view readable, every write, DDL and other object refused.
 BEGIN;
-SELECT plan(36);
+SELECT plan(38);
 
 -- Something to read: an account, a payment, a transaction.
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ada', 'ada-key', true, NULL)) IS NOT NULL, 'an account');
@@ -41,6 +41,9 @@ SELECT throws_ok($$SELECT * FROM tollgate.transactions$$, '42501', NULL, 'no tab
 SELECT throws_ok($$SELECT * FROM api.list_reviews_v1('ada-key', NULL)$$, '42501', NULL, 'no service functions');
 SELECT throws_ok($$SELECT tollgate.set_actor('db:someone')$$, '42501', NULL, 'no internal functions');
 SELECT is(has_schema_privilege('tollgate_analyst', 'tollgate', 'USAGE'), false, 'not even the tollgate schema');
+SELECT throws_ok($$SELECT pg_advisory_lock(1)$$, '42501', NULL, 'no advisory locks (they could stall Tollgate''s work)');
+SELECT throws_ok($$SELECT pg_try_advisory_xact_lock(hashtextextended('tollgate:stripe:pi_ada', 0))$$, '42501', NULL,
+                 'of any kind');
 
 RESET ROLE;
 -- Grants the role holds, in full: SELECT on reporting views, nothing else.

@@ -2,7 +2,7 @@
 -- flagged payment's entitlement cannot be used until a reviewer approves; decisions are final
 -- and on the record.
 BEGIN;
-SELECT plan(44);
+SELECT plan(49);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('rex', 'rex-key', false, NULL)) IS NOT NULL, 'rex');
@@ -102,6 +102,13 @@ SELECT is(pg_temp.decide('pi_report', 'approved') || ' ' || pg_temp.decide('sale
 SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('rex-key', NULL, 'sale')),
                            (SELECT via FROM api.authorize_v1('rex-key', NULL, 'report.generate', NULL, NULL, NULL, NULL))$$,
                   $$VALUES ('settled', 'payment')$$, 'approval settles the transaction and frees the entitlement');
+
+-- Linked after the payment already succeeded: recorded, and held like any other.
+SELECT is(pg_temp.pay('pi_late', NULL), 'pi_late', 'another sale of 25.00');
+SELECT is(pg_temp.succeeded('pi_late'), 'applied', 'it succeeds before its transaction is recorded');
+SELECT is(pg_temp.txn('late', 25, 'rex-key', 'pi_late'), 'pending', 'the flagged transaction is recorded, pending');
+SELECT is(pg_temp.decide('late', 'approved'), 'approved', 'approved');
+SELECT is((SELECT status FROM api.get_transaction_v1('rex-key', NULL, 'late')), 'settled', 'and settled by the approval');
 
 SELECT * FROM finish();
 ROLLBACK;
