@@ -20,9 +20,13 @@ $roles$;
 
 SET LOCAL ROLE tollgate_owner;
 
--- Why, in a person's words (a reviewer's decision, for instance).
 ALTER TABLE tollgate.audit_log
-    ADD COLUMN note text CONSTRAINT audit_log_note_length CHECK (length(note) <= 2000);
+    -- Why, in a person's words (a reviewer's decision, for instance).
+    ADD COLUMN note  text   CONSTRAINT audit_log_note_length CHECK (length(note) <= 2000),
+    -- The writing transaction (pg_current_xact_id()), so its seal finds its rows at COMMIT.
+    ADD COLUMN xact  bigint;
+
+CREATE INDEX audit_log_xact_idx ON tollgate.audit_log (xact);
 
 CREATE TABLE tollgate.audit_heads (
     account_id  uuid        PRIMARY KEY CONSTRAINT audit_heads_account_id_fkey REFERENCES tollgate.accounts,
@@ -32,10 +36,11 @@ CREATE TABLE tollgate.audit_heads (
 
 COMMENT ON TABLE tollgate.audit_heads IS 'The end of each account''s audit hash chain: its length and last hash.';
 
--- No foreign key to audit_log: checking one locks the row FOR KEY SHARE, which takes UPDATE
--- privilege, and audit_log has none for anyone. verify_audit_chain() pairs them instead.
+-- No foreign keys: one to audit_log would lock the row FOR KEY SHARE, which takes UPDATE
+-- privilege, and audit_log has none for anyone; the account is the audit row's, checked there.
+-- verify_audit_chain() pairs seals with rows instead.
 CREATE TABLE tollgate.audit_seals (
-    account_id  uuid        NOT NULL CONSTRAINT audit_seals_account_id_fkey REFERENCES tollgate.accounts,
+    account_id  uuid        NOT NULL,
     seq         bigint      NOT NULL CONSTRAINT audit_seals_seq_positive CHECK (seq > 0),
     audit_id    bigint      NOT NULL CONSTRAINT audit_seals_audit_id_key UNIQUE,
     prev_hash   bytea       NOT NULL,
@@ -44,3 +49,42 @@ CREATE TABLE tollgate.audit_seals (
 );
 
 COMMENT ON TABLE tollgate.audit_seals IS 'Each audit row''s place in its account''s hash chain, written when its transaction commits.';
+
+-- The rows written before the chain existed are sealed now, in (account, id) order.
+-- tollgate.audit_row_hash is defined again, identically, in db/sql/85-audit.sql.
+CREATE FUNCTION tollgate.audit_row_hash(p_prev bytea, p_seq bigint, r tollgate.audit_log) RETURNS bytea
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT sha256(p_prev || convert_to(jsonb_build_array(
+        p_seq, r.id, r.account_id, r.entity, r.entity_id, r.action, r.old_value, r.new_value,
+        r.actor, r.db_role, (extract(epoch FROM r.at) * 1000000)::bigint, r.note)::text, 'UTF8'))
+$$;
+
+DO $backfill$
+DECLARE
+    r     tollgate.audit_log;
+    acct  uuid;
+    n     bigint;
+    hash  bytea;
+    next  bytea;
+BEGIN
+    FOR r IN SELECT * FROM tollgate.audit_log ORDER BY account_id, id LOOP
+        IF acct IS DISTINCT FROM r.account_id THEN
+            IF acct IS NOT NULL THEN
+                INSERT INTO tollgate.audit_heads VALUES (acct, n, hash);
+            END IF;
+            acct := r.account_id;
+            n := 0;
+            hash := sha256(convert_to('tollgate audit chain ' || acct, 'UTF8'));
+        END IF;
+        n := n + 1;
+        next := tollgate.audit_row_hash(hash, n, r);
+        INSERT INTO tollgate.audit_seals VALUES (acct, n, r.id, hash, next);
+        hash := next;
+    END LOOP;
+    IF acct IS NOT NULL THEN
+        INSERT INTO tollgate.audit_heads VALUES (acct, n, hash);
+    END IF;
+END
+$backfill$;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from db.migrate import migrate
+from tests.conftest import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +99,46 @@ def test_migrating_again_changes_nothing(db_dsn: str, db: psycopg.Connection[Any
     assert schema_fingerprint(db) == before, "re-applying db/sql is idempotent"
     done = tollgate("migrate", env=os.environ | {"DATABASE_URL": db_dsn})
     assert done.returncode == 0 and "nothing new" in done.stdout
+
+
+def test_audit_rows_from_before_the_chain_are_sealed(cluster: Cluster) -> None:
+    """A database at migration 0011 has an audit trail without seals; 0012 seals it, in
+    (account, id) order, and the chain verifies."""
+    from yoyo import get_backend, read_migrations
+
+    from db.migrate import MIGRATIONS_DIR, yoyo_uri
+
+    name = f"tollgate_upgrade_{secrets.token_hex(4)}"
+    with cluster.admin() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = cluster.dsn(name)
+    try:
+        backend = get_backend(yoyo_uri(dsn))
+        try:
+            migrations = read_migrations(str(MIGRATIONS_DIR))
+            with backend.lock():
+                old = [m for m in backend.to_apply(migrations) if m.id < "0012"]
+                backend.apply_migrations_only(old)
+        finally:
+            backend.connection.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for account in ("acc_a", "acc_b"):
+                conn.execute("INSERT INTO tollgate.accounts (external_id) VALUES (%s)", (account,))
+            conn.execute(
+                "INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, actor)"
+                " SELECT a.id, 'transaction', 't' || n, 'created', 'db:old'"
+                " FROM tollgate.accounts a, generate_series(1, 3) n"
+                " WHERE a.external_id LIKE 'acc_%' ORDER BY n, a.external_id"
+            )
+        assert "0012.audit-chain-and-analysts" in migrate(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT * FROM tollgate.verify_audit_chain()").fetchall() == []
+            chains = conn.execute(
+                "SELECT a.external_id, array_agg(l.entity_id ORDER BY s.seq)"
+                " FROM tollgate.audit_seals s JOIN tollgate.audit_log l ON l.id = s.audit_id"
+                " JOIN tollgate.accounts a ON a.id = s.account_id GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            assert chains == [("acc_a", ["t1", "t2", "t3"]), ("acc_b", ["t1", "t2", "t3"])]
+    finally:
+        with cluster.admin() as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,10 +1,14 @@
 -- The audit trail's hash chains, and the changes audited beyond status changes (postings,
--- entitlements). One chain per account, extended when a transaction commits: a deferred
--- trigger seals each audit row (tollgate.audit_seals) after locking, in account order, the
--- heads of every chain the transaction extends. Locking the head earlier, at the insert, would
--- put it between locks the writers take in different orders (a wallet, then its audit row; a
--- posting's audit row, then its wallets) and deadlock them; at COMMIT nothing else is locked
--- after the heads, and heads are always locked in the same order.
+-- entitlements). One chain per account, extended when a transaction commits: the first firing
+-- of a deferred trigger seals all of the transaction's audit rows (tollgate.audit_seals),
+-- account by account in account order, locking each chain's head as it goes. Locking the head
+-- earlier, at the insert, would put it between locks writers take in different orders (a
+-- wallet, then its audit row; a posting's audit row, then its wallets) and deadlock them; at
+-- COMMIT nothing else is locked after the heads, and heads are always taken in the same order.
+-- Two ways around that, both left to the session that chooses them: SET CONSTRAINTS ... IMMEDIATE
+-- (heads locked mid-transaction) and PREPARE TRANSACTION (heads held until COMMIT PREPARED).
+-- A writer at REPEATABLE READ or SERIALIZABLE may fail at COMMIT with a serialization error
+-- when another transaction extended the same chain since its snapshot: retry it.
 
 SET LOCAL ROLE tollgate_owner;
 
@@ -26,19 +30,15 @@ AS $$
         r.actor, r.db_role, (extract(epoch FROM r.at) * 1000000)::bigint, r.note)::text, 'UTF8'))
 $$;
 
--- Stamp the row, and note its account: the seal locks the heads of all of them at once.
+-- Stamp the row: when, which login, which transaction (its seal finds it by that).
 CREATE OR REPLACE FUNCTION tollgate.audit_stamp() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    noted text := coalesce(current_setting('tollgate.audit_accounts', true), '');
 BEGIN
     NEW.at := now();
     NEW.db_role := session_user;
-    IF position(NEW.account_id::text IN noted) = 0 THEN
-        PERFORM set_config('tollgate.audit_accounts', noted || NEW.account_id || ',', true);
-    END IF;
+    NEW.xact := pg_current_xact_id()::text::bigint;
     RETURN NEW;
 END
 $$;
@@ -47,35 +47,52 @@ CREATE OR REPLACE TRIGGER audit_log_10_stamp
     BEFORE INSERT ON tollgate.audit_log
     FOR EACH ROW EXECUTE FUNCTION tollgate.audit_stamp();
 
--- At COMMIT, for each audit row (SECURITY DEFINER: deferred triggers run as the session's role).
+-- At COMMIT, once per audit row (SECURITY DEFINER: deferred triggers run as the session's
+-- role). The first firing seals every row of the transaction; the others find theirs sealed.
 CREATE OR REPLACE FUNCTION tollgate.audit_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    accounts uuid[];
-    head     tollgate.audit_heads;
-    hash     bytea;
+    me    bigint := pg_current_xact_id()::text::bigint;
+    acct  uuid;
+    head  tollgate.audit_heads;
+    r     tollgate.audit_log;
+    n     bigint;
+    hash  bytea;
+    next  bytea;
 BEGIN
-    IF coalesce(current_setting('tollgate.audit_heads_locked', true), '') = '' THEN
-        accounts := ARRAY(SELECT DISTINCT a::uuid
-                          FROM unnest(string_to_array(current_setting('tollgate.audit_accounts', true), ',')) a
-                          WHERE a <> '' ORDER BY 1);
-        INSERT INTO tollgate.audit_heads (account_id, rows, last_hash)
-        SELECT a, 0, tollgate.audit_genesis(a) FROM unnest(accounts) a ORDER BY a
-        ON CONFLICT (account_id) DO NOTHING;
-        PERFORM FROM tollgate.audit_heads h WHERE h.account_id = ANY (accounts) ORDER BY h.account_id FOR UPDATE;
-        PERFORM set_config('tollgate.audit_heads_locked', 'on', true);
+    IF EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = NEW.id) THEN
+        RETURN NULL;
     END IF;
-    -- Its head is locked already, unless the row was written around the stamp trigger.
-    INSERT INTO tollgate.audit_heads (account_id, rows, last_hash)
-    VALUES (NEW.account_id, 0, tollgate.audit_genesis(NEW.account_id))
-    ON CONFLICT (account_id) DO NOTHING;
-    SELECT * INTO STRICT head FROM tollgate.audit_heads WHERE account_id = NEW.account_id FOR UPDATE;
-    hash := tollgate.audit_row_hash(head.last_hash, head.rows + 1, NEW);
-    INSERT INTO tollgate.audit_seals (account_id, seq, audit_id, prev_hash, row_hash)
-    VALUES (NEW.account_id, head.rows + 1, NEW.id, head.last_hash, hash);
-    UPDATE tollgate.audit_heads SET rows = head.rows + 1, last_hash = hash WHERE account_id = NEW.account_id;
+    FOR acct IN SELECT DISTINCT l.account_id FROM tollgate.audit_log l WHERE l.xact = me ORDER BY 1 LOOP
+        SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_id = acct FOR UPDATE;
+        IF NOT FOUND THEN  -- the account's first audit row
+            INSERT INTO tollgate.audit_heads AS h (account_id, rows, last_hash)
+            VALUES (acct, 0, tollgate.audit_genesis(acct))
+            ON CONFLICT (account_id) DO NOTHING;
+            SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_id = acct FOR UPDATE;
+        END IF;
+        IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_id = acct) THEN
+            RAISE EXCEPTION 'the audit chain of account % has seals but lost its head: restore audit_heads', acct
+                USING ERRCODE = 'TG012', CONSTRAINT = 'audit_heads_kept';
+        END IF;
+        n := head.rows;
+        hash := head.last_hash;
+        FOR r IN SELECT l.* FROM tollgate.audit_log l
+                 WHERE l.xact = me AND l.account_id = acct
+                   AND NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
+                 ORDER BY l.id LOOP
+            n := n + 1;
+            next := tollgate.audit_row_hash(hash, n, r);
+            INSERT INTO tollgate.audit_seals (account_id, seq, audit_id, prev_hash, row_hash)
+            VALUES (acct, n, r.id, hash, next);
+            hash := next;
+        END LOOP;
+        IF n > head.rows THEN
+            UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_id = acct;
+        END IF;
+    END LOOP;
     RETURN NULL;
 END
 $$;
@@ -89,6 +106,12 @@ CREATE CONSTRAINT TRIGGER audit_log_90_seal
 CREATE OR REPLACE TRIGGER audit_heads_written_by_triggers
     BEFORE INSERT ON tollgate.audit_heads
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+CREATE OR REPLACE TRIGGER audit_heads_kept
+    BEFORE DELETE ON tollgate.audit_heads
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER audit_heads_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 CREATE OR REPLACE TRIGGER audit_seals_written_by_triggers
     BEFORE INSERT ON tollgate.audit_seals
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
@@ -107,8 +130,8 @@ CREATE OR REPLACE TRIGGER audit_seals_no_truncate
 --   broken_link  - a seal does not follow the hash of the one before it (a row was removed or
 --                  reordered)
 --   gap          - seq numbers skip (a row and its seal were removed)
---   head         - the chain's end is not where audit_heads says (its tail was cut, or seals
---                  were added around the trigger)
+--   head         - the chain's end is not where audit_heads says (its tail was cut, seals
+--                  were added around the trigger, or the head itself was deleted)
 -- A superuser who rewrites a whole chain and its head consistently is not caught: keep a copy
 -- of audit_heads.last_hash elsewhere (e.g. in the daily report) to compare against.
 CREATE OR REPLACE FUNCTION tollgate.verify_audit_chain()
@@ -138,11 +161,12 @@ AS $$
     SELECT c.account_id, 'gap', c.seq, c.audit_id FROM chained c
     WHERE c.seq <> coalesce(c.before_seq, 0) + 1
     UNION ALL
-    SELECT h.account_id, 'head', h.rows, c.audit_id
+    SELECT coalesce(h.account_id, e.account_id), 'head', coalesce(h.rows, e.seq), e.audit_id
     FROM tollgate.audit_heads h
-    LEFT JOIN chained c ON c.account_id = h.account_id AND c.from_end = 1
-    WHERE c.seq IS DISTINCT FROM nullif(h.rows, 0)
-       OR c.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
+    FULL JOIN (SELECT * FROM chained c WHERE c.from_end = 1) e ON e.account_id = h.account_id
+    WHERE h.account_id IS NULL  -- a chain whose head was deleted
+       OR e.seq IS DISTINCT FROM nullif(h.rows, 0)
+       OR e.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
 $$;
 
 -- ---------------------------------------------------------------------------------------------

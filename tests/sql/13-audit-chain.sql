@@ -1,7 +1,7 @@
 -- The audit trail: append-only for every role, one hash chain per account, and a check that
 -- finds a superuser's edits, deletions and insertions.
 BEGIN;
-SELECT plan(30);
+SELECT plan(32);
 
 -- Seals are written at COMMIT; this test never commits, so it seals at each statement's end.
 SET CONSTRAINTS tollgate.audit_log_90_seal IMMEDIATE;
@@ -91,6 +91,16 @@ SELECT pg_temp.amy(), h.rows + 1, (SELECT id FROM tollgate.audit_log WHERE entit
 FROM tollgate.audit_heads h WHERE h.account_id = pg_temp.amy();
 SELECT ok((SELECT array_agg(problem) @> ARRAY['altered', 'head'] FROM pg_temp.problems()),
           'given a seal by hand, it is altered and past the head');
+
+-- A deleted head: the cut shows, and the account's next change stops rather than start a new chain.
+ALTER TABLE tollgate.audit_heads DISABLE TRIGGER USER;
+DELETE FROM tollgate.audit_heads WHERE account_id = pg_temp.amy();
+ALTER TABLE tollgate.audit_heads ENABLE TRIGGER USER;
+ALTER TABLE tollgate.audit_log ENABLE TRIGGER USER;
+ALTER TABLE tollgate.audit_seals ENABLE TRIGGER USER;
+SELECT ok((SELECT array_agg(problem) @> ARRAY['head'] FROM pg_temp.problems()), 'a deleted head shows');
+SELECT throws_ok($$SELECT api.create_transaction_v1('amy-key', NULL, 'a-9', 1, 'USD', NULL)$$, 'TG012', NULL,
+                 'and the account''s chain does not restart');
 
 -- The view analysts read says the same.
 SELECT ok((SELECT count(*) > 0 FROM reporting.audit_chain_problems WHERE account_id = 'amy'), 'reporting.audit_chain_problems shows it');
