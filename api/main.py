@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
-from api import errors
+from api import errors, mcp_tools
 from api.config import Settings
 from api.routes import (
     accounts,
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.settings, app.state.pool, app.state.stripe = s, pool, gateway
         try:
-            yield
+            async with mcp_manager.run():
+                yield
         finally:
             await pool.close()
             await gateway.close()
@@ -76,4 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks,
     ):
         app.include_router(module.router)
+    app.include_router(accounts.me_router)
+    # MCP (streamable HTTP) at /mcp: the same keys, the same operations.
+    mcp_endpoint, mcp_manager = mcp_tools.endpoint(mcp_tools.build(app.state), app.state)
+    app.router.routes.append(
+        Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    )
     return app

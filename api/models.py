@@ -164,6 +164,22 @@ class Transaction(BaseModel):
     updated_at: dt.datetime
 
 
+class Identity(BaseModel):
+    account_id: str
+    is_admin: bool
+    key_id: UUID
+
+
+class TransactionPage(BaseModel):
+    transactions: list[Transaction] = Field(description="newest first")
+    next_before: UUID | None = Field(
+        description="pass as `before` for the next page; null on the last page"
+    )
+
+
+TransactionStatus = Literal["pending", "settled", "failed", "reversed"]
+
+
 class TransferCreate(BaseModel):
     """POST /v1/transfers: from one account's balance to another's."""
 

@@ -293,6 +293,25 @@ async def get_transaction(
     return await _one(conn, Transaction, "get_transaction", params)
 
 
+async def list_transactions(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    status: str | None,
+    limit: int,
+    before: UUID | None,
+) -> list[Transaction]:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "status": status,
+        "limit": limit,
+        "before": before,
+    }
+    return await _all(conn, Transaction, "list_transactions", params)
+
+
 async def move_transaction(
     conn: AsyncConnection[Any], *, api_key: str, account: str | None, reference: str, status: str
 ) -> Transaction:
@@ -581,3 +600,19 @@ def operator_import_reconciliation(
 ) -> list[ReconciliationLine]:
     """As import_reconciliation, for the CLI (no key: the migrating role)."""
     return _all_sync(conn, ReconciliationLine, "operator_import_reconciliation", params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    account_id: str
+    is_admin: bool
+    key_id: UUID
+
+
+async def whoami(conn: AsyncConnection[Any], *, api_key: str) -> Identity:
+    return await _one(conn, Identity, "whoami", {"api_key": api_key})

@@ -70,6 +70,15 @@ SELECT * FROM api.get_transaction_v1(
     p_reference => %(reference)s::text
 );
 
+-- name: list_transactions
+SELECT * FROM api.list_transactions_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_status  => %(status)s::text,
+    p_limit   => %(limit)s::integer,
+    p_before  => %(before)s::uuid
+);
+
 -- name: move_transaction
 SELECT * FROM api.move_transaction_v1(
     p_api_key   => %(api_key)s::text,
@@ -278,3 +287,6 @@ SELECT * FROM tollgate.import_reconciliation(
 
 -- name: operator_known_payments
 SELECT stripe_id FROM tollgate.payment_intents WHERE stripe_id = ANY (%(stripe_ids)s::text[]);
+
+-- name: whoami
+SELECT * FROM api.whoami_v1(p_api_key => %(api_key)s::text);

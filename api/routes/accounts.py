@@ -1,4 +1,4 @@
-"""GET /v1/accounts/{account_id}/can-continue."""
+"""Accounts: who a key is, can-continue, balances, usage, spend caps, wallet settings."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api import body
+from api import body, operations
 from api.deps import ApiKey, Pool
 from api.models import (
     ApiError,
-    Balance,
     Balances,
     Continuation,
     ErrorBody,
+    Identity,
     SpendCapIn,
     SpendCapOut,
     UsageReport,
@@ -26,8 +26,17 @@ from api.models import (
 from db import queries
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+me_router = APIRouter(prefix="/v1", tags=["accounts"])
 
 AccountId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+
+
+@me_router.get("/me", response_model=Identity, responses={401: {"model": ErrorBody}})
+async def whoami(api_key: ApiKey, pool: Pool) -> Identity:
+    """The key's account, and whether it is an admin key."""
+    async with pool.connection() as conn:
+        found = await queries.whoami(conn, api_key=api_key)
+    return Identity.model_validate(found, from_attributes=True)
 
 
 @router.get(
@@ -74,12 +83,7 @@ async def can_continue(
 )
 async def balances(account_id: AccountId, api_key: ApiKey, pool: Pool) -> Balances:
     """The account's ledger balances, one per currency."""
-    async with pool.connection() as conn:
-        rows = await queries.balances(conn, api_key=api_key, account=account_id)
-    return Balances(
-        account_id=account_id,
-        balances=[Balance.model_validate(r, from_attributes=True) for r in rows],
-    )
+    return await operations.balances(pool, api_key=api_key, account=account_id)
 
 
 @router.get(

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from api import operations
 from api.deps import ApiKey, Pool, SettingsDep, Stripe
 from api.models import ErrorBody, Payment, PaymentCreate, PaymentCreated
-from api.stripe_gateway import StripeGateway
 from db import queries
 from db.errors import DomainError
 
@@ -44,62 +40,17 @@ async def create_payment(
         raise DomainError(
             "invalid", "idempotency_key_required", "send an Idempotency-Key header with each POST"
         )
-    deadline = time.monotonic() + settings.stripe_timeout + 2
-    pause = 0.02
-    while True:
-        try:
-            return await _create_once(body, api_key, idempotency_key, pool, stripe, response)
-        except DomainError as exc:
-            if exc.code != "idempotency_in_progress" or time.monotonic() + pause > deadline:
-                raise
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.25)
-
-
-async def _create_once(
-    body: PaymentCreate,
-    api_key: str,
-    idempotency_key: str,
-    pool: AsyncConnectionPool[AsyncConnection[Any]],
-    stripe: StripeGateway,
-    response: Response,
-) -> PaymentCreated:
-    async with pool.connection() as conn, conn.transaction():
-        claim = await queries.begin_payment(
-            conn,
-            api_key=api_key,
-            idempotency_key=idempotency_key,
-            account=body.account_id,
-            amount=body.amount,
-            currency=body.currency.upper(),
-            purpose=body.purpose,
-            description=body.description,
-            payment_method=body.payment_method,
-        )
-        if claim.replayed:
-            if claim.response is None:  # cannot happen: a claim commits with its response
-                raise DomainError("conflict", "idempotency_in_progress", "retry this request")
-            response.headers["Idempotent-Replayed"] = "true"
-            return PaymentCreated.model_validate(claim.response)
-        intent = await stripe.create_payment_intent(
-            amount=claim.amount,
-            currency=claim.currency,
-            payment_method=body.payment_method,
-            metadata={
-                "tollgate_payment_id": str(claim.payment_id),
-                "tollgate_account_id": str(claim.account_uuid),
-            },
-            idempotency_key=claim.stripe_idempotency_key,
-        )
-        recorded = await queries.finish_payment(
-            conn,
-            api_key=api_key,
-            payment_id=claim.payment_id,
-            stripe_id=intent.id,
-            status=intent.status,
-            client_secret=intent.client_secret,
-        )
-    return PaymentCreated.model_validate(recorded)
+    paid = await operations.create_payment(
+        pool,
+        stripe,
+        api_key=api_key,
+        ask=body,
+        idempotency_key=idempotency_key,
+        wait=settings.stripe_timeout + 2,
+    )
+    if paid.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return paid.payment
 
 
 @router.get("/{ref}", response_model=Payment, responses=ERRORS)

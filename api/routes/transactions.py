@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 
 from api import body
 from api.deps import ApiKey, Pool
-from api.models import ErrorBody, Transaction, TransactionCreate
+from api.models import (
+    ErrorBody,
+    Transaction,
+    TransactionCreate,
+    TransactionPage,
+    TransactionStatus,
+)
 from db import queries
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
@@ -44,6 +51,27 @@ async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> T
             payment=new.payment_id,
         )
     return Transaction.model_validate(created, from_attributes=True)
+
+
+@router.get("", response_model=TransactionPage, responses=ERRORS)
+async def list_transactions(
+    api_key: ApiKey,
+    pool: Pool,
+    account_id: AccountQuery = None,
+    status: TransactionStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: UUID | None = None,
+) -> TransactionPage:
+    """An account's transactions, newest first, `limit` at a time; `before` continues from the
+    last transaction of the previous page."""
+    async with pool.connection() as conn:
+        found = await queries.list_transactions(
+            conn, api_key=api_key, account=account_id, status=status, limit=limit, before=before
+        )
+    return TransactionPage(
+        transactions=[Transaction.model_validate(t, from_attributes=True) for t in found],
+        next_before=found[-1].id if len(found) == limit else None,
+    )
 
 
 @router.get("/{reference}", response_model=Transaction, responses=ERRORS)

@@ -55,6 +55,16 @@ BEGIN
 END
 $$;
 
+-- Who a key is: its account, whether it is an admin key, its id.
+CREATE OR REPLACE FUNCTION api.whoami_v1(p_api_key text)
+RETURNS TABLE (account_id text, is_admin boolean, key_id uuid)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a.external_id, k.is_admin, k.id
+    FROM tollgate.authenticate(p_api_key) k JOIN tollgate.accounts a ON a.id = k.account_id
+$$;
+
 CREATE OR REPLACE FUNCTION tollgate.api_keys_audit() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

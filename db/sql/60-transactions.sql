@@ -284,6 +284,41 @@ AS $$
     WHERE v.id = tollgate.transaction_by_reference(tollgate.authenticate(p_api_key), p_account, p_reference)
 $$;
 
+-- An account's transactions, newest first: at most p_limit (1-500), optionally of one status,
+-- and after p_before (the last id of the previous page).
+CREATE OR REPLACE FUNCTION api.list_transactions_v1(
+    p_api_key text, p_account text, p_status text, p_limit integer, p_before uuid
+) RETURNS SETOF tollgate.transaction_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct   tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+    wanted tollgate.transaction_status := p_status::tollgate.transaction_status;
+    after  tollgate.transactions;
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION 'a page holds 1 to 500 transactions'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'page_limit';
+    END IF;
+    IF p_before IS NOT NULL THEN
+        SELECT * INTO after FROM tollgate.transactions t WHERE t.id = p_before AND t.account_id = acct.id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'transaction % not found', p_before USING ERRCODE = 'TG003', CONSTRAINT = 'transaction_visible';
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT v.* FROM tollgate.transaction_v1 v
+    WHERE v.id IN (SELECT t.id FROM tollgate.transactions t
+                   WHERE t.account_id = acct.id
+                     AND (wanted IS NULL OR t.status = wanted)
+                     AND (after.id IS NULL OR (t.created_at, t.id) < (after.created_at, after.id))
+                   ORDER BY t.created_at DESC, t.id DESC
+                   LIMIT p_limit)
+    ORDER BY v.created_at DESC, v.id DESC;
+END
+$$;
+
 -- Move a transaction to settled, failed or reversed; the triggers decide whether it may.
 -- Settling credits an account, so only admin keys (the downstream service that knows the money
 -- arrived) move transactions; and a transaction linked to a Stripe payment moves only with it.

@@ -49,6 +49,8 @@ GRANT EXECUTE ON FUNCTION
     api.set_allow_negative_v1(text, text, text, boolean),
     api.create_transaction_v1(text, text, text, numeric, text, text),
     api.get_transaction_v1(text, text, text),
+    api.whoami_v1(text),
+    api.list_transactions_v1(text, text, text, integer, uuid),
     api.move_transaction_v1(text, text, text, text),
     api.authorize_v1(text, text, text, numeric, text, text, integer),
     api.capture_hold_v1(text, uuid, numeric),

@@ -1,0 +1,376 @@
+"""Tollgate as MCP tools, served by the same app at /mcp (streamable HTTP, stateless, JSON).
+
+Each tool checks the shape of its arguments with the same models as the HTTP routes and calls
+the same code (``api.operations`` or one stored function through ``db.queries``): no rule is
+written twice. The caller's API key travels as ``Authorization: Bearer <key>`` on every HTTP
+request, as for the REST API; a request without a valid key is answered 401 before MCP sees it.
+
+A refusal is a tool error (``isError: true``) whose ``structuredContent`` is the body the HTTP
+API would send: ``{"error": {"code", "message"}, "status": ...}``, and for ``authorize`` the
+full 402 body with ``accepts``, the payment requests that would entitle the account.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar, cast
+from uuid import UUID
+
+import psycopg
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolResult, TextContent
+from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api import errors, operations
+from api.models import (
+    Authorization,
+    AuthorizeRequest,
+    Balances,
+    CaptureRequest,
+    HoldOut,
+    Payment,
+    PaymentCreate,
+    PaymentCreated,
+    PaymentRequired,
+    TransactionPage,
+    UsageReceipt,
+)
+from api.models import Transaction as TransactionOut
+from db import queries
+from db.errors import DomainError, translate
+
+T = TypeVar("T")
+
+INSTRUCTIONS = """Tollgate decides whether this agent may run a paid action, and takes payment.
+Before an expensive action call `authorize` with the action's name. If it is refused with
+code payment_required, its structured content lists `accepts`: the payments that would
+entitle the account (one run of the action, or credits); make one with `create_payment`, have
+it confirmed, check `payment_status`, then `authorize` again. A run paid from credits returns
+a `hold_id`: call `capture_hold` with the actual cost when done (or `release_hold`).
+Amounts for payments are integer minor units (1250 = 12.50 USD); costs are decimal strings."""
+
+
+class ToolRefusal(Exception):
+    """A refusal to hand back as a structured tool error."""
+
+    def __init__(self, body: dict[str, Any], text: str) -> None:
+        super().__init__(text)
+        self.body = body
+
+
+def _refusal(status: int, code: str, message: str) -> ToolRefusal:
+    return ToolRefusal({"error": {"code": code, "message": message}, "status": status}, message)
+
+
+def _domain(exc: DomainError) -> ToolRefusal:
+    status = 400 if exc.code in errors.BAD_REQUEST_CODES else errors.STATUS[exc.kind]
+    return _refusal(status, exc.code, exc.message)
+
+
+def _invalid(exc: ValidationError) -> ToolRefusal:
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "arguments"
+    return _refusal(422, "invalid_request", f"{field}: {first.get('msg')}")
+
+
+def _error_result(refusal: ToolRefusal) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=json.dumps(refusal.body))],
+        structured_content=refusal.body,
+        is_error=True,
+    )
+
+
+class UsageIn(BaseModel):
+    """One usage event, as POST /v1/usage takes it (checked by the same model there)."""
+
+    id: str = Field(description="unique per account; a retried event is a duplicate")
+    metric: str = Field(description="e.g. tokens")
+    quantity: str = Field(description="a decimal, e.g. 1200")
+    occurred_at: str = Field(description="ISO 8601 with a time zone")
+    agent_id: str | None = None
+    account_id: str | None = Field(default=None, description="admin keys only")
+
+
+def build(app_state: Any) -> MCPServer:
+    """The MCP server; tools reach the pool, Stripe and settings through ``app_state`` (the
+    FastAPI app's state, filled in by its lifespan)."""
+    server: MCPServer = MCPServer(
+        "tollgate", instructions=INSTRUCTIONS, warn_on_duplicate_tools=True
+    )
+
+    async def call(ctx: Context, work: Callable[[str], Awaitable[T]]) -> T:
+        """Run a tool's work with the caller's key; a refusal becomes an error result. (The SDK
+        hands a returned CallToolResult through as it is, whatever the annotation: errors are
+        not checked against the output schema.)"""
+        try:
+            return await work(_bearer(ctx.headers))
+        except ToolRefusal as exc:
+            refusal = exc
+        except DomainError as exc:
+            refusal = _domain(exc)
+        except ValidationError as exc:
+            refusal = _invalid(exc)
+        except (psycopg.Error, PoolTimeout) as exc:
+            translated = translate(exc) if isinstance(exc, psycopg.Error) else None
+            if isinstance(translated, DomainError):
+                refusal = _domain(translated)
+            elif isinstance(exc, PoolTimeout | psycopg.OperationalError):
+                refusal = _refusal(
+                    503, "database_unavailable", "the database is unavailable; retry"
+                )
+            else:
+                raise
+        return cast(T, _error_result(refusal))
+
+    @server.tool()
+    async def authorize(
+        ctx: Context,
+        action: Annotated[str, Field(description="the paid action, e.g. report.generate")],
+        cost: Annotated[
+            str | None, Field(description="this run's cost as a decimal, if not the price")
+        ] = None,
+        currency: Annotated[str | None, Field(description="ISO 4217 code of the cost")] = None,
+        agent_id: Annotated[str | None, Field(description="which agent runs it")] = None,
+        account_id: Annotated[str | None, Field(description="admin keys only")] = None,
+        hold_seconds: Annotated[int | None, Field(description="how long a hold lasts")] = None,
+    ) -> Authorization:
+        """May the account run this action now? Allowed (by a subscription, a paid run, or a
+        hold on credits), or refused with how to pay (code payment_required and `accepts`) or
+        code spend_cap_exceeded."""
+
+        async def work(key: str) -> Authorization:
+            ask = AuthorizeRequest.model_validate(
+                {
+                    "action": action,
+                    "cost": cost,
+                    "currency": currency,
+                    "agent_id": agent_id,
+                    "account_id": account_id,
+                    "hold_seconds": hold_seconds,
+                }
+            )
+            answer = await operations.authorize(app_state.pool, api_key=key, ask=ask)
+            if isinstance(answer, PaymentRequired):
+                body = answer.model_dump(mode="json") | {"status": 402}
+                raise ToolRefusal(body, json.dumps(body))
+            return answer
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def create_payment(
+        ctx: Context,
+        amount: Annotated[int, Field(description="whole minor units: 1250 is 12.50 USD")],
+        currency: Annotated[str, Field(description="ISO 4217 code, e.g. usd")],
+        idempotency_key: Annotated[
+            str, Field(description="unique per payment; send the same one when retrying")
+        ],
+        purpose: Annotated[
+            str | None, Field(description="the action it pays for, or credits")
+        ] = None,
+        payment_method: Annotated[str | None, Field(description="a Stripe pm_... id")] = None,
+        description: str | None = None,
+        account_id: Annotated[str | None, Field(description="admin keys only")] = None,
+    ) -> PaymentCreated:
+        """Create a Stripe PaymentIntent for the account, exactly once per idempotency key.
+        Confirm it with the client_secret; then `payment_status` shows it succeed."""
+
+        async def work(key: str) -> PaymentCreated:
+            ask = PaymentCreate.model_validate(
+                {
+                    "amount": amount,
+                    "currency": currency,
+                    "purpose": purpose,
+                    "description": description,
+                    "payment_method": payment_method,
+                    "account_id": account_id,
+                }
+            )
+            if not 1 <= len(idempotency_key) <= 255:
+                raise _refusal(422, "invalid_idempotency_key", "1 to 255 characters")
+            settings = app_state.settings
+            paid = await operations.create_payment(
+                app_state.pool,
+                app_state.stripe,
+                api_key=key,
+                ask=ask,
+                idempotency_key=idempotency_key,
+                wait=settings.stripe_timeout + 2,
+            )
+            return paid.payment
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def payment_status(
+        ctx: Context,
+        payment_id: Annotated[str, Field(description="Tollgate's payment id or Stripe's pi_...")],
+    ) -> Payment:
+        """A payment and its status (succeeded once Stripe says so)."""
+
+        async def work(key: str) -> Payment:
+            if not payment_id.replace("_", "").replace("-", "").isalnum() or len(payment_id) > 255:
+                raise _refusal(422, "invalid_request", "payment_id: a uuid or a pi_... id")
+            async with app_state.pool.connection() as conn:
+                found = await queries.get_payment(conn, api_key=key, ref=payment_id)
+            return Payment.model_validate(found, from_attributes=True)
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def record_usage(
+        ctx: Context, events: Annotated[list[UsageIn], Field(min_length=1, max_length=1000)]
+    ) -> UsageReceipt:
+        """Record metered usage; each event is answered accepted, duplicate or rejected, and
+        priced metrics are paid from credits with them."""
+
+        async def work(key: str) -> UsageReceipt:
+            raw = [e.model_dump(exclude_none=True) for e in events]
+            return await operations.record_usage(app_state.pool, api_key=key, events=raw)
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def get_balance(
+        ctx: Context,
+        account_id: Annotated[str | None, Field(description="default: the key's own")] = None,
+    ) -> Balances:
+        """The account's balances (credits are the `main` balance), one per currency."""
+
+        async def work(key: str) -> Balances:
+            return await operations.balances(app_state.pool, api_key=key, account=account_id)
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def list_transactions(
+        ctx: Context,
+        account_id: Annotated[str | None, Field(description="default: the key's own")] = None,
+        status: Literal["pending", "settled", "failed", "reversed"] | None = None,
+        limit: Annotated[int, Field(ge=1, le=500)] = 20,
+        before: Annotated[
+            UUID | None, Field(description="next_before of the previous page")
+        ] = None,
+    ) -> TransactionPage:
+        """The account's transactions, newest first, a page at a time."""
+
+        async def work(key: str) -> TransactionPage:
+            async with app_state.pool.connection() as conn:
+                found = await queries.list_transactions(
+                    conn, api_key=key, account=account_id, status=status, limit=limit, before=before
+                )
+            return TransactionPage(
+                transactions=[
+                    TransactionOut.model_validate(t, from_attributes=True) for t in found
+                ],
+                next_before=found[-1].id if len(found) == limit else None,
+            )
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def capture_hold(
+        ctx: Context,
+        hold_id: UUID,
+        amount: Annotated[
+            str | None, Field(description="the actual cost as a decimal; default: all of it")
+        ] = None,
+    ) -> HoldOut:
+        """Spend from a hold that `authorize` placed on credits, freeing the rest."""
+
+        async def work(key: str) -> HoldOut:
+            ask = CaptureRequest.model_validate({"amount": amount} if amount is not None else {})
+            async with app_state.pool.connection() as conn:
+                found = await queries.capture_hold(
+                    conn, api_key=key, hold_id=hold_id, amount=ask.amount
+                )
+            return HoldOut.model_validate(found, from_attributes=True)
+
+        return await call(ctx, work)
+
+    @server.tool()
+    async def release_hold(ctx: Context, hold_id: UUID) -> HoldOut:
+        """Cancel a hold: nothing is spent."""
+
+        async def work(key: str) -> HoldOut:
+            async with app_state.pool.connection() as conn:
+                found = await queries.release_hold(conn, api_key=key, hold_id=hold_id)
+            return HoldOut.model_validate(found, from_attributes=True)
+
+        return await call(ctx, work)
+
+    return server
+
+
+def _bearer(headers: Any) -> str:
+    value = (headers or {}).get("authorization", "") if headers is not None else ""
+    scheme, _, key = str(value).partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _refusal(401, "missing_api_key", "send the key as Authorization: Bearer <key>")
+    return key.strip()
+
+
+class KeyedEndpoint:
+    """The MCP endpoint behind the same key check as the REST API: no valid key, 401."""
+
+    def __init__(self, app: ASGIApp, app_state: Any) -> None:
+        self._app = app
+        self._state = app_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        try:
+            key = _bearer(Headers(scope=scope))
+            if len(key) > 200:
+                raise _refusal(
+                    401, "malformed_authorization", "expected Authorization: Bearer <key>"
+                )
+            async with self._state.pool.connection() as conn:
+                await queries.whoami(conn, api_key=key)
+        except ToolRefusal as exc:
+            response = errors.error_response(
+                exc.body["status"],
+                exc.body["error"]["code"],
+                exc.body["error"]["message"],
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        except DomainError as exc:
+            await errors.domain_error_response(exc)(scope, receive, send)
+            return
+        except (psycopg.Error, PoolTimeout):
+            response = errors.error_response(
+                503,
+                "database_unavailable",
+                "the database is unavailable; retry",
+                headers={"Retry-After": errors.RETRY_AFTER_SECONDS},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+def endpoint(
+    server: MCPServer, app_state: Any
+) -> tuple[KeyedEndpoint, StreamableHTTPSessionManager]:
+    """The ASGI endpoint for /mcp and the session manager whose ``run()`` the app's lifespan
+    must enter. Stateless and JSON: any worker answers any request, nothing is kept between
+    them. Requests are authenticated by key, so DNS-rebinding protection (for servers trusting
+    their network position) is not needed."""
+    server.streamable_http_app(  # builds the session manager; its Starlette app is not used
+        json_response=True,
+        stateless_http=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    manager = server.session_manager
+    return KeyedEndpoint(StreamableHTTPASGIApp(manager), app_state), manager

@@ -1,0 +1,248 @@
+"""What the HTTP routes and the MCP tools both do, in one place: paying (a Stripe call between
+two stored functions), authorizing (with the payment options a refusal carries), recording
+usage (each event answered on its own) and reading balances. Every rule is still the
+database's; this is only the order of the calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from pydantic import TypeAdapter, ValidationError
+
+from api.models import (
+    ApiError,
+    Authorization,
+    AuthorizeRequest,
+    Balance,
+    Balances,
+    PaymentCreate,
+    PaymentCreated,
+    PaymentOption,
+    PaymentRequest,
+    PaymentRequired,
+    UsageEvent,
+    UsageReceipt,
+    UsageResult,
+)
+from api.stripe_gateway import StripeGateway
+from db import queries
+from db.errors import DomainError
+
+PoolT = AsyncConnectionPool[AsyncConnection[Any]]
+EVENT = TypeAdapter(UsageEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class Paid:
+    payment: PaymentCreated
+    replayed: bool
+
+
+async def create_payment(
+    pool: PoolT,
+    stripe: StripeGateway,
+    *,
+    api_key: str,
+    ask: PaymentCreate,
+    idempotency_key: str,
+    wait: float,
+) -> Paid:
+    """Create a Stripe PaymentIntent and record it, exactly once per idempotency key.
+
+    The key is claimed in PostgreSQL, Stripe is called, and the payment is recorded, all in one
+    transaction: a failure anywhere leaves nothing behind. A request whose key is in use by one
+    still in progress polls until that one ends (at most ``wait`` seconds), then replays its
+    response (or, if it failed, proceeds itself); past that, idempotency_in_progress.
+    """
+    deadline = time.monotonic() + wait
+    pause = 0.02
+    while True:
+        try:
+            return await _create_once(pool, stripe, api_key, ask, idempotency_key)
+        except DomainError as exc:
+            if exc.code != "idempotency_in_progress" or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
+async def _create_once(
+    pool: PoolT, stripe: StripeGateway, api_key: str, ask: PaymentCreate, idempotency_key: str
+) -> Paid:
+    async with pool.connection() as conn, conn.transaction():
+        claim = await queries.begin_payment(
+            conn,
+            api_key=api_key,
+            idempotency_key=idempotency_key,
+            account=ask.account_id,
+            amount=ask.amount,
+            currency=ask.currency.upper(),
+            purpose=ask.purpose,
+            description=ask.description,
+            payment_method=ask.payment_method,
+        )
+        if claim.replayed:
+            if claim.response is None:  # cannot happen: a claim commits with its response
+                raise DomainError("conflict", "idempotency_in_progress", "retry this request")
+            return Paid(PaymentCreated.model_validate(claim.response), replayed=True)
+        intent = await stripe.create_payment_intent(
+            amount=claim.amount,
+            currency=claim.currency,
+            payment_method=ask.payment_method,
+            metadata={
+                "tollgate_payment_id": str(claim.payment_id),
+                "tollgate_account_id": str(claim.account_uuid),
+            },
+            idempotency_key=claim.stripe_idempotency_key,
+        )
+        recorded = await queries.finish_payment(
+            conn,
+            api_key=api_key,
+            payment_id=claim.payment_id,
+            stripe_id=intent.id,
+            status=intent.status,
+            client_secret=intent.client_secret,
+        )
+    return Paid(PaymentCreated.model_validate(recorded), replayed=False)
+
+
+async def authorize(
+    pool: PoolT, *, api_key: str, ask: AuthorizeRequest
+) -> Authorization | PaymentRequired:
+    """Allowed (with the hold to capture, if credits paid), or the refusal with how to pay."""
+    async with pool.connection() as conn:
+        found = await queries.authorize(
+            conn,
+            api_key=api_key,
+            account=ask.account_id,
+            action=ask.action,
+            cost=ask.cost,
+            currency=ask.currency.upper() if ask.currency else None,
+            agent=ask.agent_id,
+            hold_seconds=ask.hold_seconds,
+        )
+    if found.allowed:
+        return Authorization.model_validate(found, from_attributes=True)
+    return PaymentRequired(
+        error=ApiError(code=found.code or "payment_required", message=found.message or ""),
+        account_id=found.account_id,
+        action=found.action,
+        price=found.price,
+        currency=found.currency,
+        remaining=found.remaining,
+        accepts=payment_options(found, ask.account_id),
+    )
+
+
+def payment_options(found: queries.Authorization, admin_account: str | None) -> list[PaymentOption]:
+    """The requests that would entitle the account: pay for this run, or buy credits."""
+    if found.code != "payment_required" or found.price_minor is None or found.currency is None:
+        return []
+    options = []
+    for scheme, purpose, description in (
+        (
+            "stripe.payment",
+            found.action,
+            f"pay for one run of {found.action}, then authorize again",
+        ),
+        (
+            "credits",
+            "credits",
+            f"buy {found.price} {found.currency} of credits, then authorize again",
+        ),
+    ):
+        payload: dict[str, object] = {
+            "amount": found.price_minor,
+            "currency": found.currency.lower(),
+            "purpose": purpose,
+        }
+        if admin_account is not None:
+            payload["account_id"] = admin_account
+        options.append(
+            PaymentOption(
+                scheme=scheme,
+                description=description,
+                amount=found.price or "",
+                amount_minor=found.price_minor,
+                currency=found.currency,
+                request=PaymentRequest(
+                    method="POST",
+                    url="/v1/payments",
+                    headers={
+                        "Idempotency-Key": f"{purpose}-{uuid.uuid4()}",
+                        "Content-Type": "application/json",
+                    },
+                    body=payload,
+                ),
+            )
+        )
+    return options
+
+
+async def record_usage(pool: PoolT, *, api_key: str, events: list[Any]) -> UsageReceipt:
+    """Each event validated on its own (a bad one is rejected, the rest go on), then the valid
+    ones recorded in one call; answers in the order sent."""
+    results: dict[int, UsageResult] = {}
+    sent: list[tuple[int, UsageEvent]] = []
+    for index, raw in enumerate(events):
+        try:
+            sent.append((index, EVENT.validate_python(raw)))
+        except ValidationError as exc:
+            raw_id = raw.get("id") if isinstance(raw, dict) else None
+            results[index] = UsageResult(
+                index=index,
+                id=raw_id if isinstance(raw_id, str) else None,
+                outcome="rejected",
+                reason=_problem(exc),
+            )
+    if sent:
+        async with pool.connection() as conn:
+            answered = await queries.record_usage(
+                conn,
+                api_key=api_key,
+                ids=[e.id for _, e in sent],
+                accounts=[e.account_id for _, e in sent],
+                agents=[e.agent_id for _, e in sent],
+                metrics=[e.metric for _, e in sent],
+                quantities=[e.quantity for _, e in sent],
+                occurred_at=[e.occurred_at for _, e in sent],
+            )
+        for (index, _), row in zip(sent, answered, strict=True):
+            results[index] = UsageResult(
+                index=index,
+                id=row.id,
+                outcome=row.outcome,
+                reason=row.reason,
+                cost=row.cost,
+                currency=row.currency,
+            )
+    ordered = [results[i] for i in range(len(events))]
+    return UsageReceipt(
+        accepted=sum(r.outcome == "accepted" for r in ordered),
+        duplicates=sum(r.outcome == "duplicate" for r in ordered),
+        rejected=sum(r.outcome == "rejected" for r in ordered),
+        results=ordered,
+    )
+
+
+def _problem(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    return f"invalid_event: {field or 'event'}: {first.get('msg')}"
+
+
+async def balances(pool: PoolT, *, api_key: str, account: str | None) -> Balances:
+    """The account's balances (the key's own account when ``account`` is None)."""
+    async with pool.connection() as conn:
+        if account is None:
+            account = (await queries.whoami(conn, api_key=api_key)).account_id
+        rows = await queries.balances(conn, api_key=api_key, account=account)
+    return Balances(
+        account_id=account, balances=[Balance.model_validate(r, from_attributes=True) for r in rows]
+    )

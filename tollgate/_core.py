@@ -1,0 +1,147 @@
+"""What the sync and async clients share: errors, the description of one call, when to retry."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import TypeAdapter
+
+from api import models
+
+T = TypeVar("T")
+
+# Statuses after which nothing was done, so any request may be sent again: the database was
+# unavailable (503), or a request with the same Idempotency-Key was still running (409
+# idempotency_in_progress).
+RETRY_STATUSES = {503}
+RETRY_CODES = {"idempotency_in_progress", "database_unavailable"}
+
+
+class TollgateError(Exception):
+    """An error answer from Tollgate: HTTP status, Tollgate's code, its message, the body."""
+
+    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class BadRequest(TollgateError):
+    """400 or 422: the request's shape or values were refused; nothing was written."""
+
+
+class Unauthorized(TollgateError):
+    """401: no key, or an invalid or revoked one."""
+
+
+class Forbidden(TollgateError):
+    """403: this needs an admin key."""
+
+
+class NotFound(TollgateError):
+    """404: no such thing, or not this key's."""
+
+
+class Conflict(TollgateError):
+    """409: refused by a rule (a transition, a duplicate, insufficient funds, a review)."""
+
+
+class PaymentRequired(TollgateError):
+    """402 from authorize: not entitled. ``required.accepts`` lists the payments that would
+    entitle the account (one run of the action, or credits), ready to send."""
+
+    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
+        super().__init__(status, code, message, body)
+        self.required: models.PaymentRequired | None = (
+            models.PaymentRequired.model_validate(body) if isinstance(body, dict) else None
+        )
+
+
+class Unavailable(TollgateError):
+    """502, 503 or 504 after the retries, or Tollgate could not be reached."""
+
+
+ERRORS: dict[int, type[TollgateError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    402: PaymentRequired,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: BadRequest,
+    422: BadRequest,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
+}
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One route: how to send it, what it answers, and whether a lost answer may be re-sent
+    (GET, PUT, and requests carrying an idempotency key or event ids)."""
+
+    method: str
+    path: str
+    model: Any
+    json: Any = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = False
+    ok: frozenset[int] = frozenset()  # non-2xx statuses that are answers, not errors
+
+
+def body_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def result(call: Call[T], response: httpx.Response) -> T:
+    """The parsed answer, or the typed error."""
+    if response.is_success or response.status_code in call.ok:
+        parsed: T = TypeAdapter(call.model).validate_python(response.json())
+        return parsed
+    body = body_of(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code", "error") if isinstance(error, dict) else "error"
+    message = error.get("message", response.text[:200]) if isinstance(error, dict) else ""
+    kind = ERRORS.get(response.status_code, TollgateError)
+    raise kind(response.status_code, str(code), str(message or response.reason_phrase), body)
+
+
+def retry_response(response: httpx.Response) -> bool:
+    """Nothing was done: safe to send again, whatever the request."""
+    if response.status_code in RETRY_STATUSES:
+        return True
+    body = body_of(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    if response.status_code != 409 or not isinstance(error, dict):
+        return False
+    return error.get("code") in RETRY_CODES
+
+
+def retry_exception(call: Call[Any], exc: httpx.TransportError) -> bool:
+    """A request that never left may be sent again; one whose answer was lost only if sending
+    it twice does no harm."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) or call.idempotent
+
+
+def pause(attempt: int, response: httpx.Response | None, base: float, cap: float = 8.0) -> float:
+    """Exponential backoff from ``base``, or the server's Retry-After if it asks for longer."""
+    wait = min(cap, base * 2**attempt)
+    header = response.headers.get("Retry-After") if response is not None else None
+    if header:
+        try:
+            wait = max(wait, min(cap, float(header)))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(header)
+            wait = max(wait, min(cap, when.timestamp() - time.time()))
+    return wait
