@@ -136,12 +136,15 @@ def retry_exception(call: Call[Any], exc: httpx.TransportError) -> bool:
 
 def pause(attempt: int, response: httpx.Response | None, base: float, cap: float = 8.0) -> float:
     """Exponential backoff from ``base``, or the server's Retry-After if it asks for longer."""
-    wait = min(cap, base * 2**attempt)
-    header = response.headers.get("Retry-After") if response is not None else None
-    if header:
+    wait: float = min(cap, base * 2**attempt)
+    header: str | None = response.headers.get("Retry-After") if response is not None else None
+    if not header:
+        return wait
+    try:
+        asked = float(header)
+    except ValueError:
         try:
-            wait = max(wait, min(cap, float(header)))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(header)
-            wait = max(wait, min(cap, when.timestamp() - time.time()))
-    return wait
+            asked = email.utils.parsedate_to_datetime(header).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return wait
+    return max(wait, min(cap, asked))

@@ -1,0 +1,509 @@
+"""Tollgate's asynchronous client: one typed method per HTTP route.
+
+This file is the source: ``tollgate/_sync_client.py`` is generated from it by
+``python tollgate/_unasync.py`` (a test fails when the two drift apart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel
+
+from api import models
+from tollgate._core import (
+    Call,
+    T,
+    TollgateError,
+    Unavailable,
+    pause,
+    result,
+    retry_exception,
+    retry_response,
+)
+
+Amount = Decimal | int | str
+
+
+def _json(model: BaseModel) -> Any:
+    # Decimals travel as strings ("12.50"): exact, and accepted wherever an amount is.
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def _query(**params: Any) -> dict[str, Any]:
+    return {name: value for name, value in params.items() if value is not None}
+
+
+class AsyncClient:
+    """Talks to one Tollgate with one API key.
+
+    ``base_url`` and ``api_key`` default to ``TOLLGATE_URL`` and ``TOLLGATE_API_KEY``. Requests
+    that did nothing (503, a connection that never opened, an Idempotency-Key still in use) are
+    sent again up to ``retries`` times with exponential backoff from ``backoff`` seconds, or the
+    server's Retry-After. Payments and transfers get an Idempotency-Key when none is given, the
+    same one on every retry, so a retried payment is created once. Errors raise the subclasses
+    of ``TollgateError``; a refused authorization raises ``PaymentRequired``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        retries: int = 3,
+        backoff: float = 0.25,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        base_url = base_url or os.environ.get("TOLLGATE_URL", "http://127.0.0.1:8000")
+        api_key = api_key or os.environ.get("TOLLGATE_API_KEY")
+        if not api_key:
+            raise ValueError("an API key is needed: pass api_key or set TOLLGATE_API_KEY")
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "tollgate-python"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def send(self, call: Call[T]) -> T:
+        """Send one call, retrying what is safe to retry; the parsed answer or a typed error."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method, call.path, json=call.json, params=call.params, headers=call.headers
+                )
+            except httpx.TransportError as exc:
+                if attempt < self.retries and retry_exception(call, exc):
+                    await asyncio.sleep(pause(attempt, None, self.backoff))
+                    attempt += 1
+                    continue
+                raise Unavailable(0, "unreachable", f"{type(exc).__name__}: {exc}") from exc
+            if attempt < self.retries and retry_response(response):
+                await asyncio.sleep(pause(attempt, response, self.backoff))
+                attempt += 1
+                continue
+            return result(call, response)
+
+    # Who am I, and is Tollgate up
+
+    async def me(self) -> models.Identity:
+        """The account this key belongs to and whether it is an admin key."""
+        return await self.send(Call("GET", "/v1/me", models.Identity, idempotent=True))
+
+    async def ready(self) -> bool:
+        """True when Tollgate and its database answer."""
+        try:
+            await self.send(Call("GET", "/readyz", models.Health, idempotent=True))
+        except TollgateError:
+            return False
+        return True
+
+    # Gating
+
+    async def authorize(
+        self,
+        action: str,
+        *,
+        account_id: str | None = None,
+        cost: Amount | None = None,
+        currency: str | None = None,
+        agent_id: str | None = None,
+        hold_seconds: int | None = None,
+    ) -> models.Authorization:
+        """May the account run ``action`` now? Raises ``PaymentRequired`` (with the payments
+        that would allow it in ``.required.accepts``) when not. With credits, the answer holds
+        the cost: capture or release ``hold_id`` when done."""
+        ask = models.AuthorizeRequest(
+            account_id=account_id,
+            action=action,
+            cost=None if cost is None else Decimal(cost),
+            currency=currency,
+            agent_id=agent_id,
+            hold_seconds=hold_seconds,
+        )
+        return await self.send(Call("POST", "/v1/authorize", models.Authorization, _json(ask)))
+
+    async def can_continue(
+        self, account_id: str, *, purpose: str | None = None
+    ) -> models.Continuation:
+        """Whether the account's newest payment (for ``purpose``) allows it to go on; a
+        ``allowed=False`` answer is returned, not raised."""
+        return await self.send(
+            Call(
+                "GET",
+                f"/v1/accounts/{account_id}/can-continue",
+                models.Continuation,
+                params=_query(purpose=purpose),
+                idempotent=True,
+                ok=frozenset({402}),
+            )
+        )
+
+    async def get_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
+        return await self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
+
+    async def capture_hold(
+        self, hold_id: uuid.UUID | str, *, amount: Amount | None = None
+    ) -> models.HoldOut:
+        """Charge a hold: all of it, or ``amount`` of it (the rest goes back)."""
+        ask = models.CaptureRequest(amount=None if amount is None else Decimal(amount))
+        return await self.send(
+            Call("POST", f"/v1/holds/{hold_id}/capture", models.HoldOut, _json(ask))
+        )
+
+    async def release_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
+        """Give a hold back uncharged."""
+        return await self.send(Call("POST", f"/v1/holds/{hold_id}/release", models.HoldOut))
+
+    async def record_usage(self, events: Iterable[models.UsageEvent]) -> models.UsageReceipt:
+        """Record up to 1000 usage events; each event is answered on its own (accepted,
+        duplicate or rejected), and sending a batch again is harmless."""
+        batch = [_json(event) for event in events]
+        return await self.send(
+            Call("POST", "/v1/usage", models.UsageReceipt, {"events": batch}, idempotent=True)
+        )
+
+    # Payments
+
+    async def create_payment(
+        self,
+        amount: int,
+        currency: str,
+        *,
+        purpose: str | None = None,
+        description: str | None = None,
+        payment_method: str | None = None,
+        account_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.PaymentCreated:
+        """Create a Stripe PaymentIntent for ``amount`` minor units. Purpose ``credits`` buys
+        credits; an action's name pays for one run of it."""
+        ask = models.PaymentCreate(
+            amount=amount,
+            currency=currency,
+            purpose=purpose,
+            description=description,
+            payment_method=payment_method,
+            account_id=account_id,
+        )
+        key = idempotency_key or str(uuid.uuid4())
+        return await self.send(
+            Call(
+                "POST",
+                "/v1/payments",
+                models.PaymentCreated,
+                _json(ask),
+                headers={"Idempotency-Key": key},
+                idempotent=True,
+            )
+        )
+
+    async def get_payment(self, ref: uuid.UUID | str) -> models.Payment:
+        """A payment by Tollgate id or Stripe PaymentIntent id."""
+        return await self.send(Call("GET", f"/v1/payments/{ref}", models.Payment, idempotent=True))
+
+    # Balances, transfers and transactions
+
+    async def balances(self, account_id: str | None = None) -> models.Balances:
+        """The account's balances (this key's account when not given)."""
+        account = account_id or (await self.me()).account_id
+        return await self.send(
+            Call("GET", f"/v1/accounts/{account}/balances", models.Balances, idempotent=True)
+        )
+
+    async def transfer(
+        self,
+        to_account_id: str,
+        amount: Amount,
+        currency: str,
+        *,
+        from_account_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Transfer:
+        """Move ``amount`` (a decimal, e.g. "12.50") between two accounts' balances."""
+        ask = models.TransferCreate(
+            from_account_id=from_account_id,
+            to_account_id=to_account_id,
+            amount=Decimal(amount),
+            currency=currency,
+        )
+        key = idempotency_key or str(uuid.uuid4())
+        return await self.send(
+            Call(
+                "POST",
+                "/v1/transfers",
+                models.Transfer,
+                _json(ask),
+                headers={"Idempotency-Key": key},
+                idempotent=True,
+            )
+        )
+
+    async def create_transaction(
+        self,
+        reference: str,
+        amount: Amount,
+        currency: str,
+        *,
+        account_id: str | None = None,
+        payment_id: str | None = None,
+    ) -> models.Transaction:
+        """Record a pending transaction; its reference is unique per account, so a retry is
+        refused (409) rather than recorded twice."""
+        ask = models.TransactionCreate(
+            account_id=account_id,
+            reference=reference,
+            amount=Decimal(amount),
+            currency=currency,
+            payment_id=payment_id,
+        )
+        return await self.send(Call("POST", "/v1/transactions", models.Transaction, _json(ask)))
+
+    async def get_transaction(
+        self, reference: str, *, account_id: str | None = None
+    ) -> models.Transaction:
+        return await self.send(
+            Call(
+                "GET",
+                f"/v1/transactions/{reference}",
+                models.Transaction,
+                params=_query(account_id=account_id),
+                idempotent=True,
+            )
+        )
+
+    async def list_transactions(
+        self,
+        *,
+        account_id: str | None = None,
+        status: models.TransactionStatus | None = None,
+        limit: int = 50,
+        before: uuid.UUID | str | None = None,
+    ) -> models.TransactionPage:
+        """One page, newest first; pass ``next_before`` back as ``before`` for the next."""
+        params = _query(account_id=account_id, status=status, limit=limit, before=before)
+        return await self.send(
+            Call("GET", "/v1/transactions", models.TransactionPage, params=params, idempotent=True)
+        )
+
+    async def iter_transactions(
+        self,
+        *,
+        account_id: str | None = None,
+        status: models.TransactionStatus | None = None,
+        page_size: int = 200,
+    ) -> AsyncIterator[models.Transaction]:
+        """Every transaction, newest first, a page at a time."""
+        before: uuid.UUID | None = None
+        while True:
+            page = await self.list_transactions(
+                account_id=account_id, status=status, limit=page_size, before=before
+            )
+            for transaction in page.transactions:
+                yield transaction
+            if page.next_before is None:
+                return
+            before = page.next_before
+
+    async def settle_transaction(
+        self, reference: str, *, account_id: str | None = None
+    ) -> models.Transaction:
+        return await self._move(reference, "settle", account_id)
+
+    async def fail_transaction(
+        self, reference: str, *, account_id: str | None = None
+    ) -> models.Transaction:
+        return await self._move(reference, "fail", account_id)
+
+    async def reverse_transaction(
+        self, reference: str, *, account_id: str | None = None
+    ) -> models.Transaction:
+        return await self._move(reference, "reverse", account_id)
+
+    async def _move(self, reference: str, to: str, account_id: str | None) -> models.Transaction:
+        return await self.send(
+            Call(
+                "POST",
+                f"/v1/transactions/{reference}/{to}",
+                models.Transaction,
+                params=_query(account_id=account_id),
+            )
+        )
+
+    # Usage report and settings (admin keys)
+
+    async def usage_report(
+        self,
+        account_id: str,
+        *,
+        metric: str | None = None,
+        period: Literal["day", "month"] = "day",
+        start: str | None = None,
+        end: str | None = None,
+    ) -> models.UsageReport:
+        params = _query(metric=metric, period=period, **{"from": start, "to": end})
+        return await self.send(
+            Call(
+                "GET",
+                f"/v1/accounts/{account_id}/usage",
+                models.UsageReport,
+                params=params,
+                idempotent=True,
+            )
+        )
+
+    async def set_action_price(
+        self, action: str, price: Amount, currency: str, *, description: str | None = None
+    ) -> models.ActionPriceOut:
+        ask = models.ActionPriceIn(price=Decimal(price), currency=currency, description=description)
+        return await self.send(
+            Call("PUT", f"/v1/actions/{action}", models.ActionPriceOut, _json(ask), idempotent=True)
+        )
+
+    async def set_metric_price(
+        self, metric: str, unit_price: Amount, currency: str
+    ) -> models.MetricPriceOut:
+        ask = models.MetricPriceIn(unit_price=Decimal(unit_price), currency=currency)
+        return await self.send(
+            Call("PUT", f"/v1/metrics/{metric}", models.MetricPriceOut, _json(ask), idempotent=True)
+        )
+
+    async def set_spend_cap(
+        self,
+        account_id: str,
+        period: Literal["day", "month"],
+        currency: str,
+        hard_limit: Amount,
+        *,
+        agent_id: str | None = None,
+        soft_pct: int = 80,
+    ) -> models.SpendCapOut:
+        ask = models.SpendCapIn(
+            agent_id=agent_id,
+            period=period,
+            currency=currency,
+            hard_limit=Decimal(hard_limit),
+            soft_pct=soft_pct,
+        )
+        return await self.send(
+            Call(
+                "PUT",
+                f"/v1/accounts/{account_id}/spend-caps",
+                models.SpendCapOut,
+                _json(ask),
+                idempotent=True,
+            )
+        )
+
+    async def set_wallet(
+        self,
+        account_id: str,
+        currency: str,
+        *,
+        allow_negative: bool | None = None,
+        low_balance: Amount | None = None,
+    ) -> models.WalletOut:
+        ask = models.WalletIn(
+            allow_negative=allow_negative,
+            low_balance=None if low_balance is None else Decimal(low_balance),
+        )
+        return await self.send(
+            Call(
+                "PUT",
+                f"/v1/accounts/{account_id}/wallets/{currency}",
+                models.WalletOut,
+                _json(ask),
+                idempotent=True,
+            )
+        )
+
+    # Risk reviews and reconciliation (admin keys)
+
+    async def list_reviews(
+        self, status: Literal["open", "approved", "rejected"] = "open"
+    ) -> list[models.ReviewOut]:
+        return await self.send(
+            Call(
+                "GET",
+                "/v1/reviews",
+                list[models.ReviewOut],
+                params={"status": status},
+                idempotent=True,
+            )
+        )
+
+    async def approve_review(
+        self, review_id: uuid.UUID | str, *, note: str | None = None
+    ) -> models.ReviewOut:
+        return await self._decide(review_id, "approve", note)
+
+    async def reject_review(
+        self, review_id: uuid.UUID | str, *, note: str | None = None
+    ) -> models.ReviewOut:
+        return await self._decide(review_id, "reject", note)
+
+    async def _decide(
+        self, review_id: uuid.UUID | str, decision: str, note: str | None
+    ) -> models.ReviewOut:
+        ask = models.DecisionIn(note=note)
+        return await self.send(
+            Call("POST", f"/v1/reviews/{review_id}/{decision}", models.ReviewOut, _json(ask))
+        )
+
+    async def set_risk_rule(
+        self,
+        currency: str,
+        *,
+        account_id: str | None = None,
+        max_amount: Amount | None = None,
+        velocity_count: int | None = None,
+        velocity_seconds: int | None = None,
+        first_amount_max: Amount | None = None,
+    ) -> models.RiskRuleOut:
+        ask = models.RiskRuleIn(
+            max_amount=None if max_amount is None else Decimal(max_amount),
+            velocity_count=velocity_count,
+            velocity_seconds=velocity_seconds,
+            first_amount_max=None if first_amount_max is None else Decimal(first_amount_max),
+        )
+        return await self.send(
+            Call(
+                "PUT",
+                f"/v1/risk-rules/{currency}",
+                models.RiskRuleOut,
+                _json(ask),
+                params=_query(account_id=account_id),
+                idempotent=True,
+            )
+        )
+
+    async def import_reconciliation_lines(
+        self, source: str, lines: Iterable[models.ReconciliationLineIn | Mapping[str, Any]]
+    ) -> models.ReconciliationOut:
+        """Match an outside statement's lines against Tollgate's transactions."""
+        ask = models.ReconciliationIn(
+            source=source,
+            lines=[models.ReconciliationLineIn.model_validate(line) for line in lines],
+        )
+        return await self.send(
+            Call("POST", "/v1/reconciliation/lines", models.ReconciliationOut, _json(ask))
+        )
