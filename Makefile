@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint bench clean
+.PHONY: dev test lint example bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -27,6 +27,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## The example agent (examples/paid_action.py), against a running `make dev`.
+example: $(STAMP)
+	$(BIN)/python examples/paid_action.py
 
 ## Benchmarks (not part of the tests): results in bench/results/.
 bench: $(STAMP)

@@ -81,9 +81,17 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
             stripe_api_base=api_base,
         )
         base = f"http://{host}:{port}"
+        env_file = write_env_file(
+            data_dir,
+            TOLLGATE_URL=base,
+            TOLLGATE_API_KEY=new.key,
+            STRIPE_API_BASE=api_base or "",
+            STRIPE_API_KEY=api_key,
+        )
         print(
             f"\nTollgate API on {base}  (docs: {base}/docs)\n"
-            f"API key for account {DEV_ACCOUNT} (shown once): {new.key}\n\n"
+            f"API key for account {DEV_ACCOUNT} (shown once): {new.key}\n"
+            f"(also in {env_file}, for the client and examples/paid_action.py)\n\n"
             "Try it:\n"
             f"  curl -s -X POST {base}/v1/payments \\\n"
             f"    -H 'Authorization: Bearer {new.key}' \\\n"
@@ -97,6 +105,17 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
         # (stopping the emulator and the embedded server) instead of killing the process.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def write_env_file(data_dir: Path, **values: str) -> Path:
+    """``dev.env`` in the data folder, readable by its owner only: how a local agent reaches
+    this Tollgate (read by examples/paid_action.py)."""
+    path = data_dir / "dev.env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"{name}={value}\n" for name, value in values.items())
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+    return path
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
