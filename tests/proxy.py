@@ -1,5 +1,6 @@
-"""A real HTTP proxy in front of the API that misbehaves on cue: answer 503 itself, or forward a
-request and then hang up without answering (the answer is lost after the work was done)."""
+"""A real HTTP proxy that misbehaves on cue, in front of the API or of the Stripe emulator:
+answer 503 or 500 itself, hang up, or forward a request and then hang up without answering (the
+answer is lost after the work was done)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Literal
 
 import httpx
 
-Fault = Literal["pass", "503", "drop"]
+# pass: forward; 503 / 500: answer that status without forwarding; drop: forward, then hang up
+# without answering; hangup: hang up without forwarding.
+Fault = Literal["pass", "503", "500", "drop", "hangup"]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -44,9 +47,16 @@ def faulty_proxy(upstream: str, script: Script) -> Iterator[str]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             fault = script.next(self.command, self.path)
-            if fault == "503":
-                payload = b'{"error":{"code":"database_unavailable","message":"try again"}}'
-                self.send_response(503)
+            if fault == "hangup":
+                self.close_connection = True
+                return
+            if fault in ("503", "500"):
+                payload = (
+                    b'{"error":{"code":"database_unavailable","message":"try again"}}'
+                    if fault == "503"
+                    else b'{"error":{"type":"api_error","message":"internal error"}}'
+                )
+                self.send_response(int(fault))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Retry-After", "0")
                 self.send_header("Content-Length", str(len(payload)))
