@@ -13,6 +13,7 @@ full 402 body with ``accepts``, the payment requests that would entitle the acco
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar, cast
 from uuid import UUID
@@ -22,7 +23,6 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent
-from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,6 +46,7 @@ from db import queries
 from db.errors import DomainError, translate
 
 T = TypeVar("T")
+log = logging.getLogger("tollgate.mcp")
 
 INSTRUCTIONS = """Tollgate decides whether this agent may run a paid action, and takes payment.
 Before an expensive action call `authorize` with the action's name. If it is refused with
@@ -117,16 +118,16 @@ def build(app_state: Any) -> MCPServer:
             refusal = _domain(exc)
         except ValidationError as exc:
             refusal = _invalid(exc)
-        except (psycopg.Error, PoolTimeout) as exc:
-            translated = translate(exc) if isinstance(exc, psycopg.Error) else None
+        except psycopg.Error as exc:
+            translated = translate(exc)
             if isinstance(translated, DomainError):
                 refusal = _domain(translated)
-            elif isinstance(exc, PoolTimeout | psycopg.OperationalError):
-                refusal = _refusal(
-                    503, "database_unavailable", "the database is unavailable; retry"
-                )
             else:
-                raise
+                log.exception("database error in an MCP tool", exc_info=exc)
+                refusal = _refusal(500, "internal_error", "an unexpected database error occurred")
+        except Exception as exc:
+            log.exception("unhandled error in an MCP tool", exc_info=exc)
+            refusal = _refusal(500, "internal_error", "an unexpected error occurred")
         return cast(T, _error_result(refusal))
 
     @server.tool()
@@ -348,7 +349,7 @@ class KeyedEndpoint:
         except DomainError as exc:
             await errors.domain_error_response(exc)(scope, receive, send)
             return
-        except (psycopg.Error, PoolTimeout):
+        except psycopg.Error:  # PoolTimeout included
             response = errors.error_response(
                 503,
                 "database_unavailable",

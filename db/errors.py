@@ -12,6 +12,7 @@ from typing import Literal
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg_pool import PoolTimeout
 
 Kind = Literal[
     "unauthorized",
@@ -133,13 +134,21 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "payment_events_type_format": ("invalid", "invalid_event", "event type is malformed"),
 }
 
+# Nothing was done: no connection could be had, or the transaction was rolled back. Safe to
+# retry any request.
 UNAVAILABLE = (
-    pgerr.OperationalError,  # connection lost, server shutting down, too many connections
+    PoolTimeout,  # no connection within the pool timeout: nothing was sent
+    pgerr.CannotConnectNow,  # the server is starting or shutting down
+    pgerr.TooManyConnections,
     pgerr.SerializationFailure,
     pgerr.DeadlockDetected,
     pgerr.LockNotAvailable,
     pgerr.QueryCanceled,
 )
+
+# The connection broke while a request used it: a statement may have committed (autocommit)
+# before the answer was lost, so only an idempotent request may simply be sent again.
+LOST = psycopg.OperationalError
 
 
 def from_psycopg(exc: psycopg.Error) -> DomainError | None:
@@ -153,8 +162,17 @@ def from_psycopg(exc: psycopg.Error) -> DomainError | None:
     if constraint in CONSTRAINTS:
         kind, code, friendly = CONSTRAINTS[constraint]
         return DomainError(kind, code, friendly or message)
-    if isinstance(exc, UNAVAILABLE) or isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, UNAVAILABLE):
         return DomainError("unavailable", "database_unavailable", "the database is unavailable")
+    if isinstance(exc, LOST):
+        return DomainError(
+            "unavailable",
+            "database_connection_lost",
+            "the connection to the database was lost; the request may have been applied:"
+            " read before retrying, or retry with the same idempotency key",
+        )
+    if isinstance(exc, psycopg.DataError) and not sqlstate:  # refused by psycopg, e.g. a NUL
+        return DomainError("invalid", "invalid_input", message)
     if sqlstate.startswith("22"):  # data exception: a value out of range or malformed
         return DomainError("invalid", "invalid_input", message)
     if sqlstate.startswith("23"):  # a constraint not listed above: still the caller's input

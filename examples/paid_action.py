@@ -25,10 +25,11 @@ from pathlib import Path
 
 import stripe
 
-from api.models import UsageEvent
+from api.models import Authorization, UsageEvent
 from tollgate import Client, PaymentRequired, TollgateError
 
 ACTION = "report.generate"
+AGENT = "example-agent"
 
 
 def step(text: str) -> None:
@@ -84,15 +85,19 @@ def main() -> int:
     with Client() as tollgate:
         me = tollgate.me()
         step(f"agent for account {me.account_id} wants to run {ACTION}")
+        allowed: Authorization | None = None
         try:
-            tollgate.authorize(ACTION)
-            step("already entitled (credits left from an earlier run); buying nothing")
+            allowed = tollgate.authorize(ACTION, agent_id=AGENT)
+            step(f"already entitled (via {allowed.via}); buying nothing")
         except PaymentRequired as refused:
-            assert refused.required is not None
-            step(f"402 payment required: {refused.message}")
-            for option in refused.required.accepts:
+            accepts = refused.required.accepts if refused.required else []
+            step(f"402 {refused.code}: {refused.message}")
+            for option in accepts:
                 step(f"  can pay: {option.scheme}: {option.description}")
-            credits = next(o for o in refused.required.accepts if o.scheme == "credits")
+            credits = next((o for o in accepts if o.scheme == "credits"), None)
+            if credits is None:  # e.g. a spend cap: paying more would not help
+                step("nothing to buy that would allow it; stopping")
+                return 1
 
             body = credits.request.body
             payment = tollgate.create_payment(
@@ -117,7 +122,8 @@ def main() -> int:
             main_balance = tollgate.balances().balances[0]
             step(f"payment succeeded; credits: {main_balance.balance} {main_balance.currency}")
 
-        allowed = tollgate.authorize(ACTION, agent_id="example-agent")
+        if allowed is None:
+            allowed = tollgate.authorize(ACTION, agent_id=AGENT)
         step(
             f"authorized via {allowed.via}: hold {allowed.hold_id} until "
             f"{allowed.expires_at:%H:%M:%S}, {allowed.remaining} {allowed.currency} left"
@@ -131,7 +137,7 @@ def main() -> int:
             [
                 UsageEvent(
                     id=f"{ACTION}-{digest}-{time.time_ns()}",
-                    agent_id="example-agent",
+                    agent_id=AGENT,
                     metric="report.words",
                     quantity=Decimal(words),
                     occurred_at=dt.datetime.now(dt.UTC),

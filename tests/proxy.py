@@ -5,6 +5,7 @@ answer is lost after the work was done)."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ class Script:
 
     faults: list[Fault] = field(default_factory=list)
     always: Fault | None = None
+    unavailable_code: str = "database_unavailable"  # the code a 503 carries
+    retry_after: str = "0"
     seen: list[tuple[str, str, Fault]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,14 +54,15 @@ def faulty_proxy(upstream: str, script: Script) -> Iterator[str]:
                 self.close_connection = True
                 return
             if fault in ("503", "500"):
-                payload = (
-                    b'{"error":{"code":"database_unavailable","message":"try again"}}'
+                error = (
+                    {"code": script.unavailable_code, "message": "try again"}
                     if fault == "503"
-                    else b'{"error":{"type":"api_error","message":"internal error"}}'
+                    else {"type": "api_error", "message": "internal error"}
                 )
+                payload = json.dumps({"error": error}).encode()
                 self.send_response(int(fault))
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Retry-After", "0")
+                self.send_header("Retry-After", script.retry_after)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

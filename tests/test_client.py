@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import httpx
 import psycopg
 import pytest
 
@@ -26,10 +27,12 @@ from tollgate import (
     Forbidden,
     NotFound,
     PaymentRequired,
+    TollgateError,
     Unauthorized,
     Unavailable,
     _unasync,
 )
+from tollgate._core import Call, result
 
 
 def test_the_sync_client_is_generated_from_the_async_one() -> None:
@@ -119,10 +122,42 @@ def test_credits_bought_through_the_client_pay_for_a_held_run(
 
 def test_retries_a_503_and_honours_retry_after(api: Api, new_key: Any) -> None:
     key = new_key("agent_3")
-    script = Script(faults=["503", "503"])
+    script = Script(faults=["503", "503"], retry_after="1")
+    started = time.monotonic()
     with faulty_proxy(api.url, script) as url, Client(url, key, backoff=0.01) as agent:
         assert agent.me().account_id == "agent_3"
     assert [fault for _, _, fault in script.seen] == ["503", "503", "pass"]
+    assert time.monotonic() - started >= 2.0, "it waited the second each 503 asked for"
+
+
+def test_a_503_that_may_have_done_the_work_is_not_resent_unless_harmless(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    """database_connection_lost: the statement may have committed. Settling is not resent;
+    a read is."""
+    ops_key = new_key("ops", admin=True)
+    new_key("agent_8")
+    with Client(api.url, ops_key) as ops:
+        ops.create_transaction("order-8", "1.00", "USD", account_id="agent_8")
+    script = Script(faults=["503", "503"], unavailable_code="database_connection_lost")
+    with faulty_proxy(api.url, script) as url, Client(url, ops_key, backoff=0.01) as ops:
+        with pytest.raises(Unavailable) as lost:
+            ops.settle_transaction("order-8", account_id="agent_8")
+        assert lost.value.code == "database_connection_lost" and len(script.seen) == 1
+        assert ops.get_transaction("order-8", account_id="agent_8").status == "pending"
+        assert [fault for _, _, fault in script.seen] == ["503", "503", "pass"]
+
+
+def test_answers_that_are_not_tollgate_s_become_tollgate_errors() -> None:
+    call: Call[models.Identity] = Call("GET", "/v1/me", models.Identity)
+    html = httpx.Response(200, content=b"<html>captive portal</html>")
+    with pytest.raises(TollgateError) as odd:
+        result(call, html)
+    assert odd.value.code == "invalid_response"
+    declined = httpx.Response(402, json={"error": {"code": "card_declined", "message": "no"}})
+    with pytest.raises(PaymentRequired) as refused:
+        result(call, declined)
+    assert refused.value.code == "card_declined" and refused.value.required is None
 
 
 def test_gives_up_after_its_retries_with_unavailable(api: Api, new_key: Any) -> None:

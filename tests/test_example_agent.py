@@ -65,7 +65,7 @@ def test_the_example_agent_pays_runs_and_captures(
     steps = [line.split("] ", 1)[1] for line in done.stdout.splitlines()]
     expected = [
         "agent for account dev_account",
-        "402 payment required",
+        "402 payment_required",
         "  can pay: stripe.payment",
         "  can pay: credits",
         "created payment",

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from api import models
 
 T = TypeVar("T")
 
-# Statuses after which nothing was done, so any request may be sent again: the database was
-# unavailable (503), or a request with the same Idempotency-Key was still running (409
-# idempotency_in_progress).
-RETRY_STATUSES = {503}
-RETRY_CODES = {"idempotency_in_progress", "database_unavailable"}
+# Answers that mean nothing was done, so any request may be sent again: no database connection
+# could be had, or the transaction was rolled back (503 database_unavailable), or a request with
+# the same Idempotency-Key was still running (409 idempotency_in_progress). Any other 503 (a
+# connection lost mid-request, Stripe unreachable, a proxy's) is retried only for requests that
+# are safe to apply twice.
+NOTHING_DONE = {(503, "database_unavailable"), (409, "idempotency_in_progress")}
+# The longest Retry-After honoured; a server asking for more is not retried.
+MAX_RETRY_AFTER = 60.0
 
 
 class TollgateError(Exception):
@@ -58,9 +62,13 @@ class PaymentRequired(TollgateError):
 
     def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
         super().__init__(status, code, message, body)
-        self.required: models.PaymentRequired | None = (
-            models.PaymentRequired.model_validate(body) if isinstance(body, dict) else None
-        )
+        # Only authorize's refusal carries payment instructions; other 402s (a declined card,
+        # a capture past a spend cap) are plain errors.
+        self.required: models.PaymentRequired | None = None
+        try:
+            self.required = models.PaymentRequired.model_validate(body)
+        except ValidationError:
+            pass
 
 
 class Unavailable(TollgateError):
@@ -107,7 +115,14 @@ def body_of(response: httpx.Response) -> Any:
 def result(call: Call[T], response: httpx.Response) -> T:
     """The parsed answer, or the typed error."""
     if response.is_success or response.status_code in call.ok:
-        parsed: T = TypeAdapter(call.model).validate_python(response.json())
+        try:
+            parsed: T = TypeAdapter(call.model).validate_json(response.content)
+        except ValidationError as exc:
+            raise TollgateError(
+                response.status_code,
+                "invalid_response",
+                f"the answer is not the expected {call.model!r}: {response.text[:200]!r}",
+            ) from exc
         return parsed
     body = body_of(response)
     error = body.get("error") if isinstance(body, dict) else None
@@ -117,15 +132,14 @@ def result(call: Call[T], response: httpx.Response) -> T:
     raise kind(response.status_code, str(code), str(message or response.reason_phrase), body)
 
 
-def retry_response(response: httpx.Response) -> bool:
-    """Nothing was done: safe to send again, whatever the request."""
-    if response.status_code in RETRY_STATUSES:
-        return True
+def retry_response(call: Call[Any], response: httpx.Response) -> bool:
+    """Whether this answer may be followed by sending the same request again."""
     body = body_of(response)
     error = body.get("error") if isinstance(body, dict) else None
-    if response.status_code != 409 or not isinstance(error, dict):
-        return False
-    return error.get("code") in RETRY_CODES
+    code = error.get("code") if isinstance(error, dict) else None
+    if (response.status_code, code) in NOTHING_DONE:
+        return True
+    return call.idempotent and response.status_code in (502, 503, 504)
 
 
 def retry_exception(call: Call[Any], exc: httpx.TransportError) -> bool:
@@ -134,8 +148,11 @@ def retry_exception(call: Call[Any], exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) or call.idempotent
 
 
-def pause(attempt: int, response: httpx.Response | None, base: float, cap: float = 8.0) -> float:
-    """Exponential backoff from ``base``, or the server's Retry-After if it asks for longer."""
+def pause(
+    attempt: int, response: httpx.Response | None, base: float, cap: float = 8.0
+) -> float | None:
+    """Seconds to wait before the next try: exponential backoff from ``base`` (at most ``cap``),
+    or longer if the server's Retry-After asks; None when it asks for more than a minute."""
     wait: float = min(cap, base * 2**attempt)
     header: str | None = response.headers.get("Retry-After") if response is not None else None
     if not header:
@@ -144,7 +161,12 @@ def pause(attempt: int, response: httpx.Response | None, base: float, cap: float
         asked = float(header)
     except ValueError:
         try:
-            asked = email.utils.parsedate_to_datetime(header).timestamp() - time.time()
+            when = email.utils.parsedate_to_datetime(header)
         except (TypeError, ValueError):
             return wait
-    return max(wait, min(cap, asked))
+        if when.tzinfo is None:  # HTTP dates are GMT
+            when = when.replace(tzinfo=dt.UTC)
+        asked = when.timestamp() - time.time()
+    if asked > MAX_RETRY_AFTER:
+        return None
+    return max(wait, asked)

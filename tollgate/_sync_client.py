@@ -43,12 +43,14 @@ def _query(**params: Any) -> dict[str, Any]:
 class Client:
     """Talks to one Tollgate with one API key.
 
-    ``base_url`` and ``api_key`` default to ``TOLLGATE_URL`` and ``TOLLGATE_API_KEY``. Requests
-    that did nothing (503, a connection that never opened, an Idempotency-Key still in use) are
-    sent again up to ``retries`` times with exponential backoff from ``backoff`` seconds, or the
-    server's Retry-After. Payments and transfers get an Idempotency-Key when none is given, the
-    same one on every retry, so a retried payment is created once. Errors raise the subclasses
-    of ``TollgateError``; a refused authorization raises ``PaymentRequired``.
+    ``base_url`` and ``api_key`` default to ``TOLLGATE_URL`` and ``TOLLGATE_API_KEY``. A request
+    is sent again, up to ``retries`` times with exponential backoff from ``backoff`` seconds (or
+    the server's Retry-After, up to a minute), when nothing was done (503 database_unavailable,
+    a connection that never opened, an Idempotency-Key still in use), and after any 502/503/504
+    or lost answer when sending it twice is harmless (reads, PUTs, payments and transfers, usage
+    batches). Payments and transfers get an Idempotency-Key when none is given, the same one on
+    every retry, so a retried payment is created once. Errors raise the subclasses of
+    ``TollgateError``; a refused authorization raises ``PaymentRequired``.
     """
 
     def __init__(
@@ -92,13 +94,15 @@ class Client:
                     call.method, call.path, json=call.json, params=call.params, headers=call.headers
                 )
             except httpx.TransportError as exc:
-                if attempt < self.retries and retry_exception(call, exc):
-                    time.sleep(pause(attempt, None, self.backoff))
+                wait = pause(attempt, None, self.backoff)
+                if attempt < self.retries and wait is not None and retry_exception(call, exc):
+                    time.sleep(wait)
                     attempt += 1
                     continue
                 raise Unavailable(0, "unreachable", f"{type(exc).__name__}: {exc}") from exc
-            if attempt < self.retries and retry_response(response):
-                time.sleep(pause(attempt, response, self.backoff))
+            wait = pause(attempt, response, self.backoff)
+            if attempt < self.retries and wait is not None and retry_response(call, response):
+                time.sleep(wait)
                 attempt += 1
                 continue
             return result(call, response)
