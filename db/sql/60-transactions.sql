@@ -275,13 +275,19 @@ END
 $$;
 
 -- A transaction by reference, in the key's own account (or p_account, for admin keys).
+-- plpgsql, so the lookup (which raises TG003) runs first: as a condition in a SQL function's
+-- WHERE it would never be evaluated while the view is empty, answering no row instead.
 CREATE OR REPLACE FUNCTION api.get_transaction_v1(p_api_key text, p_account text, p_reference text)
 RETURNS SETOF tollgate.transaction_v1
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT v.* FROM tollgate.transaction_v1 v
-    WHERE v.id = tollgate.transaction_by_reference(tollgate.authenticate(p_api_key), p_account, p_reference)
+DECLARE
+    txn uuid := tollgate.transaction_by_reference(
+        tollgate.authenticate(p_api_key), p_account, p_reference);
+BEGIN
+    RETURN QUERY SELECT v.* FROM tollgate.transaction_v1 v WHERE v.id = txn;
+END
 $$;
 
 -- An account's transactions, newest first: at most p_limit (1-500), optionally of one status,
