@@ -34,9 +34,10 @@ example: $(STAMP)
 
 ## Benchmarks (not part of the tests): results in bench/results/.
 bench: $(STAMP)
-	$(BIN)/python -m bench.gating
-	$(BIN)/python -m bench.ledger
-	$(BIN)/python -m bench.outbox
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || \
+		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .tollgate

@@ -20,6 +20,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -71,7 +72,7 @@ def wait_for(probe: Path, count: int, timeout: float = 300) -> dict[str, float]:
     return seen
 
 
-def settle(conn: psycopg.Connection[object], reference: str) -> str:
+def settle(conn: psycopg.Connection[Any], reference: str) -> str:
     with conn.transaction():
         conn.execute(
             "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
@@ -94,22 +95,9 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--events", type=int, default=200)
-    parser.add_argument("--backlog", type=int, default=20_000)
-    args = parser.parse_args()
-
+def run(admin_dsn: str, *, events: int = 200, backlog: int = 20_000) -> dict[str, Any]:
+    """Commit -> handler latency over ``events`` single commits, then a ``backlog`` drain."""
     with ExitStack() as stack:
-        admin_dsn = os.environ.get("DATABASE_URL")
-        if not admin_dsn:
-            server = EmbeddedServer(
-                Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
-            )
-            stack.callback(server.stop)
-            admin_dsn = server.dsn()
         dsn = fresh_database(admin_dsn, "tollgate_bench_outbox")
         migrate(dsn)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -123,11 +111,11 @@ def main() -> None:
             settle(conn, "warm-up")
             wait_for(probe, 1, timeout=60)
             committed: dict[str, float] = {}
-            for i in range(args.events):
+            for i in range(events):
                 event = settle(conn, f"lat-{i}")
                 committed[event] = time.time()
                 time.sleep(0.005)
-            seen = wait_for(probe, args.events + 1)
+            seen = wait_for(probe, events + 1)
             listener.kill()
             latencies = [(seen[e] - t) * 1000 for e, t in committed.items()]
 
@@ -137,7 +125,7 @@ def main() -> None:
                     "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
                     " SELECT a.id, 'drain-' || g, 100, 'USD' FROM tollgate.accounts a,"
                     " generate_series(1, %s) g WHERE a.external_id = 'bench_outbox'",
-                    (args.backlog,),
+                    (backlog,),
                 )
                 conn.execute(
                     "UPDATE tollgate.transactions SET status = 'settled'"
@@ -146,24 +134,39 @@ def main() -> None:
             drain_probe = tmp / "drain.txt"
             drainer = start_listener(dsn, "drain", drain_probe)
             stack.callback(drainer.kill)
-            total = args.events + 1 + args.backlog
+            total = events + 1 + backlog
             seen = wait_for(drain_probe, total)
             drainer.kill()
             times = sorted(seen.values())
-
-    report = {
-        "latency_events": args.events,
+    return {
+        "latency_events": events,
         "commit_to_handler_p50_ms": round(statistics.median(latencies), 2),
         "commit_to_handler_p99_ms": round(percentile(latencies, 99), 2),
         "commit_to_handler_max_ms": round(max(latencies), 2),
         "drain_events": total,
         "drain_events_per_s": round(total / (times[-1] - times[0])),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--backlog", type=int, default=20_000)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        admin_dsn = os.environ.get("DATABASE_URL")
+        if not admin_dsn:
+            server = EmbeddedServer(
+                Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
+            )
+            stack.callback(server.stop)
+            admin_dsn = server.dsn()
+        report = run(admin_dsn, events=args.events, backlog=args.backlog)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "outbox.json").write_text(json.dumps(report, indent=2) + "\n")
-    width = max(len(k) for k in report)
-    for k, v in report.items():
-        print(f"{k:<{width}}  {v}")
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,366 @@
+"""HTTP benchmarks through `tollgate serve`: authorize, usage, Stripe webhook ingest, and a
+duplicate-webhook storm, next to the stack's own ceilings measured in the same run.
+
+    python -m bench.http [--accounts 100000] [--payments 1000000] [--seconds 10]
+
+Seeds a fresh database with the accounts and payments (half the accounts hold a paid
+entitlement for the action, 1% hold credits, the rest are refused with 402) and with payments
+awaiting their webhook, starts `tollgate serve` with one worker per core, and drives it with wrk
+from a separate process. Ceilings: a no-op route (/healthz) and a route doing one pooled
+`SELECT 1` (/readyz). Webhooks: distinct events, each signed (Stripe's scheme) before the run
+and read by wrk from a file; the storm sends each event five times, near-simultaneously.
+Needs wrk (Debian/Ubuntu: apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from api.stripe_emulator import free_port, wait_for_port
+from bench.ledger import RESULTS, fresh_database
+from db import keys
+from db.embedded import EmbeddedServer
+from db.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SEED = Path(__file__).with_name("seed_gating.sql")
+
+LUA_COMMON = """
+counts = {}
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
+function init(args)
+  counts = {}
+end
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    local c = t:get("counts") or {}
+    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(total) do table.insert(parts, k .. "=" .. v) end
+  io.write("STATUS " .. table.concat(parts, ",") .. "\\n")
+end
+"""
+
+
+def authorize_script(key: str, accounts: int) -> str:
+    return (
+        LUA_COMMON
+        + f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+request = function()
+  local n = math.random(1, {accounts})
+  local body = '{{"action":"report.generate","account_id":"acct_' .. n .. '","hold_seconds":5}}'
+  return wrk.format(nil, "/v1/authorize", nil, body)
+end
+"""
+    )
+
+
+def usage_script(key: str, accounts: int, batch: int) -> str:
+    return (
+        LUA_COMMON
+        + f"""
+local sent = 0
+local tag = tostring(math.random(1, 1000000000))
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+request = function()
+  sent = sent + 1
+  local account = "acct_" .. math.random(1, {accounts})
+  local events = {{}}
+  for i = 1, {batch} do
+    events[i] = '{{"id":"' .. tag .. '-' .. sent .. '-' .. i .. '","account_id":"' .. account ..
+      '","metric":"calls","quantity":1,"occurred_at":"2026-11-21T12:00:00Z"}}'
+  end
+  return wrk.format(nil, "/v1/usage", nil, '{{"events":[' .. table.concat(events, ",") .. ']}}')
+end
+"""
+    )
+
+
+def plain_script() -> str:
+    return LUA_COMMON
+
+
+def webhook_script(events_file: Path) -> str:
+    """Each wrk thread sends its own share of the pre-signed events, in file order."""
+    return (
+        LUA_COMMON
+        + f"""
+local next_id = 0
+local setup_common = setup
+function setup(thread)
+  setup_common(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+local lines = {{}}
+local at = 0
+function init(args)
+  counts = {{}}
+  local n = 0
+  for line in io.lines("{events_file}") do
+    if n % 2 == tid then table.insert(lines, line) end
+    n = n + 1
+  end
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  at = at % #lines + 1
+  local signature, body = lines[at]:match("^([^\t]*)\t(.*)$")
+  wrk.headers["Stripe-Signature"] = signature
+  return wrk.format(nil, "/v1/webhooks/stripe", nil, body)
+end
+"""
+    )
+
+
+def signed_events(path: Path, secret: str, stripe_ids: list[str], prefix: str, copies: int) -> int:
+    """Write one line per delivery, "signature<TAB>body": payment_intent.succeeded for each
+    payment, each event ``copies`` times in a row. Returns the number of lines."""
+    now = int(time.time())
+    with path.open("w") as out:
+        for n, stripe_id in enumerate(stripe_ids):
+            body = json.dumps(
+                {
+                    "id": f"evt_{prefix}_{n}",
+                    "type": "payment_intent.succeeded",
+                    "created": now,
+                    "data": {
+                        "object": {
+                            "object": "payment_intent",
+                            "id": stripe_id,
+                            "status": "succeeded",
+                        }
+                    },
+                },
+                separators=(",", ":"),
+            )
+            mac = hmac.new(secret.encode(), f"{now}.{body}".encode(), hashlib.sha256).hexdigest()
+            out.writelines(f"t={now},v1={mac}\t{body}\n" for _ in range(copies))
+    return len(stripe_ids) * copies
+
+
+WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+WRK_PCT = re.compile(r"^\s+(50|90|99)%\s+([0-9.]+)(us|ms|s)\s*$", re.MULTILINE)
+WRK_STATUS = re.compile(r"^STATUS (.*)$", re.MULTILINE)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, script: str, seconds: int, connections: int) -> dict[str, Any]:
+    """wrk with two threads (its own process) against ``url``: rate, latency, statuses."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    rps = WRK_RPS.search(out)
+    status = WRK_STATUS.search(out)
+    if rps is None:
+        raise SystemExit(f"could not read wrk's report:\n{out}")
+    pct = {p: round(_ms(v, u), 2) for p, v, u in WRK_PCT.findall(out)}
+    return {
+        "requests_per_s": float(rps.group(1)),
+        "p50_ms": pct.get("50"),
+        "p99_ms": pct.get("99"),
+        "statuses": status.group(1) if status else "",
+    }
+
+
+def seed(dsn: str, accounts: int, payments: int, awaiting: int) -> str:
+    """The gating data set, plus ``awaiting`` payments of one account waiting for their
+    webhook (pi_hook_1...). Returns an admin key."""
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Client-side binding: the seed is several statements.
+        psycopg.ClientCursor(conn).execute(
+            SEED.read_text(), {"accounts": accounts, "payments": payments}
+        )
+        admin = keys.create(conn, account="bench_ops", is_admin=True).key
+        conn.execute(
+            "SELECT * FROM tollgate.set_action_price('report.generate', 0.50, 'USD', NULL)"
+        )
+        for i in range(1, accounts + 1, 100):  # 1% of the accounts hold credits
+            conn.execute(
+                "SELECT api.create_transaction_v1(%s, %s, 'credits', 100000, 'USD', NULL)",
+                (admin, f"acct_{i}"),
+            )
+            conn.execute(
+                "SELECT api.move_transaction_v1(%s, %s, 'credits', 'settled')", (admin, f"acct_{i}")
+            )
+        conn.execute(
+            "ALTER TABLE tollgate.payment_intents DISABLE TRIGGER USER;"
+            " INSERT INTO tollgate.accounts (external_id) VALUES ('hooks');"
+            " INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency,"
+            "  status, purpose)"
+            " SELECT a.id, 'pi_hook_' || g, 1000, 'USD', 'requires_payment_method', 'credits'"
+            " FROM tollgate.accounts a, generate_series(1, %s) g WHERE a.external_id = 'hooks';"
+            " ALTER TABLE tollgate.payment_intents ENABLE TRIGGER USER",
+            (awaiting,),
+        )
+        conn.execute("VACUUM ANALYZE")
+    return admin
+
+
+def serve(stack: ExitStack, dsn: str, secret: str) -> str:
+    """`tollgate serve` as README says, one worker per core; its URL."""
+    port = free_port()
+    env = os.environ | {
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": dsn,
+        "STRIPE_API_KEY": "sk_test_bench",
+        "STRIPE_WEBHOOK_SECRET": secret,
+        # Every connection opened up front, so the measurements see no pool growth.
+        "DB_POOL_MIN_SIZE": "8",
+        "DB_POOL_MAX_SIZE": "8",
+    }
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", str(os.cpu_count() or 1)),
+            *("--log-level", "warning"),
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    stack.callback(stop, process)
+    wait_for_port(port, timeout=30, process=process)
+    return f"http://127.0.0.1:{port}"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def applied_once(dsn: str, prefix: str) -> dict[str, int]:
+    """How the events of one run ended: each must be stored once and applied once."""
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'applied'),"
+            " (SELECT count(*) FROM tollgate.outbox o WHERE o.topic = 'payment.settled'"
+            "   AND o.payload ->> 'stripe_id' IN (SELECT stripe_object_id"
+            "   FROM tollgate.payment_events WHERE id LIKE %s))"
+            " FROM tollgate.payment_events WHERE id LIKE %s",
+            (f"evt_{prefix}_%", f"evt_{prefix}_%"),
+        ).fetchone()
+    assert found is not None
+    return {"events_stored": found[0], "events_applied": found[1], "settled_notices": found[2]}
+
+
+def run(
+    admin_dsn: str,
+    *,
+    accounts: int = 100_000,
+    payments: int = 1_000_000,
+    seconds: int = 10,
+    connections: int = 16,
+    batch: int = 1000,
+    hooks: int = 60_000,
+    storm: int = 12_000,
+) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    with ExitStack() as stack:
+        dsn = fresh_database(admin_dsn, "tollgate_bench_http")
+        started = time.monotonic()
+        admin_key = seed(dsn, accounts, payments, hooks + storm)
+        seeded = time.monotonic() - started
+        secret = "whsec_bench"
+        url = serve(stack, dsn, secret)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+
+        run_wrk(f"{url}/readyz", plain_script(), 3, connections)  # warm-up, not reported
+        noop = run_wrk(f"{url}/healthz", plain_script(), seconds, connections)
+        select1 = run_wrk(f"{url}/readyz", plain_script(), seconds, connections)
+        auth = run_wrk(url, authorize_script(admin_key, accounts), seconds, connections)
+        usage = run_wrk(url, usage_script(admin_key, accounts, batch), seconds, 4)
+
+        ids = [f"pi_hook_{n}" for n in range(1, hooks + storm + 1)]
+        distinct_file, storm_file = tmp / "distinct.tsv", tmp / "storm.tsv"
+        signed_events(distinct_file, secret, ids[:hooks], "hook", 1)
+        signed_events(storm_file, secret, ids[hooks:], "storm", 5)
+        hook = run_wrk(url, webhook_script(distinct_file), seconds, connections)
+        stormed = run_wrk(url, webhook_script(storm_file), seconds, connections)
+        hook_outcome = applied_once(dsn, "hook")
+        storm_outcome = applied_once(dsn, "storm")
+
+    return {
+        "data": f"{accounts} accounts, {payments} payments (seeded in {seeded:.0f} s)",
+        "workers": os.cpu_count(),
+        "connections": connections,
+        "ceiling_noop": noop,
+        "ceiling_select1": select1,
+        "authorize": auth,
+        "usage": usage | {"events_per_s": round(usage["requests_per_s"] * batch)},
+        "webhooks": hook | hook_outcome | {"distinct_available": hooks},
+        "webhook_storm": stormed | storm_outcome | {"copies": 5},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        admin_dsn = os.environ.get("DATABASE_URL") or embedded(stack)
+        report = run(
+            admin_dsn, accounts=args.accounts, payments=args.payments, seconds=args.seconds
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "http.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+def embedded(stack: ExitStack) -> str:
+    """A throw-away embedded PostgreSQL for the run; its DSN."""
+    server = EmbeddedServer(
+        Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
+    )
+    stack.callback(server.stop)
+    return server.dsn()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""`make bench`: every workload in one run, each next to a ceiling measured in the same run.
+
+    python -m bench.run [--seconds 10] [--accounts 100000] [--payments 1000000]
+
+One PostgreSQL (DATABASE_URL, or a fresh embedded one) serves every workload in turn:
+pgbench's TPC-B and select-only (ceiling D), transfers through api.transfer_v1, `tollgate
+serve` under wrk (ceiling H: a no-op route and a pooled SELECT 1 route; authorize, usage,
+webhooks, a duplicate-webhook storm), and the outbox through `tollgate listen`. Writes
+bench/results/report.json, report.md (the table) and report.png (each figure against its goal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from bench import http, ledger, outbox
+from bench.ledger import RESULTS
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    figure: str  # what was measured, as shown
+    ratio: float | None  # against its ceiling, when it has one
+    ceiling: str
+    goal: str
+    met: bool
+    score: float  # the figure over its goal (1.0 = just met), for the chart
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    h, lg, ob = r["http"], r["ledger"], r["outbox"]
+    select1 = h["ceiling_select1"]["requests_per_s"]
+    tpcb = r["ceilings_d"]["tpcb"]["tps"]
+    hook, storm, auth = h["webhooks"], h["webhook_storm"], h["authorize"]
+    hook_ratio = hook["requests_per_s"] / select1
+    auth_ratio = auth["requests_per_s"] / select1
+    storm_ratio = storm["requests_per_s"] / hook["requests_per_s"]
+    storm_once = (
+        storm["events_stored"] == storm["events_applied"] == storm["settled_notices"]
+        and hook["events_stored"] == hook["events_applied"] == hook["settled_notices"]
+    )
+    transfer_ratio = lg["transfers_per_s"] / tpcb
+    usage = h["usage"]["events_per_s"]
+    p50, p99 = ob["commit_to_handler_p50_ms"], ob["commit_to_handler_p99_ms"]
+    drain = ob["drain_events_per_s"]
+    return [
+        Row(
+            "Stripe webhook ingest, distinct events, 16 conns",
+            f"{hook['requests_per_s']:,.0f} req/s, p99 {hook['p99_ms']} ms",
+            hook_ratio,
+            f"SELECT 1 route {select1:,.0f} req/s",
+            ">= 0.7x SELECT 1; p99 < 50 ms",
+            hook_ratio >= 0.7 and hook["p99_ms"] < 50,
+            min(hook_ratio / 0.7, 50 / hook["p99_ms"]),
+        ),
+        Row(
+            "duplicate-webhook storm (each event 5x)",
+            f"{storm['requests_per_s']:,.0f} req/s; applied once: {'yes' if storm_once else 'NO'}",
+            storm_ratio,
+            f"distinct webhooks {hook['requests_per_s']:,.0f} req/s",
+            "same rate as distinct (>= 0.9x); each applied once",
+            storm_ratio >= 0.9 and storm_once,
+            storm_ratio / 0.9 if storm_once else 0.0,
+        ),
+        Row(
+            "POST /v1/authorize, 1M payments / 100k accounts",
+            f"{auth['requests_per_s']:,.0f} req/s, p99 {auth['p99_ms']} ms",
+            auth_ratio,
+            f"SELECT 1 route {select1:,.0f} req/s",
+            ">= 0.8x SELECT 1; p99 < 15 ms",
+            auth_ratio >= 0.8 and auth["p99_ms"] < 15,
+            min(auth_ratio / 0.8, 15 / auth["p99_ms"]),
+        ),
+        Row(
+            "usage events, batches of 1000",
+            f"{usage:,.0f} events/s",
+            None,
+            "",
+            ">= 20,000 events/s",
+            usage >= 20_000,
+            usage / 20_000,
+        ),
+        Row(
+            "ledger transfers via SQL, 20 clients, 50 accounts",
+            f"{lg['transfers_per_s']:,.0f} tps; discrepancies after: "
+            f"{lg['ledger_discrepancies_after']}",
+            transfer_ratio,
+            f"pgbench TPC-B {tpcb:,.0f} tps",
+            ">= 0.6x TPC-B",
+            transfer_ratio >= 0.6 and lg["ledger_discrepancies_after"] == 0,
+            transfer_ratio / 0.6,
+        ),
+        Row(
+            "outbox: commit -> listener handler",
+            f"p50 {p50} ms, p99 {p99} ms",
+            None,
+            "",
+            "p50 < 5 ms, p99 < 50 ms",
+            p50 < 5 and p99 < 50,
+            min(5 / p50, 50 / p99),
+        ),
+        Row(
+            "outbox: backlog drain, one listener",
+            f"{drain:,.0f} events/s",
+            None,
+            "",
+            ">= 5,000 events/s",
+            drain >= 5_000,
+            drain / 5_000,
+        ),
+    ]
+
+
+def table(report: dict[str, Any], found: list[Row]) -> str:
+    h, d = report["http"], report["ceilings_d"]
+    lines = [
+        f"Run {report['finished']} on {report['machine']}, {report['elapsed_s']:.0f} s.",
+        "",
+        "| workload | measured | ceiling (same run) | ratio | goal | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in found:
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        met = "yes" if row.met else "**no**"
+        lines.append(
+            f"| {row.workload} | {row.figure} | {row.ceiling} | {ratio} | {row.goal} | {met} |"
+        )
+    lines += [
+        "",
+        "| ceiling | measured |",
+        "| --- | --- |",
+        f"| H: no-op route (/healthz) | {h['ceiling_noop']['requests_per_s']:,.0f} req/s, "
+        f"p99 {h['ceiling_noop']['p99_ms']} ms |",
+        f"| H: one pooled SELECT 1 (/readyz) | {h['ceiling_select1']['requests_per_s']:,.0f} "
+        f"req/s, p99 {h['ceiling_select1']['p99_ms']} ms |",
+        f"| D: pgbench TPC-B, 20 clients | {d['tpcb']['tps']:,.0f} tps |",
+        f"| D: pgbench select-only, 20 clients | {d['select_only']['tps']:,.0f} tps |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(found: list[Row], path: Any) -> None:
+    """Each workload's figure over its goal: a bar past the line at 1 meets it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    names = [row.workload for row in found][::-1]
+    scores = [min(row.score, 4.0) for row in found][::-1]
+    colours = ["#2e7d32" if row.met else "#c62828" for row in found][::-1]
+    ax.barh(names, scores, color=colours)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlabel("measured / goal (1 = goal just met; capped at 4)")
+    ax.set_title("Tollgate benchmarks against their goals (same run, same machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of each measurement")
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    args = parser.parse_args()
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "seconds_per_measurement": args.seconds,
+    }
+    with ExitStack() as stack:
+        admin_dsn = os.environ.get("DATABASE_URL") or http.embedded(stack)
+        print("ceiling D: pgbench TPC-B and select-only", flush=True)
+        report["ceilings_d"] = ledger.ceilings(admin_dsn, 20, args.seconds)
+        print("ledger transfers", flush=True)
+        report["ledger"] = ledger.run(admin_dsn, seconds=args.seconds)
+        print("HTTP: seeding, then ceilings H, authorize, usage, webhooks, storm", flush=True)
+        report["http"] = http.run(
+            admin_dsn, accounts=args.accounts, payments=args.payments, seconds=args.seconds
+        )
+        print("outbox", flush=True)
+        report["outbox"] = outbox.run(admin_dsn)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    report["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    found = rows(report)
+    report["goals"] = [row.__dict__ for row in found]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = table(report, found)
+    (RESULTS / "report.md").write_text(text)
+    chart(found, RESULTS / "report.png")
+    print()
+    print(text)
+    print(f"written: {RESULTS}/report.json, report.md, report.png")
+
+
+if __name__ == "__main__":
+    main()
