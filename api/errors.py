@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from db.errors import DomainError, Kind, translate
 
@@ -96,6 +97,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # The client hung up while sending its body: nothing was read, nothing is written, and the
+    # answer reaches no one. Not a server error.
+    return error_response(400, "client_disconnected", "the client closed the connection")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred")
@@ -106,4 +113,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

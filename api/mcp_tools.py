@@ -103,7 +103,10 @@ def build(app_state: Any) -> MCPServer:
     """The MCP server; tools reach the pool, Stripe and settings through ``app_state`` (the
     FastAPI app's state, filled in by its lifespan)."""
     server: MCPServer = MCPServer(
-        "tollgate", instructions=INSTRUCTIONS, warn_on_duplicate_tools=True
+        "tollgate",
+        instructions=INSTRUCTIONS,
+        warn_on_duplicate_tools=True,
+        log_level="WARNING",  # the SDK's own chatter; the app's log level governs the rest
     )
 
     async def call(ctx: Context, work: Callable[[str], Awaitable[T]]) -> T:

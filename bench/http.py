@@ -205,8 +205,8 @@ def run_wrk(url: str, script: str, seconds: int, connections: int) -> dict[str, 
 
 
 def seed(dsn: str, accounts: int, payments: int, awaiting: int) -> str:
-    """The gating data set, plus ``awaiting`` payments of one account waiting for their
-    webhook (pi_hook_1...). Returns an admin key."""
+    """The gating data set, plus ``awaiting`` payments spread over the accounts, waiting for
+    their webhook (pi_hook_1...). Returns an admin key."""
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Client-side binding: the seed is several statements.
@@ -225,16 +225,17 @@ def seed(dsn: str, accounts: int, payments: int, awaiting: int) -> str:
             conn.execute(
                 "SELECT api.move_transaction_v1(%s, %s, 'credits', 'settled')", (admin, f"acct_{i}")
             )
-        conn.execute(
-            "ALTER TABLE tollgate.payment_intents DISABLE TRIGGER USER;"
-            " INSERT INTO tollgate.accounts (external_id) VALUES ('hooks');"
-            " INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency,"
-            "  status, purpose)"
-            " SELECT a.id, 'pi_hook_' || g, 1000, 'USD', 'requires_payment_method', 'credits'"
-            " FROM tollgate.accounts a, generate_series(1, %s) g WHERE a.external_id = 'hooks';"
-            " ALTER TABLE tollgate.payment_intents ENABLE TRIGGER USER",
-            (awaiting,),
-        )
+        with conn.transaction():  # written as Stripe created them, triggers off (as above)
+            conn.execute("ALTER TABLE tollgate.payment_intents DISABLE TRIGGER USER")
+            conn.execute(
+                "INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency,"
+                " status, purpose)"
+                " SELECT a.id, 'pi_hook_' || g, 1000, 'USD', 'requires_payment_method', 'credits'"
+                " FROM generate_series(1, %s) g"
+                " JOIN tollgate.accounts a ON a.external_id = 'acct_' || (g %% %s + 1)",
+                (awaiting, accounts),
+            )
+            conn.execute("ALTER TABLE tollgate.payment_intents ENABLE TRIGGER USER")
         conn.execute("VACUUM ANALYZE")
     return admin
 

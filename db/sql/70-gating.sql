@@ -526,8 +526,9 @@ BEGIN
     IF FOUND THEN
         RETURN QUERY SELECT true, 'payment', NULL::text, NULL::text, acct.external_id, p_action,
                             NULL::uuid,
+                            -- uses_left > 0: the partial index payment_entitlements_usable_idx
                             (SELECT coalesce(sum(x.uses_left), 0)::integer FROM tollgate.payment_entitlements x
-                             WHERE x.account_id = acct.id AND x.action = p_action),
+                             WHERE x.account_id = acct.id AND x.action = p_action AND x.uses_left > 0),
                             NULL::text, cur, tollgate.format_minor(cost, cur), cost, NULL::timestamptz;
         RETURN;
     END IF;
