@@ -304,6 +304,8 @@ def run(
         started = time.monotonic()
         admin_key = seed(dsn, accounts, payments, hooks + storm)
         seeded = time.monotonic() - started
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")  # the seed's writes flushed before measuring
         secret = "whsec_bench"
         url = serve(stack, dsn, secret)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))

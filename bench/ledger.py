@@ -78,6 +78,17 @@ def fresh_database(admin_dsn: str, name: str) -> str:
     return make_conninfo("", **params)
 
 
+def quiet(admin_dsn: str, *drop: str) -> None:
+    """Between workloads: drop the databases the last one used (so their autovacuum does not
+    run under the next) and checkpoint, so each starts from a quiet server."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name in drop:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        conn.execute("CHECKPOINT")
+
+
 def prepare_ledger(dsn: str, accounts: int) -> str:
     """Migrate, create the accounts and fund each with 1,000,000.00 USD; return an admin key."""
     migrate(dsn)

@@ -186,14 +186,18 @@ def main() -> None:
         admin_dsn = os.environ.get("DATABASE_URL") or http.embedded(stack)
         print("ceiling D: pgbench TPC-B and select-only", flush=True)
         report["ceilings_d"] = ledger.ceilings(admin_dsn, 20, args.seconds)
+        ledger.quiet(admin_dsn, "tollgate_bench_tpcb")
         print("ledger transfers", flush=True)
         report["ledger"] = ledger.run(admin_dsn, seconds=args.seconds)
+        ledger.quiet(admin_dsn, "tollgate_bench_ledger")
         print("HTTP: seeding, then ceilings H, authorize, usage, webhooks, storm", flush=True)
         report["http"] = http.run(
             admin_dsn, accounts=args.accounts, payments=args.payments, seconds=args.seconds
         )
+        ledger.quiet(admin_dsn, "tollgate_bench_http")
         print("outbox", flush=True)
         report["outbox"] = outbox.run(admin_dsn)
+        ledger.quiet(admin_dsn, "tollgate_bench_outbox")
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     found = rows(report)
