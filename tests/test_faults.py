@@ -215,3 +215,97 @@ def test_sql_in_text_fields_is_stored_verbatim_or_refused(
         assert counts == before
         assert refused[4].json()["results"][0]["outcome"] == "rejected"
     assert db.execute("SELECT count(*) FROM tollgate.payment_intents").fetchone() == (1,)
+
+
+def test_a_captured_delivery_replayed_changes_nothing_more(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    """The same signed bytes again: answered duplicate; the signature on other bytes, or
+    the bytes with a signature past the 300 s tolerance: refused."""
+    key = new_key("replayed")
+    with api.client(key) as http:
+        created = http.post(
+            "/v1/payments",
+            json={"amount": 900, "currency": "usd", "purpose": "credits"},
+            headers={"Idempotency-Key": "r-1"},
+        )
+    stripe_id = created.json()["stripe_id"]
+    payload = stripe_event("evt_replayed", "succeeded", stripe_id, int(time.time()))
+    signature = sign(payload, api.webhook_secret)
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signature}
+    url = f"{api.url}/v1/webhooks/stripe"
+    outcomes = [
+        httpx.post(url, content=payload, headers=headers).json()["outcome"] for _ in range(3)
+    ]
+    assert outcomes == ["applied", "duplicate", "duplicate"]
+    before = row_counts(db)
+    other = stripe_event("evt_forged", "refunded", stripe_id, int(time.time()))
+    forged = httpx.post(url, content=other, headers=headers)
+    old = sign(payload, api.webhook_secret, int(time.time()) - 301)
+    late = httpx.post(url, content=payload, headers=headers | {"Stripe-Signature": old})
+    assert (forged.status_code, late.status_code) == (400, 400)
+    assert row_counts(db) == before
+    settled = db.execute("SELECT count(*) FROM tollgate.outbox WHERE topic = 'payment.settled'")
+    assert settled.fetchone() == (1,)
+
+
+def test_a_key_cannot_read_or_act_for_another_account(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    """Everything of account B answers 404 to A's key, as if it did not exist, and A's
+    attempts write nothing."""
+    key_a, key_b, ops = new_key("acct_a"), new_key("acct_b"), new_key("ops", admin=True)
+    with api.client(ops) as admin:
+        admin.put("/v1/accounts/acct_b/wallets/USD", json={"allow_negative": True})
+        admin.post(
+            "/v1/transactions",
+            json={"account_id": "acct_b", "reference": "b-1", "amount": "5.00", "currency": "USD"},
+        )
+        admin.post("/v1/transactions/b-1/settle?account_id=acct_b")
+    with api.client(key_b) as b:
+        paid = b.post(
+            "/v1/payments",
+            json={"amount": 700, "currency": "usd"},
+            headers={"Idempotency-Key": "b-pay"},
+        ).json()
+        hold = b.post("/v1/authorize", json={"action": "x.run", "cost": "1", "currency": "USD"})
+        assert hold.status_code == 200, hold.text
+        hold_id = hold.json()["hold_id"]
+    before = row_counts(db)
+    with api.client(key_a) as a:
+        answers = {
+            "payment by id": a.get(f"/v1/payments/{paid['id']}"),
+            "payment by pi": a.get(f"/v1/payments/{paid['stripe_id']}"),
+            "balances": a.get("/v1/accounts/acct_b/balances"),
+            "usage report": a.get("/v1/accounts/acct_b/usage"),
+            "can continue": a.get("/v1/accounts/acct_b/can-continue"),
+            "transaction": a.get("/v1/transactions/b-1?account_id=acct_b"),
+            "transactions": a.get("/v1/transactions?account_id=acct_b"),
+            "hold": a.get(f"/v1/holds/{hold_id}"),
+            "capture": a.post(f"/v1/holds/{hold_id}/capture"),
+            "release": a.post(f"/v1/holds/{hold_id}/release"),
+            "authorize for b": a.post(
+                "/v1/authorize",
+                json={"account_id": "acct_b", "action": "x.run", "cost": "1", "currency": "USD"},
+            ),
+            "transfer from b": a.post(
+                "/v1/transfers",
+                json={
+                    "from_account_id": "acct_b",
+                    "to_account_id": "acct_a",
+                    "amount": "1",
+                    "currency": "USD",
+                },
+                headers={"Idempotency-Key": "steal"},
+            ),
+            "pay for b": a.post(
+                "/v1/payments",
+                json={"amount": 100, "currency": "usd", "account_id": "acct_b"},
+                headers={"Idempotency-Key": "for-b"},
+            ),
+        }
+    statuses = {name: r.status_code for name, r in answers.items()}
+    assert statuses == dict.fromkeys(answers, 404), {
+        n: r.text for n, r in answers.items() if r.status_code != 404
+    }
+    assert row_counts(db) == before
