@@ -119,18 +119,29 @@ def run(admin_dsn: str, *, events: int = 200, backlog: int = 20_000) -> dict[str
             listener.kill()
             latencies = [(seen[e] - t) * 1000 for e, t in committed.items()]
 
-            # Drain: a backlog written while nobody listens, then one listener.
+            # Drain: a backlog written while nobody listens (payments of 2,000 accounts
+            # succeeding, one payment.settled each), then one listener. Not settlements: 20,000
+            # of them in one statement update one clearing row 20,000 times in one
+            # transaction, which PostgreSQL makes quadratic (see docs/PERFORMANCE.md).
             with conn.transaction():
+                conn.execute("ALTER TABLE tollgate.payment_intents DISABLE TRIGGER USER")
                 conn.execute(
-                    "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
-                    " SELECT a.id, 'drain-' || g, 100, 'USD' FROM tollgate.accounts a,"
-                    " generate_series(1, %s) g WHERE a.external_id = 'bench_outbox'",
+                    "INSERT INTO tollgate.accounts (external_id)"
+                    " SELECT 'drain_' || g FROM generate_series(1, 2000) g"
+                )
+                conn.execute(
+                    "INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount,"
+                    " currency, status, purpose)"
+                    " SELECT a.id, 'pi_drain_' || g, 100, 'USD', 'requires_payment_method',"
+                    " 'report.generate' FROM generate_series(1, %s) g"
+                    " JOIN tollgate.accounts a ON a.external_id = 'drain_' || (g %% 2000 + 1)",
                     (backlog,),
                 )
-                conn.execute(
-                    "UPDATE tollgate.transactions SET status = 'settled'"
-                    " WHERE reference LIKE 'drain-%'"
-                )
+                conn.execute("ALTER TABLE tollgate.payment_intents ENABLE TRIGGER USER")
+            conn.execute(
+                "UPDATE tollgate.payment_intents SET status = 'succeeded'"
+                " WHERE stripe_id LIKE 'pi_drain_%'"
+            )
             drain_probe = tmp / "drain.txt"
             drainer = start_listener(dsn, "drain", drain_probe)
             stack.callback(drainer.kill)

@@ -126,10 +126,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
+    -- Only a leased delivery (attempts > 0) can have used up its attempts: the condition lets
+    -- outbox_deliveries_retrying_idx find those few rows instead of every pending one, so a
+    -- backlog drains in linear time.
     UPDATE tollgate.outbox_deliveries d
     SET status = 'dead', last_error = coalesce(d.last_error, 'the handler never reported back')
-    WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.next_attempt_at <= clock_timestamp()
-      AND d.attempts >= p_max_attempts;
+    WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.attempts > 0
+      AND d.next_attempt_at <= clock_timestamp()
+      AND d.attempts >= greatest(p_max_attempts, 1);
     RETURN QUERY
     WITH due AS (
         SELECT d.outbox_id FROM tollgate.outbox_deliveries d
