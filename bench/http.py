@@ -32,9 +32,8 @@ from typing import Any
 import psycopg
 
 from api.stripe_emulator import free_port, wait_for_port
-from bench.ledger import RESULTS, fresh_database
+from bench.ledger import fresh_database, save, server_dsn
 from db import keys
-from db.embedded import EmbeddedServer
 from db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -347,22 +346,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
     with ExitStack() as stack:
-        admin_dsn = os.environ.get("DATABASE_URL") or embedded(stack)
         report = run(
-            admin_dsn, accounts=args.accounts, payments=args.payments, seconds=args.seconds
+            server_dsn(stack), accounts=args.accounts, payments=args.payments, seconds=args.seconds
         )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "http.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-
-
-def embedded(stack: ExitStack) -> str:
-    """A throw-away embedded PostgreSQL for the run; its DSN."""
-    server = EmbeddedServer(
-        Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
-    )
-    stack.callback(server.stop)
-    return server.dsn()
+    save("http", report)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,26 @@ def fresh_database(admin_dsn: str, name: str) -> str:
     return make_conninfo("", **params)
 
 
+def server_dsn(stack: ExitStack) -> str:
+    """DATABASE_URL (a server you can create databases on), or a throw-away embedded
+    PostgreSQL stopped with ``stack``."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    server = EmbeddedServer(
+        Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
+    )
+    stack.callback(server.stop)
+    return server.dsn()
+
+
+def save(name: str, report: dict[str, Any]) -> None:
+    """bench/results/<name>.json, and the report on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def quiet(admin_dsn: str, *drop: str) -> None:
     """Between workloads: drop the databases the last one used (so their autovacuum does not
     run under the next) and checkpoint, so each starts from a quiet server."""
@@ -174,18 +194,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
     with ExitStack() as stack:
-        admin_dsn = os.environ.get("DATABASE_URL")
-        if not admin_dsn:
-            server = EmbeddedServer(
-                Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
-            )
-            stack.callback(server.stop)
-            admin_dsn = server.dsn()
+        admin_dsn = server_dsn(stack)
         report = run(admin_dsn, clients=args.clients, accounts=args.accounts, seconds=args.seconds)
         report["ceilings"] = ceilings(admin_dsn, args.clients, args.seconds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ledger.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    save("ledger", report)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ then handled by one listener; events per second between the first and the last h
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,8 +23,7 @@ from typing import Any
 
 import psycopg
 
-from bench.ledger import RESULTS, fresh_database
-from db.embedded import EmbeddedServer
+from bench.ledger import fresh_database, save, server_dsn
 from db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,17 +165,8 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=20_000)
     args = parser.parse_args()
     with ExitStack() as stack:
-        admin_dsn = os.environ.get("DATABASE_URL")
-        if not admin_dsn:
-            server = EmbeddedServer(
-                Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
-            )
-            stack.callback(server.stop)
-            admin_dsn = server.dsn()
-        report = run(admin_dsn, events=args.events, backlog=args.backlog)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "outbox.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+        report = run(server_dsn(stack), events=args.events, backlog=args.backlog)
+    save("outbox", report)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def main() -> None:
         "seconds_per_measurement": args.seconds,
     }
     with ExitStack() as stack:
-        admin_dsn = os.environ.get("DATABASE_URL") or http.embedded(stack)
+        admin_dsn = ledger.server_dsn(stack)
         print("ceiling D: pgbench TPC-B and select-only", flush=True)
         report["ceilings_d"] = ledger.ceilings(admin_dsn, 20, args.seconds)
         ledger.quiet(admin_dsn, "tollgate_bench_tpcb")

@@ -69,6 +69,7 @@ class AsyncClient:
             raise ValueError("an API key is needed: pass api_key or set TOLLGATE_API_KEY")
         self.retries = retries
         self.backoff = backoff
+        self._account: str | None = None
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "tollgate-python"},
@@ -112,6 +113,12 @@ class AsyncClient:
     async def me(self) -> models.Identity:
         """The account this key belongs to and whether it is an admin key."""
         return await self.send(Call("GET", "/v1/me", models.Identity, idempotent=True))
+
+    async def _own_account(self) -> str:
+        # A key's account never changes: asked once per client.
+        if self._account is None:
+            self._account = (await self.me()).account_id
+        return self._account
 
     async def ready(self) -> bool:
         """True when Tollgate and its database answer."""
@@ -229,7 +236,7 @@ class AsyncClient:
 
     async def balances(self, account_id: str | None = None) -> models.Balances:
         """The account's balances (this key's account when not given)."""
-        account = account_id or (await self.me()).account_id
+        account = account_id or await self._own_account()
         return await self.send(
             Call("GET", f"/v1/accounts/{account}/balances", models.Balances, idempotent=True)
         )
