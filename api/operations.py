@@ -91,8 +91,10 @@ async def _create_once(
             if claim.response is None:  # cannot happen: a claim commits with its response
                 raise DomainError("conflict", "idempotency_in_progress", "retry this request")
             return Paid(PaymentCreated.model_validate(claim.response), replayed=True)
+        if claim.stripe_amount is None:  # cannot happen: set for every new claim
+            raise DomainError("conflict", "idempotency_in_progress", "retry this request")
         intent = await stripe.create_payment_intent(
-            amount=claim.amount,
+            amount=claim.stripe_amount,
             currency=claim.currency,
             payment_method=ask.payment_method,
             metadata={
@@ -141,8 +143,10 @@ async def authorize(
 
 
 def payment_options(found: queries.Authorization, admin_account: str | None) -> list[PaymentOption]:
-    """The requests that would entitle the account: pay for this run, or buy credits."""
-    if found.code != "payment_required" or found.price_minor is None or found.currency is None:
+    """The requests that would entitle the account: pay for this run, or buy credits. Each asks
+    for the price rounded up to what Stripe can charge (``pay``, computed by the database):
+    never less than Stripe's minimum charge for the currency."""
+    if found.code != "payment_required" or found.pay_minor is None or found.currency is None:
         return []
     options = []
     for scheme, purpose, description in (
@@ -154,11 +158,11 @@ def payment_options(found: queries.Authorization, admin_account: str | None) -> 
         (
             "credits",
             "credits",
-            f"buy {found.price} {found.currency} of credits, then authorize again",
+            f"buy {found.pay} {found.currency} of credits, then authorize again",
         ),
     ):
         payload: dict[str, object] = {
-            "amount": found.price_minor,
+            "amount": found.pay_minor,
             "currency": found.currency.lower(),
             "purpose": purpose,
         }
@@ -168,8 +172,8 @@ def payment_options(found: queries.Authorization, admin_account: str | None) -> 
             PaymentOption(
                 scheme=scheme,
                 description=description,
-                amount=found.price or "",
-                amount_minor=found.price_minor,
+                amount=found.pay or "",
+                amount_minor=found.pay_minor,
                 currency=found.currency,
                 request=PaymentRequest(
                     method="POST",

@@ -68,6 +68,9 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
         "amount is above the largest payment Stripe accepts (99999999 minor units)",
     ),
     "payment_intents_currency_fkey": ("invalid", "unknown_currency", None),
+    "stripe_currency": ("invalid", "unsupported_currency", None),
+    "stripe_amount_step": ("invalid", "invalid_amount", None),
+    "stripe_minimum_charge": ("invalid", "amount_below_minimum", None),
     "currency_known": ("invalid", "unknown_currency", None),
     "purpose_format": (
         "invalid",

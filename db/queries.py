@@ -50,6 +50,8 @@ class PaymentClaim:
     currency: str
     stripe_idempotency_key: str
     response: dict[str, Any] | None
+    # In Stripe's units for the currency (not always ISO's); None for a replay.
+    stripe_amount: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +381,8 @@ class Authorization:
     price: str | None
     price_minor: int | None
     expires_at: dt.datetime | None
+    pay: str | None  # what a payment covering the price asks for (Stripe's minimum, units)
+    pay_minor: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,10 @@
 SELECT 1 AS ok;
 
 -- name: begin_payment
-SELECT * FROM api.begin_payment_v1(
+-- stripe_amount: what Stripe's API is sent (its units are not always ISO's), converted in SQL.
+SELECT b.*, CASE WHEN NOT b.replayed THEN api.stripe_charge_amount_v1(b.amount, b.currency) END
+       AS stripe_amount
+FROM api.begin_payment_v1(
     p_api_key         => %(api_key)s::text,
     p_idempotency_key => %(idempotency_key)s::text,
     p_account         => %(account)s::text,
@@ -15,7 +18,7 @@ SELECT * FROM api.begin_payment_v1(
     p_purpose         => %(purpose)s::text,
     p_description     => %(description)s::text,
     p_payment_method  => %(payment_method)s::text
-);
+) AS b;
 
 -- name: finish_payment
 SELECT api.finish_payment_v1(
@@ -101,7 +104,9 @@ SELECT * FROM api.transfer_v1(
 SELECT * FROM api.balances_v1(p_api_key => %(api_key)s::text, p_account => %(account)s::text);
 
 -- name: authorize
-SELECT * FROM api.authorize_v1(
+-- pay / pay_minor: what a payment for the price asks of Stripe (its minimum charge, its units).
+SELECT a.*, p.amount AS pay, p.amount_minor AS pay_minor
+FROM api.authorize_v1(
     p_api_key      => %(api_key)s::text,
     p_account      => %(account)s::text,
     p_action       => %(action)s::text,
@@ -109,7 +114,8 @@ SELECT * FROM api.authorize_v1(
     p_currency     => %(currency)s::text,
     p_agent        => %(agent)s::text,
     p_hold_seconds => %(hold_seconds)s::integer
-);
+) AS a
+LEFT JOIN LATERAL api.stripe_payable_v1(a.price_minor, a.currency) AS p ON true;
 
 -- name: capture_hold
 SELECT * FROM api.capture_hold_v1(

@@ -226,6 +226,38 @@ CREATE OR REPLACE TRIGGER payment_intents_no_truncate
 -- move between them is applied (a card declined in the second the intent was created).
 -- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
 -- The caller must hold tollgate.lock_stripe_object for the event's object.
+-- Why the money in an event's PaymentIntent or Charge is not the payment's, or NULL when it
+-- is: its currency, its amount and, once it succeeded, amount_received, each read in Stripe's
+-- units for the currency (tollgate.from_stripe_amount). A field the event leaves out is not
+-- compared.
+CREATE OR REPLACE FUNCTION tollgate.stripe_amount_mismatch(p_object jsonb, p_payment tollgate.payment_intents)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    field text;
+BEGIN
+    IF jsonb_typeof(p_object -> 'currency') = 'string'
+       AND upper(p_object ->> 'currency') <> p_payment.currency THEN
+        RETURN format('Stripe says currency %s, the payment is in %s',
+                      upper(p_object ->> 'currency'), p_payment.currency);
+    END IF;
+    FOREACH field IN ARRAY ARRAY['amount', 'amount_received'] LOOP
+        CONTINUE WHEN jsonb_typeof(p_object -> field) IS DISTINCT FROM 'number';
+        -- amount_received is 0 until the money arrives.
+        CONTINUE WHEN field = 'amount_received' AND (p_object ->> field)::numeric = 0;
+        IF tollgate.from_stripe_amount((p_object ->> field)::numeric, p_payment.currency)
+           IS DISTINCT FROM p_payment.amount::bigint THEN
+            RETURN format('Stripe says %s %s (its units), the payment is %s %s', field,
+                          p_object ->> field, tollgate.format_minor(p_payment.amount, p_payment.currency),
+                          p_payment.currency);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tollgate.apply_payment_event(p_event_id text)
 RETURNS tollgate.event_state
 LANGUAGE plpgsql
@@ -253,7 +285,10 @@ BEGIN
     SELECT progress INTO cur_rank FROM tollgate.payment_statuses WHERE status = pi.status;
     SELECT progress INTO new_rank FROM tollgate.payment_statuses WHERE status = ev.target_status;
 
-    IF ev.stripe_created < pi.last_event_at THEN
+    why := tollgate.stripe_amount_mismatch(ev.payload -> 'data' -> 'object', pi);
+    IF why IS NOT NULL THEN
+        outcome := 'rejected';
+    ELSIF ev.stripe_created < pi.last_event_at THEN
         outcome := 'stale';
         why := format('older than %s (%s), already applied', pi.last_event_id, pi.last_event_at);
     ELSIF ev.target_status = pi.status

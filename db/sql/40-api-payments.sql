@@ -124,6 +124,9 @@ BEGIN
     RETURNING * INTO claim;
 
     IF claim.payment_id IS NOT NULL THEN
+        -- A new payment: an amount Stripe can take in this currency, before any Stripe call
+        -- (422 otherwise; the claim rolls back with it). A replay answers what was accepted.
+        PERFORM tollgate.stripe_charge_amount(p_amount, p_currency);
         RETURN QUERY SELECT false, claim.payment_id, acct.id, p_amount, p_currency,
                             'tollgate-' || claim.payment_id::text, NULL::jsonb;
         RETURN;

@@ -41,6 +41,8 @@ GRANT USAGE ON SCHEMA api TO tollgate_app, tollgate_listener;
 GRANT EXECUTE ON FUNCTION
     api.begin_payment_v1(text, text, text, bigint, text, text, text, text),
     api.finish_payment_v1(text, uuid, text, text, text),
+    api.stripe_charge_amount_v1(bigint, text),
+    api.stripe_payable_v1(bigint, text),
     api.get_payment_v1(text, text),
     api.can_continue_v1(text, text, text),
     api.ingest_stripe_event_v1(jsonb),

@@ -1,6 +1,6 @@
 -- Agent gating: subscription, one-off payment, credits with holds, spend caps.
 BEGIN;
-SELECT plan(46);
+SELECT plan(47);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ann', 'ann-key', false, NULL)) IS NOT NULL, 'ann');
@@ -89,10 +89,12 @@ SELECT results_eq($$SELECT allowed, via FROM pg_temp.authorize('ann-key', 'agent
 SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'), 1, 'still one notice this period');
 
 -- A payment entitles only if it paid the price, and then only the action.
-SELECT is(pg_temp.paid('pi_cheap', 'report.generate', 10), 'applied', 'ann pays 0.10 for a 0.50 report');
+SELECT results_eq($$SELECT price FROM api.set_action_price_v1('ops-key', 'report.big', 0.80, 'USD', NULL)$$,
+                  $$VALUES ('0.80')$$, 'a big report costs 0.80 USD');
+SELECT is(pg_temp.paid('pi_cheap', 'report.big', 50), 'applied', 'ann pays 0.50 for a 0.80 report');
 SELECT is((SELECT count(*)::int FROM tollgate.payment_entitlements WHERE payment_intent_id =
           (SELECT id FROM tollgate.payment_intents WHERE stripe_id = 'pi_cheap')), 0, 'which entitles nothing');
-SELECT throws_ok($$SELECT * FROM api.create_transaction_v1('ann-key', NULL, 'double', 0.10, 'USD', 'pi_cheap')$$, '23514', NULL,
+SELECT throws_ok($$SELECT * FROM api.create_transaction_v1('ann-key', NULL, 'double', 0.50, 'USD', 'pi_cheap')$$, '23514', NULL,
                  'nor can an action''s payment become credits as well');
 
 -- Held credits are not the account's to send away.
