@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import Api
-from tests.helpers import row_counts
+from tests.helpers import event, row_counts, sign
 
 
 def test_flag_hold_approve_reject(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
@@ -99,3 +99,54 @@ def test_bad_review_requests_write_nothing(
             assert 400 <= bad.status_code < 500, (bad.request.url, bad.status_code, bad.text)
             assert bad.json()["error"]["code"], bad.text
         assert row_counts(db) == before
+
+
+def test_a_flagged_top_up_grants_nothing_until_approved(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    """The credits a flagged payment buys are held with it; can-continue agrees with authorize."""
+    with api.client(new_key("ops", admin=True)) as ops:
+        assert ops.put("/v1/risk-rules/USD", json={"max_amount": "5.00"}).is_success
+        assert ops.put("/v1/actions/report.generate", json={"price": "1.00", "currency": "USD"})
+    with api.client(new_key("risky")) as risky:
+        paid = risky.post(
+            "/v1/payments",
+            json={"amount": 2000, "currency": "usd", "purpose": "credits"},
+            headers={"Idempotency-Key": "top-up"},
+        )
+        assert paid.status_code == 201, paid.text
+        body = event("evt_top_up_ok", paid.json()["stripe_id"], "succeeded")
+        applied = risky.post(
+            "/v1/webhooks/stripe",
+            content=body,
+            headers={"Stripe-Signature": sign(body, api.webhook_secret)},
+        )
+        assert applied.status_code == 200 and applied.json()["outcome"] == "applied"
+
+        held = risky.get("/v1/accounts/risky/can-continue", params={"purpose": "credits"})
+        assert held.status_code == 402
+        assert held.json()["status"] == "under_review"
+        refused = risky.post("/v1/authorize", json={"action": "report.generate"})
+        assert refused.status_code == 402, "the credits cannot pay for a run yet"
+        assert risky.get("/v1/accounts/risky/balances").json()["balances"] == []
+
+    with api.client(new_key("ops", admin=True)) as ops:
+        reviews = ops.get("/v1/reviews").json()
+        assert {r["subject"] for r in reviews} == {"payment", "transaction"}
+        payment_review = next(r for r in reviews if r["subject"] == "payment")
+        transaction_review = next(r for r in reviews if r["subject"] == "transaction")
+        assert ops.post(f"/v1/reviews/{transaction_review['id']}/approve").is_success
+        assert risky_balances(api, new_key) == [], "the payment's review still holds them"
+        assert ops.post(f"/v1/reviews/{payment_review['id']}/approve").is_success
+    with api.client(new_key("risky")) as risky:
+        assert risky.get(
+            "/v1/accounts/risky/can-continue", params={"purpose": "credits"}
+        ).is_success
+        allowed = risky.post("/v1/authorize", json={"action": "report.generate"})
+        assert allowed.status_code == 200 and allowed.json()["via"] == "credits"
+
+
+def risky_balances(api: Api, new_key: Any) -> list[Any]:
+    with api.client(new_key("risky")) as risky:
+        found: list[Any] = risky.get("/v1/accounts/risky/balances").json()["balances"]
+        return found

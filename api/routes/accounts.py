@@ -68,6 +68,8 @@ async def can_continue(
             code="payment_required",
             message="no succeeded payment"
             if answer.status is None
+            else "the newest payment is held for risk review"
+            if answer.status == "under_review"
             else f"the newest payment is {answer.status}, not succeeded",
         )
     return JSONResponse(

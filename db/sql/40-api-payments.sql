@@ -213,7 +213,8 @@ END
 $$;
 
 -- GET /v1/accounts/{id}/can-continue. The seed entitlement rule: an account may continue when
--- its newest payment (for the purpose, if one is named) has succeeded.
+-- its newest payment (for the purpose, if one is named) has succeeded and no risk review
+-- holds it.
 CREATE OR REPLACE FUNCTION api.can_continue_v1(p_api_key text, p_account text, p_purpose text)
 RETURNS TABLE (allowed boolean, status text, payment_id uuid, account_id text, purpose text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -233,6 +234,12 @@ BEGIN
         SELECT p.id, p.status INTO latest FROM tollgate.payment_intents p
         WHERE p.account_id = acct.id AND p.purpose = p_purpose
         ORDER BY p.created_at DESC, p.id DESC LIMIT 1;
+    END IF;
+    -- As authorize: a payment held by a risk review (open or rejected) entitles nothing, and
+    -- says so in place of its status.
+    IF latest.status = 'succeeded' AND tollgate.payment_under_review(latest.id) THEN
+        RETURN QUERY SELECT false, 'under_review'::text, latest.id, acct.external_id, p_purpose;
+        RETURN;
     END IF;
     RETURN QUERY SELECT coalesce(latest.status = 'succeeded', false), latest.status::text,
                         latest.id, acct.external_id, p_purpose;

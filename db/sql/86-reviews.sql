@@ -85,13 +85,17 @@ CREATE OR REPLACE TRIGGER payment_intents_40_flag
     AFTER INSERT ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
 
--- Is the transaction held by a review (open, or rejected)?
+-- Is the transaction held by a review (open, or rejected): its own, or the review of the
+-- payment that backs it (a credits top-up: what the payment grants is held with it)?
 CREATE OR REPLACE FUNCTION tollgate.under_review(p_transaction_id uuid) RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT EXISTS (SELECT FROM tollgate.reviews r
                    WHERE r.transaction_id = p_transaction_id AND r.status IN ('open', 'rejected'))
+        OR EXISTS (SELECT FROM tollgate.transactions t
+                   JOIN tollgate.reviews r ON r.payment_intent_id = t.payment_intent_id
+                   WHERE t.id = p_transaction_id AND r.status IN ('open', 'rejected'))
 $$;
 
 -- Is the payment held by a review? Its entitlement cannot be used until a reviewer approves.
@@ -235,15 +239,48 @@ BEGIN
     UPDATE tollgate.reviews
     SET status = p_decision::tollgate.review_status, note = p_note, decided_by = 'key:' || k.id, decided_at = now()
     WHERE id = rev.id;
-    IF rev.transaction_id IS NOT NULL AND p_decision = 'rejected' THEN
-        UPDATE tollgate.transactions SET status = 'failed' WHERE id = rev.transaction_id AND status = 'pending';
-    ELSIF rev.transaction_id IS NOT NULL THEN
+    -- What the review held: its transaction, or the transaction a flagged payment backs.
+    IF p_decision = 'rejected' THEN
+        UPDATE tollgate.transactions t SET status = 'failed'
+        WHERE t.status = 'pending'
+          AND (t.id = rev.transaction_id OR t.payment_intent_id = rev.payment_intent_id);
+        -- Credits a flagged payment bought before its review could hold them (settled before
+        -- this rule existed) are taken back: the settlement is reversed.
+        PERFORM tollgate.take_back_reviewed(t.id) FROM tollgate.transactions t
+        WHERE t.status = 'settled' AND t.payment_intent_id = rev.payment_intent_id;
+    ELSE
         UPDATE tollgate.transactions t SET status = 'settled'
         FROM tollgate.payment_intents p
-        WHERE t.id = rev.transaction_id AND t.status = 'pending' AND p.id = t.payment_intent_id
-          AND p.status IN ('succeeded', 'refunded');
+        WHERE (t.id = rev.transaction_id OR t.payment_intent_id = rev.payment_intent_id)
+          AND t.status = 'pending' AND p.id = t.payment_intent_id
+          AND p.status IN ('succeeded', 'refunded')
+          AND NOT tollgate.under_review(t.id);  -- the other review (payment or transaction) too
     END IF;
     RETURN QUERY SELECT * FROM tollgate.review_v1 v WHERE v.id = rev.id;
+END
+$$;
+
+-- Reverse a settled transaction whose payment's review was rejected. When the wallet can no
+-- longer absorb it (the credits were spent), the refusal is audited and announced
+-- (transaction.reversal_refused) instead of undoing the decision.
+CREATE OR REPLACE FUNCTION tollgate.take_back_reviewed(p_transaction_id uuid) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    txn tollgate.transactions;
+BEGIN
+    BEGIN
+        UPDATE tollgate.transactions SET status = 'reversed' WHERE id = p_transaction_id
+        RETURNING * INTO txn;
+    EXCEPTION WHEN check_violation OR unique_violation THEN
+        SELECT * INTO STRICT txn FROM tollgate.transactions WHERE id = p_transaction_id;
+        PERFORM tollgate.audit(txn.account_id, 'transaction', txn.id::text, 'reversal_refused',
+                               'settled', 'settled', 'review rejected, but the credits were already spent');
+        PERFORM tollgate.emit(txn.account_id, 'transaction.reversal_refused',
+                              jsonb_build_object('transaction_id', txn.id, 'reference', txn.reference,
+                                                 'reason', 'review_rejected'));
+    END;
 END
 $$;
 

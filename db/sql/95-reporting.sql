@@ -67,7 +67,8 @@ SELECT t.id AS transaction_id, a.external_id AS account_id, t.reference, t.amoun
        round(t.amount / 10::numeric ^ cur.exponent, cur.exponent) AS amount, t.currency, t.status::text AS status,
        t.payment_intent_id AS payment_id,
        EXISTS (SELECT FROM tollgate.reviews r
-               WHERE r.transaction_id = t.id AND r.status IN ('open', 'rejected')) AS held_for_review,
+               WHERE (r.transaction_id = t.id OR r.payment_intent_id = t.payment_intent_id)
+                 AND r.status IN ('open', 'rejected')) AS held_for_review,
        t.created_at, t.updated_at
 FROM tollgate.transactions t
 JOIN tollgate.accounts a ON a.id = t.account_id

@@ -2,7 +2,7 @@
 -- flagged payment's entitlement cannot be used until a reviewer approves; decisions are final
 -- and on the record.
 BEGIN;
-SELECT plan(49);
+SELECT plan(71);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('rex', 'rex-key', false, NULL)) IS NOT NULL, 'rex');
@@ -99,6 +99,9 @@ SELECT throws_ok($$UPDATE tollgate.payment_entitlements SET uses_left = 0, used_
                  'not even by a direct UPDATE');
 SELECT is(pg_temp.decide('pi_report', 'approved') || ' ' || pg_temp.decide('sale', 'approved'), 'approved approved',
           'the report payment and the sale approved');
+SELECT is((SELECT status FROM api.get_transaction_v1('rex-key', NULL, 'sale')), 'pending',
+          'the sale still waits for its payment''s review');
+SELECT is(pg_temp.decide('pi_sale', 'approved'), 'approved', 'the sale''s payment approved');
 SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('rex-key', NULL, 'sale')),
                            (SELECT via FROM api.authorize_v1('rex-key', NULL, 'report.generate', NULL, NULL, NULL, NULL))$$,
                   $$VALUES ('settled', 'payment')$$, 'approval settles the transaction and frees the entitlement');
@@ -107,8 +110,64 @@ SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('rex-key',
 SELECT is(pg_temp.pay('pi_late', NULL), 'pi_late', 'another sale of 25.00');
 SELECT is(pg_temp.succeeded('pi_late'), 'applied', 'it succeeds before its transaction is recorded');
 SELECT is(pg_temp.txn('late', 25, 'rex-key', 'pi_late'), 'pending', 'the flagged transaction is recorded, pending');
-SELECT is(pg_temp.decide('late', 'approved'), 'approved', 'approved');
+SELECT is(pg_temp.decide('pi_late', 'approved') || ' ' || pg_temp.decide('late', 'approved'), 'approved approved',
+          'its payment and it approved');
 SELECT is((SELECT status FROM api.get_transaction_v1('rex-key', NULL, 'late')), 'settled', 'and settled by the approval');
+
+-- A flagged credits payment: the credits it buys are held with it, even when its transaction
+-- itself breaks no rule (here the payment is the account's first above 5.00 EUR, the
+-- transaction is not its first).
+CREATE FUNCTION pg_temp.top_up(p_key text, p_stripe_id text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM api.finish_payment_v1(p_key,
+        (SELECT payment_id FROM api.begin_payment_v1(p_key, p_stripe_id, NULL, 600, 'EUR', 'credits', NULL, NULL)),
+        p_stripe_id, 'requires_payment_method', NULL);
+    RETURN pg_temp.succeeded(p_stripe_id);
+END
+$$;
+CREATE FUNCTION pg_temp.credits(p_key text) RETURNS text
+LANGUAGE sql AS $$ SELECT coalesce((SELECT balance FROM api.balances_v1(p_key, NULL) WHERE currency = 'EUR'), 'none') $$;
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('cara', 'cara-key', false, NULL)) IS NOT NULL
+          AND (SELECT key_id FROM api.create_api_key_v1('dora', 'dora-key', false, NULL)) IS NOT NULL, 'cara and dora');
+SELECT is((SELECT status FROM api.create_transaction_v1('cara-key', NULL, 'c-0', 1, 'EUR', NULL)) || ' '
+          || (SELECT status FROM api.create_transaction_v1('dora-key', NULL, 'd-0', 1, 'EUR', NULL)), 'pending pending',
+          'each has a first, small transaction');
+SELECT is(pg_temp.top_up('cara-key', 'pi_cara') || ' ' || pg_temp.top_up('dora-key', 'pi_dora'), 'applied applied',
+          'each buys 6.00 EUR of credits, and Stripe says succeeded');
+SELECT results_eq($$SELECT subject_ref FROM tollgate.review_v1 WHERE account_id IN ('cara', 'dora') ORDER BY 1$$,
+                  $$VALUES ('pi_cara'), ('pi_dora')$$, 'only the payments are flagged');
+SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('cara-key', NULL, 'credits-pi_cara')), pg_temp.credits('cara-key')$$,
+                  $$VALUES ('pending', 'none')$$, 'the credits wait for the payment''s review: nothing to spend');
+SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('cara-key', NULL, 'credits')$$,
+                  $$VALUES (false, 'under_review')$$, 'can-continue agrees: the payment is held');
+SELECT is((SELECT held_for_review FROM reporting.transactions WHERE reference = 'credits-pi_cara'), true,
+          'held, as analysts see it');
+SELECT throws_ok($$UPDATE tollgate.transactions SET status = 'settled' WHERE reference = 'credits-pi_cara'$$, 'TG050', NULL,
+                 'not even a direct UPDATE settles them');
+SELECT is(pg_temp.decide('pi_cara', 'rejected', 'stolen card'), 'rejected', 'cara''s payment rejected');
+SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('cara-key', NULL, 'credits-pi_cara')), pg_temp.credits('cara-key')$$,
+                  $$VALUES ('failed', 'none')$$, 'rejected: the credits are never granted');
+SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('cara-key', NULL, 'credits')$$,
+                  $$VALUES (false, 'under_review')$$, 'and can-continue still refuses');
+SELECT is(pg_temp.decide('pi_dora', 'approved'), 'approved', 'dora''s payment approved');
+SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('dora-key', NULL, 'credits-pi_dora')), pg_temp.credits('dora-key')$$,
+                  $$VALUES ('settled', '6.00')$$, 'approved: the credits are settled');
+SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('dora-key', NULL, 'credits')$$,
+                  $$VALUES (true, 'succeeded')$$, 'and can-continue allows');
+
+-- Credits settled before their payment's review could hold them (as before this rule) are
+-- taken back when the review is rejected.
+SELECT ok((SELECT key_id FROM api.create_api_key_v1('eve', 'eve-key', false, NULL)) IS NOT NULL, 'eve');
+SELECT is((SELECT status FROM api.create_transaction_v1('eve-key', NULL, 'e-0', 1, 'EUR', NULL)), 'pending', 'eve''s first');
+SELECT is(pg_temp.top_up('eve-key', 'pi_eve'), 'applied', 'eve buys 6.00 EUR of credits');
+ALTER TABLE tollgate.transactions DISABLE TRIGGER transactions_25_review_gate;
+UPDATE tollgate.transactions SET status = 'settled' WHERE reference = 'credits-pi_eve';
+ALTER TABLE tollgate.transactions ENABLE TRIGGER transactions_25_review_gate;
+SELECT is(pg_temp.credits('eve-key'), '6.00', 'settled the old way: 6.00 to spend');
+SELECT is(pg_temp.decide('pi_eve', 'rejected'), 'rejected', 'eve''s payment rejected');
+SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('eve-key', NULL, 'credits-pi_eve')), pg_temp.credits('eve-key')$$,
+                  $$VALUES ('reversed', '0.00')$$, 'the credits are taken back');
 
 SELECT * FROM finish();
 ROLLBACK;
