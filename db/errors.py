@@ -67,7 +67,11 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
         "invalid_amount",
         "amount is above the largest payment Stripe accepts (99999999 minor units)",
     ),
-    "payment_intents_currency_fkey": ("invalid", "unknown_currency", None),
+    "payment_intents_currency_fkey": (
+        "invalid",
+        "unknown_currency",
+        "unknown currency: use an ISO 4217 code",
+    ),
     "stripe_currency": ("invalid", "unsupported_currency", None),
     "stripe_amount_step": ("invalid", "invalid_amount", None),
     "stripe_minimum_charge": ("invalid", "amount_below_minimum", None),
@@ -137,6 +141,293 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "payment_events_type_format": ("invalid", "invalid_event", "event type is malformed"),
 }
 
+# The rest of the schema's named constraints that a caller can run into, by what they guard.
+_UNKNOWN_CURRENCY: tuple[Kind, str, str | None] = (
+    "invalid",
+    "unknown_currency",
+    "unknown currency: use an ISO 4217 code",
+)
+CONSTRAINTS |= {
+    name: _UNKNOWN_CURRENCY
+    for name in (
+        "actions_currency_fkey",
+        "ledger_accounts_currency_fkey",
+        "metric_prices_currency_fkey",
+        "reconciliation_lines_currency_fkey",
+        "risk_rules_currency_fkey",
+        "spend_caps_currency_fkey",
+        "spend_daily_currency_fkey",
+        "transactions_currency_fkey",
+        "usage_carry_currency_fkey",
+        "usage_events_currency_fkey",
+    )
+}
+_AGENT: tuple[Kind, str, str | None] = (
+    "invalid",
+    "invalid_agent",
+    "agent ids are 1-128 letters, digits and _ . : @ -",
+)
+_METRIC: tuple[Kind, str, str | None] = (
+    "invalid",
+    "invalid_metric",
+    "metric names are 1-100 characters of a-z, 0-9 and _ . : - starting with a letter",
+)
+_NOTE: tuple[Kind, str, str | None] = (
+    "invalid",
+    "invalid_note",
+    "a note is at most 2000 characters",
+)
+CONSTRAINTS |= {
+    "holds_agent_id_format": _AGENT,
+    "spend_caps_agent_id_format": _AGENT,
+    "usage_events_agent_id_format": _AGENT,
+    "metric_prices_metric_format": _METRIC,
+    "usage_events_metric_format": _METRIC,
+    "audit_log_note_length": _NOTE,
+    "reviews_note_length": _NOTE,
+    "api_keys_label_length": (
+        "invalid",
+        "invalid_label",
+        "a key's label is at most 200 characters",
+    ),
+    "api_keys_key_hash_key": ("conflict", "key_exists", "this API key exists already"),
+    "metric_prices_unit_price_positive": (
+        "invalid",
+        "invalid_amount",
+        "a unit price must be positive and below 10^12 minor units",
+    ),
+    "outbox_consumers_name_format": (
+        "invalid",
+        "invalid_consumer",
+        "consumer names are 1-63 characters of a-z, 0-9 and _ . - starting with a letter",
+    ),
+    "reconciliation_batches_source_format": (
+        "invalid",
+        "invalid_source",
+        "a source is 1-63 characters of a-z, 0-9 and _ . - starting with a letter or digit",
+    ),
+    "reconciliation_lines_reference_length": (
+        "invalid",
+        "invalid_reference",
+        "a statement line's reference is 1-200 characters",
+    ),
+    "risk_rules_velocity_count_positive": (
+        "invalid",
+        "invalid_request",
+        "velocity_count must be positive",
+    ),
+    "risk_rules_velocity_window_positive": (
+        "invalid",
+        "invalid_request",
+        "velocity_seconds must be positive",
+    ),
+    "spend_caps_soft_pct_range": ("invalid", "invalid_request", "soft_pct is 1 to 100"),
+    "ledger_accounts_low_balance_non_negative": (
+        "invalid",
+        "invalid_amount",
+        "low_balance may not be negative",
+    ),
+    "holds_expiry_after_creation": (
+        "invalid",
+        "invalid_hold_seconds",
+        "a hold must last at least a second",
+    ),
+    "usage_events_id_format": (
+        "invalid",
+        "invalid_event",
+        "usage event ids are 1-128 printable ASCII characters without spaces",
+    ),
+    "usage_events_quantity_range": (
+        "invalid",
+        "invalid_quantity",
+        "quantity must be positive and below 10^15",
+    ),
+    "usage_events_cost_non_negative": ("invalid", "invalid_amount", "a cost may not be negative"),
+    "payment_intents_stripe_id_format": (
+        "invalid",
+        "invalid_stripe_id",
+        "a PaymentIntent id looks like pi_...",
+    ),
+    "payment_intents_stripe_id_key": (
+        "conflict",
+        "duplicate_stripe_id",
+        "this PaymentIntent is recorded already",
+    ),
+    "subscriptions_stripe_id_format": (
+        "invalid",
+        "invalid_event",
+        "a subscription id looks like sub_...",
+    ),
+    "ledger_postings_idempotency_key": (
+        "conflict",
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request",
+    ),
+    "usage_events_pkey": ("conflict", "duplicate_event", "this usage event was recorded already"),
+    "outbox_consumers_pkey": ("conflict", "consumer_exists", "this consumer is registered already"),
+    "page_limit": ("invalid", "invalid_request", None),
+}
+
+# Named constraints no request can break through the API: invariants between Tollgate's own
+# rows (each kept by the function or trigger that writes them), keys Tollgate assigns itself,
+# and reference data. One reached is a defect or a direct write; it is answered 409
+# `rule_violated` with a message that names no table.
+INVARIANTS: frozenset[str] = frozenset(
+    {
+        # primary keys Tollgate assigns, and reference data
+        *(
+            f"{table}_pkey"
+            for table in (
+                "accounts",
+                "actions",
+                "api_keys",
+                "audit_heads",
+                "audit_log",
+                "audit_seals",
+                "currencies",
+                "hold_transitions",
+                "holds",
+                "idempotency_keys",
+                "ledger_accounts",
+                "ledger_entries",
+                "ledger_postings",
+                "metric_prices",
+                "outbox",
+                "outbox_deliveries",
+                "payment_entitlements",
+                "payment_events",
+                "payment_intents",
+                "payment_statuses",
+                "payment_transitions",
+                "reconciliation_batches",
+                "reconciliation_lines",
+                "review_transitions",
+                "reviews",
+                "risk_rules",
+                "spend_caps",
+                "spend_daily",
+                "spend_notices",
+                "stripe_currencies",
+                "subscriptions",
+                "transaction_transitions",
+                "transactions",
+                "usage_carry",
+            )
+        ),
+        # every row's account, and references between Tollgate's own rows
+        *(
+            f"{table}_account_id_fkey"
+            for table in (
+                "api_keys",
+                "audit_heads",
+                "audit_log",
+                "holds",
+                "idempotency_keys",
+                "ledger_accounts",
+                "ledger_entries",
+                "ledger_postings",
+                "outbox",
+                "outbox_deliveries",
+                "payment_entitlements",
+                "payment_events",
+                "payment_intents",
+                "reconciliation_lines",
+                "reviews",
+                "risk_rules",
+                "spend_caps",
+                "spend_daily",
+                "spend_notices",
+                "subscriptions",
+                "transactions",
+                "usage_carry",
+                "usage_events",
+            )
+        ),
+        "holds_ledger_account_fkey",
+        "holds_posting_id_fkey",
+        "ledger_entries_ledger_account_fkey",
+        "ledger_entries_posting_id_fkey",
+        "ledger_postings_reverses_fkey",
+        "outbox_deliveries_consumer_fkey",
+        "outbox_deliveries_outbox_id_fkey",
+        "payment_entitlements_payment_intent_id_fkey",
+        "payment_events_payment_intent_id_fkey",
+        "payment_events_subscription_id_fkey",
+        "payment_intents_idempotency_key_fkey",
+        "reconciliation_lines_batch_id_fkey",
+        "reconciliation_lines_transaction_id_fkey",
+        "reviews_payment_intent_id_fkey",
+        "reviews_transaction_id_fkey",
+        "spend_notices_cap_id_fkey",
+        "stripe_currencies_code_fkey",
+        "transactions_payment_intent_id_fkey",
+        "transactions_reversal_posting_id_fkey",
+        "transactions_settlement_posting_id_fkey",
+        "usage_events_posting_id_fkey",
+        # uniqueness Tollgate's functions keep (they insert ON CONFLICT or look first)
+        "accounts_external_id_key",
+        "audit_seals_audit_id_key",
+        "idempotency_keys_payment_id_key",
+        "ledger_accounts_account_name_currency_key",
+        "ledger_accounts_id_currency_key",
+        "ledger_entries_version_key",
+        "outbox_event_id_key",
+        "reconciliation_lines_batch_line_key",
+        "reviews_payment_intent_id_key",
+        "reviews_transaction_id_key",
+        "risk_rules_scope_key",
+        "spend_caps_scope_key",
+        "subscriptions_stripe_id_key",
+        # row invariants kept by the functions and triggers that write the rows
+        "api_keys_key_hash_length",
+        "api_keys_key_prefix_length",
+        "api_keys_revoked_after_created",
+        "audit_heads_rows_non_negative",
+        "audit_log_90_seal",
+        "audit_seals_seq_positive",
+        "currencies_code_format",
+        "currencies_exponent_range",
+        "hold_transitions_terminal_is_final",
+        "holds_captured_amount_non_negative",
+        "holds_captured_has_amount",
+        "holds_posting_when_spent",
+        "idempotency_keys_completed_has_response",
+        "ledger_accounts_name_format",
+        "ledger_accounts_version_non_negative",
+        "ledger_entries_account_version_positive",
+        "ledger_entries_amount_non_zero",
+        "ledger_entries_balance_arithmetic",
+        "ledger_entries_balanced",
+        "ledger_postings_balanced",
+        "ledger_postings_key_has_hash",
+        "ledger_postings_reversal_names_original",
+        "outbox_deliveries_attempts_non_negative",
+        "outbox_deliveries_delivered_when",
+        "outbox_payload_size",
+        "outbox_topic_format",
+        "payment_entitlements_uses_left_range",
+        "payment_events_matched_has_account",
+        "payment_events_one_subject",
+        "payment_events_processed_when_not_pending",
+        "payment_transitions_not_to_self",
+        "payment_transitions_terminal_is_final",
+        "review_transitions_terminal_is_final",
+        "reviews_decided_when",
+        "reviews_one_subject",
+        "reviews_rules_not_empty",
+        "spend_daily_spent_non_negative",
+        "stripe_currencies_exponent_range",
+        "stripe_currencies_min_positive",
+        "stripe_currencies_step_values",
+        "transaction_transitions_not_to_self",
+        "transaction_transitions_terminal_is_final",
+        "transactions_reversed_has_posting",
+        "transactions_settled_has_posting",
+        "usage_carry_fraction_range",
+        "usage_events_cost_has_currency",
+    }
+)
+
 # Nothing was done: no connection could be had, or the transaction was rolled back. Safe to
 # retry any request.
 UNAVAILABLE = (
@@ -165,6 +456,8 @@ def from_psycopg(exc: psycopg.Error) -> DomainError | None:
     if constraint in CONSTRAINTS:
         kind, code, friendly = CONSTRAINTS[constraint]
         return DomainError(kind, code, friendly or message)
+    if constraint in INVARIANTS:
+        return DomainError("conflict", "rule_violated", "the request breaks a rule of the ledger")
     if isinstance(exc, UNAVAILABLE):
         return DomainError("unavailable", "database_unavailable", "the database is unavailable")
     if isinstance(exc, LOST):
@@ -178,8 +471,9 @@ def from_psycopg(exc: psycopg.Error) -> DomainError | None:
         return DomainError("invalid", "invalid_input", message)
     if sqlstate.startswith("22"):  # data exception: a value out of range or malformed
         return DomainError("invalid", "invalid_input", message)
-    if sqlstate.startswith("23"):  # a constraint not listed above: still the caller's input
-        return DomainError("invalid", "rejected_by_rule", message)
+    if sqlstate.startswith("23"):  # no named constraint (NOT NULL): the database's words name
+        # its tables, so they are not passed on.
+        return DomainError("invalid", "rejected_by_rule", "a required value is missing")
     return None
 
 
