@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from db import errors
 from tests.conftest import Api
 from tests.helpers import in_parallel, ledger_problems, row_counts, sign
 
@@ -433,3 +434,22 @@ def test_an_overdraft_has_a_limit(api: Api, shop: dict[str, httpx.Client]) -> No
     assert huge.status_code == 422 and huge.json()["error"]["code"] == "invalid_overdraft_limit"
     both = admin.put(wallet, json={"allow_negative": True, "overdraft_limit": "1.00"})
     assert both.status_code == 422, both.text
+
+
+@pytest.mark.parametrize("seconds", [0, 86401, 2**31 - 1])
+def test_the_database_bounds_a_hold_to_a_day(
+    db: psycopg.Connection[Any], new_key: Any, seconds: int
+) -> None:
+    """The API's models refuse such a hold_seconds first; any other caller meets the same rule
+    in PostgreSQL, answered 422."""
+    key = new_key("long_holder")
+    before = row_counts(db)
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        db.execute(
+            "SELECT * FROM api.authorize_v1(%s, NULL, 'work.any', 0.01, 'USD', NULL, %s)",
+            (key, seconds),
+        )
+    found = errors.translate(refused.value)
+    assert isinstance(found, errors.DomainError)
+    assert (found.kind, found.code) == ("invalid", "invalid_hold_seconds")
+    assert row_counts(db) == before
