@@ -143,7 +143,9 @@ def build(app_state: Any) -> MCPServer:
         currency: Annotated[str | None, Field(description="ISO 4217 code of the cost")] = None,
         agent_id: Annotated[str | None, Field(description="which agent runs it")] = None,
         account_id: Annotated[str | None, Field(description="admin keys only")] = None,
-        hold_seconds: Annotated[int | None, Field(description="how long a hold lasts")] = None,
+        hold_seconds: Annotated[
+            int | None, Field(description="how long a hold lasts: 1 to 86400 seconds, default 900")
+        ] = None,
     ) -> Authorization:
         """May the account run this action now? Allowed (by a subscription, a paid run, or a
         hold on credits), or refused with how to pay (code payment_required and `accepts`) or

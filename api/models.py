@@ -383,10 +383,19 @@ class WalletIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # May the balance go negative (an overdraft)? Refused while it is negative.
+    # May the balance go negative (an overdraft)? true: up to the largest limit (999999999999
+    # minor units); false is refused while the balance (less holds) is negative.
     allow_negative: bool | None = None
+    # How far below zero the balance may go, a decimal in the currency's units (0: not at all).
+    overdraft_limit: DecimalAmount | None = None
     # Below this balance, credits.low is announced once per crossing; null: never.
     low_balance: DecimalAmount | None = None
+
+    @model_validator(mode="after")
+    def _one_overdraft_setting(self) -> WalletIn:
+        if self.allow_negative is not None and self.overdraft_limit is not None:
+            raise ValueError("give allow_negative or overdraft_limit, not both")
+        return self
 
 
 class WalletOut(BaseModel):
@@ -394,6 +403,8 @@ class WalletOut(BaseModel):
     currency: str
     allow_negative: bool | None
     low_balance: str | None
+    overdraft_limit: str | None = None
+    overdraft_limit_minor: int | None = None
 
 
 class SpendCapIn(BaseModel):

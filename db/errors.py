@@ -135,7 +135,43 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "ledger_accounts_balance_non_negative": (
         "conflict",
         "insufficient_funds",
-        "the balance may not go below zero and is too low for this",
+        "the balance (less credits held, plus any overdraft limit) is too low for this",
+    ),
+    "overdraft_limit_range": ("invalid", "invalid_overdraft_limit", None),
+    "ledger_accounts_overdraft_limit_range": (
+        "invalid",
+        "invalid_overdraft_limit",
+        "an overdraft limit is 0 to 999999999999 minor units",
+    ),
+    "ledger_accounts_overdraft_bounded": (
+        "invalid",
+        "invalid_overdraft_limit",
+        "every account's overdraft has a limit",
+    ),
+    "ledger_accounts_overdraft_flag": (
+        "invalid",
+        "invalid_overdraft_limit",
+        "allow_negative says whether the overdraft limit is above zero",
+    ),
+    "ledger_accounts_balance_range": (
+        "invalid",
+        "amount_out_of_range",
+        "this would take a balance beyond 10^18 minor units",
+    ),
+    "ledger_entries_amount_range": (
+        "invalid",
+        "amount_out_of_range",
+        "a single movement is less than 10^15 minor units",
+    ),
+    "usage_events_cost_range": (
+        "invalid",
+        "amount_out_of_range",
+        "a usage event costs at most 999999999999 minor units",
+    ),
+    "holds_expiry_range": (
+        "invalid",
+        "invalid_hold_seconds",
+        "a hold lasts 1 to 86400 seconds",
     ),
     "payment_events_id_format": ("invalid", "invalid_event", "event id must look like evt_..."),
     "payment_events_type_format": ("invalid", "invalid_event", "event type is malformed"),

@@ -507,6 +507,15 @@ class Overdraft:
 
 
 @dataclass(frozen=True, slots=True)
+class OverdraftLimit:
+    account_id: str
+    currency: str
+    overdraft_limit: str
+    overdraft_limit_minor: int
+    allow_negative: bool
+
+
+@dataclass(frozen=True, slots=True)
 class LowBalance:
     account_id: str
     currency: str
@@ -518,6 +527,13 @@ async def set_allow_negative(
 ) -> Overdraft:
     params = {"api_key": api_key, "account": account, "currency": currency, "allow": allow}
     return await _one(conn, Overdraft, "set_allow_negative", params)
+
+
+async def set_overdraft_limit(
+    conn: AsyncConnection[Any], *, api_key: str, account: str, currency: str, limit: Decimal
+) -> OverdraftLimit:
+    params = {"api_key": api_key, "account": account, "currency": currency, "limit": limit}
+    return await _one(conn, OverdraftLimit, "set_overdraft_limit", params)
 
 
 async def set_low_balance(

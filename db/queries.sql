@@ -201,6 +201,14 @@ SELECT * FROM api.set_allow_negative_v1(
     p_allow    => %(allow)s::boolean
 );
 
+-- name: set_overdraft_limit
+SELECT * FROM api.set_overdraft_limit_v1(
+    p_api_key  => %(api_key)s::text,
+    p_account  => %(account)s::text,
+    p_currency => %(currency)s::text,
+    p_limit    => %(limit)s::numeric
+);
+
 -- name: register_consumer
 SELECT * FROM api.register_consumer_v1(p_consumer => %(consumer)s::text, p_from_start => %(from_start)s::boolean);
 

@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from db import errors
 from tests.conftest import Api
 from tests.helpers import in_parallel, ledger_problems, row_counts, sign
 
@@ -301,6 +302,8 @@ def test_wallet_settings_overdraft_and_low_balance(
         "currency": "USD",
         "allow_negative": True,
         "low_balance": "1.00",
+        "overdraft_limit": None,
+        "overdraft_limit_minor": None,
     }
     admin.post(
         "/v1/transactions",
@@ -317,3 +320,136 @@ def test_wallet_settings_overdraft_and_low_balance(
     assert low == (1,), "falling from 2.00 below 1.00 was announced"
     back = admin.put("/v1/accounts/agent_user/wallets/USD", json={"allow_negative": False})
     assert back.status_code == 409 and back.json()["error"]["code"] == "overdraft_in_use"
+
+
+def fund(admin: httpx.Client, amount: str, reference: str = "fund") -> None:
+    created = admin.post(
+        "/v1/transactions",
+        json={
+            "account_id": "agent_user",
+            "reference": reference,
+            "amount": amount,
+            "currency": "USD",
+        },
+    )
+    assert created.status_code == 201, created.text
+    settled = admin.post(
+        f"/v1/transactions/{reference}/settle", params={"account_id": "agent_user"}
+    )
+    assert settled.status_code == 200, settled.text
+
+
+def test_usage_counts_toward_caps_exactly(
+    api: Api, shop: dict[str, httpx.Client], db: psycopg.Connection[Any]
+) -> None:
+    admin, agent = shop["admin"], shop["agent"]
+    priced = admin.put("/v1/metrics/calls", json={"unit_price": "0.004", "currency": "USD"})
+    assert priced.status_code == 200, priced.text
+    fund(admin, "1.00")
+    cap = admin.put(
+        "/v1/accounts/agent_user/spend-caps",
+        json={"period": "day", "currency": "USD", "hard_limit": "0.10"},
+    )
+    assert cap.status_code == 200, cap.text
+    now = dt.datetime.now(dt.UTC).isoformat()
+    answers = []
+    for n in range(50):
+        event = {"id": f"call-{n}", "metric": "calls", "quantity": 1, "occurred_at": now}
+        r = agent.post("/v1/usage", json={"events": [event]})
+        assert r.status_code == 200, r.text
+        answers.append((r.json()["results"][0]["outcome"], r.json()["results"][0]["reason"]))
+    assert answers == [("accepted", None)] * 25 + [("rejected", "spend_cap_exceeded")] * 25, (
+        "0.004 x 25 = 0.10: the cap counts fractions of a cent as they are charged"
+    )
+    assert agent.get("/v1/accounts/agent_user/balances").json()["balances"][0]["balance"] == "0.90"
+    notices = db.execute(
+        "SELECT count(*) FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'"
+    ).fetchone()
+    assert notices == (1,), "crossing 80% with usage was announced once"
+
+
+def test_usage_cannot_overflow_the_shared_revenue_account(
+    api: Api, shop: dict[str, httpx.Client], new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    admin, agent = shop["admin"], shop["agent"]
+    big = api.client(new_key("big_spender"))
+    overdraft = admin.put("/v1/accounts/big_spender/wallets/USD", json={"allow_negative": True})
+    assert overdraft.status_code == 200, overdraft.text
+    priced = admin.put("/v1/metrics/gpu.year", json={"unit_price": "9999999999", "currency": "USD"})
+    assert priced.status_code == 200, priced.text
+    now = dt.datetime.now(dt.UTC).isoformat()
+    before = row_counts(db)
+    for n in range(3):
+        event = {"id": f"g{n}", "metric": "gpu.year", "quantity": 3070000, "occurred_at": now}
+        r = big.post("/v1/usage", json={"events": [event]})
+        assert r.status_code == 200, r.text
+        answer = r.json()["results"][0]
+        assert (answer["outcome"], answer["reason"]) == ("rejected", "cost_out_of_range")
+    assert row_counts(db) == before, "a cost past the largest amount changes nothing"
+
+    # Everyone else's money keeps moving through the same revenue account.
+    fund(admin, "1.00")
+    held = authorize(agent)
+    assert held.status_code == 200, held.text
+    captured = agent.post(f"/v1/holds/{held.json()['hold_id']}/capture")
+    assert captured.status_code == 200, captured.text
+    admin.put("/v1/metrics/calls", json={"unit_price": "0.01", "currency": "USD"})
+    used = agent.post(
+        "/v1/usage",
+        json={"events": [{"id": "c1", "metric": "calls", "quantity": 2, "occurred_at": now}]},
+    )
+    assert used.json()["results"][0]["outcome"] == "accepted", used.text
+    revenue = db.execute(
+        "SELECT la.balance FROM tollgate.ledger_accounts la"
+        " WHERE la.account_id = '00000000-0000-0000-0000-000000000000'"
+        " AND la.name = 'revenue' AND la.currency = 'USD'"
+    ).fetchone()
+    assert revenue == (52,), "0.50 captured and 0.02 of usage, nothing else"
+    assert ledger_problems(db) == []
+
+
+def test_an_overdraft_has_a_limit(api: Api, shop: dict[str, httpx.Client]) -> None:
+    admin, agent = shop["admin"], shop["agent"]
+    wallet = "/v1/accounts/agent_user/wallets/USD"
+    assert agent.put(wallet, json={"overdraft_limit": "2.00"}).status_code == 403
+    r = admin.put(wallet, json={"overdraft_limit": "2.00"})
+    assert r.status_code == 200, r.text
+    assert {
+        k: r.json()[k] for k in ("allow_negative", "overdraft_limit", "overdraft_limit_minor")
+    } == {
+        "allow_negative": True,
+        "overdraft_limit": "2.00",
+        "overdraft_limit_minor": 200,
+    }
+    fund(admin, "0.50")
+    held = authorize(agent, cost="2.50")
+    assert held.status_code == 200 and held.json()["via"] == "credits", held.text
+    refused = authorize(agent, cost="0.50")
+    assert refused.status_code == 402, "0.50 of credits and 2.00 of overdraft are all held"
+    assert agent.post(f"/v1/holds/{held.json()['hold_id']}/capture").status_code == 200
+    assert agent.get("/v1/accounts/agent_user/balances").json()["balances"][0]["balance"] == "-2.00"
+    lower = admin.put(wallet, json={"overdraft_limit": "1.00"})
+    assert lower.status_code == 409 and lower.json()["error"]["code"] == "overdraft_in_use"
+    huge = admin.put(wallet, json={"overdraft_limit": "10000000000"})
+    assert huge.status_code == 422 and huge.json()["error"]["code"] == "invalid_overdraft_limit"
+    both = admin.put(wallet, json={"allow_negative": True, "overdraft_limit": "1.00"})
+    assert both.status_code == 422, both.text
+
+
+@pytest.mark.parametrize("seconds", [0, 86401, 2**31 - 1])
+def test_the_database_bounds_a_hold_to_a_day(
+    db: psycopg.Connection[Any], new_key: Any, seconds: int
+) -> None:
+    """The API's models refuse such a hold_seconds first; any other caller meets the same rule
+    in PostgreSQL, answered 422."""
+    key = new_key("long_holder")
+    before = row_counts(db)
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        db.execute(
+            "SELECT * FROM api.authorize_v1(%s, NULL, 'work.any', 0.01, 'USD', NULL, %s)",
+            (key, seconds),
+        )
+    found = errors.translate(refused.value)
+    assert isinstance(found, errors.DomainError)
+    assert (found.kind, found.code) == ("invalid", "invalid_hold_seconds")
+    assert row_counts(db) == before

@@ -97,6 +97,54 @@ def test_refused_transfers_write_nothing(
     assert row_counts(db) == before
 
 
+def test_a_transfer_is_spending_bound_by_the_senders_caps(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    new_key("bob")
+    with api.client(new_key("alice")) as alice, api.client(new_key("ops", admin=True)) as admin:
+        fund(admin, "alice", "50.00")
+        cap = admin.put(
+            "/v1/accounts/alice/spend-caps",
+            json={"period": "day", "currency": "USD", "hard_limit": "1.00"},
+        )
+        assert cap.status_code == 200, cap.text
+        before = row_counts(db)
+        everything = transfer(alice, "all", {"to_account_id": "bob", "amount": "50.00"})
+        assert everything.status_code == 402, everything.text
+        assert everything.json()["error"]["code"] == "spend_cap_exceeded"
+        assert row_counts(db) == before, "a refused transfer writes nothing"
+        assert (
+            transfer(alice, "most", {"to_account_id": "bob", "amount": "0.90"}).status_code == 201
+        )
+        over = transfer(alice, "more", {"to_account_id": "bob", "amount": "0.11"})
+        assert over.status_code == 402 and over.json()["error"]["code"] == "spend_cap_exceeded"
+        by_admin = transfer(
+            admin,
+            "ops-move",
+            {"from_account_id": "alice", "to_account_id": "bob", "amount": "0.11"},
+        )
+        assert by_admin.status_code == 402, "an admin key moving alice's money meets her cap too"
+        assert (
+            transfer(alice, "rest", {"to_account_id": "bob", "amount": "0.10"}).status_code == 201
+        )
+        assert balance(admin, "alice") == "49.00"
+    notices = db.execute(
+        "SELECT count(*) FROM tollgate.outbox WHERE topic = 'spend.threshold_reached'"
+    ).fetchone()
+    assert notices == (1,), "crossing 80% of the cap with transfers was announced once"
+    assert ledger_problems(db) == []
+
+
+def test_a_refused_transfer_says_nothing_about_the_receiver(api: Api, new_key: Any) -> None:
+    new_key("bob")
+    with api.client(new_key("empty")) as empty:
+        to_missing = transfer(empty, "a", {"to_account_id": "nobody", "amount": "1"})
+        to_existing = transfer(empty, "b", {"to_account_id": "bob", "amount": "1"})
+    assert to_missing.status_code == to_existing.status_code == 409, to_missing.text
+    assert to_missing.json() == to_existing.json()
+    assert to_missing.json()["error"]["code"] == "insufficient_funds"
+
+
 def test_a_transfer_needs_an_idempotency_key(api: Api, new_key: Any) -> None:
     with api.client(new_key("alice")) as alice:
         r = alice.post(

@@ -432,10 +432,12 @@ class AsyncClient:
         *,
         allow_negative: bool | None = None,
         low_balance: Amount | None = None,
+        overdraft_limit: Amount | None = None,
     ) -> models.WalletOut:
         ask = models.WalletIn(
             allow_negative=allow_negative,
             low_balance=None if low_balance is None else Decimal(low_balance),
+            overdraft_limit=None if overdraft_limit is None else Decimal(overdraft_limit),
         )
         return await self.send(
             Call(

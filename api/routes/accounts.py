@@ -158,11 +158,14 @@ async def set_wallet(
     api_key: ApiKey,
     pool: Pool,
 ) -> WalletOut:
-    """Admin keys: overdraft and low-balance notice of an account's balance in a currency."""
+    """Admin keys: overdraft (allow_negative, or an overdraft_limit) and low-balance notice of
+    an account's balance in a currency."""
     ask = await body.parse(request, WalletIn)
     given = ask.model_fields_set
     cur = currency.upper()
     overdraft: bool | None = None
+    limit: str | None = None
+    limit_minor: int | None = None
     low: str | None = None
     async with pool.connection() as conn, conn.transaction():
         if "allow_negative" in given and ask.allow_negative is not None:
@@ -170,6 +173,12 @@ async def set_wallet(
                 conn, api_key=api_key, account=account_id, currency=cur, allow=ask.allow_negative
             )
             overdraft = done.allow_negative
+        if "overdraft_limit" in given and ask.overdraft_limit is not None:
+            bounded = await queries.set_overdraft_limit(
+                conn, api_key=api_key, account=account_id, currency=cur, limit=ask.overdraft_limit
+            )
+            overdraft = bounded.allow_negative
+            limit, limit_minor = bounded.overdraft_limit, bounded.overdraft_limit_minor
         if "low_balance" in given:
             low = (
                 await queries.set_low_balance(
@@ -180,4 +189,11 @@ async def set_wallet(
                     threshold=ask.low_balance,
                 )
             ).low_balance
-    return WalletOut(account_id=account_id, currency=cur, allow_negative=overdraft, low_balance=low)
+    return WalletOut(
+        account_id=account_id,
+        currency=cur,
+        allow_negative=overdraft,
+        low_balance=low,
+        overdraft_limit=limit,
+        overdraft_limit_minor=limit_minor,
+    )

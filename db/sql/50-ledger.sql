@@ -73,8 +73,10 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    INSERT INTO tollgate.ledger_accounts (account_id, name, currency, allow_negative)
-    VALUES (p_account_id, p_name, p_currency, p_allow_negative)
+    -- p_allow_negative: no overdraft limit, for Tollgate's own clearing accounts only
+    -- (ledger_accounts_overdraft_bounded); an account's wallet starts prepaid.
+    INSERT INTO tollgate.ledger_accounts (account_id, name, currency, allow_negative, overdraft_limit)
+    VALUES (p_account_id, p_name, p_currency, p_allow_negative, CASE WHEN NOT p_allow_negative THEN 0 END)
     ON CONFLICT ON CONSTRAINT ledger_accounts_account_name_currency_key DO NOTHING
     RETURNING id INTO found;
     IF found IS NULL THEN  -- created concurrently
@@ -110,7 +112,7 @@ BEGIN
     END IF;
     IF (NEW.id, NEW.account_id, NEW.name, NEW.currency, NEW.created_at)
        IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.name, OLD.currency, OLD.created_at) THEN
-        RAISE EXCEPTION 'ledger account %: only allow_negative may change', OLD.id
+        RAISE EXCEPTION 'ledger account %: only its settings (overdraft, low balance) may change', OLD.id
             USING ERRCODE = 'TG011', CONSTRAINT = 'ledger_accounts_identity_immutable',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
     END IF;
@@ -126,6 +128,10 @@ BEGIN
     IF NEW.allow_negative IS DISTINCT FROM OLD.allow_negative THEN
         PERFORM tollgate.audit(NEW.account_id, 'ledger_account', NEW.id::text, 'allow_negative',
                                OLD.allow_negative::text, NEW.allow_negative::text);
+    END IF;
+    IF NEW.overdraft_limit IS DISTINCT FROM OLD.overdraft_limit THEN
+        PERFORM tollgate.audit(NEW.account_id, 'ledger_account', NEW.id::text, 'overdraft_limit',
+                               OLD.overdraft_limit::text, NEW.overdraft_limit::text);
     END IF;
     RETURN NEW;
 END
@@ -158,6 +164,13 @@ BEGIN
             USING ERRCODE = 'TG012', CONSTRAINT = 'ledger_entries_posting_open',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
     END IF;
+    -- Checked before the sum below, which could otherwise overflow bigint instead of being
+    -- refused by name (the CHECK says the same, after this trigger).
+    IF NEW.amount NOT BETWEEN -999999999999999 AND 999999999999999 THEN
+        RAISE EXCEPTION 'a ledger entry moves less than 10^15 minor units, not %', NEW.amount
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entries_amount_range',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
     SELECT * INTO la FROM tollgate.ledger_accounts WHERE id = NEW.ledger_account_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'ledger account % does not exist', NEW.ledger_account_id
@@ -174,7 +187,8 @@ END
 $$;
 
 -- The entry is in place: move the account to it. The CHECK ledger_accounts_balance_non_negative
--- refuses what would overdraw a wallet. A balance that falls below its low_balance announces
+-- refuses what would take a wallet below its overdraft limit (ledger_accounts_balance_range:
+-- any balance past 10^18). A balance that falls below its low_balance announces
 -- credits.low (once per crossing).
 CREATE OR REPLACE FUNCTION tollgate.ledger_entries_after_insert() RETURNS trigger
 LANGUAGE plpgsql
@@ -364,8 +378,12 @@ $$;
 -- another's, in one statement. The sender is the key's own account (any account for an admin
 -- key); the receiver any account. Idempotent on (sender, p_idempotency_key): the same request
 -- again answers replayed = true with the first posting; another request with that key is
--- refused (TG020). A wallet that may not go negative refuses the transfer (23514,
--- ledger_accounts_balance_non_negative).
+-- refused (TG020). The sender's side is checked before the receiver is looked up, so a refusal
+-- says no more about the receiver than a success would: funds (the balance less credits held
+-- for authorized work, plus the overdraft limit; 23514 ledger_accounts_balance_non_negative),
+-- then the sender's spend caps (23514 spend_cap; a transfer is spending, whoever's key asks:
+-- the trigger ledger_entries_30_spend counts and enforces it on the posting itself), then the
+-- receiver (TG003).
 CREATE OR REPLACE FUNCTION api.transfer_v1(
     p_api_key text, p_from_account text, p_to_account text, p_amount numeric, p_currency text,
     p_idempotency_key text
@@ -379,12 +397,41 @@ DECLARE
     sender   tollgate.accounts := tollgate.account_for(k, p_from_account);
     receiver tollgate.accounts;
     minor    bigint := tollgate.to_minor(p_amount, p_currency);
+    wallet   uuid;
+    avail    bigint;
     req_hash bytea;
     posting  tollgate.ledger_postings;
 BEGIN
+    IF p_to_account = sender.external_id THEN
+        RAISE EXCEPTION 'a transfer needs two different accounts'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_distinct_accounts';
+    END IF;
+    -- A transfer already made with this key answers as it did, whatever the wallet holds now.
+    SELECT * INTO posting FROM tollgate.ledger_postings lp
+    WHERE lp.account_id = sender.id AND lp.idempotency_key = p_idempotency_key;
+    IF posting.id IS NULL THEN
+        SELECT la.id INTO wallet FROM tollgate.ledger_accounts la
+        WHERE la.account_id = sender.id AND la.name = 'main' AND la.currency = p_currency;
+        avail := CASE WHEN wallet IS NULL THEN 0 ELSE tollgate.available_credits(wallet) END;
+        IF avail < minor AND avail + (SELECT coalesce(sum(h.amount), 0) FROM tollgate.holds h
+                                      WHERE h.ledger_account_id = wallet AND h.status = 'active'
+                                        AND h.expires_at > now()) >= minor THEN
+            RAISE EXCEPTION 'the balance would no longer cover the credits held for authorized work'
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
+        ELSIF avail < minor THEN
+            RAISE EXCEPTION '% % cannot leave the balance of %: % % available',
+                    tollgate.format_minor(minor, p_currency), p_currency, sender.external_id,
+                    tollgate.format_minor(greatest(avail, 0), p_currency), p_currency
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
+        END IF;
+        PERFORM tollgate.check_spend_cap(sender.id, '', p_currency, minor);
+    END IF;
     SELECT * INTO receiver FROM tollgate.accounts a
     WHERE a.external_id = p_to_account AND a.id <> '00000000-0000-0000-0000-000000000000';
-    IF NOT FOUND THEN
+    IF NOT FOUND AND posting.id IS NOT NULL THEN
+        RAISE EXCEPTION 'idempotency key % was used with a different transfer', p_idempotency_key
+            USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+    ELSIF NOT FOUND THEN
         RAISE EXCEPTION 'account % not found', p_to_account
             USING ERRCODE = 'TG003', CONSTRAINT = 'account_visible';
     END IF;
@@ -393,27 +440,30 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_distinct_accounts';
     END IF;
     req_hash := sha256(convert_to(concat_ws(':', sender.id, receiver.id, minor, p_currency), 'UTF8'));
-    posting.id := tollgate.post(
-        sender.id, 'transfer',
-        ARRAY[tollgate.ledger_account(sender.id, 'main', p_currency),
-              tollgate.ledger_account(receiver.id, 'main', p_currency)],
-        ARRAY[-minor, minor],
-        p_idempotency_key, req_hash);
     IF posting.id IS NULL THEN
+        posting.id := tollgate.post(
+            sender.id, 'transfer',
+            ARRAY[tollgate.ledger_account(sender.id, 'main', p_currency),
+                  tollgate.ledger_account(receiver.id, 'main', p_currency)],
+            ARRAY[-minor, minor],
+            p_idempotency_key, req_hash);
+        IF posting.id IS NOT NULL THEN
+            -- Credits held for authorized work are not the sender's to transfer.
+            PERFORM tollgate.check_holds_covered(tollgate.ledger_account(sender.id, 'main', p_currency));
+            RETURN QUERY SELECT false, posting.id, sender.external_id, receiver.external_id,
+                                tollgate.format_minor(minor, p_currency), p_currency, now();
+            RETURN;
+        END IF;
+        -- A concurrent request with the same key committed first.
         SELECT * INTO STRICT posting FROM tollgate.ledger_postings lp
         WHERE lp.account_id = sender.id AND lp.idempotency_key = p_idempotency_key;
-        IF posting.request_hash <> req_hash THEN
-            RAISE EXCEPTION 'idempotency key % was used with a different transfer', p_idempotency_key
-                USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
-        END IF;
-        RETURN QUERY SELECT true, posting.id, sender.external_id, receiver.external_id,
-                            tollgate.format_minor(minor, p_currency), p_currency, posting.created_at;
-        RETURN;
     END IF;
-    -- Credits held for authorized work are not the sender's to transfer.
-    PERFORM tollgate.check_holds_covered(tollgate.ledger_account(sender.id, 'main', p_currency));
-    RETURN QUERY SELECT false, posting.id, sender.external_id, receiver.external_id,
-                        tollgate.format_minor(minor, p_currency), p_currency, now();
+    IF posting.request_hash <> req_hash THEN
+        RAISE EXCEPTION 'idempotency key % was used with a different transfer', p_idempotency_key
+            USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+    END IF;
+    RETURN QUERY SELECT true, posting.id, sender.external_id, receiver.external_id,
+                        tollgate.format_minor(minor, p_currency), p_currency, posting.created_at;
 END
 $$;
 
@@ -436,18 +486,19 @@ BEGIN
 END
 $$;
 
--- Admin keys only: let an account's main balance in a currency go negative (overdraft), or
--- forbid it again (refused while it is negative).
-CREATE OR REPLACE FUNCTION api.set_allow_negative_v1(
-    p_api_key text, p_account text, p_currency text, p_allow boolean
-) RETURNS TABLE (account_id text, currency text, allow_negative boolean)
-LANGUAGE plpgsql SECURITY DEFINER
+-- Set how far an account's main balance in a currency may go below zero (minor units, 0 to
+-- 999999999999), for the admin key k. Refused (overdraft_in_use) when the balance less the
+-- credits held for authorized work is already below the new limit's floor.
+CREATE OR REPLACE FUNCTION tollgate.set_overdraft(
+    k tollgate.api_keys, p_account text, p_currency text, p_limit bigint
+) RETURNS TABLE (account_id text, currency text, overdraft_limit bigint, allow_negative boolean)
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k    tollgate.api_keys := tollgate.authenticate(p_api_key);
     acct tollgate.accounts;
     la   uuid;
+    used bigint;
 BEGIN
     IF NOT k.is_admin THEN
         RAISE EXCEPTION 'only an admin key may change overdraft rules'
@@ -455,13 +506,73 @@ BEGIN
     END IF;
     acct := tollgate.account_for(k, p_account);
     PERFORM tollgate.to_minor(1, p_currency);  -- the currency must exist
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 0 AND 999999999999 THEN
+        RAISE EXCEPTION 'an overdraft limit is 0 to 999999999999 minor units, not %', p_limit
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'overdraft_limit_range';
+    END IF;
     la := tollgate.ledger_account(acct.id, 'main', p_currency);
-    IF NOT p_allow AND (SELECT x.balance < 0 FROM tollgate.ledger_accounts x WHERE x.id = la) THEN
-        RAISE EXCEPTION 'the % balance of % is negative: bring it to zero before forbidding overdrafts',
-                p_currency, p_account
+    PERFORM FROM tollgate.ledger_accounts x WHERE x.id = la FOR UPDATE;
+    -- What is drawn already: below zero, counting the holds on it.
+    used := -(tollgate.available_credits(la) - (SELECT x.overdraft_limit FROM tollgate.ledger_accounts x WHERE x.id = la));
+    IF used > p_limit THEN
+        RAISE EXCEPTION 'the % balance of % is % below zero, counting holds: more than an overdraft of %',
+                p_currency, p_account, tollgate.format_minor(used, p_currency), tollgate.format_minor(p_limit, p_currency)
             USING ERRCODE = 'check_violation', CONSTRAINT = 'overdraft_in_use';
     END IF;
-    UPDATE tollgate.ledger_accounts SET allow_negative = p_allow WHERE id = la;
-    RETURN QUERY SELECT acct.external_id, p_currency, p_allow;
+    UPDATE tollgate.ledger_accounts x SET overdraft_limit = p_limit, allow_negative = p_limit > 0 WHERE x.id = la;
+    RETURN QUERY SELECT acct.external_id, p_currency, p_limit, p_limit > 0;
+END
+$$;
+
+-- Admin keys only: let an account's main balance in a currency go negative (overdraft), or
+-- forbid it again (refused while it is negative). Allowing sets the largest overdraft limit,
+-- 999999999999 minor units; api.set_overdraft_limit_v1 sets another.
+CREATE OR REPLACE FUNCTION api.set_allow_negative_v1(
+    p_api_key text, p_account text, p_currency text, p_allow boolean
+) RETURNS TABLE (account_id text, currency text, allow_negative boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT o.account_id, o.currency, o.allow_negative
+    FROM tollgate.set_overdraft(tollgate.authenticate(p_api_key), p_account, p_currency,
+                                CASE WHEN p_allow THEN 999999999999 ELSE 0 END) o;
+END
+$$;
+
+-- Admin keys only: how far below zero an account's main balance in a currency may go, a
+-- decimal in the currency's units (0: none; at most 9999999999.99 USD, 999999999999 minor
+-- units). Refused (overdraft_in_use) below what is already drawn.
+CREATE OR REPLACE FUNCTION api.set_overdraft_limit_v1(
+    p_api_key text, p_account text, p_currency text, p_limit numeric
+) RETURNS TABLE (account_id text, currency text, overdraft_limit text, overdraft_limit_minor bigint,
+                 allow_negative boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k      tollgate.api_keys := tollgate.authenticate(p_api_key);
+    scaled numeric;
+BEGIN
+    IF NOT k.is_admin THEN
+        RAISE EXCEPTION 'only an admin key may change overdraft rules'
+            USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
+    END IF;
+    PERFORM tollgate.to_minor(1, p_currency);  -- the currency must exist
+    scaled := p_limit * 10::numeric ^ (SELECT c.exponent FROM tollgate.currencies c WHERE c.code = p_currency);
+    IF scaled IS NULL OR scaled < 0 OR scaled > 999999999999 THEN
+        RAISE EXCEPTION 'an overdraft limit is 0 to 999999999999 minor units, not % %', p_limit, p_currency
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'overdraft_limit_range';
+    END IF;
+    IF scaled <> trunc(scaled) THEN
+        RAISE EXCEPTION '% amounts have at most % decimals: % has more', p_currency,
+                (SELECT c.exponent FROM tollgate.currencies c WHERE c.code = p_currency), p_limit
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_decimals';
+    END IF;
+    RETURN QUERY
+    SELECT o.account_id, o.currency, tollgate.format_minor(o.overdraft_limit, o.currency), o.overdraft_limit,
+           o.allow_negative
+    FROM tollgate.set_overdraft(k, p_account, p_currency, scaled::bigint) o;
 END
 $$;

@@ -257,6 +257,27 @@ AS $$
     LIMIT 1
 $$;
 
+-- Refuse (23514 spend_cap) spending p_amount more if it would pass a cap of the account, or of
+-- the agent p_agent ('' for none).
+CREATE OR REPLACE FUNCTION tollgate.check_spend_cap(p_account_id uuid, p_agent text, p_currency text, p_amount numeric)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cap record;
+BEGIN
+    SELECT * INTO cap FROM tollgate.cap_exceeded(p_account_id, p_agent, p_currency, p_amount);
+    IF FOUND THEN
+        RAISE EXCEPTION '%', format('the %s cap of %s %s%s is reached: %s spent, %s more would pass it',
+                cap.period, tollgate.format_minor(cap.hard_limit, p_currency), p_currency,
+                CASE WHEN cap.agent_id <> '' THEN ' for agent ' || cap.agent_id ELSE '' END,
+                tollgate.format_exact(cap.spent, p_currency), tollgate.format_exact(p_amount, p_currency))
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'spend_cap';
+    END IF;
+END
+$$;
+
 -- Record spending (negative: money freed again) and, when a cap's soft threshold is crossed,
 -- announce spend.threshold_reached once per cap and period.
 CREATE OR REPLACE FUNCTION tollgate.add_spend(
@@ -315,18 +336,44 @@ CREATE OR REPLACE TRIGGER spend_notices_50_announce
     AFTER INSERT ON tollgate.spend_notices
     FOR EACH ROW EXECUTE FUNCTION tollgate.spend_notices_announce();
 
+-- A transfer out of an account's wallet is spending, whoever asked for it (the account's key or
+-- an admin key) and however the posting was written: it counts toward the account's caps (not
+-- an agent's: a transfer names none) on the day it is made, and is refused past a hard cap. The
+-- posting holds the wallet's lock, so concurrent spending from the wallet is counted in order.
+-- (Holds count through holds_50_spend and usage in api.record_usage_v1; reversals and refunds
+-- take money back rather than spend it, and are not counted.)
+CREATE OR REPLACE FUNCTION tollgate.ledger_entries_spend() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.account_id = '00000000-0000-0000-0000-000000000000'
+       OR (SELECT p.kind FROM tollgate.ledger_postings p WHERE p.id = NEW.posting_id) <> 'transfer'
+       OR (SELECT la.name FROM tollgate.ledger_accounts la WHERE la.id = NEW.ledger_account_id) <> 'main' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM tollgate.check_spend_cap(NEW.account_id, '', NEW.currency, -NEW.amount);
+    PERFORM tollgate.add_spend(NEW.account_id, '', NEW.currency, tollgate.utc_day(), -NEW.amount);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ledger_entries_30_spend
+    AFTER INSERT ON tollgate.ledger_entries
+    FOR EACH ROW WHEN (NEW.amount < 0) EXECUTE FUNCTION tollgate.ledger_entries_spend();
+
 -- ---------------------------------------------------------------------------------------------
 -- Holds
 -- ---------------------------------------------------------------------------------------------
 
--- Credits a wallet can still commit: its balance less its active, unexpired holds (NULL when
--- it may go negative: no limit).
+-- Credits a wallet can still commit: its balance plus its overdraft limit, less its active,
+-- unexpired holds (NULL: no limit, only Tollgate's own clearing accounts).
 CREATE OR REPLACE FUNCTION tollgate.available_credits(p_wallet uuid) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN la.allow_negative THEN NULL
-                ELSE la.balance - coalesce((SELECT sum(h.amount) FROM tollgate.holds h
+    SELECT CASE WHEN la.overdraft_limit IS NULL THEN NULL
+                ELSE la.balance + la.overdraft_limit - coalesce((SELECT sum(h.amount) FROM tollgate.holds h
                                             WHERE h.ledger_account_id = la.id AND h.status = 'active'
                                               AND h.expires_at > now()), 0)::bigint END
     FROM tollgate.ledger_accounts la WHERE la.id = p_wallet
@@ -485,6 +532,10 @@ BEGIN
         RAISE EXCEPTION 'agent ids are 1-128 letters, digits and _ . : @ -'
             USING ERRCODE = 'check_violation', CONSTRAINT = 'holds_agent_id_format';
     END IF;
+    IF p_hold_seconds NOT BETWEEN 1 AND 86400 THEN
+        RAISE EXCEPTION 'a hold lasts 1 to 86400 seconds, not %', p_hold_seconds
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'holds_expiry_range';
+    END IF;
     SELECT * INTO act FROM tollgate.actions a WHERE a.name = p_action;
     cur := coalesce(p_currency, act.currency);
     IF p_cost IS NOT NULL THEN
@@ -573,7 +624,7 @@ BEGIN
     END IF;
     INSERT INTO tollgate.holds (account_id, agent_id, action, ledger_account_id, currency, amount, expires_at)
     VALUES (acct.id, agent, p_action, wallet, cur, cost,
-            now() + make_interval(secs => greatest(coalesce(p_hold_seconds, 900), 1)))
+            now() + make_interval(secs => coalesce(p_hold_seconds, 900)))
     RETURNING * INTO hold;
     RETURN QUERY SELECT true, 'credits', NULL::text, NULL::text, acct.external_id, p_action, hold.id,
                         NULL::integer,
@@ -647,6 +698,10 @@ BEGIN
                                  ARRAY[-take, take]);
     END IF;
     UPDATE tollgate.holds SET status = 'captured', captured_amount = take, posting_id = posting WHERE id = h.id;
+    IF take > h.amount THEN
+        -- The excess came out of the overdraft: it may not eat what other holds reserve.
+        PERFORM tollgate.check_holds_covered(h.ledger_account_id);
+    END IF;
     RETURN QUERY SELECT * FROM tollgate.hold_v1 v WHERE v.id = h.id;
 END
 $$;

@@ -26,9 +26,11 @@ $$;
 -- event is answered on its own: accepted, duplicate (its id was recorded before for the
 -- account, or accepted earlier in this batch) or rejected with a reason (unknown_account,
 -- invalid_id, invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at,
--- insufficient_credits, spend_cap_exceeded, repeated_in_batch).
--- A priced event costs quantity x unit price, exactly; events are taken in batch order while
--- credits and caps last. Each account's charges go in one posting of whole minor units, the
+-- cost_out_of_range, insufficient_credits, spend_cap_exceeded, repeated_in_batch).
+-- A priced event costs quantity x unit price, exactly (numeric; above 999999999999 minor units,
+-- the largest single amount, it is cost_out_of_range); events are taken in batch order while
+-- credits (with any overdraft) and caps last, and what they cost counts toward the caps exactly,
+-- fractions of a minor unit included. Each account's charges go in one posting of whole minor units, the
 -- fraction left is carried to its next batch (tollgate.usage_carry).
 -- Batches for one account are serialised (an advisory lock per account, then the wallets in
 -- id order), so a concurrent retry sees this batch's events and never charges them twice.
@@ -95,6 +97,7 @@ BEGIN
                    WHEN i.quantity IS NULL OR i.quantity <= 0 OR i.quantity >= 1e15 THEN 'invalid_quantity'
                    WHEN i.occurred_at IS NULL OR i.occurred_at > now() + tollgate.max_clock_skew()
                         OR i.occurred_at < now() - interval '400 days' THEN 'invalid_occurred_at'
+                   WHEN i.quantity * p.unit_price > 999999999999 THEN 'cost_out_of_range'
                    WHEN min(i.ord) OVER (PARTITION BY a.id, i.id) < i.ord THEN 'repeat'
                END AS reason
         FROM unnest(p_ids, p_accounts, p_agents, p_metrics, p_quantities, p_occurred_at)
@@ -207,9 +210,9 @@ BEGIN
                     ARRAY[charged.wallet, tollgate.revenue_account(charged.cur)], ARRAY[-whole, whole]));
             END IF;
         ELSE
-            -- What each agent spent, in the exact costs rounded to minor units as charged.
+            -- What each agent spent: exactly what its events cost (spend_daily.spent is numeric).
             PERFORM tollgate.add_spend(charged.account, charged.agent, charged.cur, tollgate.utc_day(),
-                                       round(charged.total)::bigint);
+                                       charged.total);
         END IF;
     END LOOP;
 

@@ -49,6 +49,7 @@ GRANT EXECUTE ON FUNCTION
     api.transfer_v1(text, text, text, numeric, text, text),
     api.balances_v1(text, text),
     api.set_allow_negative_v1(text, text, text, boolean),
+    api.set_overdraft_limit_v1(text, text, text, numeric),
     api.create_transaction_v1(text, text, text, numeric, text, text),
     api.get_transaction_v1(text, text, text),
     api.whoami_v1(text),
