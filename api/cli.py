@@ -34,8 +34,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"tollgate serve: configuration is incomplete:\n{exc}", file=sys.stderr)
         print(
-            "Set DATABASE_URL, STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET "
-            "(and ENVIRONMENT=development for test keys), or use `tollgate dev`.",
+            "Set DATABASE_URL and STRIPE_API_KEY (and ENVIRONMENT=development for test keys), "
+            "or use `tollgate dev`. Webhook secrets are registered in the database "
+            "(`tollgate webhook-secret add`, or STRIPE_WEBHOOK_SECRET for `tollgate migrate`).",
             file=sys.stderr,
         )
         return 2
@@ -52,11 +53,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from api.devstack import database_url
+    from db import queries
+    from db.errors import DomainError
     from db.migrate import migrate
 
     with ExitStack() as stack:
-        applied = migrate(database_url(stack, args.data_dir))
-    print("applied: " + (", ".join(applied) if applied else "nothing new"))
+        url = database_url(stack, args.data_dir)
+        applied = migrate(url)
+        print("applied: " + (", ".join(applied) if applied else "nothing new"))
+        # The deployment's configured webhook secret is registered with the migrations, by
+        # the role that may (the service's own role cannot).
+        secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+        if secret:
+            with psycopg.connect(url, autocommit=True) as conn:
+                try:
+                    done = queries.operator_add_webhook_secret(
+                        conn, secret=secret, label="STRIPE_WEBHOOK_SECRET"
+                    )
+                except DomainError as exc:
+                    print(
+                        f"tollgate migrate: STRIPE_WEBHOOK_SECRET: {exc.message}", file=sys.stderr
+                    )
+                    return 2
+            state = "registered" if done.added else "already registered"
+            print(f"webhook secret {done.secret_id} ({done.prefix}...) {state}")
     return 0
 
 
@@ -104,6 +124,68 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
         revoked = queries.revoke_api_key(_connect(stack, args.data_dir), key_id=args.key_id)
     print("revoked" if revoked else "no active key with that id")
     return 0 if revoked else 1
+
+
+def _read_webhook_secret(secret_file: str | None) -> str:
+    """The secret from --secret-file ("-": standard input), else STRIPE_WEBHOOK_SECRET: never
+    from the command line, where other users of the machine could read it."""
+    if secret_file == "-":
+        return sys.stdin.readline().strip()
+    if secret_file:
+        return Path(secret_file).read_text().strip()
+    return os.environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+
+
+def _cmd_webhook_secret_add(args: argparse.Namespace) -> int:
+    from db import queries
+    from db.errors import DomainError
+
+    try:
+        secret = _read_webhook_secret(args.secret_file)
+    except OSError as exc:
+        print(f"tollgate webhook-secret add: {exc}", file=sys.stderr)
+        return 2
+    if not secret:
+        print(
+            "tollgate webhook-secret add: give the secret in STRIPE_WEBHOOK_SECRET or with "
+            "--secret-file FILE (- for standard input)",
+            file=sys.stderr,
+        )
+        return 2
+    with ExitStack() as stack:
+        try:
+            done = queries.operator_add_webhook_secret(
+                _connect(stack, args.data_dir), secret=secret, label=args.label
+            )
+        except DomainError as exc:
+            print(f"tollgate webhook-secret add: {exc.message}", file=sys.stderr)
+            return 2
+    state = "added" if done.added else "already registered"
+    print(f"{done.secret_id}  {done.prefix}...  {state}")
+    return 0
+
+
+def _cmd_webhook_secret_list(args: argparse.Namespace) -> int:
+    from db import queries
+
+    with ExitStack() as stack:
+        rows = queries.operator_list_webhook_secrets(_connect(stack, args.data_dir))
+    for r in rows:
+        print(f"{r.secret_id}  {r.prefix}...  {r.created_at:%Y-%m-%d %H:%M}  {r.label or ''}")
+    if not rows:
+        print("no webhook secret: every Stripe webhook is refused", file=sys.stderr)
+    return 0
+
+
+def _cmd_webhook_secret_remove(args: argparse.Namespace) -> int:
+    from db import queries
+
+    with ExitStack() as stack:
+        removed = queries.operator_remove_webhook_secret(
+            _connect(stack, args.data_dir), secret_id=args.secret_id
+        )
+    print("removed" if removed else "no webhook secret with that id")
+    return 0 if removed else 1
 
 
 def _cmd_actions_set(args: argparse.Namespace) -> int:
@@ -360,6 +442,22 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=UUID)
     revoke.set_defaults(func=_cmd_keys_revoke)
+
+    hooks = sub.add_parser(
+        "webhook-secret", help="Stripe webhook signing secrets (verified in the database)"
+    ).add_subparsers(dest="webhook_secret", required=True)
+    add = hooks.add_parser(
+        "add", help="register a signing secret (from STRIPE_WEBHOOK_SECRET or --secret-file)"
+    )
+    add.add_argument("--secret-file", help="file holding the secret (- for standard input)")
+    add.add_argument("--label")
+    add.set_defaults(func=_cmd_webhook_secret_add)
+    hooks.add_parser(
+        "list", help="list registered secrets (never the secrets themselves)"
+    ).set_defaults(func=_cmd_webhook_secret_list)
+    drop = hooks.add_parser("remove", help="remove a secret by id: its signatures stop verifying")
+    drop.add_argument("secret_id", type=UUID)
+    drop.set_defaults(func=_cmd_webhook_secret_remove)
 
     actions = sub.add_parser("actions", help="prices of paid actions").add_subparsers(
         dest="actions", required=True

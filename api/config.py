@@ -26,18 +26,16 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=5.0, gt=0)
 
     stripe_api_key: SecretStr
-    stripe_webhook_secret: SecretStr
+    # No webhook secret here: PostgreSQL verifies webhook signatures with the secrets
+    # registered in it (`tollgate webhook-secret add`; `tollgate migrate` registers
+    # STRIPE_WEBHOOK_SECRET), which the service's role cannot read or change.
     # Another Stripe API address (an emulator such as localstripe); None for Stripe itself.
     stripe_api_base: str | None = None
     stripe_timeout: float = Field(default=15.0, gt=0)
-    # Oldest webhook signature accepted, in seconds (Stripe's own default).
-    webhook_tolerance: int = Field(default=300, ge=1)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
-            for name in ("stripe_api_key", "stripe_webhook_secret"):
-                secret: SecretStr = getattr(self, name)
-                if secret.get_secret_value() in PLACEHOLDERS:
-                    raise ValueError(f"{name.upper()} must be set to a real secret in production")
+            if self.stripe_api_key.get_secret_value() in PLACEHOLDERS:
+                raise ValueError("STRIPE_API_KEY must be set to a real secret in production")
         return self

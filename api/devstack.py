@@ -14,6 +14,7 @@ import sys
 from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import uvicorn
@@ -28,6 +29,8 @@ from db.migrate import migrate
 DEV_ACCOUNT = "dev_account"
 DEV_EMULATOR_PORT = 8420  # localstripe's own default, when free
 DEV_ACTION = "report.generate"  # priced at 0.50 USD, so the agent flow works at once
+# The label of the emulator's webhook secret: each run makes a new one and retires the last.
+DEV_SECRET_LABEL = "tollgate dev (Stripe emulator)"
 
 
 def database_url(stack: ExitStack, data_dir: Path) -> str:
@@ -50,6 +53,7 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
         api_key = os.environ.get("STRIPE_API_KEY")
         webhook_secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
         api_base = os.environ.get("STRIPE_API_BASE")
+        emulated = not api_key
         if not api_key:
             emulator_port = stripe_emulator.port_or_free(DEV_EMULATOR_PORT)
             log = (data_dir / "localstripe.log").open("ab")
@@ -68,6 +72,10 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
             print(f"Stripe emulator (localstripe) on {api_base}, webhooks -> this API")
 
         with psycopg.connect(dsn, autocommit=True) as conn:
+            if webhook_secret:
+                register_webhook_secret(
+                    conn, webhook_secret, DEV_SECRET_LABEL if emulated else "STRIPE_WEBHOOK_SECRET"
+                )
             new = keys.create(conn, account=DEV_ACCOUNT, label="tollgate dev")
             queries.operator_set_action_price(
                 conn, action=DEV_ACTION, price=Decimal("0.50"), currency="USD", description=None
@@ -77,7 +85,6 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
             environment="development",
             database_url=dsn,
             stripe_api_key=SecretStr(api_key),
-            stripe_webhook_secret=SecretStr(webhook_secret),
             stripe_api_base=api_base,
         )
         base = f"http://{host}:{port}"
@@ -105,6 +112,16 @@ def run(*, host: str, port: int, data_dir: Path) -> None:
         # (stopping the emulator and the embedded server) instead of killing the process.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def register_webhook_secret(conn: psycopg.Connection[Any], secret: str, label: str) -> None:
+    """Register the secret the API's webhooks are signed with (PostgreSQL verifies them),
+    retiring older secrets of the same label: a dev run's emulator secret replaces the last
+    run's."""
+    added = queries.operator_add_webhook_secret(conn, secret=secret, label=label)
+    for old in queries.operator_list_webhook_secrets(conn):
+        if old.label == label and old.secret_id != added.secret_id:
+            queries.operator_remove_webhook_secret(conn, secret_id=old.secret_id)
 
 
 def write_env_file(data_dir: Path, **values: str) -> Path:

@@ -77,18 +77,6 @@ class StripeGateway:
         return CreatedIntent(id=intent.id, status=intent.status, client_secret=intent.client_secret)
 
 
-def verify_webhook(payload: bytes, signature: str | None, secret: str, tolerance: int) -> None:
-    """Check a webhook's Stripe-Signature with the SDK; raise DomainError when it fails."""
-    if not signature:
-        raise DomainError("invalid", "invalid_signature", "the Stripe-Signature header is missing")
-    try:
-        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature, secret, tolerance)
-    except Exception as exc:  # any malformed header or body is a failed verification
-        raise DomainError(
-            "invalid", "invalid_signature", f"the webhook signature does not verify: {exc}"
-        ) from exc
-
-
 def objects_created_since(
     api_key: str, *, api_base: str | None, since: int, timeout: float = 30.0
 ) -> Iterator[dict[str, Any]]:

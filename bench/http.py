@@ -33,7 +33,7 @@ import psycopg
 
 from api.stripe_emulator import free_port, wait_for_port
 from bench.ledger import fresh_database, save, server_dsn
-from db import keys
+from db import keys, queries
 from db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,13 +240,15 @@ def seed(dsn: str, accounts: int, payments: int, awaiting: int) -> str:
 
 
 def serve(stack: ExitStack, dsn: str, secret: str) -> str:
-    """`tollgate serve` as README says, one worker per core; its URL."""
+    """`tollgate serve` as README says, one worker per core, with the webhook secret registered
+    in the database (PostgreSQL verifies the signatures); its URL."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        queries.operator_add_webhook_secret(conn, secret=secret, label="bench")
     port = free_port()
     env = os.environ | {
         "ENVIRONMENT": "test",
         "DATABASE_URL": dsn,
         "STRIPE_API_KEY": "sk_test_bench",
-        "STRIPE_WEBHOOK_SECRET": secret,
         # Every connection opened up front, so the measurements see no pool growth.
         "DB_POOL_MIN_SIZE": "8",
         "DB_POOL_MAX_SIZE": "8",
@@ -305,7 +307,7 @@ def run(
         seeded = time.monotonic() - started
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")  # the seed's writes flushed before measuring
-        secret = "whsec_bench"
+        secret = "whsec_bench_secret_0123456789abcdef"
         url = serve(stack, dsn, secret)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
 

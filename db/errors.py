@@ -48,6 +48,7 @@ RULES: dict[str, tuple[Kind, str]] = {
     "TG020": ("conflict", "idempotency_key_reused"),
     "TG021": ("conflict", "idempotency_in_progress"),
     "TG030": ("invalid", "invalid_event"),
+    "TG031": ("invalid", "invalid_signature"),
     "TG040": ("conflict", "unbalanced_posting"),
     "TG050": ("conflict", "under_review"),
 }
@@ -175,6 +176,7 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     ),
     "payment_events_id_format": ("invalid", "invalid_event", "event id must look like evt_..."),
     "payment_events_type_format": ("invalid", "invalid_event", "event type is malformed"),
+    "stripe_webhook_secret_format": ("invalid", "invalid_webhook_secret", None),
 }
 
 # The rest of the schema's named constraints that a caller can run into, by what they guard.

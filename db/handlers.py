@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib
+import re
 import sys
 import time
 from typing import cast
@@ -17,6 +18,9 @@ from typing import cast
 import httpx
 
 from db.listener import Handler, OutboxEvent, event_json
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def load(spec: str) -> Handler:
@@ -43,16 +47,28 @@ def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
 
 
 def verify(body: bytes, header: str, secret: str, tolerance: int = 300) -> bool:
-    """For receivers: is this Tollgate-Signature valid for the body, and recent?"""
-    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
-    try:
-        t = int(parts["t"])
-    except (KeyError, ValueError):
+    """For receivers: is this Tollgate-Signature valid for the body, and recent?
+
+    Any ``v1`` may match (a sender rotating its secret sends one per secret, in any order);
+    the first ``t`` is the timestamp. A malformed header of any kind (not text, no timestamp,
+    non-ASCII or non-hex signatures) is False, never an exception."""
+    if not isinstance(header, str) or not isinstance(body, bytes | bytearray):
         return False
+    pairs = [item.split("=", 1) for item in header.split(",") if "=" in item]
+    stamps = [value.strip() for name, value in pairs if name.strip() == "t"]
+    if not stamps or not _TIMESTAMP.fullmatch(stamps[0]):
+        return False
+    t = int(stamps[0])
     if abs(time.time() - t) > tolerance:
         return False
-    expected = sign(body, secret, t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    given = [value.strip() for name, value in pairs if name.strip() == "v1"]
+    expected = sign(bytes(body), secret, t).split("v1=", 1)[1].encode("ascii")
+    # Compared as bytes, each in constant time; a value that is not 64 hex digits cannot match.
+    return any(
+        hmac.compare_digest(expected, value.encode("ascii"))
+        for value in given
+        if _SIGNATURE.fullmatch(value)
+    )
 
 
 class Webhook:

@@ -249,15 +249,57 @@ async def can_continue(
     )
 
 
-async def ingest_stripe_event(conn: AsyncConnection[Any], *, event: str) -> EventOutcome:
-    """Store and apply one verified Stripe event, given as its raw JSON text."""
-    return await _one(conn, EventOutcome, "ingest_stripe_event", {"event": event})
+async def ingest_stripe_webhook(
+    conn: AsyncConnection[Any], *, payload: str, signature: str | None
+) -> EventOutcome:
+    """Verify a webhook's Stripe-Signature over its raw body, then store and apply the event
+    (both in the database; a bad signature raises invalid_signature and writes nothing)."""
+    params = {"payload": payload, "signature": signature}
+    return await _one(conn, EventOutcome, "ingest_stripe_webhook", params)
 
 
 def ingest_stripe_event_sync(conn: Connection[Any], *, event: str) -> EventOutcome:
-    """As ingest_stripe_event, for the CLI."""
+    """Store and apply a Stripe event the caller built from Stripe's API itself (`tollgate
+    reconcile stripe`); an owner-side call: the service's role may not skip the signature."""
     (outcome,) = _all_sync(conn, EventOutcome, "ingest_stripe_event", {"event": event})
     return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class AddedWebhookSecret:
+    secret_id: UUID
+    prefix: str
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSecretInfo:
+    secret_id: UUID
+    prefix: str
+    label: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Removed:
+    removed: bool
+
+
+def operator_add_webhook_secret(
+    conn: Connection[Any], *, secret: str, label: str | None
+) -> AddedWebhookSecret:
+    """Register a Stripe webhook signing secret (a no-op, added=False, if it already is)."""
+    params = {"secret": secret, "label": label}
+    return _all_sync(conn, AddedWebhookSecret, "operator_add_webhook_secret", params)[0]
+
+
+def operator_list_webhook_secrets(conn: Connection[Any]) -> list[WebhookSecretInfo]:
+    return _all_sync(conn, WebhookSecretInfo, "operator_list_webhook_secrets", {})
+
+
+def operator_remove_webhook_secret(conn: Connection[Any], *, secret_id: UUID) -> bool:
+    params = {"secret_id": secret_id}
+    return _all_sync(conn, _Removed, "operator_remove_webhook_secret", params)[0].removed
 
 
 def operator_known_payments(conn: Connection[Any], stripe_ids: list[str]) -> set[str]:

@@ -39,8 +39,23 @@ SELECT * FROM api.can_continue_v1(
     p_purpose  => %(purpose)s::text
 );
 
+-- name: ingest_stripe_webhook
+SELECT * FROM api.ingest_stripe_webhook_v1(
+    p_payload   => %(payload)s::text,
+    p_signature => %(signature)s::text
+);
+
 -- name: ingest_stripe_event
 SELECT * FROM api.ingest_stripe_event_v1(p_event => %(event)s::jsonb);
+
+-- name: operator_add_webhook_secret
+SELECT * FROM tollgate.add_stripe_webhook_secret(p_secret => %(secret)s::text, p_label => %(label)s::text);
+
+-- name: operator_list_webhook_secrets
+SELECT * FROM tollgate.list_stripe_webhook_secrets();
+
+-- name: operator_remove_webhook_secret
+SELECT tollgate.remove_stripe_webhook_secret(p_secret_id => %(secret_id)s::uuid) AS removed;
 
 -- name: create_api_key
 SELECT * FROM api.create_api_key_v1(

@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from api import stripe_emulator
 from api.config import Settings
 from api.main import create_app
-from db import keys, pgtap
+from db import keys, pgtap, queries
 from db.embedded import EmbeddedServer
 from db.migrate import migrate
 
@@ -166,12 +166,20 @@ def make_settings(dsn: str, emulator_base: str, **overrides: Any) -> Settings:
         "environment": "test",
         "database_url": dsn,
         "stripe_api_key": "sk_test_tollgate",
-        "stripe_webhook_secret": "whsec_" + secrets.token_hex(16),
         "stripe_api_base": emulator_base,
         "db_pool_max_size": 20,
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def register_webhook_secret(dsn: str, label: str = "tests") -> str:
+    """A new Stripe webhook signing secret, registered in the database at ``dsn`` (as
+    `tollgate webhook-secret add` does; PostgreSQL verifies webhook signatures with it)."""
+    secret = "whsec_" + secrets.token_hex(16)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        queries.operator_add_webhook_secret(conn, secret=secret, label=label)
+    return secret
 
 
 class ServerThread:
@@ -198,7 +206,7 @@ class ServerThread:
 @pytest.fixture
 def api(db_dsn: str, emulator: Emulator) -> Iterator[Api]:
     settings = make_settings(db_dsn, emulator.base)
-    secret = settings.stripe_webhook_secret.get_secret_value()
+    secret = register_webhook_secret(db_dsn)
     with ServerThread(settings) as url:
         emulator.point_webhooks_at(f"{url}/v1/webhooks/stripe", secret)
         yield Api(url, settings, secret)

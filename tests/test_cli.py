@@ -67,6 +67,30 @@ def test_keys_create_refuses_a_malformed_account(db_dsn: str, db: psycopg.Connec
     assert db.execute("SELECT count(*) FROM tollgate.accounts").fetchone() == before
 
 
+def test_migrate_registers_the_configured_webhook_secret(
+    db_dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """STRIPE_WEBHOOK_SECRET reaches the database with the migrations (the service's own
+    role cannot register one); running again changes nothing."""
+    secret = "whsec_" + secrets.token_hex(16)
+    env = os.environ | {"DATABASE_URL": db_dsn, "STRIPE_WEBHOOK_SECRET": secret}
+    first = tollgate("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"({secret[:10]}...) registered" in first.stdout and secret not in first.stdout
+    again = tollgate("migrate", env=env)
+    assert again.returncode == 0 and "already registered" in again.stdout
+    listed = tollgate("webhook-secret", "list", env=env)
+    assert listed.stdout.count(secret[:10]) == 1 and secret not in listed.stdout
+
+    short = tollgate("migrate", env=env | {"STRIPE_WEBHOOK_SECRET": "whsec_placeholder"})
+    assert short.returncode == 2 and "24 to 1000" in short.stderr
+    unset = {k: v for k, v in os.environ.items() if k != "STRIPE_WEBHOOK_SECRET"}
+    missing = tollgate("webhook-secret", "add", env=unset | {"DATABASE_URL": db_dsn})
+    assert missing.returncode == 2 and "STRIPE_WEBHOOK_SECRET" in missing.stderr
+    count = db.execute("SELECT count(*) FROM tollgate.stripe_webhook_secrets").fetchone()
+    assert count == (1,), "refused secrets are not stored"
+
+
 def test_serve_without_configuration_explains_what_is_missing() -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "STRIPE_API_KEY"}}
     done = tollgate("serve", env=env)

@@ -40,6 +40,18 @@ def served(db_dsn: str, emulator: Emulator, tmp_path: Path) -> Iterator[tuple[st
         "STRIPE_WEBHOOK_SECRET": secret,
         "STRIPE_API_BASE": emulator.base,
     }
+    # As docker-compose.yml does: `tollgate migrate` registers the webhook secret in the
+    # database (which verifies signatures), then `tollgate serve` runs without it.
+    migrated = subprocess.run(
+        [sys.executable, "-m", "api.cli", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrated.returncode == 0 and "registered" in migrated.stdout, migrated.stderr
+    env.pop("STRIPE_WEBHOOK_SECRET")
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [

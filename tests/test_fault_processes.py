@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import secrets
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 
 from api import stripe_emulator
 from db import keys
-from tests.conftest import Cluster, Emulator
+from tests.conftest import Cluster, Emulator, register_webhook_secret
 from tests.helpers import ledger_problems, sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +43,11 @@ class Served:
 def serve(dsn: str, emulator: Emulator, tmp: Path, *, workers: int = 1) -> Served:
     """`tollgate serve` in its own process group (its workers die with it)."""
     port = stripe_emulator.free_port()
-    secret = "whsec_" + secrets.token_hex(8)
+    secret = register_webhook_secret(dsn)
     env = os.environ | {
         "ENVIRONMENT": "test",
         "DATABASE_URL": dsn,
         "STRIPE_API_KEY": "sk_test_faults",
-        "STRIPE_WEBHOOK_SECRET": secret,
         "STRIPE_API_BASE": emulator.base,
         "DB_POOL_TIMEOUT": "1",
     }

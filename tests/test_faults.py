@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import Api, Emulator, ServerThread, make_settings
+from tests.conftest import Api, Emulator, ServerThread, make_settings, register_webhook_secret
 from tests.helpers import ledger_problems, row_counts, sign, stripe_client, stripe_intents_with
 from tests.proxy import Script, faulty_proxy
 
@@ -100,8 +100,9 @@ def stripe_behind_proxy(db_dsn: str, emulator: Emulator) -> Any:
     script = Script()
     with faulty_proxy(emulator.base, script) as stripe_url:
         settings = make_settings(db_dsn, stripe_url)
+        secret = register_webhook_secret(db_dsn)
         with ServerThread(settings) as url:
-            yield Api(url, settings, settings.stripe_webhook_secret.get_secret_value()), script
+            yield Api(url, settings, secret), script
 
 
 @pytest.mark.parametrize(

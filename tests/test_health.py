@@ -25,7 +25,7 @@ def test_database_down_gives_503_with_retry_after(emulator: Emulator) -> None:
     # Nothing listens on this port: the pool never gets a connection.
     dead = f"host=127.0.0.1 port={free_port()} dbname=tollgate user=postgres connect_timeout=1"
     settings = make_settings(dead, emulator.base, db_pool_timeout=0.5, db_pool_min_size=1)
-    secret = settings.stripe_webhook_secret.get_secret_value()
+    secret = "whsec_" + "0" * 32  # never checked: the database is down
     with ServerThread(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
         auth = {"Authorization": "Bearer tg_any_key_at_all"}
         payload = event("evt_while_down", "pi_x", "succeeded")

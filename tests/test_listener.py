@@ -321,6 +321,32 @@ def test_webhook_handler_signs_like_stripe(listeners: Listeners, db_dsn: str) ->
     assert not handlers.verify(b"{}", stale, secret), "an old signature is refused"
 
 
+def test_verify_accepts_any_v1_and_refuses_malformed_headers() -> None:
+    """The receivers' helper: a sender rotating its secret sends one v1 per secret, in any
+    order, and any of them may be the receiver's; anything malformed is False, not an error."""
+    secret, other, body = "whsec_" + secrets.token_hex(16), "whsec_other", b'{"id": 1}'
+    now = int(time.time())
+    mine = handlers.sign(body, secret, now).split("v1=", 1)[1]
+    theirs = handlers.sign(body, other, now).split("v1=", 1)[1]
+    assert handlers.verify(body, f"t={now},v1={mine},v1={theirs}", secret), "good one first"
+    assert handlers.verify(body, f"t={now},v1={theirs},v1={mine}", secret), "good one last"
+    assert not handlers.verify(body, f"t={now},v1={theirs}", secret)
+    assert not handlers.verify(body, f"t={now},v1={mine}", other + "x")
+    for header in (
+        f"t={now},v1=\u00e9",  # not ASCII, with a timestamp that is recent
+        f"t={now},v1={mine[:-1]}\u00e9",
+        f"t={now},v1=\udce9",  # a lone surrogate
+        f"t=\u0661\u0662,v1={mine}",  # digits, but not ASCII ones
+        f"t=,v1={mine}",
+        f"v1={mine}",
+        f"t={now}",
+        "",
+        ",,,=",
+    ):
+        assert handlers.verify(body, header, secret) is False, header
+    assert handlers.verify(body, None, secret) is False  # type: ignore[arg-type]
+
+
 def test_stdout_handler_writes_json_lines(
     listeners: Listeners, db_dsn: str, tmp_path: Path
 ) -> None:

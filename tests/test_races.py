@@ -17,9 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import in_parallel, ledger_problems
+from tests.helpers import in_parallel, ledger_problems, sign
 
 KEY = "tg_race_key_for_tests_0123456789"
+SECRET = "whsec_race_secret_for_tests_0123456789"
 
 
 def app_conn(dsn: str) -> psycopg.Connection[Any]:
@@ -41,14 +42,17 @@ def record_payment(conn: psycopg.Connection[Any], stripe_id: str) -> None:
 
 
 def ingest(conn: psycopg.Connection[Any], stripe_id: str) -> str:
+    """Deliver a signed payment_intent.succeeded as the service does (the webhook function)."""
     event = {
         "id": f"evt_{stripe_id}",
         "type": "payment_intent.succeeded",
         "created": int(time.time()),
         "data": {"object": {"object": "payment_intent", "id": stripe_id, "status": "succeeded"}},
     }
+    payload = json.dumps(event)
     found = conn.execute(
-        "SELECT outcome FROM api.ingest_stripe_event_v1(%s::jsonb)", (json.dumps(event),)
+        "SELECT outcome FROM api.ingest_stripe_webhook_v1(%s, %s)",
+        (payload, sign(payload.encode(), SECRET)),
     ).fetchone()
     assert found is not None
     return str(found[0])
@@ -77,6 +81,7 @@ def in_background(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]
 @pytest.fixture
 def keyed(db: psycopg.Connection[Any]) -> None:
     db.execute("SELECT api.create_api_key_v1('race_account', %s, false, NULL)", (KEY,))
+    db.execute("SELECT tollgate.add_stripe_webhook_secret(%s, NULL)", (SECRET,))
 
 
 def final_state(db: psycopg.Connection[Any], stripe_id: str) -> tuple[Any, ...] | None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +17,7 @@ import pytest
 from tests.conftest import Api
 from tests.helpers import event, in_parallel, row_counts, sign
 
+ROOT = Path(__file__).resolve().parent.parent
 PAYMENT = {"amount": 2500, "currency": "eur", "purpose": "agent.run"}
 
 
@@ -188,3 +194,100 @@ def test_an_oversized_body_is_refused_before_it_is_read(
     r = deliver(api, payload)
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
     assert row_counts(db) == before
+
+
+def app_connection(dsn: str) -> psycopg.Connection[Any]:
+    """A connection with only the service's rights, as a compromised service would have."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("SET ROLE tollgate_app")
+    return conn
+
+
+def test_the_service_role_cannot_create_money(
+    api: Api, new_key: Any, db: psycopg.Connection[Any], db_dsn: str
+) -> None:
+    """The attack of issue 12: with the service's role, record a credits payment with a
+    Stripe id nobody created, then have it 'succeed' with an event Stripe never signed.
+    Nothing is credited, whichever way the event is sent."""
+    key = new_key("forger")
+    with app_connection(db_dsn) as app:
+        app.execute(
+            "SELECT api.finish_payment_v1(%s, (SELECT payment_id FROM api.begin_payment_v1("
+            " %s, 'forge-1', NULL, 99999900, 'USD', 'credits', NULL, NULL)),"
+            " 'pi_invented_by_the_service', 'requires_payment_method', NULL)",
+            (key, key),
+        )
+        before = row_counts(db)
+        payload = event("evt_forged", "pi_invented_by_the_service", "succeeded")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("SELECT * FROM api.ingest_stripe_event_v1(%s::jsonb)", (payload.decode(),))
+        for signature in (None, "", sign(payload, "whsec_the_forger_made_this_secret_up")):
+            with pytest.raises(psycopg.Error) as refused:
+                app.execute(
+                    "SELECT * FROM api.ingest_stripe_webhook_v1(%s, %s)",
+                    (payload.decode(), signature),
+                )
+            assert refused.value.sqlstate == "TG031"
+    for signature in (None, sign(payload, "whsec_the_forger_made_this_secret_up")):
+        r = deliver(api, payload, signature) if signature else unsigned(api, payload)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_signature", r.text
+    assert row_counts(db) == before, "no event, no status change, no posting"
+    with api.client(key) as http:
+        balances = http.get("/v1/accounts/forger/balances").json()["balances"]
+        payment = http.get("/v1/payments/pi_invented_by_the_service").json()
+    assert [b["balance_minor"] for b in balances] in ([], [0])
+    assert payment["status"] == "requires_payment_method"
+
+
+def unsigned(api: Api, payload: bytes) -> httpx.Response:
+    with httpx.Client(base_url=api.url, timeout=30) as http:
+        return http.post(
+            "/v1/webhooks/stripe", content=payload, headers={"Content-Type": "application/json"}
+        )
+
+
+def test_a_rotated_secret_verifies_after_a_signature_that_does_not(
+    api: Api, new_key: Any, db: psycopg.Connection[Any], db_dsn: str
+) -> None:
+    """Stripe rolls a secret over: for a while it signs with the old and the new one, in any
+    order. Both are registered; a signature that matches counts wherever it is in the header,
+    and once the old secret is removed its signatures stop verifying."""
+    env = os.environ | {"DATABASE_URL": db_dsn}
+    new_secret = "whsec_" + secrets.token_hex(16)
+    added = tollgate_cli("webhook-secret", "add", "--label", "rolled", env=env, stdin=new_secret)
+    assert added.returncode == 0, added.stderr
+    listed = tollgate_cli("webhook-secret", "list", env=env)
+    assert new_secret[:10] in listed.stdout and new_secret not in listed.stdout
+    assert api.webhook_secret not in listed.stdout
+
+    first = create_payment(api, new_key("user_1"))
+    payload = event("evt_rotated", first["stripe_id"], "succeeded")
+    good = sign(payload, new_secret).split(",")
+    header = f"{good[0]},v1={'0' * 64},{good[1]},v0={'1' * 64}"
+    r = deliver(api, payload, header)
+    assert r.status_code == 200 and r.json()["outcome"] == "applied", r.text
+
+    old_id = next(
+        line.split()[0] for line in listed.stdout.splitlines() if api.webhook_secret[:10] in line
+    )
+    assert tollgate_cli("webhook-secret", "remove", old_id, env=env).returncode == 0
+    before = row_counts(db)
+    late = event("evt_old_secret", first["stripe_id"], "succeeded")
+    refused = deliver(api, late, sign(late, api.webhook_secret))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_signature"
+    assert row_counts(db) == before
+
+
+def tollgate_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    extra = ("--secret-file", "-") if stdin is not None else ()
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args, *extra],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

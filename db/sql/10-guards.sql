@@ -5,6 +5,7 @@
 --   TG010 payment transition refused TG011 immutable column        TG012 change refused (append-only,
 --   TG020 idempotency key reused with another request                     reference data, trigger-written)
 --   TG021 idempotency key in use by a request in progress           TG030 malformed Stripe event
+--   TG031 Stripe webhook signature missing, wrong or stale
 -- Each RAISE also names the rule in CONSTRAINT, so errors carry a stable name.
 
 SET LOCAL ROLE tollgate_owner;

@@ -247,7 +247,8 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Stripe webhooks (the signature is verified by the service before this is called)
+-- Stripe events (webhooks arrive through api.ingest_stripe_webhook_v1, db/sql/41, which verifies
+-- the signature first; only owner-side callers such as `tollgate reconcile stripe` call this directly)
 -- ---------------------------------------------------------------------------------------------
 
 -- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;

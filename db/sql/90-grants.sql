@@ -45,7 +45,7 @@ GRANT EXECUTE ON FUNCTION
     api.stripe_payable_v1(bigint, text),
     api.get_payment_v1(text, text),
     api.can_continue_v1(text, text, text),
-    api.ingest_stripe_event_v1(jsonb),
+    api.ingest_stripe_webhook_v1(text, text),
     api.transfer_v1(text, text, text, numeric, text, text),
     api.balances_v1(text, text),
     api.set_allow_negative_v1(text, text, text, boolean),
@@ -70,6 +70,10 @@ GRANT EXECUTE ON FUNCTION
     api.set_risk_rule_v1(text, text, text, numeric, integer, integer, numeric),
     api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[])
 TO tollgate_app;
+-- Stripe events reach the database from the service only with their signature, which
+-- ingest_stripe_webhook_v1 verifies; the unverified entry point is for owner-side callers
+-- (`tollgate reconcile stripe`). Granted to tollgate_app up to migration 0016.
+REVOKE EXECUTE ON FUNCTION api.ingest_stripe_event_v1(jsonb) FROM tollgate_app;
 
 -- tollgate_listener: the delivery side of the outbox, nothing else.
 GRANT EXECUTE ON FUNCTION
