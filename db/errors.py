@@ -228,6 +228,11 @@ CONSTRAINTS |= {
         "invalid_label",
         "a key's label is at most 200 characters",
     ),
+    "stripe_webhook_secrets_label_length": (
+        "invalid",
+        "invalid_label",
+        "a secret's label is at most 200 characters",
+    ),
     "api_keys_key_hash_key": ("conflict", "key_exists", "this API key exists already"),
     "metric_prices_unit_price_positive": (
         "invalid",
@@ -463,6 +468,12 @@ INVARIANTS: frozenset[str] = frozenset(
         "transactions_settled_has_posting",
         "usage_carry_fraction_range",
         "usage_events_cost_has_currency",
+        # webhook secrets: written only by the owner's functions (tollgate webhook-secret)
+        "stripe_webhook_secrets_pkey",
+        "stripe_webhook_secrets_prefix_length",
+        "stripe_webhook_secrets_inner_key_length",
+        "stripe_webhook_secrets_outer_key_length",
+        "stripe_webhook_secrets_inner_key_key",
     }
 )
 
