@@ -263,7 +263,7 @@ def test_a_linked_payment_settles_the_transaction_through_its_webhook(
     with api.client(new_key("shop")) as http:
         payment = http.post(
             "/v1/payments",
-            json={"amount": 4200, "currency": "usd"},
+            json={"amount": "42.00", "currency": "usd"},
             headers={"Idempotency-Key": "p"},
         ).json()
         linked = http.post(

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Api
 from tests.helpers import event, in_parallel, row_counts, sign
 
-PAYMENT = {"amount": 2500, "currency": "eur", "purpose": "agent.run"}
+PAYMENT = {"amount_minor": 2500, "currency": "eur", "purpose": "agent.run"}
 
 
 def create_payment(api: Api, key: str, idem: str = "p1") -> dict[str, Any]:
