@@ -301,6 +301,7 @@ def test_wallet_settings_overdraft_and_low_balance(
         "currency": "USD",
         "allow_negative": True,
         "low_balance": "1.00",
+        "low_balance_minor": 100,
     }
     admin.post(
         "/v1/transactions",

@@ -85,7 +85,7 @@ BAD = [
     ("non-numeric", {"amount": "twelve"}, 422, "invalid_request"),
     ("exponent in a string", {"amount": "1e3"}, 422, "invalid_request"),
     ("a boolean", {"amount": True}, 422, "invalid_request"),
-    ("missing amount", {"amount": None}, 422, "invalid_request"),
+    ("missing amount", {"amount": None}, 422, "amount_required"),
     ("reference with a space", {"reference": "order 1"}, 422, "invalid_reference"),
     ("reference too long", {"reference": "r" * 129}, 422, "invalid_reference"),
     ("unknown field", {"memo": "x"}, 422, "invalid_request"),
