@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import Api, Emulator
 from tests.helpers import ledger_problems, row_counts, stripe_client, stripe_intents_with
-from tests.test_gating import ACTION, succeed
+from tests.test_gating import ACTION
 from tollgate import Client
 
 # Money fields of responses; each must come with its `_minor` twin. (A metric's unit_price and
@@ -75,13 +75,9 @@ def funded(api: Api, new_key: Any) -> dict[str, httpx.Client]:
     admin = api.client(new_key("ops", admin=True))
     agent = api.client(new_key("agent_user"))
     assert admin.put(f"/v1/actions/{ACTION}", json={"price": "0.50", "currency": "USD"}).is_success
-    bought = agent.post(
-        "/v1/payments",
-        json={"amount": "2.00", "currency": "usd", "purpose": "credits"},
-        headers={"Idempotency-Key": "credits"},
-    )
-    assert bought.status_code == 201, bought.text
-    succeed(api, bought.json()["stripe_id"], "evt_funded")
+    funds = {"reference": "funds", "amount": "2.00", "currency": "USD", "account_id": "agent_user"}
+    assert admin.post("/v1/transactions", json=funds).status_code == 201
+    assert admin.post("/v1/transactions/funds/settle?account_id=agent_user").status_code == 200
     return {"admin": admin, "agent": agent}
 
 
