@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -213,7 +213,7 @@ async def hold(
     *,
     api_key: str,
     hold_id: uuid.UUID,
-    to: str | None = None,
+    to: Literal["capture", "release"] | None = None,
     ask: CaptureRequest | None = None,
 ) -> HoldOut:
     """A hold (``to`` None), or captured (``to="capture"``, at ``ask``'s amount) or released,
