@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from api.models import AMOUNT_CODES
 from db.errors import DomainError, Kind, translate
 
 log = logging.getLogger("tollgate.api")
@@ -86,8 +87,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for e in errors
     ]
     first = details[0] if details else {"field": "", "problem": "invalid request"}
+    code = "invalid_request"
+    # Both forms of an amount, or neither, has a code of its own (api/models.py one_amount).
+    for error, detail in zip(errors, details, strict=True):
+        if error.get("type") in AMOUNT_CODES:
+            code, first = error["type"], detail
+            break
     message = f"{first['field'] or 'request'}: {first['problem']}"
-    return error_response(422, "invalid_request", message, details=details)
+    return error_response(422, code, message, details=details)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar, cast
 from uuid import UUID
 
@@ -29,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors, operations
 from api.models import (
+    AMOUNT_CODES,
     Authorization,
     AuthorizeRequest,
     Balances,
@@ -54,7 +57,32 @@ code payment_required, its structured content lists `accepts`: the payments that
 entitle the account (one run of the action, or credits); make one with `create_payment`, have
 it confirmed, check `payment_status`, then `authorize` again. A run paid from credits returns
 a `hold_id`: call `capture_hold` with the actual cost when done (or `release_hold`).
-Amounts for payments are integer minor units (1250 = 12.50 USD); costs are decimal strings."""
+Amounts, everywhere: `amount` (and `cost`) is a decimal in the currency's units ("12.50" is
+12.50 USD; a string is safest, a JSON number is read exactly up to 15 significant digits);
+`amount_minor` (and `cost_minor`) is an integer of minor units (1250 is 12.50 USD, 1250 JPY).
+Give one of the two, never both. Every answer gives both: `amount` "12.50", `amount_minor` 1250."""
+
+# Decimals from a JSON number reach a tool as a float (the MCP SDK parses the JSON): a float
+# holds any decimal of at most 15 significant digits exactly enough to give it back, so those
+# are read back exactly; longer ones must come as strings.
+_FLOAT_DIGITS = 15
+McpAmount = str | int | float
+
+
+def _exact(name: str, value: McpAmount | None) -> str | int | Decimal | None:
+    """A tool's decimal argument as the HTTP API would read it, or a refusal."""
+    if not isinstance(value, float):
+        return value
+    if not math.isfinite(value):
+        raise _refusal(422, "invalid_amount", f"{name} must be a finite number")
+    exact = Decimal(repr(value))
+    if len(exact.as_tuple().digits) > _FLOAT_DIGITS:
+        raise _refusal(
+            422,
+            "invalid_request",
+            f"{name}: more than {_FLOAT_DIGITS} significant digits; send it as a string",
+        )
+    return exact
 
 
 class ToolRefusal(Exception):
@@ -75,9 +103,11 @@ def _domain(exc: DomainError) -> ToolRefusal:
 
 
 def _invalid(exc: ValidationError) -> ToolRefusal:
-    first = exc.errors(include_url=False)[0]
+    found = exc.errors(include_url=False)
+    first = next((e for e in found if e["type"] in AMOUNT_CODES), found[0])
+    code = first["type"] if first["type"] in AMOUNT_CODES else "invalid_request"
     field = ".".join(str(p) for p in first.get("loc", ())) or "arguments"
-    return _refusal(422, "invalid_request", f"{field}: {first.get('msg')}")
+    return _refusal(422, code, f"{field}: {first.get('msg')}")
 
 
 def _error_result(refusal: ToolRefusal) -> CallToolResult:
@@ -138,7 +168,12 @@ def build(app_state: Any) -> MCPServer:
         ctx: Context,
         action: Annotated[str, Field(description="the paid action, e.g. report.generate")],
         cost: Annotated[
-            str | None, Field(description="this run's cost as a decimal, if not the price")
+            McpAmount | None,
+            Field(description='this run\'s cost as a decimal ("0.50"), if not the price'),
+        ] = None,
+        cost_minor: Annotated[
+            int | None,
+            Field(description="or the cost in minor units (50 is 0.50 USD); needs currency"),
         ] = None,
         currency: Annotated[str | None, Field(description="ISO 4217 code of the cost")] = None,
         agent_id: Annotated[str | None, Field(description="which agent runs it")] = None,
@@ -149,13 +184,14 @@ def build(app_state: Any) -> MCPServer:
     ) -> Authorization:
         """May the account run this action now? Allowed (by a subscription, a paid run, or a
         hold on credits), or refused with how to pay (code payment_required and `accepts`) or
-        code spend_cap_exceeded."""
+        code spend_cap_exceeded. Give `cost` or `cost_minor`, not both."""
 
         async def work(key: str) -> Authorization:
             ask = AuthorizeRequest.model_validate(
                 {
                     "action": action,
-                    "cost": cost,
+                    "cost": _exact("cost", cost),
+                    "cost_minor": cost_minor,
                     "currency": currency,
                     "agent_id": agent_id,
                     "account_id": account_id,
@@ -173,11 +209,17 @@ def build(app_state: Any) -> MCPServer:
     @server.tool()
     async def create_payment(
         ctx: Context,
-        amount: Annotated[int, Field(description="whole minor units: 1250 is 12.50 USD")],
         currency: Annotated[str, Field(description="ISO 4217 code, e.g. usd")],
         idempotency_key: Annotated[
             str, Field(description="unique per payment; send the same one when retrying")
         ],
+        amount: Annotated[
+            McpAmount | None,
+            Field(description='a decimal in the currency\'s units: "12.50" is 12.50 USD'),
+        ] = None,
+        amount_minor: Annotated[
+            int | None, Field(description="or whole minor units: 1250 is 12.50 USD")
+        ] = None,
         purpose: Annotated[
             str | None, Field(description="the action it pays for, or credits")
         ] = None,
@@ -186,12 +228,14 @@ def build(app_state: Any) -> MCPServer:
         account_id: Annotated[str | None, Field(description="admin keys only")] = None,
     ) -> PaymentCreated:
         """Create a Stripe PaymentIntent for the account, exactly once per idempotency key.
-        Confirm it with the client_secret; then `payment_status` shows it succeed."""
+        Give `amount` (a decimal, "12.50") or `amount_minor` (1250), not both. Confirm it with
+        the client_secret; then `payment_status` shows it succeed."""
 
         async def work(key: str) -> PaymentCreated:
+            given = {"amount": _exact("amount", amount), "amount_minor": amount_minor}
             ask = PaymentCreate.model_validate(
-                {
-                    "amount": amount,
+                {k: v for k, v in given.items() if v is not None}
+                | {
                     "currency": currency,
                     "purpose": purpose,
                     "description": description,
@@ -224,9 +268,7 @@ def build(app_state: Any) -> MCPServer:
         async def work(key: str) -> Payment:
             if not payment_id.replace("_", "").replace("-", "").isalnum() or len(payment_id) > 255:
                 raise _refusal(422, "invalid_request", "payment_id: a uuid or a pi_... id")
-            async with app_state.pool.connection() as conn:
-                found = await queries.get_payment(conn, api_key=key, ref=payment_id)
-            return Payment.model_validate(found, from_attributes=True)
+            return await operations.get_payment(app_state.pool, api_key=key, ref=payment_id)
 
         return await call(ctx, work)
 
@@ -286,18 +328,22 @@ def build(app_state: Any) -> MCPServer:
         ctx: Context,
         hold_id: UUID,
         amount: Annotated[
-            str | None, Field(description="the actual cost as a decimal; default: all of it")
+            McpAmount | None,
+            Field(description='the actual cost as a decimal ("0.30"); default: all of it'),
+        ] = None,
+        amount_minor: Annotated[
+            int | None, Field(description="or in minor units of the hold's currency (30)")
         ] = None,
     ) -> HoldOut:
-        """Spend from a hold that `authorize` placed on credits, freeing the rest."""
+        """Spend from a hold that `authorize` placed on credits, freeing the rest. Give
+        `amount` or `amount_minor` (not both), or neither to take the whole hold."""
 
         async def work(key: str) -> HoldOut:
-            ask = CaptureRequest.model_validate({"amount": amount} if amount is not None else {})
-            async with app_state.pool.connection() as conn:
-                found = await queries.capture_hold(
-                    conn, api_key=key, hold_id=hold_id, amount=ask.amount
-                )
-            return HoldOut.model_validate(found, from_attributes=True)
+            given = {"amount": _exact("amount", amount), "amount_minor": amount_minor}
+            ask = CaptureRequest.model_validate({k: v for k, v in given.items() if v is not None})
+            return await operations.hold(
+                app_state.pool, api_key=key, hold_id=hold_id, to="capture", ask=ask
+            )
 
         return await call(ctx, work)
 
@@ -306,9 +352,7 @@ def build(app_state: Any) -> MCPServer:
         """Cancel a hold: nothing is spent."""
 
         async def work(key: str) -> HoldOut:
-            async with app_state.pool.connection() as conn:
-                found = await queries.release_hold(conn, api_key=key, hold_id=hold_id)
-            return HoldOut.model_validate(found, from_attributes=True)
+            return await operations.hold(app_state.pool, api_key=key, hold_id=hold_id, to="release")
 
         return await call(ctx, work)
 

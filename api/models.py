@@ -18,6 +18,7 @@ from pydantic import (
     StrictInt,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 def _no_nul(value: str) -> str:
@@ -66,6 +67,34 @@ DecimalAmount = Annotated[
         json_schema_extra={"anyOf": [{"type": "string"}, {"type": "number"}]}, examples=["1250.50"]
     ),
 ]
+# The same amount as an integer of minor units: 1250 is 12.50 USD, 1250 JPY, 1.250 KWD.
+MinorAmount = Annotated[StrictInt, Field(ge=-BIGINT_MAX, le=BIGINT_MAX, examples=[1250])]
+
+# Codes of the 422 a request gets for giving both forms of an amount, or neither.
+AMOUNT_CODES = frozenset({"amount_conflict", "amount_required"})
+
+
+def one_amount(model: BaseModel, name: str, *, required: bool, null_counts: bool = False) -> None:
+    """A request gives ``name`` (a decimal in major units) or ``name_minor`` (an integer of
+    minor units), never both; and one of them when ``required``."""
+    names = (name, f"{name}_minor")
+    if all(getattr(model, n) is not None for n in names) or (
+        # where a null means something (a cleared setting), naming both is ambiguous too
+        null_counts and model.model_fields_set >= set(names)
+    ):
+        raise PydanticCustomError(
+            "amount_conflict",
+            "give {name} (a decimal) or {name}_minor (minor units), not both",
+            {"name": name},
+        )
+    if required and getattr(model, name) is None and getattr(model, f"{name}_minor") is None:
+        raise PydanticCustomError(
+            "amount_required",
+            'give {name} (a decimal, e.g. "12.50") or {name}_minor (an integer of minor units)',
+            {"name": name},
+        )
+
+
 Currency = Annotated[Text, Field(pattern=r"^[A-Za-z]{3}$", examples=["USD"])]
 AccountRef = Annotated[Text, Field(max_length=200, examples=["user_123"])]
 
@@ -80,11 +109,12 @@ class ErrorBody(BaseModel):
 
 
 class PaymentCreate(BaseModel):
-    """POST /v1/payments. Amounts are whole minor units (1250 = 12.50 USD)."""
+    """POST /v1/payments: ``amount`` (a decimal, "12.50") or ``amount_minor`` (1250)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: StrictInt = Field(ge=-BIGINT_MAX, le=BIGINT_MAX, examples=[1250])
+    amount: DecimalAmount | None = None
+    amount_minor: MinorAmount | None = None
     currency: Annotated[Text, Field(pattern=r"^[A-Za-z]{3}$", examples=["usd"])]
     purpose: Annotated[Text, Field(max_length=200, examples=["report.generate"])] | None = None
     description: Annotated[Text, Field(max_length=2000)] | None = None
@@ -93,12 +123,20 @@ class PaymentCreate(BaseModel):
     # Only admin keys may name an account; other keys always pay for their own.
     account_id: Annotated[Text, Field(max_length=200, examples=["user_123"])] | None = None
 
+    @model_validator(mode="after")
+    def _one_amount(self) -> PaymentCreate:
+        one_amount(self, "amount", required=True)
+        return self
+
 
 class Payment(BaseModel):
     id: UUID
     stripe_id: str
     account_id: str
-    amount: int
+    amount: str = Field(
+        description="decimal string with the currency's decimals", examples=["12.50"]
+    )
+    amount_minor: int = Field(examples=[1250])
     currency: str
     status: str
     purpose: str | None
@@ -143,10 +181,16 @@ class TransactionCreate(BaseModel):
     # The key's own account if omitted; another account needs an admin key.
     account_id: AccountRef | None = None
     reference: Annotated[Text, Field(max_length=200, examples=["order-1042"])]
-    amount: DecimalAmount
+    amount: DecimalAmount | None = None
+    amount_minor: MinorAmount | None = None
     currency: Currency
     # A Stripe payment (Tollgate id or pi_...) whose webhooks settle or fail this transaction.
     payment_id: Annotated[Text, Field(max_length=255)] | None = None
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> TransactionCreate:
+        one_amount(self, "amount", required=True)
+        return self
 
 
 class Transaction(BaseModel):
@@ -188,8 +232,14 @@ class TransferCreate(BaseModel):
     # The key's own account if omitted; another account needs an admin key.
     from_account_id: AccountRef | None = None
     to_account_id: AccountRef
-    amount: DecimalAmount
+    amount: DecimalAmount | None = None
+    amount_minor: MinorAmount | None = None
     currency: Currency
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> TransferCreate:
+        one_amount(self, "amount", required=True)
+        return self
 
 
 class Transfer(BaseModel):
@@ -197,6 +247,7 @@ class Transfer(BaseModel):
     from_account_id: str
     to_account_id: str
     amount: str
+    amount_minor: int
     currency: str
     created_at: dt.datetime
 
@@ -230,12 +281,19 @@ class AuthorizeRequest(BaseModel):
 
     account_id: AccountRef | None = None
     action: ActionName
-    # What this run costs in credits, if not the action's price (a decimal).
+    # What this run costs in credits, if not the action's price: a decimal, or minor units
+    # (cost_minor needs the currency).
     cost: DecimalAmount | None = None
+    cost_minor: MinorAmount | None = None
     currency: Currency | None = None
     agent_id: AgentId | None = None
     # How long a hold on credits lasts before it expires (default 900 s).
     hold_seconds: StrictInt | None = Field(default=None, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> AuthorizeRequest:
+        one_amount(self, "cost", required=False)
+        return self
 
 
 class Authorization(BaseModel):
@@ -247,6 +305,7 @@ class Authorization(BaseModel):
     expires_at: dt.datetime | None = Field(description="when the hold lapses")
     uses_left: int | None = Field(description="with a payment: further paid runs of this action")
     remaining: str | None = Field(description="credits still available after this authorization")
+    remaining_minor: int | None
     currency: str | None
 
 
@@ -274,8 +333,10 @@ class PaymentRequired(BaseModel):
     account_id: str
     action: str
     price: str | None
+    price_minor: int | None
     currency: str | None
     remaining: str | None
+    remaining_minor: int | None
     accepts: list[PaymentOption]
 
 
@@ -285,7 +346,9 @@ class HoldOut(BaseModel):
     agent_id: str | None
     action: str
     amount: str
+    amount_minor: int
     captured_amount: str | None
+    captured_amount_minor: int | None
     currency: str
     status: str = Field(description="active, captured, released or expired")
     expires_at: dt.datetime
@@ -296,8 +359,14 @@ class HoldOut(BaseModel):
 class CaptureRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # The actual cost (a decimal); the whole hold if omitted; 0 captures nothing.
+    # The actual cost (a decimal, or amount_minor); the whole hold if omitted; 0 captures nothing.
     amount: DecimalAmount | None = None
+    amount_minor: MinorAmount | None = None
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> CaptureRequest:
+        one_amount(self, "amount", required=False)
+        return self
 
 
 class UsageEvent(BaseModel):
@@ -352,14 +421,21 @@ class UsageReport(BaseModel):
 class ActionPriceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    price: DecimalAmount
+    price: DecimalAmount | None = None
+    price_minor: MinorAmount | None = None
     currency: Currency
     description: Annotated[Text, Field(max_length=2000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> ActionPriceIn:
+        one_amount(self, "price", required=True)
+        return self
 
 
 class ActionPriceOut(BaseModel):
     action: str
     price: str
+    price_minor: int
     currency: str
     description: str | None
 
@@ -388,12 +464,21 @@ class WalletIn(BaseModel):
     allow_negative: bool | None = None
     # How far below zero the balance may go, a decimal in the currency's units (0: not at all).
     overdraft_limit: DecimalAmount | None = None
+    overdraft_limit_minor: MinorAmount | None = None
     # Below this balance, credits.low is announced once per crossing; null: never.
     low_balance: DecimalAmount | None = None
+    low_balance_minor: MinorAmount | None = None
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> WalletIn:
+        one_amount(self, "low_balance", required=False, null_counts=True)
+        one_amount(self, "overdraft_limit", required=False)
+        return self
 
     @model_validator(mode="after")
     def _one_overdraft_setting(self) -> WalletIn:
-        if self.allow_negative is not None and self.overdraft_limit is not None:
+        limit = self.overdraft_limit is not None or self.overdraft_limit_minor is not None
+        if self.allow_negative is not None and limit:
             raise ValueError("give allow_negative or overdraft_limit, not both")
         return self
 
@@ -403,6 +488,7 @@ class WalletOut(BaseModel):
     currency: str
     allow_negative: bool | None
     low_balance: str | None
+    low_balance_minor: int | None
     overdraft_limit: str | None = None
     overdraft_limit_minor: int | None = None
 
@@ -413,8 +499,14 @@ class SpendCapIn(BaseModel):
     agent_id: AgentId | None = None
     period: Literal["day", "month"]
     currency: Currency
-    hard_limit: DecimalAmount
+    hard_limit: DecimalAmount | None = None
+    hard_limit_minor: MinorAmount | None = None
     soft_pct: StrictInt = Field(default=80, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> SpendCapIn:
+        one_amount(self, "hard_limit", required=True)
+        return self
 
 
 class SpendCapOut(BaseModel):
@@ -423,6 +515,7 @@ class SpendCapOut(BaseModel):
     period: str
     currency: str
     hard_limit: str
+    hard_limit_minor: int
     soft_pct: int
 
 
@@ -457,18 +550,24 @@ class RiskRuleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_amount: DecimalAmount | None = None
+    max_amount_minor: MinorAmount | None = None
     velocity_count: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     velocity_seconds: StrictInt | None = Field(default=None, ge=1, le=31 * 86400)
     first_amount_max: DecimalAmount | None = None
+    first_amount_max_minor: MinorAmount | None = None
 
     @model_validator(mode="after")
     def _something_to_check(self) -> RiskRuleIn:
+        one_amount(self, "max_amount", required=False)
+        one_amount(self, "first_amount_max", required=False)
         if (self.velocity_count is None) != (self.velocity_seconds is None):
             raise ValueError("velocity_count and velocity_seconds go together")
         if (
             self.max_amount is None
+            and self.max_amount_minor is None
             and self.velocity_count is None
             and self.first_amount_max is None
+            and self.first_amount_max_minor is None
         ):
             raise ValueError(
                 "name at least one threshold: max_amount, velocity_count with velocity_seconds, "
@@ -481,19 +580,27 @@ class RiskRuleOut(BaseModel):
     account_id: str | None
     currency: str
     max_amount: str | None
+    max_amount_minor: int | None
     velocity_count: int | None
     velocity_seconds: int | None
     first_amount_max: str | None
+    first_amount_max_minor: int | None
 
 
 class ReconciliationLineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reference: Annotated[Text, Field(min_length=1, max_length=200)]
-    amount: DecimalAmount
+    amount: DecimalAmount | None = None
+    amount_minor: MinorAmount | None = None
     currency: Currency
     date: dt.date
     account_id: AccountRef | None = None
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> ReconciliationLineIn:
+        one_amount(self, "amount", required=True)
+        return self
 
 
 class ReconciliationIn(BaseModel):

@@ -8,19 +8,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter, ValidationError
 
+from api import money
 from api.models import (
     ApiError,
     Authorization,
     AuthorizeRequest,
     Balance,
     Balances,
+    CaptureRequest,
+    HoldOut,
+    Payment,
     PaymentCreate,
     PaymentCreated,
     PaymentOption,
@@ -76,12 +80,14 @@ async def _create_once(
     pool: PoolT, stripe: StripeGateway, api_key: str, ask: PaymentCreate, idempotency_key: str
 ) -> Paid:
     async with pool.connection() as conn, conn.transaction():
+        amount = await money.as_minor(conn, ask.currency, ask.amount, ask.amount_minor)
+        assert amount is not None  # PaymentCreate requires one of the two
         claim = await queries.begin_payment(
             conn,
             api_key=api_key,
             idempotency_key=idempotency_key,
             account=ask.account_id,
-            amount=ask.amount,
+            amount=amount,
             currency=ask.currency.upper(),
             purpose=ask.purpose,
             description=ask.description,
@@ -90,7 +96,8 @@ async def _create_once(
         if claim.replayed:
             if claim.response is None:  # cannot happen: a claim commits with its response
                 raise DomainError("conflict", "idempotency_in_progress", "retry this request")
-            return Paid(PaymentCreated.model_validate(claim.response), replayed=True)
+            replay = await money.payment_fields(conn, claim.response)
+            return Paid(PaymentCreated.model_validate(replay), replayed=True)
         if claim.stripe_amount is None:  # cannot happen: set for every new claim
             raise DomainError("conflict", "idempotency_in_progress", "retry this request")
         intent = await stripe.create_payment_intent(
@@ -111,7 +118,16 @@ async def _create_once(
             status=intent.status,
             client_secret=intent.client_secret,
         )
-    return Paid(PaymentCreated.model_validate(recorded), replayed=False)
+        shown = await money.payment_fields(conn, recorded)
+    return Paid(PaymentCreated.model_validate(shown), replayed=False)
+
+
+async def get_payment(pool: PoolT, *, api_key: str, ref: str) -> Payment:
+    """A payment by Tollgate id or Stripe id, with its amount in both forms."""
+    async with pool.connection() as conn:
+        found = await queries.get_payment(conn, api_key=api_key, ref=ref)
+        shown = await money.payment_fields(conn, asdict(found))
+    return Payment.model_validate(shown)
 
 
 async def authorize(
@@ -119,25 +135,32 @@ async def authorize(
 ) -> Authorization | PaymentRequired:
     """Allowed (with the hold to capture, if credits paid), or the refusal with how to pay."""
     async with pool.connection() as conn:
+        if ask.cost_minor is not None and ask.currency is None:
+            raise DomainError(
+                "invalid", "currency_required", "cost_minor needs the currency it counts in"
+            )
         found = await queries.authorize(
             conn,
             api_key=api_key,
             account=ask.account_id,
             action=ask.action,
-            cost=ask.cost,
+            cost=await money.as_decimal(conn, ask.currency, ask.cost, ask.cost_minor),
             currency=ask.currency.upper() if ask.currency else None,
             agent=ask.agent_id,
             hold_seconds=ask.hold_seconds,
         )
+        minor = await money.minors(conn, found.currency, remaining=found.remaining)
     if found.allowed:
-        return Authorization.model_validate(found, from_attributes=True)
+        return Authorization.model_validate(asdict(found) | minor)
     return PaymentRequired(
         error=ApiError(code=found.code or "payment_required", message=found.message or ""),
         account_id=found.account_id,
         action=found.action,
         price=found.price,
+        price_minor=found.price_minor,
         currency=found.currency,
         remaining=found.remaining,
+        remaining_minor=minor["remaining_minor"],
         accepts=payment_options(found, ask.account_id),
     )
 
@@ -162,7 +185,7 @@ def payment_options(found: queries.Authorization, admin_account: str | None) -> 
         ),
     ):
         payload: dict[str, object] = {
-            "amount": found.pay_minor,
+            "amount": found.pay,
             "currency": found.currency.lower(),
             "purpose": purpose,
         }
@@ -187,6 +210,36 @@ def payment_options(found: queries.Authorization, admin_account: str | None) -> 
             )
         )
     return options
+
+
+async def hold(
+    pool: PoolT,
+    *,
+    api_key: str,
+    hold_id: uuid.UUID,
+    to: Literal["capture", "release"] | None = None,
+    ask: CaptureRequest | None = None,
+) -> HoldOut:
+    """A hold (``to`` None), or captured (``to="capture"``, at ``ask``'s amount) or released,
+    with its amounts in both forms."""
+    async with pool.connection() as conn:
+        if to == "capture":
+            ask = ask or CaptureRequest()
+            amount = ask.amount
+            if ask.amount_minor is not None:  # in the hold's currency
+                held = await queries.get_hold(conn, api_key=api_key, hold_id=hold_id)
+                amount = await money.as_decimal(conn, held.currency, None, ask.amount_minor)
+            found = await queries.capture_hold(
+                conn, api_key=api_key, hold_id=hold_id, amount=amount
+            )
+        elif to == "release":
+            found = await queries.release_hold(conn, api_key=api_key, hold_id=hold_id)
+        else:
+            found = await queries.get_hold(conn, api_key=api_key, hold_id=hold_id)
+        minor = await money.minors(
+            conn, found.currency, amount=found.amount, captured_amount=found.captured_amount
+        )
+    return HoldOut.model_validate(asdict(found) | minor)
 
 
 async def record_usage(pool: PoolT, *, api_key: str, events: list[Any]) -> UsageReceipt:

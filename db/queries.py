@@ -678,3 +678,19 @@ class Identity:
 
 async def whoami(conn: AsyncConnection[Any], *, api_key: str) -> Identity:
     return await _one(conn, Identity, "whoami", {"api_key": api_key})
+
+
+# ---------------------------------------------------------------------------------------------
+# Currencies
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    code: str
+    exponent: int
+
+
+async def currencies(conn: AsyncConnection[Any]) -> list[Currency]:
+    """Every currency Tollgate accepts, with its exponent (decimals of the minor unit)."""
+    return await _all(conn, Currency, "currencies", {})

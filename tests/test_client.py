@@ -69,7 +69,7 @@ def test_typed_answers_and_typed_errors(
         with pytest.raises(NotFound):
             agent.get_payment("pi_does_not_exist")
         with pytest.raises(BadRequest) as bad:
-            agent.create_payment(-5, "usd", purpose="credits")
+            agent.create_payment("-0.05", "usd", purpose="credits")
         assert bad.value.status == 422
 
         created = ops.create_transaction("order-1", "12.50", "USD", account_id="agent_1")
@@ -99,10 +99,10 @@ def test_credits_bought_through_the_client_pay_for_a_held_run(
     with Client(api.url, ops_key) as ops, Client(api.url, key) as agent:
         ops.set_action_price("report.generate", "0.50", "USD")
         bought = agent.create_payment(
-            200, "usd", purpose="credits", payment_method=card.id, idempotency_key="buy-1"
+            "2.00", "usd", purpose="credits", payment_method=card.id, idempotency_key="buy-1"
         )
         again = agent.create_payment(
-            200, "usd", purpose="credits", payment_method=card.id, idempotency_key="buy-1"
+            "2.00", "usd", purpose="credits", payment_method=card.id, idempotency_key="buy-1"
         )
         assert again.id == bought.id, "the same Idempotency-Key replays the payment"
         stripe.v1.payment_intents.confirm(bought.stripe_id)
@@ -177,7 +177,7 @@ def test_a_payment_whose_answer_is_lost_is_created_once(
     key = new_key("agent_4")
     script = Script(faults=["drop"])
     with faulty_proxy(api.url, script) as url, Client(url, key, backoff=0.01) as agent:
-        payment = agent.create_payment(300, "usd", purpose="credits")
+        payment = agent.create_payment(None, "usd", amount_minor=300, purpose="credits")
     posts = [(method, path) for method, path, _ in script.seen]
     assert posts == [("POST", "/v1/payments")] * 2, "sent twice: the answer was lost once"
     rows = db.execute(

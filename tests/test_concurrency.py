@@ -10,7 +10,7 @@ import psycopg
 from tests.conftest import Api, Emulator
 from tests.helpers import in_parallel, row_counts, stripe_client, stripe_intents_with
 
-BODY = {"amount": 990, "currency": "gbp", "purpose": "agent.run"}
+BODY = {"amount_minor": 990, "currency": "gbp", "purpose": "agent.run"}
 
 
 def test_twenty_identical_creates_make_one_payment(

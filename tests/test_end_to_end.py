@@ -105,7 +105,7 @@ def test_pay_confirm_webhook_settle_notify_continue(
         created = http.post(
             "/v1/payments",
             json={
-                "amount": 4200,
+                "amount": "42.00",
                 "currency": "usd",
                 "purpose": "report.generate",
                 "payment_method": card.id,

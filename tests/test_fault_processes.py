@@ -316,7 +316,7 @@ def test_sigkill_under_load_leaves_no_half_written_rows(
                     "POST",
                     "/v1/payments",
                     agents[1],
-                    json={"amount": 500, "currency": "usd", "purpose": "credits"},
+                    json={"amount_minor": 500, "currency": "usd", "purpose": "credits"},
                     headers={"Idempotency-Key": f"p-{i}"},
                 )
                 i += 1

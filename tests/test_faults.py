@@ -58,7 +58,7 @@ def test_every_delivery_order_ends_refunded_with_credits_taken_back(
     with api.client(key) as http:
         created = http.post(
             "/v1/payments",
-            json={"amount": 500, "currency": "usd", "purpose": "credits"},
+            json={"amount_minor": 500, "currency": "usd", "purpose": "credits"},
             headers={"Idempotency-Key": "credits-1"},
         )
     assert created.status_code == 201, created.text
@@ -121,7 +121,7 @@ def test_stripe_failing_under_a_payment_leaves_nothing_and_the_retry_creates_one
 ) -> None:
     api, script = stripe_behind_proxy
     key = new_key("agent_f")
-    body = {"amount": 1200, "currency": "usd", "purpose": "report.generate"}
+    body = {"amount_minor": 1200, "currency": "usd", "purpose": "report.generate"}
     headers = {"Idempotency-Key": "pay-1"}
     before = row_counts(db)
     script.always = fault
@@ -169,7 +169,7 @@ def test_sql_in_text_fields_is_stored_verbatim_or_refused(
     with api.client(key) as http, api.client(ops) as admin:
         created = http.post(
             "/v1/payments",
-            json={"amount": 100, "currency": "usd", "description": text, "purpose": "x"},
+            json={"amount_minor": 100, "currency": "usd", "description": text, "purpose": "x"},
             headers={"Idempotency-Key": "k-1"},
         )
         assert created.status_code == 201, created.text
@@ -205,7 +205,7 @@ def test_sql_in_text_fields_is_stored_verbatim_or_refused(
             ),
             http.post(
                 "/v1/payments",
-                json={"amount": 100, "currency": text},
+                json={"amount_minor": 100, "currency": text},
                 headers={"Idempotency-Key": "other"},
             ),
         ]
@@ -227,7 +227,7 @@ def test_a_captured_delivery_replayed_changes_nothing_more(
     with api.client(key) as http:
         created = http.post(
             "/v1/payments",
-            json={"amount": 900, "currency": "usd", "purpose": "credits"},
+            json={"amount": "9.00", "currency": "usd", "purpose": "credits"},
             headers={"Idempotency-Key": "r-1"},
         )
     stripe_id = created.json()["stripe_id"]
@@ -266,7 +266,7 @@ def test_a_key_cannot_read_or_act_for_another_account(
     with api.client(key_b) as b:
         paid = b.post(
             "/v1/payments",
-            json={"amount": 700, "currency": "usd"},
+            json={"amount_minor": 700, "currency": "usd"},
             headers={"Idempotency-Key": "b-pay"},
         ).json()
         hold = b.post("/v1/authorize", json={"action": "x.run", "cost": "1", "currency": "USD"})
@@ -301,7 +301,7 @@ def test_a_key_cannot_read_or_act_for_another_account(
             ),
             "pay for b": a.post(
                 "/v1/payments",
-                json={"amount": 100, "currency": "usd", "account_id": "acct_b"},
+                json={"amount_minor": 100, "currency": "usd", "account_id": "acct_b"},
                 headers={"Idempotency-Key": "for-b"},
             ),
         }

@@ -69,7 +69,7 @@ def test_402_says_exactly_how_to_pay_and_the_payment_entitles_one_run(
     assert set(schemes) == {"stripe.payment", "credits"}
     request = schemes["stripe.payment"]["request"]
     assert (request["method"], request["url"]) == ("POST", "/v1/payments")
-    assert request["body"] == {"amount": 50, "currency": "usd", "purpose": ACTION}
+    assert request["body"] == {"amount": "0.50", "currency": "usd", "purpose": ACTION}
 
     paid = agent.request(
         request["method"], request["url"], json=request["body"], headers=request["headers"]
@@ -91,7 +91,7 @@ def test_credits_hold_capture_release(
     agent = shop["agent"]
     bought = agent.post(
         "/v1/payments",
-        json={"amount": 200, "currency": "usd", "purpose": "credits"},
+        json={"amount": "2.00", "currency": "usd", "purpose": "credits"},
         headers={"Idempotency-Key": "c1"},
     )
     assert bought.status_code == 201
@@ -125,7 +125,7 @@ def test_a_hold_expires(api: Api, shop: dict[str, httpx.Client]) -> None:
     agent = shop["agent"]
     bought = agent.post(
         "/v1/payments",
-        json={"amount": 50, "currency": "usd", "purpose": "credits"},
+        json={"amount_minor": 50, "currency": "usd", "purpose": "credits"},
         headers={"Idempotency-Key": "c"},
     )
     succeed(api, bought.json()["stripe_id"], "evt_credits_small")
@@ -302,6 +302,7 @@ def test_wallet_settings_overdraft_and_low_balance(
         "currency": "USD",
         "allow_negative": True,
         "low_balance": "1.00",
+        "low_balance_minor": 100,
         "overdraft_limit": None,
         "overdraft_limit_minor": None,
     }

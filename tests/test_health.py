@@ -33,7 +33,7 @@ def test_database_down_gives_503_with_retry_after(emulator: Emulator) -> None:
             "readyz": http.get("/readyz"),
             "create": http.post(
                 "/v1/payments",
-                json={"amount": 100, "currency": "usd"},
+                json={"amount_minor": 100, "currency": "usd"},
                 headers=auth | {"Idempotency-Key": "down"},
             ),
             "read": http.get("/v1/accounts/a/can-continue", headers=auth),

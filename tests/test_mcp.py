@@ -51,9 +51,12 @@ def test_tools_are_listed_typed_and_documented(api: Api, new_key: Any) -> None:
         assert tool.description and len(tool.description) > 30, tool.name
         assert tool.input_schema["type"] == "object", tool.name
     assert "action" in tools["authorize"].input_schema["required"]
-    assert {"amount", "currency", "idempotency_key"} <= set(
-        tools["create_payment"].input_schema["required"]
-    )
+    assert {"currency", "idempotency_key"} <= set(tools["create_payment"].input_schema["required"])
+    # One rule for amounts, said where an agent reads it.
+    for name in ("create_payment", "capture_hold"):
+        assert {"amount", "amount_minor"} <= set(tools[name].input_schema["properties"]), name
+    assert {"cost", "cost_minor"} <= set(tools["authorize"].input_schema["properties"])
+    assert "amount_minor" in (tools["create_payment"].description or "")
 
 
 def test_without_a_valid_key_mcp_answers_401(api: Api, db: psycopg.Connection[Any]) -> None:
@@ -115,7 +118,7 @@ def test_pay_then_authorize_use_and_read_back(
 
     async def pay(client: Client) -> Any:
         args = {
-            "amount": 1000,
+            "amount": "10.00",
             "currency": "usd",
             "purpose": "credits",
             "payment_method": card.id,
@@ -128,7 +131,8 @@ def test_pay_then_authorize_use_and_read_back(
     first, again = with_mcp(api, key, pay)
     assert not first.is_error, first.content
     payment = first.structured_content
-    assert payment["status"] == "requires_confirmation" and payment["amount"] == 1000
+    assert payment["status"] == "requires_confirmation"
+    assert (payment["amount"], payment["amount_minor"]) == ("10.00", 1000)
     assert again.structured_content["id"] == payment["id"], "idempotent, as over HTTP"
 
     # The webhook reaches the API (the emulator delivers it); wait for the credits.
@@ -195,9 +199,9 @@ def test_bad_arguments_are_tool_errors_that_write_nothing(
 
     async def work(client: Client) -> list[Any]:
         calls = [
-            ("create_payment", {"amount": 12.5, "currency": "usd", "idempotency_key": "k1"}),
+            ("create_payment", {"amount_minor": 12.5, "currency": "usd", "idempotency_key": "k1"}),
             ("create_payment", {"amount": 100, "currency": "usdollar", "idempotency_key": "k2"}),
-            ("create_payment", {"amount": -5, "currency": "usd", "idempotency_key": "k3"}),
+            ("create_payment", {"amount": "-5", "currency": "usd", "idempotency_key": "k3"}),
             ("authorize", {"action": "report.generate", "cost": "1.001", "currency": "USD"}),
             ("payment_status", {"payment_id": "'; DROP TABLE x; --"}),
             ("payment_status", {"payment_id": "pi_nope"}),
@@ -213,7 +217,7 @@ def test_bad_arguments_are_tool_errors_that_write_nothing(
         assert result.is_error, result
     # Arguments outside a tool's input schema are refused by the SDK before Tollgate runs
     # (a text error); everything else is Tollgate's structured refusal.
-    by_sdk = {0, 7, 9}  # amount 12.5 is not an integer, limit 0, no events
+    by_sdk = {0, 7, 9}  # amount_minor 12.5 is not an integer, limit 0, no events
     for n, result in enumerate(results):
         if n in by_sdk:
             assert result.structured_content is None and "validation error" in str(result.content)
@@ -239,7 +243,7 @@ def test_a_webhook_signed_event_and_mcp_see_one_state(api: Api, new_key: Any) ->
 
     async def pay(client: Client) -> Any:
         return await client.call_tool(
-            "create_payment", {"amount": 700, "currency": "usd", "idempotency_key": "e-1"}
+            "create_payment", {"amount_minor": 700, "currency": "usd", "idempotency_key": "e-1"}
         )
 
     created = with_mcp(api, key, pay).structured_content

@@ -10,7 +10,12 @@ import pytest
 from tests.conftest import Api, Emulator
 from tests.helpers import row_counts, stripe_client, stripe_intents_with
 
-BODY = {"amount": 1250, "currency": "usd", "purpose": "report.generate", "description": "Q3 report"}
+BODY = {
+    "amount": "12.50",
+    "currency": "usd",
+    "purpose": "report.generate",
+    "description": "Q3 report",
+}
 
 
 def test_create_records_the_intent_here_and_at_stripe(
@@ -22,7 +27,7 @@ def test_create_records_the_intent_here_and_at_stripe(
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["account_id"] == "user_123"
-    assert body["amount"] == 1250 and body["currency"] == "USD"
+    assert (body["amount"], body["amount_minor"], body["currency"]) == ("12.50", 1250, "USD")
     assert body["status"] == "requires_payment_method"
     assert body["stripe_id"].startswith("pi_") and body["client_secret"]
 
@@ -63,7 +68,7 @@ def test_same_key_other_body_is_refused(
             == 201
         )
         r = http.post(
-            "/v1/payments", json=BODY | {"amount": 1300}, headers={"Idempotency-Key": "k"}
+            "/v1/payments", json=BODY | {"amount": "13.00"}, headers={"Idempotency-Key": "k"}
         )
     assert r.status_code == 409
     assert r.json()["error"]["code"] == "idempotency_key_reused"
@@ -144,19 +149,27 @@ def test_revoked_keys_stop_working(api: Api, db: psycopg.Connection[Any]) -> Non
 
 LONG = "x" * 1001
 
+
+def _minor(value: Any) -> dict[str, Any]:
+    return {k: v for k, v in BODY.items() if k != "amount"} | {"amount_minor": value}
+
+
 BAD_INPUT = [
     # (case, body or raw text, idempotency key, status, code)
-    ("negative amount", BODY | {"amount": -100}, "b1", 422, "invalid_amount"),
+    ("negative amount", BODY | {"amount": "-1.00"}, "b1", 422, "invalid_amount"),
     ("zero amount", BODY | {"amount": 0}, "b2", 422, "invalid_amount"),
-    ("fractional amount", BODY | {"amount": 12.5}, "b3", 422, "invalid_request"),
-    ("amount as a string", BODY | {"amount": "1250"}, "b4", 422, "invalid_request"),
+    ("more decimals than USD has", BODY | {"amount": "12.505"}, "b3", 422, "invalid_amount"),
+    ("fractional amount_minor", _minor(12.5), "b3m", 422, "invalid_request"),
+    ("amount_minor as a string", _minor("1250"), "b4", 422, "invalid_request"),
     ("amount as a boolean", BODY | {"amount": True}, "b5", 422, "invalid_request"),
-    ("amount above Stripe's maximum", BODY | {"amount": 100_000_000}, "b6", 422, "invalid_amount"),
-    ("amount above any maximum", BODY | {"amount": 10**13}, "b7", 422, "invalid_amount"),
-    ("amount beyond 64 bits", BODY | {"amount": 10**30}, "b8", 422, "invalid_request"),
+    ("amount above Stripe's maximum", _minor(100_000_000), "b6", 422, "invalid_amount"),
+    ("amount above any maximum", BODY | {"amount": "100000000000.00"}, "b7", 422, "invalid_amount"),
+    ("amount_minor beyond 64 bits", _minor(10**30), "b8", 422, "invalid_request"),
+    ("amount beyond 64 bits", BODY | {"amount": "1" + "0" * 25}, "b8d", 422, "invalid_amount"),
+    ("amount and amount_minor", BODY | {"amount_minor": 1250}, "b8b", 422, "amount_conflict"),
     ("unknown currency", BODY | {"currency": "XYZ"}, "b9", 422, "unknown_currency"),
     ("currency not three letters", BODY | {"currency": "US"}, "b10", 422, "invalid_request"),
-    ("missing amount", {"currency": "usd"}, "b11", 422, "invalid_request"),
+    ("missing amount", {"currency": "usd"}, "b11", 422, "amount_required"),
     ("missing currency", {"amount": 100}, "b12", 422, "invalid_request"),
     ("unexpected field", BODY | {"capture": "later"}, "b13", 422, "invalid_request"),
     ("purpose with spaces", BODY | {"purpose": "Generate Report"}, "b14", 422, "invalid_purpose"),

@@ -178,7 +178,7 @@ def test_stripe_repair_after_missed_webhooks(
         for n in range(3):
             made = http.post(
                 "/v1/payments",
-                json={"amount": 1500 + n, "currency": "usd", "payment_method": card.id},
+                json={"amount_minor": 1500 + n, "currency": "usd", "payment_method": card.id},
                 headers={"Idempotency-Key": f"repair-{n}"},
             )
             assert made.status_code == 201, made.text

@@ -22,9 +22,11 @@ def test_flag_hold_approve_reject(api: Api, new_key: Any, db: psycopg.Connection
             "account_id": "shop",
             "currency": "USD",
             "max_amount": "100.00",
+            "max_amount_minor": 10000,
             "velocity_count": None,
             "velocity_seconds": None,
             "first_amount_max": None,
+            "first_amount_max_minor": None,
         }
 
         for reference, amount in (("ok-1", "100.00"), ("big-1", "100.01"), ("big-2", "250.00")):
@@ -111,7 +113,7 @@ def test_a_flagged_top_up_grants_nothing_until_approved(
     with api.client(new_key("risky")) as risky:
         paid = risky.post(
             "/v1/payments",
-            json={"amount": 2000, "currency": "usd", "purpose": "credits"},
+            json={"amount": "20.00", "currency": "usd", "purpose": "credits"},
             headers={"Idempotency-Key": "top-up"},
         )
         assert paid.status_code == 201, paid.text

@@ -39,7 +39,7 @@ def test_payments_ask_stripe_for_the_same_money_in_its_units(
     with api.client(new_key("units")) as http:
         r = http.post(
             "/v1/payments",
-            json={"amount": minor, "currency": currency, "purpose": "credits"},
+            json={"amount_minor": minor, "currency": currency, "purpose": "credits"},
             headers={"Idempotency-Key": f"pay-{currency}"},
         )
     assert r.status_code == 201, r.text
@@ -73,7 +73,7 @@ def test_amounts_stripe_cannot_take_are_refused_before_calling_it(
     with api.client(new_key("units")) as http:
         r = http.post(
             "/v1/payments",
-            json={"amount": minor, "currency": currency, "purpose": "credits"},
+            json={"amount_minor": minor, "currency": currency, "purpose": "credits"},
             headers={"Idempotency-Key": f"bad-{currency}"},
         )
     assert r.status_code == 422, r.text
@@ -94,7 +94,7 @@ def test_a_402_never_asks_for_less_than_stripe_charges(api: Api, new_key: Any) -
         assert body["price"] == "0.10"
         for option in body["accepts"]:
             assert (option["amount"], option["amount_minor"]) == ("0.50", 50)
-            assert option["request"]["body"]["amount"] == 50
+            assert option["request"]["body"]["amount"] == "0.50"
             # What the option asks for is a payment Tollgate accepts.
             paid = agent.post(
                 option["request"]["url"],
@@ -112,7 +112,7 @@ def test_an_isk_top_up_settles_the_kronur_paid(api: Api, new_key: Any, emulator:
         r = http.post(
             "/v1/payments",
             json={
-                "amount": 1000,
+                "amount_minor": 1000,
                 "currency": "isk",
                 "purpose": "credits",
                 "payment_method": card.id,

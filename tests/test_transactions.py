@@ -85,7 +85,7 @@ BAD = [
     ("non-numeric", {"amount": "twelve"}, 422, "invalid_request"),
     ("exponent in a string", {"amount": "1e3"}, 422, "invalid_request"),
     ("a boolean", {"amount": True}, 422, "invalid_request"),
-    ("missing amount", {"amount": None}, 422, "invalid_request"),
+    ("missing amount", {"amount": None}, 422, "amount_required"),
     ("reference with a space", {"reference": "order 1"}, 422, "invalid_reference"),
     ("reference too long", {"reference": "r" * 129}, 422, "invalid_reference"),
     ("unknown field", {"memo": "x"}, 422, "invalid_request"),
@@ -263,7 +263,7 @@ def test_a_linked_payment_settles_the_transaction_through_its_webhook(
     with api.client(new_key("shop")) as http:
         payment = http.post(
             "/v1/payments",
-            json={"amount": 4200, "currency": "usd"},
+            json={"amount": "42.00", "currency": "usd"},
             headers={"Idempotency-Key": "p"},
         ).json()
         linked = http.post(

@@ -18,7 +18,7 @@ from tests.conftest import Api
 from tests.helpers import event, in_parallel, row_counts, sign
 
 ROOT = Path(__file__).resolve().parent.parent
-PAYMENT = {"amount": 2500, "currency": "eur", "purpose": "agent.run"}
+PAYMENT = {"amount_minor": 2500, "currency": "eur", "purpose": "agent.run"}
 
 
 def create_payment(api: Api, key: str, idem: str = "p1") -> dict[str, Any]:

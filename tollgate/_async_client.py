@@ -28,12 +28,19 @@ from tollgate._core import (
     retry_response,
 )
 
+# A decimal in the currency's units: Decimal("12.50"), "12.50" or 12 (never a float). Each
+# method taking one also takes its ``*_minor`` twin, an integer of minor units (1250): one of
+# the two, never both. Answers carry both forms.
 Amount = Decimal | int | str
 
 
 def _json(model: BaseModel) -> Any:
     # Decimals travel as strings ("12.50"): exact, and accepted wherever an amount is.
     return model.model_dump(mode="json", exclude_none=True)
+
+
+def _dec(amount: Amount | None) -> Decimal | None:
+    return None if amount is None else Decimal(amount)
 
 
 def _query(**params: Any) -> dict[str, Any]:
@@ -136,6 +143,7 @@ class AsyncClient:
         *,
         account_id: str | None = None,
         cost: Amount | None = None,
+        cost_minor: int | None = None,
         currency: str | None = None,
         agent_id: str | None = None,
         hold_seconds: int | None = None,
@@ -146,7 +154,8 @@ class AsyncClient:
         ask = models.AuthorizeRequest(
             account_id=account_id,
             action=action,
-            cost=None if cost is None else Decimal(cost),
+            cost=_dec(cost),
+            cost_minor=cost_minor,
             currency=currency,
             agent_id=agent_id,
             hold_seconds=hold_seconds,
@@ -173,10 +182,15 @@ class AsyncClient:
         return await self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
 
     async def capture_hold(
-        self, hold_id: uuid.UUID | str, *, amount: Amount | None = None
+        self,
+        hold_id: uuid.UUID | str,
+        *,
+        amount: Amount | None = None,
+        amount_minor: int | None = None,
     ) -> models.HoldOut:
-        """Charge a hold: all of it, or ``amount`` of it (the rest goes back)."""
-        ask = models.CaptureRequest(amount=None if amount is None else Decimal(amount))
+        """Charge a hold: all of it, or ``amount`` (``amount_minor``) of it (the rest goes
+        back)."""
+        ask = models.CaptureRequest(amount=_dec(amount), amount_minor=amount_minor)
         return await self.send(
             Call("POST", f"/v1/holds/{hold_id}/capture", models.HoldOut, _json(ask))
         )
@@ -197,19 +211,22 @@ class AsyncClient:
 
     async def create_payment(
         self,
-        amount: int,
+        amount: Amount | None,
         currency: str,
         *,
+        amount_minor: int | None = None,
         purpose: str | None = None,
         description: str | None = None,
         payment_method: str | None = None,
         account_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> models.PaymentCreated:
-        """Create a Stripe PaymentIntent for ``amount`` minor units. Purpose ``credits`` buys
-        credits; an action's name pays for one run of it."""
+        """Create a Stripe PaymentIntent for ``amount`` (a decimal, "12.50"), or for
+        ``amount_minor`` minor units with ``amount`` None. Purpose ``credits`` buys credits;
+        an action's name pays for one run of it."""
         ask = models.PaymentCreate(
-            amount=amount,
+            amount=_dec(amount),
+            amount_minor=amount_minor,
             currency=currency,
             purpose=purpose,
             description=description,
@@ -244,17 +261,20 @@ class AsyncClient:
     async def transfer(
         self,
         to_account_id: str,
-        amount: Amount,
+        amount: Amount | None,
         currency: str,
         *,
+        amount_minor: int | None = None,
         from_account_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> models.Transfer:
-        """Move ``amount`` (a decimal, e.g. "12.50") between two accounts' balances."""
+        """Move ``amount`` (a decimal, e.g. "12.50"; or ``amount_minor``) between two
+        accounts' balances."""
         ask = models.TransferCreate(
             from_account_id=from_account_id,
             to_account_id=to_account_id,
-            amount=Decimal(amount),
+            amount=_dec(amount),
+            amount_minor=amount_minor,
             currency=currency,
         )
         key = idempotency_key or str(uuid.uuid4())
@@ -272,18 +292,20 @@ class AsyncClient:
     async def create_transaction(
         self,
         reference: str,
-        amount: Amount,
+        amount: Amount | None,
         currency: str,
         *,
+        amount_minor: int | None = None,
         account_id: str | None = None,
         payment_id: str | None = None,
     ) -> models.Transaction:
-        """Record a pending transaction; its reference is unique per account, so a retry is
-        refused (409) rather than recorded twice."""
+        """Record a pending transaction (``amount``, or ``amount_minor``); its reference is
+        unique per account, so a retry is refused (409) rather than recorded twice."""
         ask = models.TransactionCreate(
             account_id=account_id,
             reference=reference,
-            amount=Decimal(amount),
+            amount=_dec(amount),
+            amount_minor=amount_minor,
             currency=currency,
             payment_id=payment_id,
         )
@@ -383,9 +405,17 @@ class AsyncClient:
         )
 
     async def set_action_price(
-        self, action: str, price: Amount, currency: str, *, description: str | None = None
+        self,
+        action: str,
+        price: Amount | None,
+        currency: str,
+        *,
+        price_minor: int | None = None,
+        description: str | None = None,
     ) -> models.ActionPriceOut:
-        ask = models.ActionPriceIn(price=Decimal(price), currency=currency, description=description)
+        ask = models.ActionPriceIn(
+            price=_dec(price), price_minor=price_minor, currency=currency, description=description
+        )
         return await self.send(
             Call("PUT", f"/v1/actions/{action}", models.ActionPriceOut, _json(ask), idempotent=True)
         )
@@ -403,8 +433,9 @@ class AsyncClient:
         account_id: str,
         period: Literal["day", "month"],
         currency: str,
-        hard_limit: Amount,
+        hard_limit: Amount | None,
         *,
+        hard_limit_minor: int | None = None,
         agent_id: str | None = None,
         soft_pct: int = 80,
     ) -> models.SpendCapOut:
@@ -412,7 +443,8 @@ class AsyncClient:
             agent_id=agent_id,
             period=period,
             currency=currency,
-            hard_limit=Decimal(hard_limit),
+            hard_limit=_dec(hard_limit),
+            hard_limit_minor=hard_limit_minor,
             soft_pct=soft_pct,
         )
         return await self.send(
@@ -432,13 +464,18 @@ class AsyncClient:
         *,
         allow_negative: bool | None = None,
         low_balance: Amount | None = None,
+        low_balance_minor: int | None = None,
         overdraft_limit: Amount | None = None,
+        overdraft_limit_minor: int | None = None,
     ) -> models.WalletOut:
-        ask = models.WalletIn(
-            allow_negative=allow_negative,
-            low_balance=None if low_balance is None else Decimal(low_balance),
-            overdraft_limit=None if overdraft_limit is None else Decimal(overdraft_limit),
-        )
+        given = {
+            "allow_negative": allow_negative,
+            "low_balance": _dec(low_balance),
+            "low_balance_minor": low_balance_minor,
+            "overdraft_limit": _dec(overdraft_limit),
+            "overdraft_limit_minor": overdraft_limit_minor,
+        }
+        ask = models.WalletIn.model_validate({k: v for k, v in given.items() if v is not None})
         return await self.send(
             Call(
                 "PUT",
@@ -488,15 +525,19 @@ class AsyncClient:
         *,
         account_id: str | None = None,
         max_amount: Amount | None = None,
+        max_amount_minor: int | None = None,
         velocity_count: int | None = None,
         velocity_seconds: int | None = None,
         first_amount_max: Amount | None = None,
+        first_amount_max_minor: int | None = None,
     ) -> models.RiskRuleOut:
         ask = models.RiskRuleIn(
-            max_amount=None if max_amount is None else Decimal(max_amount),
+            max_amount=_dec(max_amount),
+            max_amount_minor=max_amount_minor,
             velocity_count=velocity_count,
             velocity_seconds=velocity_seconds,
-            first_amount_max=None if first_amount_max is None else Decimal(first_amount_max),
+            first_amount_max=_dec(first_amount_max),
+            first_amount_max_minor=first_amount_max_minor,
         )
         return await self.send(
             Call(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api import body, operations
+from api import body, money, operations
 from api.deps import ApiKey, Pool
 from api.models import (
     ApiError,
@@ -139,10 +140,13 @@ async def set_spend_cap(
             agent=ask.agent_id,
             period=ask.period,
             currency=ask.currency.upper(),
-            hard_limit=ask.hard_limit,
+            hard_limit=await money.as_decimal(
+                conn, ask.currency, ask.hard_limit, ask.hard_limit_minor
+            ),
             soft_pct=ask.soft_pct,
         )
-    return SpendCapOut.model_validate(done, from_attributes=True)
+        minor = await money.minors(conn, done.currency, hard_limit=done.hard_limit)
+    return SpendCapOut.model_validate(asdict(done) | minor)
 
 
 @router.put(
@@ -167,33 +171,44 @@ async def set_wallet(
     limit: str | None = None
     limit_minor: int | None = None
     low: str | None = None
+    low_minor: int | None = None
     async with pool.connection() as conn, conn.transaction():
         if "allow_negative" in given and ask.allow_negative is not None:
             done = await queries.set_allow_negative(
                 conn, api_key=api_key, account=account_id, currency=cur, allow=ask.allow_negative
             )
             overdraft = done.allow_negative
-        if "overdraft_limit" in given and ask.overdraft_limit is not None:
+        if ask.overdraft_limit is not None or ask.overdraft_limit_minor is not None:
             bounded = await queries.set_overdraft_limit(
-                conn, api_key=api_key, account=account_id, currency=cur, limit=ask.overdraft_limit
+                conn,
+                api_key=api_key,
+                account=account_id,
+                currency=cur,
+                limit=await money.required_decimal(
+                    conn, cur, ask.overdraft_limit, ask.overdraft_limit_minor
+                ),
             )
             overdraft = bounded.allow_negative
             limit, limit_minor = bounded.overdraft_limit, bounded.overdraft_limit_minor
-        if "low_balance" in given:
+        if given & {"low_balance", "low_balance_minor"}:
             low = (
                 await queries.set_low_balance(
                     conn,
                     api_key=api_key,
                     account=account_id,
                     currency=cur,
-                    threshold=ask.low_balance,
+                    threshold=await money.as_decimal(
+                        conn, cur, ask.low_balance, ask.low_balance_minor
+                    ),
                 )
             ).low_balance
+            low_minor = (await money.minors(conn, cur, low_balance=low))["low_balance_minor"]
     return WalletOut(
         account_id=account_id,
         currency=cur,
         allow_negative=overdraft,
         low_balance=low,
+        low_balance_minor=low_minor,
         overdraft_limit=limit,
         overdraft_limit_minor=limit_minor,
     )

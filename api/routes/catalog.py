@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from api import body
+from api import body, money
 from api.deps import ApiKey, Pool
 from api.models import ActionPriceIn, ActionPriceOut, ErrorBody, MetricPriceIn, MetricPriceOut
 from db import queries
@@ -35,11 +36,12 @@ async def set_action_price(
             conn,
             api_key=api_key,
             action=action,
-            price=ask.price,
+            price=await money.as_decimal(conn, ask.currency, ask.price, ask.price_minor),
             currency=ask.currency.upper(),
             description=ask.description,
         )
-    return ActionPriceOut.model_validate(done, from_attributes=True)
+        minor = await money.minors(conn, done.currency, price=done.price)
+    return ActionPriceOut.model_validate(asdict(done) | minor)
 
 
 @router.put(

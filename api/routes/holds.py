@@ -6,10 +6,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 
-from api import body
+from api import body, operations
 from api.deps import ApiKey, Pool
 from api.models import CaptureRequest, ErrorBody, HoldOut
-from db import queries
 
 router = APIRouter(prefix="/v1/holds", tags=["gating"])
 
@@ -20,9 +19,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 
 @router.get("/{hold_id}", response_model=HoldOut, responses=ERRORS)
 async def get_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
-    async with pool.connection() as conn:
-        found = await queries.get_hold(conn, api_key=api_key, hold_id=hold_id)
-    return HoldOut.model_validate(found, from_attributes=True)
+    return await operations.hold(pool, api_key=api_key, hold_id=hold_id)
 
 
 @router.post(
@@ -33,18 +30,13 @@ async def get_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
 )
 async def capture_hold(hold_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> HoldOut:
     """Take the actual cost (at most the hold, unless the account may go negative) from the
-    credits and free the rest. Without a body the whole hold is captured."""
+    credits and free the rest. Without a body the whole hold is captured. `amount` is a
+    decimal ("0.30"), `amount_minor` minor units of the hold's currency (30): one or neither."""
     ask = await body.parse(request, CaptureRequest, empty_ok=True)
-    async with pool.connection() as conn:
-        found = await queries.capture_hold(
-            conn, api_key=api_key, hold_id=hold_id, amount=ask.amount
-        )
-    return HoldOut.model_validate(found, from_attributes=True)
+    return await operations.hold(pool, api_key=api_key, hold_id=hold_id, to="capture", ask=ask)
 
 
 @router.post("/{hold_id}/release", response_model=HoldOut, responses=ERRORS)
 async def release_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
     """Cancel the hold: nothing is spent."""
-    async with pool.connection() as conn:
-        found = await queries.release_hold(conn, api_key=api_key, hold_id=hold_id)
-    return HoldOut.model_validate(found, from_attributes=True)
+    return await operations.hold(pool, api_key=api_key, hold_id=hold_id, to="release")

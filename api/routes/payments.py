@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 
-from api import operations
+from api import body, operations
 from api.deps import ApiKey, Pool, SettingsDep, Stripe
 from api.models import ErrorBody, Payment, PaymentCreate, PaymentCreated
-from db import queries
 from db.errors import DomainError
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
@@ -19,9 +18,15 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("", status_code=201, response_model=PaymentCreated, responses=ERRORS)
+@router.post(
+    "",
+    status_code=201,
+    response_model=PaymentCreated,
+    responses=ERRORS,
+    openapi_extra=body.openapi_body(PaymentCreate),
+)
 async def create_payment(
-    body: PaymentCreate,
+    request: Request,
     api_key: ApiKey,
     pool: Pool,
     stripe: Stripe,
@@ -35,7 +40,10 @@ async def create_payment(
     transaction: a failure anywhere leaves nothing behind. A request whose key is in use by one
     still in progress polls until that one ends, then replays its response (or, if it failed,
     proceeds itself); past the Stripe timeout it gets 409 idempotency_in_progress.
+    `amount` is a decimal in the currency's units ("12.50" or 12.50, read exactly), or
+    `amount_minor` an integer of minor units (1250): one of the two.
     """
+    ask = await body.parse(request, PaymentCreate)
     if idempotency_key is None:
         raise DomainError(
             "invalid", "idempotency_key_required", "send an Idempotency-Key header with each POST"
@@ -44,7 +52,7 @@ async def create_payment(
         pool,
         stripe,
         api_key=api_key,
-        ask=body,
+        ask=ask,
         idempotency_key=idempotency_key,
         wait=settings.stripe_timeout + 2,
     )
@@ -60,6 +68,4 @@ async def get_payment(
     pool: Pool,
 ) -> Payment:
     """A payment by Tollgate id or Stripe id (pi_...); 404 unless the key may see it."""
-    async with pool.connection() as conn:
-        found = await queries.get_payment(conn, api_key=api_key, ref=ref)
-    return Payment.model_validate(found, from_attributes=True)
+    return await operations.get_payment(pool, api_key=api_key, ref=ref)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api import body
+from api import body, money
 from api.deps import ApiKey, Pool
 from api.models import ErrorBody, ReconciliationIn, ReconciliationLineOut, ReconciliationOut
 from db import queries
@@ -30,7 +30,10 @@ async def import_lines(request: Request, api_key: ApiKey, pool: Pool) -> Reconci
             api_key=api_key,
             source=ask.source,
             references=[x.reference for x in ask.lines],
-            amounts=[x.amount for x in ask.lines],
+            amounts=[
+                await money.as_decimal(conn, x.currency, x.amount, x.amount_minor)
+                for x in ask.lines
+            ],
             currencies=[x.currency.upper() for x in ask.lines],
             dates=[x.date for x in ask.lines],
             accounts=[x.account_id for x in ask.lines],

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api import body
+from api import body, money
 from api.deps import ApiKey, Pool
 from api.models import DecisionIn, ErrorBody, ReviewOut, RiskRuleIn, RiskRuleOut
 from db import queries
@@ -83,9 +84,14 @@ async def set_risk_rule(
             api_key=api_key,
             account=account_id,
             currency=currency.upper(),
-            max_amount=ask.max_amount,
+            max_amount=await money.as_decimal(conn, currency, ask.max_amount, ask.max_amount_minor),
             velocity_count=ask.velocity_count,
             velocity_seconds=ask.velocity_seconds,
-            first_amount_max=ask.first_amount_max,
+            first_amount_max=await money.as_decimal(
+                conn, currency, ask.first_amount_max, ask.first_amount_max_minor
+            ),
         )
-    return RiskRuleOut.model_validate(done, from_attributes=True)
+        minor = await money.minors(
+            conn, done.currency, max_amount=done.max_amount, first_amount_max=done.first_amount_max
+        )
+    return RiskRuleOut.model_validate(asdict(done) | minor)

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api import body
+from api import body, money
 from api.deps import ApiKey, Pool
 from api.models import (
     ErrorBody,
@@ -38,7 +38,8 @@ AccountQuery = Annotated[
     openapi_extra=body.openapi_body(TransactionCreate),
 )
 async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> Transaction:
-    """Record a pending transaction. `amount` is exact: "1250.50" or 1250.50, never rounded."""
+    """Record a pending transaction. `amount` is exact: "1250.50" or 1250.50, never rounded;
+    or `amount_minor`, an integer of minor units (125050)."""
     new = await body.parse(request, TransactionCreate)
     async with pool.connection() as conn:
         created = await queries.create_transaction(
@@ -46,7 +47,7 @@ async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> T
             api_key=api_key,
             account=new.account_id,
             reference=new.reference,
-            amount=new.amount,
+            amount=await money.required_decimal(conn, new.currency, new.amount, new.amount_minor),
             currency=new.currency.upper(),
             payment=new.payment_id,
         )

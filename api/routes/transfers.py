@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
-from api import body
+from api import body, money
 from api.deps import ApiKey, Pool
 from api.models import ErrorBody, Transfer, TransferCreate
 from db import queries
@@ -42,10 +42,11 @@ async def create_transfer(
             api_key=api_key,
             from_account=new.from_account_id,
             to_account=new.to_account_id,
-            amount=new.amount,
+            amount=await money.required_decimal(conn, new.currency, new.amount, new.amount_minor),
             currency=new.currency.upper(),
             idempotency_key=idempotency_key,
         )
+        amount_minor = await money.minor(conn, done.currency, done.amount)
     if done.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return Transfer(
@@ -53,6 +54,7 @@ async def create_transfer(
         from_account_id=done.from_account,
         to_account_id=done.to_account,
         amount=done.amount,
+        amount_minor=amount_minor,
         currency=done.currency,
         created_at=done.created_at,
     )

@@ -53,6 +53,7 @@ GRANT EXECUTE ON FUNCTION
     api.create_transaction_v1(text, text, text, numeric, text, text),
     api.get_transaction_v1(text, text, text),
     api.whoami_v1(text),
+    api.currencies_v1(),
     api.list_transactions_v1(text, text, text, integer, uuid),
     api.move_transaction_v1(text, text, text, text),
     api.authorize_v1(text, text, text, numeric, text, text, integer),
