@@ -67,7 +67,9 @@ GRANT EXECUTE ON FUNCTION
     api.list_reviews_v1(text, text),
     api.decide_review_v1(text, uuid, text, text),
     api.set_risk_rule_v1(text, text, text, numeric, integer, integer, numeric),
-    api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[])
+    api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[]),
+    api.begin_refund_v1(text, text, text, numeric, bigint),
+    api.finish_refund_v1(text, uuid, text, text)
 TO tollgate_app;
 
 -- tollgate_listener: the delivery side of the outbox, nothing else.
@@ -97,3 +99,6 @@ REVOKE DELETE, TRUNCATE
        tollgate.ledger_accounts, tollgate.ledger_postings, tollgate.holds,
        tollgate.payment_entitlements, tollgate.subscriptions, tollgate.audit_heads
     FROM tollgate_owner;
+-- Refunds, disputes and what they took back (db/sql/65-refunds.sql).
+REVOKE UPDATE, DELETE, TRUNCATE ON tollgate.payment_takebacks FROM tollgate_owner;
+REVOKE DELETE, TRUNCATE ON tollgate.refunds, tollgate.disputes FROM tollgate_owner;
