@@ -133,6 +133,27 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
         "insufficient_funds",
         "the balance may not go below zero and is too low for this",
     ),
+    "refund_refundable": ("conflict", "payment_not_refundable", None),
+    "refund_within_payment": ("invalid", "refund_exceeds_payment", None),
+    "refund_payment_disputed": ("conflict", "payment_disputed", None),
+    "payment_dispute_open": ("conflict", "payment_disputed", None),
+    "amount_one_form": ("invalid", "invalid_amount", None),
+    "refunds_idempotency_key_format": (
+        "invalid",
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+    ),
+    "refunds_stripe_id_format": (
+        "bad_gateway",
+        "stripe_error",
+        "Stripe answered with a refund id Tollgate does not recognise",
+    ),
+    "payment_intents_amount_refunded_range": (
+        "conflict",
+        "invalid_refund",
+        "a payment cannot have refunded more than its amount",
+    ),
+    "ledger_accounts_debt_not_positive": ("conflict", "invalid_debt", None),
     "payment_events_id_format": ("invalid", "invalid_event", "event id must look like evt_..."),
     "payment_events_type_format": ("invalid", "invalid_event", "event type is malformed"),
 }
