@@ -627,3 +627,38 @@ class ReconciliationOut(BaseModel):
     mismatched: int
     duplicates: int
     lines: list[ReconciliationLineOut]
+
+
+class RefundCreate(BaseModel):
+    """POST /v1/payments/{id}/refunds (admin keys). ``amount`` is a decimal in major units
+    ("2.50" or 2.50), ``amount_minor`` whole minor units (250): one of them, or neither for all
+    that is not refunded yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: DecimalAmount | None = None
+    amount_minor: StrictInt | None = Field(default=None, ge=-BIGINT_MAX, le=BIGINT_MAX)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RefundCreate:
+        if self.amount is not None and self.amount_minor is not None:
+            raise ValueError("give amount (a decimal) or amount_minor (minor units), not both")
+        return self
+
+
+class Refund(BaseModel):
+    id: UUID
+    payment_id: UUID
+    payment_stripe_id: str
+    account_id: str
+    stripe_id: str = Field(examples=["re_3Nx..."])
+    amount: str = Field(
+        description="decimal string with the currency's decimals", examples=["2.50"]
+    )
+    amount_minor: int
+    currency: str
+    status: str = Field(
+        description="Stripe's: pending, requires_action, succeeded, failed, canceled"
+    )
+    created_at: dt.datetime
+    updated_at: dt.datetime

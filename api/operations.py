@@ -30,6 +30,8 @@ from api.models import (
     PaymentOption,
     PaymentRequest,
     PaymentRequired,
+    Refund,
+    RefundCreate,
     UsageEvent,
     UsageReceipt,
     UsageResult,
@@ -128,6 +130,77 @@ async def get_payment(pool: PoolT, *, api_key: str, ref: str) -> Payment:
         found = await queries.get_payment(conn, api_key=api_key, ref=ref)
         shown = await money.payment_fields(conn, asdict(found))
     return Payment.model_validate(shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Refunded:
+    refund: Refund
+    replayed: bool
+
+
+async def create_refund(
+    pool: PoolT,
+    stripe: StripeGateway,
+    *,
+    api_key: str,
+    payment: str,
+    ask: RefundCreate,
+    idempotency_key: str,
+    wait: float,
+) -> Refunded:
+    """Refund (part of) a payment at Stripe, exactly once per idempotency key: claimed in
+    PostgreSQL (which refuses what cannot be refunded), asked of Stripe, recorded, in one
+    transaction. The money is taken back when Stripe's events say it was refunded. A request
+    whose key (or another refund of the payment) is in progress polls as create_payment does."""
+    deadline = time.monotonic() + wait
+    pause = 0.02
+    while True:
+        try:
+            return await _refund_once(pool, stripe, api_key, payment, ask, idempotency_key)
+        except DomainError as exc:
+            if exc.code != "idempotency_in_progress" or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
+async def _refund_once(
+    pool: PoolT,
+    stripe: StripeGateway,
+    api_key: str,
+    payment: str,
+    ask: RefundCreate,
+    idempotency_key: str,
+) -> Refunded:
+    async with pool.connection() as conn, conn.transaction():
+        claim = await queries.begin_refund(
+            conn,
+            api_key=api_key,
+            payment=payment,
+            idempotency_key=idempotency_key,
+            amount=ask.amount,
+            amount_minor=ask.amount_minor,
+        )
+        if claim.replayed:
+            if claim.response is None:  # cannot happen: a claim commits with its response
+                raise DomainError("conflict", "idempotency_in_progress", "retry this request")
+            return Refunded(Refund.model_validate(claim.response), replayed=True)
+        if claim.stripe_amount is None:  # cannot happen: set for every new claim
+            raise DomainError("conflict", "idempotency_in_progress", "retry this request")
+        created = await stripe.create_refund(
+            payment_intent=claim.payment_stripe_id,
+            amount=claim.stripe_amount,
+            metadata={"tollgate_refund_id": str(claim.refund_id)},
+            idempotency_key=claim.stripe_idempotency_key,
+        )
+        recorded = await queries.finish_refund(
+            conn,
+            api_key=api_key,
+            refund_id=claim.refund_id,
+            stripe_id=created.id,
+            status=created.status,
+        )
+    return Refunded(Refund.model_validate(recorded), replayed=False)
 
 
 async def authorize(

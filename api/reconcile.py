@@ -91,9 +91,18 @@ def read_csv(path: Path) -> Lines:
 
 def _synthetic_event(obj: dict[str, Any], observed: int) -> dict[str, Any]:
     """The event Stripe would have sent for this object's current state, stamped with the time
-    it was observed (so any webhook from before the listing counts as older)."""
+    it was observed (so any webhook from before the listing counts as older). Its id names the
+    object and its state: a refund in full, the amount refunded so far, a subscription's status
+    and period end."""
     if obj["object"] == "charge":
-        event_id, event_type = f"evt_reconcile_{obj['id']}_refunded", "charge.refunded"
+        event_type = "charge.refunded"
+        event_id = f"evt_reconcile_{obj['id']}_refunded"
+        if not obj.get("refunded"):
+            event_id += f"_{obj.get('amount_refunded')}"
+    elif obj["object"] == "subscription":
+        event_type = "customer.subscription.updated"
+        period_end = obj.get("current_period_end") or "none"
+        event_id = f"evt_reconcile_{obj['id']}_{obj.get('status')}_{period_end}"
     else:
         event_id = f"evt_reconcile_{obj['id']}_{obj.get('status')}"
         event_type = "payment_intent.reconciled"
@@ -106,6 +115,11 @@ def _synthetic_event(obj: dict[str, Any], observed: int) -> dict[str, Any]:
         "data": {"object": obj},
         "tollgate_reconciled": True,
     }
+
+
+def _tollgate_subscription(obj: dict[str, Any]) -> bool:
+    """A subscription Tollgate follows: its metadata names the account."""
+    return bool((obj.get("metadata") or {}).get("tollgate_account"))
 
 
 def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -122,25 +136,31 @@ def repair_from_stripe(
     changed: Callable[[str], None] = lambda _: None,
     read: Callable[[Counter[str]], None] = lambda _: None,
 ) -> Counter[str]:
-    """Apply Stripe's current state of every PaymentIntent Tollgate created (and every refunded
-    charge of one) through the webhook path. Idempotent: the synthetic event id names the
-    object and its state, so a second run finds duplicates. Returns a count per outcome
-    (applied, duplicate, stale, ..., and ``unknown`` for objects Tollgate did not create).
-    ``changed`` hears of each payment the run applied or could not apply; ``read`` gets the
-    counts after every page of objects."""
+    """Apply Stripe's current state of every PaymentIntent Tollgate created (every charge of
+    one with something refunded, and every subscription naming a Tollgate account) through the
+    webhook path. Idempotent: the synthetic event id names the object and its state, so a
+    second run finds duplicates. Returns a count per outcome (applied, duplicate, stale, ...,
+    and ``unknown`` for objects Tollgate did not create). ``changed`` hears of each payment or
+    subscription the run applied or could not apply; ``read`` gets the counts after every page
+    of objects."""
     counts: Counter[str] = Counter()
     for chunk in _chunks(objects, 100):
-        ids = [o["id"] if o["object"] == "payment_intent" else o["payment_intent"] for o in chunk]
+        ids = [o["payment_intent"] if o["object"] == "charge" else o["id"] for o in chunk]
         known = queries.operator_known_payments(conn, [i for i in ids if isinstance(i, str)])
-        for obj, pi in zip(chunk, ids, strict=True):
-            if pi not in known:
+        for obj, ref in zip(chunk, ids, strict=True):
+            if obj["object"] == "subscription":
+                if not _tollgate_subscription(obj):
+                    counts["unknown"] += 1
+                    continue
+            elif ref not in known:
                 counts["unknown"] += 1
                 continue
             event = json.dumps(_synthetic_event(obj, observed))
             outcome = queries.ingest_stripe_event_sync(conn, event=event)
             counts[outcome.outcome] += 1
             if outcome.outcome not in ("duplicate", "stale", "ignored"):
-                changed(f"{pi}: {outcome.outcome} -> {outcome.payment_status}")
+                state = outcome.payment_status or obj.get("status")
+                changed(f"{ref}: {outcome.outcome} -> {state}")
         read(counts)
     return counts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,35 @@ class CreatedIntent:
     id: str
     status: str
     client_secret: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRefund:
+    id: str
+    status: str
+
+
+@contextmanager
+def _stripe_errors() -> Iterator[None]:
+    """Stripe failures as DomainErrors the API can answer with."""
+    try:
+        yield
+    except stripe.IdempotencyError as exc:
+        raise DomainError(
+            "conflict",
+            "idempotency_key_reused",
+            "this Idempotency-Key was already sent to Stripe with a different request",
+        ) from exc
+    except stripe.InvalidRequestError as exc:
+        raise DomainError("invalid", "stripe_rejected", exc.user_message or str(exc)) from exc
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        raise DomainError(
+            "unavailable", "stripe_unavailable", "Stripe could not be reached; retry later"
+        ) from exc
+    except stripe.StripeError as exc:
+        raise DomainError(
+            "bad_gateway", "stripe_error", f"Stripe answered with an error: {exc}"
+        ) from exc
 
 
 class StripeGateway:
@@ -76,15 +106,37 @@ class StripeGateway:
             ) from exc
         return CreatedIntent(id=intent.id, status=intent.status, client_secret=intent.client_secret)
 
+    async def create_refund(
+        self,
+        *,
+        payment_intent: str,
+        amount: int,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> CreatedRefund:
+        """Refund ``amount`` (in Stripe's units for the currency) of a PaymentIntent."""
+        params: dict[str, object] = {
+            "payment_intent": payment_intent,
+            "amount": amount,
+            "metadata": metadata,
+        }
+        with _stripe_errors():
+            refund = await self._client.v1.refunds.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            )
+        return CreatedRefund(id=refund.id, status=refund.status or "pending")
+
 
 def objects_created_since(
     api_key: str, *, api_base: str | None, since: int, timeout: float = 30.0
 ) -> Iterator[dict[str, Any]]:
-    """Every PaymentIntent, then every refunded Charge, created at or after ``since`` (Unix
-    seconds), as plain dicts, following Stripe's pagination.
+    """Every PaymentIntent, then every Charge with something refunded, then every Subscription
+    (whatever its status), created at or after ``since`` (Unix seconds), as plain dicts,
+    following Stripe's pagination.
 
     Stripe filters by ``created[gt]``; an API that refuses the filter (the local emulator, for
-    PaymentIntents) is listed whole and filtered here.
+    PaymentIntents and Subscriptions) is listed whole and filtered here.
     """
     client = stripe.StripeClient(
         api_key,
@@ -92,15 +144,21 @@ def objects_created_since(
         http_client=stripe.RequestsClient(timeout=timeout),
         max_network_retries=2,
     )
-    for service in (client.v1.payment_intents, client.v1.charges):
+    listings: list[tuple[Any, dict[str, Any]]] = [
+        (client.v1.payment_intents, {}),
+        (client.v1.charges, {}),
+        (client.v1.subscriptions, {"status": "all"}),
+    ]
+    for service, extra in listings:
         try:
-            page = service.list({"limit": 100, "created": {"gt": since - 1}})
-        except stripe.InvalidRequestError:
-            page = service.list({"limit": 100})
+            page = service.list({"limit": 100, "created": {"gt": since - 1}, **extra})
+        except (stripe.InvalidRequestError, stripe.APIError):
+            # The emulator refuses the filter (400), or fails on it (500 for subscriptions).
+            page = service.list({"limit": 100, **extra})
         for item in page.auto_paging_iter():
             obj = item.to_dict()
             if obj.get("created", 0) < since:
                 continue
-            if obj.get("object") == "charge" and not obj.get("refunded"):
+            if obj.get("object") == "charge" and not obj.get("amount_refunded"):
                 continue
             yield obj

@@ -234,6 +234,45 @@ async def finish_payment(
     return (await _one(conn, _Response, "finish_payment", params)).response
 
 
+@dataclass(frozen=True, slots=True)
+class RefundClaim:
+    replayed: bool
+    refund_id: UUID
+    payment_stripe_id: str
+    amount: int
+    currency: str
+    # In Stripe's units for the currency (not always ISO's); None for a replay.
+    stripe_amount: int | None
+    stripe_idempotency_key: str
+    response: dict[str, Any] | None
+
+
+async def begin_refund(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    payment: str,
+    idempotency_key: str,
+    amount: Decimal | None,
+    amount_minor: int | None,
+) -> RefundClaim:
+    params = {
+        "api_key": api_key,
+        "payment": payment,
+        "idempotency_key": idempotency_key,
+        "amount": amount,
+        "amount_minor": amount_minor,
+    }
+    return await _one(conn, RefundClaim, "begin_refund", params)
+
+
+async def finish_refund(
+    conn: AsyncConnection[Any], *, api_key: str, refund_id: UUID, stripe_id: str, status: str
+) -> dict[str, Any]:
+    params = {"api_key": api_key, "refund_id": refund_id, "stripe_id": stripe_id, "status": status}
+    return (await _one(conn, _Response, "finish_refund", params)).response
+
+
 async def get_payment(conn: AsyncConnection[Any], *, api_key: str, ref: str) -> Payment:
     return await _one(conn, Payment, "get_payment", {"api_key": api_key, "ref": ref})
 

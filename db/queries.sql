@@ -29,6 +29,23 @@ SELECT api.finish_payment_v1(
     p_client_secret => %(client_secret)s::text
 ) AS response;
 
+-- name: begin_refund
+SELECT * FROM api.begin_refund_v1(
+    p_api_key         => %(api_key)s::text,
+    p_payment         => %(payment)s::text,
+    p_idempotency_key => %(idempotency_key)s::text,
+    p_amount          => %(amount)s::numeric,
+    p_amount_minor    => %(amount_minor)s::bigint
+);
+
+-- name: finish_refund
+SELECT api.finish_refund_v1(
+    p_api_key   => %(api_key)s::text,
+    p_refund_id => %(refund_id)s::uuid,
+    p_stripe_id => %(stripe_id)s::text,
+    p_status    => %(status)s::text
+) AS response;
+
 -- name: get_payment
 SELECT * FROM api.get_payment_v1(p_api_key => %(api_key)s::text, p_ref => %(ref)s::text);
 

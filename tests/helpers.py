@@ -41,6 +41,9 @@ TABLES = (
     "reviews",
     "reconciliation_batches",
     "reconciliation_lines",
+    "refunds",
+    "disputes",
+    "payment_takebacks",
 )
 
 

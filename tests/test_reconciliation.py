@@ -241,3 +241,82 @@ def test_stripe_repair_after_missed_webhooks(
 def _charge_of(stripe: Any, payment_intent: str) -> str:
     charges = stripe.v1.charges.list({"limit": 100}).auto_paging_iter()
     return next(c.id for c in charges if c.payment_intent == payment_intent)
+
+
+def test_stripe_repair_of_subscriptions_and_partial_refunds(
+    api: Api, new_key: Any, db: psycopg.Connection[Any], db_dsn: str, emulator: Emulator
+) -> None:
+    """Missed customer.subscription.* and partial-refund webhooks are repaired from Stripe's
+    state: the subscription entitles, the refunded credits are taken back."""
+    emulator.point_webhooks_at(f"http://127.0.0.1:{free_port()}/nowhere", "whsec_lost")
+    stripe = stripe_client(emulator.base)
+    card = stripe.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
+    with api.client(new_key("ops", admin=True)) as admin:
+        admin.put("/v1/actions/copilot.answer", json={"price": "0.05", "currency": "USD"})
+    agent = new_key("team_9")
+    with api.client(agent) as http:
+        bought = http.post(
+            "/v1/payments",
+            json={
+                "amount": 1500,
+                "currency": "usd",
+                "purpose": "credits",
+                "payment_method": card.id,
+            },
+            headers={"Idempotency-Key": "top-up"},
+        )
+        assert bought.status_code == 201, bought.text
+    stripe_id = bought.json()["stripe_id"]
+    stripe.v1.payment_intents.confirm(stripe_id)
+    stripe.v1.refunds.create({"payment_intent": stripe_id, "amount": 500})
+    customer = stripe.v1.customers.create(
+        {"payment_method": card.id, "invoice_settings": {"default_payment_method": card.id}}
+    )
+    plan = stripe.v1.plans.create(
+        {"amount": 2000, "currency": "usd", "interval": "month", "product": {"name": "Pro"}}
+    )
+    sub = stripe.v1.subscriptions.create(
+        {
+            "customer": customer.id,
+            "items": [{"plan": plan.id}],
+            "metadata": {"tollgate_account": "team_9"},
+        }
+    )
+    assert sub.status == "active"
+    with api.client(agent) as http:
+        refused = http.post("/v1/authorize", json={"action": "copilot.answer"})
+        assert refused.status_code == 402, "no webhook arrived: no subscription yet"
+
+    env = os.environ | {
+        "DATABASE_URL": db_dsn,
+        "STRIPE_API_KEY": "sk_test_tollgate",
+        "STRIPE_API_BASE": emulator.base,
+    }
+    first = tollgate("reconcile", "stripe", "--since", TODAY, env=env)
+    assert first.returncode == 0, first.stderr
+    assert sub.id in first.stderr, "progress names the subscription it repaired"
+    found = db.execute(
+        "SELECT status::text, current_period_end > now() FROM tollgate.subscriptions"
+        " WHERE stripe_id = %s",
+        (sub.id,),
+    ).fetchone()
+    assert found == ("active", True)
+    with api.client(agent) as http:
+        allowed = http.post("/v1/authorize", json={"action": "copilot.answer"})
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.json()["via"] == "subscription"
+        balances = http.get("/v1/accounts/team_9/balances").json()["balances"]
+        assert [(b["name"], b["balance_minor"]) for b in balances] == [("main", 1000)], (
+            "15.00 bought, 5.00 of it refunded and taken back"
+        )
+
+    before = row_counts(db)
+    again = tollgate("reconcile", "stripe", "--since", TODAY, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "applied" not in again.stdout, again.stdout
+    assert row_counts(db) == before, "a second run changes nothing"

@@ -1,4 +1,4 @@
-"""POST /v1/payments and GET /v1/payments/{ref}."""
+"""POST /v1/payments, GET /v1/payments/{ref} and POST /v1/payments/{ref}/refunds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Request, Response
 
 from api import body, operations
 from api.deps import ApiKey, Pool, SettingsDep, Stripe
-from api.models import ErrorBody, Payment, PaymentCreate, PaymentCreated
+from api.models import ErrorBody, Payment, PaymentCreate, PaymentCreated, Refund, RefundCreate
 from db.errors import DomainError
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"])
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 422, 502, 503)
 }
+PaymentRef = Annotated[str, Path(max_length=255, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 @router.post(
@@ -69,3 +70,47 @@ async def get_payment(
 ) -> Payment:
     """A payment by Tollgate id or Stripe id (pi_...); 404 unless the key may see it."""
     return await operations.get_payment(pool, api_key=api_key, ref=ref)
+
+
+@router.post(
+    "/{ref}/refunds",
+    status_code=201,
+    response_model=Refund,
+    responses=ERRORS | {403: {"model": ErrorBody}},
+    openapi_extra=body.openapi_body(RefundCreate, required=False),
+)
+async def create_refund(
+    ref: PaymentRef,
+    request: Request,
+    api_key: ApiKey,
+    pool: Pool,
+    stripe: Stripe,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Refund:
+    """Admin keys: refund (part of) a succeeded payment at Stripe, once per Idempotency-Key.
+
+    `amount` (a decimal, "2.50") or `amount_minor` (250), or neither for all that is not
+    refunded yet. Refused before Stripe is called: more than is left (422
+    refund_exceeds_payment), a payment not succeeded or refunded in full (409
+    payment_not_refundable), a disputed one (409 payment_disputed). The credits or the paid run
+    it bought are taken back when Stripe's events report the refund.
+    """
+    ask = await body.parse(request, RefundCreate, empty_ok=True)
+    if idempotency_key is None:
+        raise DomainError(
+            "invalid", "idempotency_key_required", "send an Idempotency-Key header with each POST"
+        )
+    refunded = await operations.create_refund(
+        pool,
+        stripe,
+        api_key=api_key,
+        payment=ref,
+        ask=ask,
+        idempotency_key=idempotency_key,
+        wait=settings.stripe_timeout + 2,
+    )
+    if refunded.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return refunded.refund

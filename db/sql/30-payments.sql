@@ -111,6 +111,7 @@ BEGIN
     NEW.updated_at := now();
     NEW.last_event_id := NULL;
     NEW.last_event_at := NULL;
+    NEW.amount_refunded := 0;
     RETURN NEW;
 END
 $$;
@@ -179,6 +180,14 @@ BEGIN
         ORDER BY e.stripe_created, s.progress, e.received_at, e.id
     LOOP
         PERFORM tollgate.apply_payment_event(ev.id);
+    END LOOP;
+    -- Then its partial refunds and disputes (tollgate.apply_charge_event, 65-refunds.sql).
+    FOR ev IN
+        SELECT e.id FROM tollgate.payment_events e
+        WHERE e.stripe_object_id = NEW.stripe_id AND e.state = 'pending' AND e.target_status IS NULL
+        ORDER BY e.stripe_created, e.received_at, e.id
+    LOOP
+        PERFORM tollgate.apply_charge_event(ev.id);
     END LOOP;
     RETURN NULL;
 END

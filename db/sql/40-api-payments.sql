@@ -254,7 +254,8 @@ $$;
 -- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;
 -- nothing happens), ignored (a type Tollgate does not act on), pending (its payment intent is
 -- not known yet), applied, stale, rejected (see tollgate.apply_payment_event and, for
--- customer.subscription.* events, tollgate.apply_subscription_event).
+-- customer.subscription.* events, tollgate.apply_subscription_event; for partial refunds,
+-- refund.* and charge.dispute.* events, tollgate.apply_charge_event).
 CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
 RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -270,6 +271,7 @@ DECLARE
     stored     tollgate.payment_events;
     state      tollgate.event_state;
     is_sub     boolean := false;
+    is_charge  boolean := false;  -- a partial refund, a refund, a dispute: apply_charge_event
 BEGIN
     IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'
        OR jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
@@ -295,8 +297,14 @@ BEGIN
         IF obj -> 'refunded' = 'true'::jsonb THEN
             target := 'refunded';
         ELSE
-            why := 'partial refund: the payment stays succeeded';
+            is_charge := true;
         END IF;
+    ELSIF ev_type IN ('refund.created', 'refund.updated', 'refund.failed', 'charge.refund.updated',
+                      'charge.dispute.created', 'charge.dispute.updated', 'charge.dispute.closed')
+          AND obj ->> 'object' IN ('refund', 'dispute')
+          AND jsonb_typeof(obj -> 'payment_intent') = 'string' THEN
+        object_id := obj ->> 'payment_intent';
+        is_charge := true;
     ELSIF ev_type LIKE 'customer.subscription.%' AND obj ->> 'object' = 'subscription'
           AND jsonb_typeof(obj -> 'id') = 'string' AND obj ->> 'id' ~ '^sub_[A-Za-z0-9_]{1,250}$' THEN
         object_id := obj ->> 'id';
@@ -306,6 +314,12 @@ BEGIN
     END IF;
     IF is_sub AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
         is_sub := false;
+        why := 'created in the future: not applied';
+    ELSIF is_charge AND object_id !~ '^pi_[A-Za-z0-9_]{1,250}$' THEN
+        is_charge := false;
+        why := format('%L is not a PaymentIntent id', left(object_id, 300));
+    ELSIF is_charge AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
+        is_charge := false;
         why := 'created in the future: not applied';
     ELSIF target IS NOT NULL AND object_id IS NULL THEN
         target := NULL;
@@ -327,8 +341,8 @@ BEGIN
         (id, type, stripe_object_id, target_status, stripe_created, payload, state, note, processed_at)
     VALUES (ev_id, ev_type, object_id, target,
             to_timestamp((p_event ->> 'created')::double precision), p_event,
-            CASE WHEN target IS NULL AND NOT is_sub THEN 'ignored' ELSE 'pending' END::tollgate.event_state,
-            why, CASE WHEN target IS NULL AND NOT is_sub THEN now() END)
+            CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN 'ignored' ELSE 'pending' END::tollgate.event_state,
+            why, CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN now() END)
     ON CONFLICT ON CONSTRAINT payment_events_pkey DO NOTHING;
 
     IF NOT FOUND THEN
@@ -340,6 +354,7 @@ BEGIN
     END IF;
 
     state := CASE WHEN is_sub THEN tollgate.apply_subscription_event(ev_id)
+                  WHEN is_charge THEN tollgate.apply_charge_event(ev_id)
                   WHEN target IS NULL THEN 'ignored'::tollgate.event_state
                   ELSE tollgate.apply_payment_event(ev_id) END;
     SELECT * INTO STRICT stored FROM tollgate.payment_events WHERE id = ev_id;

@@ -59,6 +59,16 @@ BEGIN
             ARRAY[tollgate.ledger_account(NEW.account_id, 'main', NEW.currency),
                   tollgate.clearing_account(NEW.currency)],
             ARRAY[NEW.amount::bigint, -NEW.amount::bigint]);
+    ELSIF NEW.status = 'reversed' AND NEW.payment_intent_id IS NOT NULL THEN
+        -- A payment's transaction is reversed by taking its credits back (tollgate.take_back,
+        -- db/sql/65-refunds.sql): from the wallet, and as debt what was spent. Its reversal is
+        -- the posting that completed that.
+        NEW.reversal_posting_id := tollgate.takeback_reversal(NEW);
+        IF NEW.reversal_posting_id IS NULL THEN
+            RAISE EXCEPTION 'transaction %: a payment''s transaction is reversed when its payment''s refunds took all of it back', OLD.id
+                USING ERRCODE = 'TG010', CONSTRAINT = 'transaction_follows_payment',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+        END IF;
     ELSIF NEW.status = 'reversed' THEN
         NEW.reversal_posting_id := tollgate.reverse_posting(OLD.settlement_posting_id, NEW.account_id);
         PERFORM tollgate.check_holds_covered(tollgate.ledger_account(NEW.account_id, 'main', NEW.currency));
@@ -115,17 +125,14 @@ CREATE OR REPLACE TRIGGER transactions_no_truncate
 -- Following a Stripe payment
 -- ---------------------------------------------------------------------------------------------
 
--- succeeded settles the payment's pending transaction, canceled fails it, refunded reverses it
--- if settled (fails it if still pending). A refund the ledger cannot take (the wallet may not
--- go negative, or the settlement was already reversed) leaves the transaction as it is and
--- says so in the audit trail and the outbox, rather than failing the webhook: Stripe would
--- retry it forever.
+-- succeeded settles the payment's pending transaction, canceled fails it, refunded fails it if
+-- still pending. A settled one is taken back by payment_intents_75_take_back (65-refunds.sql):
+-- from the wallet, and what was already spent as a recorded debt; taken back in full, it is
+-- reversed. The webhook never fails for a wallet that cannot pay.
 CREATE OR REPLACE FUNCTION tollgate.transactions_follow_payment() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    t record;
 BEGIN
     IF NEW.status = OLD.status THEN
         RETURN NULL;
@@ -137,19 +144,6 @@ BEGIN
     ELSIF NEW.status IN ('canceled', 'refunded') THEN
         UPDATE tollgate.transactions SET status = 'failed'
         WHERE payment_intent_id = NEW.id AND status = 'pending';
-    END IF;
-    IF NEW.status = 'refunded' THEN
-        FOR t IN SELECT id, account_id FROM tollgate.transactions
-                 WHERE payment_intent_id = NEW.id AND status = 'settled' LOOP
-            BEGIN
-                UPDATE tollgate.transactions SET status = 'reversed' WHERE id = t.id;
-            EXCEPTION WHEN check_violation OR unique_violation THEN
-                PERFORM tollgate.audit(t.account_id, 'transaction', t.id::text, 'reversal_refused',
-                                       'settled', 'settled');
-                PERFORM tollgate.emit(t.account_id, 'transaction.reversal_refused',
-                                      jsonb_build_object('transaction_id', t.id, 'payment_id', NEW.id));
-            END;
-        END LOOP;
     END IF;
     RETURN NULL;
 END

@@ -35,7 +35,8 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- A payment for an action that succeeds entitles one run of it, if it paid at least the
--- action's price in its currency (an unpriced action takes any payment); a refund takes it back.
+-- action's price in its currency (an unpriced action takes any payment); a full refund takes it
+-- back (a partial one or a lost dispute: tollgate.take_back, 65-refunds.sql).
 CREATE OR REPLACE FUNCTION tollgate.payment_entitlement_follow() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -121,8 +122,15 @@ BEGIN
     FROM pg_enum s WHERE s.enumtypid = 'tollgate.subscription_status'::regtype
       AND s.enumlabel = CASE WHEN ev.type = 'customer.subscription.deleted' THEN 'canceled' ELSE obj ->> 'status' END;
     v_plan := coalesce(obj #>> '{plan,id}', obj #>> '{items,data,0,price,id}', obj #>> '{items,data,0,plan,id}');
-    v_ends := CASE WHEN jsonb_typeof(obj -> 'current_period_end') = 'number'
-                 THEN to_timestamp((obj ->> 'current_period_end')::double precision) END;
+    -- Newer Stripe API versions put the period on each item: the latest item's end then. None
+    -- at all: the subscription entitles nothing (authorize needs a period end in the future).
+    v_ends := to_timestamp(coalesce(
+        CASE WHEN jsonb_typeof(obj -> 'current_period_end') = 'number'
+             THEN (obj ->> 'current_period_end')::double precision END,
+        (SELECT max((i ->> 'current_period_end')::double precision)
+         FROM jsonb_array_elements(CASE WHEN jsonb_typeof(obj #> '{items,data}') = 'array'
+                                        THEN obj #> '{items,data}' ELSE '[]'::jsonb END) AS i
+         WHERE jsonb_typeof(i -> 'current_period_end') = 'number')));
 
     SELECT * INTO sub FROM tollgate.subscriptions WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
     IF FOUND THEN
@@ -555,10 +563,10 @@ BEGIN
         cost := act.price;
     END IF;
 
-    -- 1. A current subscription covers every action.
+    -- 1. A current subscription covers every action (one without a period end does not).
     IF EXISTS (SELECT FROM tollgate.subscriptions s
                WHERE s.account_id = acct.id AND s.status IN ('active', 'trialing')
-                 AND (s.current_period_end IS NULL OR s.current_period_end > now())) THEN
+                 AND s.current_period_end > now()) THEN
         RETURN QUERY SELECT true, 'subscription', NULL::text, NULL::text, acct.external_id, p_action,
                             NULL::uuid, NULL::integer, NULL::text, cur,
                             tollgate.format_minor(cost, cur), cost, NULL::timestamptz;
@@ -572,6 +580,7 @@ BEGIN
         SELECT x.payment_intent_id FROM tollgate.payment_entitlements x
         WHERE x.account_id = acct.id AND x.action = p_action AND x.uses_left > 0
           AND NOT tollgate.payment_under_review(x.payment_intent_id)
+          AND NOT tollgate.payment_disputed(x.payment_intent_id)
         ORDER BY x.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING * INTO used;
     IF FOUND THEN

@@ -69,7 +69,9 @@ GRANT EXECUTE ON FUNCTION
     api.list_reviews_v1(text, text),
     api.decide_review_v1(text, uuid, text, text),
     api.set_risk_rule_v1(text, text, text, numeric, integer, integer, numeric),
-    api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[])
+    api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[]),
+    api.begin_refund_v1(text, text, text, numeric, bigint),
+    api.finish_refund_v1(text, uuid, text, text)
 TO tollgate_app;
 -- Stripe events reach the database from the service only with their signature, which
 -- ingest_stripe_webhook_v1 verifies; the unverified entry point is for owner-side callers
@@ -103,3 +105,6 @@ REVOKE DELETE, TRUNCATE
        tollgate.ledger_accounts, tollgate.ledger_postings, tollgate.holds,
        tollgate.payment_entitlements, tollgate.subscriptions, tollgate.audit_heads
     FROM tollgate_owner;
+-- Refunds, disputes and what they took back (db/sql/65-refunds.sql).
+REVOKE UPDATE, DELETE, TRUNCATE ON tollgate.payment_takebacks FROM tollgate_owner;
+REVOKE DELETE, TRUNCATE ON tollgate.refunds, tollgate.disputes FROM tollgate_owner;

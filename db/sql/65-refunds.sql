@@ -1,0 +1,845 @@
+-- Refunds, disputes and debts: taking back what a payment granted.
+--
+-- What Stripe takes back from a payment ("clawed"): what it refunded (payment_intents.
+-- amount_refunded, from charge.refunded's amount_refunded, or the whole amount once refunded in
+-- full) plus the disputes it lost, at most the payment's amount. What a payment granted:
+--   - credits (purpose "credits"): its linked transaction's amount, once settled. A refund takes
+--     back as many credits as were refunded (a credits payment's transaction is its amount).
+--     They come from the disputed (frozen) credits of the payment first, then from what the
+--     wallet holds beyond its active holds (credits held for authorized work are not taken),
+--     and the rest, already spent, is recorded as debt: a posting to the account's "debt"
+--     ledger account, whose balance (never above zero) is what the account owes. A balance
+--     never goes negative otherwise. Money that settles for the account later pays the debt
+--     first (posting kind debt_repayment).
+--   - a paid run (any other purpose): taken back (uses_left 0) once what is left paid no longer
+--     covers the action's price. A run already used is not turned into debt: Tollgate's ledger
+--     never held that money, and the run was delivered.
+-- An open dispute freezes what the payment granted: its credits still in the wallet move to the
+-- account's "disputed" ledger account (kind dispute), its paid run cannot be used. Won: released.
+-- Lost: taken back like a refund of the disputed amount.
+--
+--   BEFORE INSERT  payment_intents_05_lock             amount_refunded starts at 0 (30-payments.sql)
+--   BEFORE UPDATE  payment_intents_30_refunded         amount_refunded only grows; refunded = all of it
+--   AFTER UPDATE   payment_intents_75_take_back        take back what the refunds reached
+--   AFTER UPDATE   transactions_60_after_settlement    a late settlement: take back, pay the debt
+--   BEFORE UPDATE  ledger_accounts_30_debt_not_positive a debt account never holds money
+--   BEFORE UPDATE  payment_entitlements_26_dispute_gate a disputed payment's run is not used
+
+SET LOCAL ROLE tollgate_owner;
+
+-- ---------------------------------------------------------------------------------------------
+-- What was granted, what Stripe took back
+-- ---------------------------------------------------------------------------------------------
+
+-- Is a dispute of the payment open? Its paid run cannot be used, its credits are frozen.
+CREATE OR REPLACE FUNCTION tollgate.payment_disputed(p_payment_intent_id uuid) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM tollgate.disputes d
+                   WHERE d.payment_intent_id = p_payment_intent_id AND d.status = 'open')
+$$;
+
+-- What Stripe has taken back from the payment: refunds and lost disputes, at most its amount.
+CREATE OR REPLACE FUNCTION tollgate.payment_clawed(p_payment tollgate.payment_intents) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT least(p_payment.amount::bigint,
+                 CASE WHEN p_payment.status = 'refunded' THEN p_payment.amount::bigint
+                      ELSE p_payment.amount_refunded END
+                 + coalesce((SELECT sum(d.amount) FROM tollgate.disputes d
+                             WHERE d.payment_intent_id = p_payment.id AND d.status = 'lost'), 0)::bigint)
+$$;
+
+-- What a refund or a freeze may take from a wallet: its balance beyond its active holds, and
+-- never below zero (the caller holds the wallet's lock and has expired its old holds).
+CREATE OR REPLACE FUNCTION tollgate.spare_credits(p_wallet uuid) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT greatest(la.balance - coalesce((SELECT sum(h.amount) FROM tollgate.holds h
+                                           WHERE h.ledger_account_id = la.id AND h.status = 'active'
+                                             AND h.expires_at > now()), 0), 0)::bigint
+    FROM tollgate.ledger_accounts la WHERE la.id = p_wallet
+$$;
+
+-- The account's wallet in the currency, locked (every credit path locks the wallet first).
+CREATE OR REPLACE FUNCTION tollgate.locked_wallet(p_account_id uuid, p_currency text) RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wallet uuid := tollgate.ledger_account(p_account_id, 'main', p_currency);
+BEGIN
+    PERFORM FROM tollgate.ledger_accounts WHERE id = wallet FOR UPDATE;
+    PERFORM tollgate.expire_holds(wallet);
+    RETURN wallet;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Taking back
+-- ---------------------------------------------------------------------------------------------
+
+-- Bring what was taken back from a payment up to what Stripe took back (idempotent: a second
+-- call finds nothing left to do). p_reason names what moved it: refund or dispute_lost.
+CREATE OR REPLACE FUNCTION tollgate.take_back(p_payment_intent_id uuid, p_reason text)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pay      tollgate.payment_intents;
+    txn      tollgate.transactions;
+    clawed   bigint;
+    done     bigint;
+    step     bigint;
+    wallet   uuid;
+    d        record;
+    part     bigint;
+    frozen   bigint := 0;
+    spare    bigint;
+    debt     bigint;
+    accts    uuid[];
+    amounts  bigint[];
+    posting  uuid;
+BEGIN
+    SELECT * INTO STRICT pay FROM tollgate.payment_intents WHERE id = p_payment_intent_id;
+    clawed := tollgate.payment_clawed(pay);
+    IF clawed = 0 THEN
+        RETURN 0;
+    END IF;
+
+    -- A paid run stays only while what is left paid still covers the action's price.
+    IF pay.purpose IS NOT NULL AND pay.purpose <> 'credits' THEN
+        UPDATE tollgate.payment_entitlements e SET uses_left = 0
+        WHERE e.payment_intent_id = pay.id AND e.uses_left > 0
+          AND (pay.amount - clawed = 0
+               OR EXISTS (SELECT FROM tollgate.actions a
+                          WHERE a.name = pay.purpose AND a.price > pay.amount - clawed));
+        RETURN 0;
+    END IF;
+
+    -- Credits: only what settled was granted (a reversed transaction was taken back whole).
+    SELECT * INTO txn FROM tollgate.transactions t WHERE t.payment_intent_id = pay.id FOR UPDATE;
+    IF NOT FOUND OR txn.status <> 'settled' THEN
+        RETURN 0;
+    END IF;
+    SELECT coalesce(sum(tb.amount), 0) INTO done FROM tollgate.payment_takebacks tb
+    WHERE tb.payment_intent_id = pay.id;
+    step := least(txn.amount::bigint, clawed) - done;
+    IF step <= 0 THEN
+        RETURN 0;
+    END IF;
+
+    wallet := tollgate.locked_wallet(pay.account_id, pay.currency);
+    -- 1. What a dispute of this payment froze.
+    FOR d IN SELECT x.id, x.frozen FROM tollgate.disputes x
+             WHERE x.payment_intent_id = pay.id AND x.frozen > 0 ORDER BY x.created_at, x.id FOR UPDATE LOOP
+        part := least(step - frozen, d.frozen);
+        EXIT WHEN part = 0;
+        UPDATE tollgate.disputes SET frozen = disputes.frozen - part WHERE id = d.id;
+        frozen := frozen + part;
+    END LOOP;
+    -- 2. What the wallet can spare; 3. the rest was spent: a debt.
+    spare := least(step - frozen, tollgate.spare_credits(wallet));
+    debt := step - frozen - spare;
+
+    accts := ARRAY[tollgate.clearing_account(pay.currency)];
+    amounts := ARRAY[step];
+    IF frozen > 0 THEN
+        accts := accts || tollgate.ledger_account(pay.account_id, 'disputed', pay.currency);
+        amounts := amounts || -frozen;
+    END IF;
+    IF spare > 0 THEN
+        accts := accts || wallet;
+        amounts := amounts || -spare;
+    END IF;
+    IF debt > 0 THEN
+        accts := accts || tollgate.ledger_account(pay.account_id, 'debt', pay.currency, true);
+        amounts := amounts || -debt;
+    END IF;
+    posting := tollgate.post(pay.account_id, 'refund', accts, amounts);
+    INSERT INTO tollgate.payment_takebacks
+        (account_id, payment_intent_id, currency, reason, amount, from_disputed, from_wallet, as_debt, posting_id)
+    VALUES (pay.account_id, pay.id, pay.currency, p_reason, step, frozen, spare, debt, posting);
+    PERFORM tollgate.audit(pay.account_id, 'payment_intent', pay.id::text, 'credits_taken_back', NULL,
+                           tollgate.format_minor(step, pay.currency),
+                           format('%s: %s from disputed credits, %s from the wallet, %s as debt', p_reason,
+                                  tollgate.format_minor(frozen, pay.currency),
+                                  tollgate.format_minor(spare, pay.currency),
+                                  tollgate.format_minor(debt, pay.currency)));
+    PERFORM tollgate.emit(pay.account_id, 'credits.taken_back',
+        jsonb_build_object('payment_id', pay.id, 'stripe_id', pay.stripe_id, 'reason', p_reason,
+                           'currency', pay.currency, 'amount', step, 'from_disputed', frozen,
+                           'from_wallet', spare, 'as_debt', debt, 'posting_id', posting));
+    IF debt > 0 THEN
+        PERFORM tollgate.emit(pay.account_id, 'debt.recorded',
+            jsonb_build_object('payment_id', pay.id, 'currency', pay.currency, 'amount', debt,
+                               'owed', -(SELECT la.balance FROM tollgate.ledger_accounts la
+                                         WHERE la.account_id = pay.account_id AND la.name = 'debt'
+                                           AND la.currency = pay.currency)));
+    END IF;
+    -- All of it taken back: the transaction is reversed (by these postings).
+    IF done + step = txn.amount THEN
+        UPDATE tollgate.transactions SET status = 'reversed' WHERE id = txn.id;
+    END IF;
+    RETURN step;
+END
+$$;
+
+-- The posting that completed taking back a payment's transaction in full: a payment's
+-- transaction is reversed by its takebacks, not by the mirror image of its settlement. NULL
+-- when not all of it was taken back.
+CREATE OR REPLACE FUNCTION tollgate.takeback_reversal(p_transaction tollgate.transactions) RETURNS uuid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (array_agg(tb.posting_id ORDER BY tb.id DESC))[1]
+    FROM tollgate.payment_takebacks tb
+    WHERE tb.payment_intent_id = p_transaction.payment_intent_id
+    HAVING sum(tb.amount) = p_transaction.amount
+$$;
+
+-- Money settled for an account pays its debt in the currency first.
+CREATE OR REPLACE FUNCTION tollgate.repay_debt(p_account_id uuid, p_currency text, p_available bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    debt_acct tollgate.ledger_accounts;
+    wallet    uuid;
+    paid      bigint;
+BEGIN
+    SELECT * INTO debt_acct FROM tollgate.ledger_accounts la
+    WHERE la.account_id = p_account_id AND la.name = 'debt' AND la.currency = p_currency;
+    IF NOT FOUND OR debt_acct.balance >= 0 THEN
+        RETURN 0;
+    END IF;
+    wallet := tollgate.locked_wallet(p_account_id, p_currency);
+    paid := least(-debt_acct.balance, p_available, tollgate.spare_credits(wallet));
+    IF paid <= 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM tollgate.post(p_account_id, 'debt_repayment', ARRAY[wallet, debt_acct.id], ARRAY[-paid, paid]);
+    PERFORM tollgate.emit(p_account_id, 'debt.repaid',
+        jsonb_build_object('currency', p_currency, 'amount', paid, 'owed', -debt_acct.balance - paid));
+    RETURN paid;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Triggers
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tollgate.payment_refunded_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.status = 'refunded' THEN
+        NEW.amount_refunded := NEW.amount;
+    END IF;
+    IF NEW.amount_refunded < OLD.amount_refunded THEN
+        RAISE EXCEPTION 'payment %: what Stripe refunded only grows (% -> %)', OLD.id,
+                OLD.amount_refunded, NEW.amount_refunded
+            USING ERRCODE = 'TG011', CONSTRAINT = 'payment_intents_refunded_forward',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'amount_refunded';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER payment_intents_30_refunded
+    BEFORE UPDATE ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_refunded_guard();
+
+CREATE OR REPLACE FUNCTION tollgate.payment_take_back() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.status, NEW.amount_refunded) IS DISTINCT FROM (OLD.status, OLD.amount_refunded) THEN
+        PERFORM tollgate.take_back(NEW.id, 'refund');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- After payment_intents_70_transactions (which settles the transaction of a payment that just
+-- succeeded, or fails it when refunded before it settled) and before _80_entitlements.
+CREATE OR REPLACE TRIGGER payment_intents_75_take_back
+    AFTER UPDATE OF status, amount_refunded ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_take_back();
+
+-- A transaction that settles: if its payment was refunded in the meantime (a settlement a
+-- review held), take that back; then pay the account's debt from what arrived.
+CREATE OR REPLACE FUNCTION tollgate.transactions_after_settlement() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    taken bigint := 0;
+BEGIN
+    IF NEW.status <> 'settled' OR OLD.status = 'settled' THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.payment_intent_id IS NOT NULL THEN
+        taken := tollgate.take_back(NEW.payment_intent_id, 'refund');
+    END IF;
+    IF taken < NEW.amount THEN
+        PERFORM tollgate.repay_debt(NEW.account_id, NEW.currency, NEW.amount - taken);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER transactions_60_after_settlement
+    AFTER UPDATE OF status ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_after_settlement();
+
+-- A debt account holds what the account owes: never money of its own.
+CREATE OR REPLACE FUNCTION tollgate.debt_not_positive() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger account %: a debt is paid back to zero, never beyond', OLD.id
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_debt_not_positive',
+              SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'balance';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ledger_accounts_30_debt_not_positive
+    BEFORE UPDATE ON tollgate.ledger_accounts
+    FOR EACH ROW WHEN (NEW.name = 'debt' AND NEW.balance > 0)
+    EXECUTE FUNCTION tollgate.debt_not_positive();
+
+-- A disputed payment's paid run is frozen: not used until the dispute is won. (A use stamps
+-- used_at; taking the run back does not.)
+CREATE OR REPLACE FUNCTION tollgate.entitlements_dispute_gate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.used_at IS DISTINCT FROM OLD.used_at AND tollgate.payment_disputed(NEW.payment_intent_id) THEN
+        RAISE EXCEPTION 'payment % is disputed: its run is frozen until the dispute is won', NEW.payment_intent_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'payment_dispute_open',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER payment_entitlements_26_dispute_gate
+    BEFORE UPDATE ON tollgate.payment_entitlements
+    FOR EACH ROW EXECUTE FUNCTION tollgate.entitlements_dispute_gate();
+
+-- Refunds: the request never changes; Stripe's id and the response are set once.
+CREATE OR REPLACE FUNCTION tollgate.refunds_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.status := 'pending';
+        NEW.stripe_id := NULL;
+        NEW.response := NULL;
+        NEW.completed_at := NULL;
+        NEW.last_event_at := NULL;
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        PERFORM tollgate.audit(NEW.account_id, 'refund', NEW.id::text, 'created', NULL,
+                               tollgate.format_minor(NEW.amount, NEW.currency),
+                               format('payment %s', NEW.payment_intent_id));
+        RETURN NEW;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM tollgate.audit(NEW.account_id, 'refund', NEW.id::text, 'status_changed',
+                               OLD.status::text, NEW.status::text);
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER refunds_05_changed
+    BEFORE INSERT OR UPDATE ON tollgate.refunds
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refunds_changed();
+CREATE OR REPLACE TRIGGER refunds_10_keep_columns
+    BEFORE UPDATE ON tollgate.refunds
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'account_id', 'payment_intent_id', 'amount', 'currency', 'idempotency_key',
+        'request_hash', 'requested_by', 'created_at', 'stripe_id?', 'response?', 'completed_at?');
+CREATE OR REPLACE TRIGGER refunds_no_delete
+    BEFORE DELETE ON tollgate.refunds
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER refunds_no_truncate
+    BEFORE TRUNCATE ON tollgate.refunds
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE FUNCTION tollgate.disputes_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        PERFORM tollgate.audit(NEW.account_id, 'dispute', NEW.stripe_id, 'created', NULL, NEW.status::text,
+                               format('payment %s, %s %s', NEW.payment_intent_id,
+                                      tollgate.format_minor(NEW.amount, NEW.currency), NEW.currency));
+        RETURN NEW;
+    END IF;
+    IF (NEW.id, NEW.account_id, NEW.payment_intent_id, NEW.stripe_id, NEW.amount, NEW.currency, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.payment_intent_id, OLD.stripe_id, OLD.amount, OLD.currency, OLD.created_at) THEN
+        RAISE EXCEPTION 'dispute %: only its status and what it froze change', OLD.stripe_id
+            USING ERRCODE = 'TG011', CONSTRAINT = 'disputes_identity_immutable';
+    END IF;
+    IF OLD.status <> 'open' AND NEW.status <> OLD.status THEN
+        RAISE EXCEPTION 'dispute % is % already', OLD.stripe_id, OLD.status
+            USING ERRCODE = 'TG010', CONSTRAINT = 'dispute_transition_allowed';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM tollgate.audit(NEW.account_id, 'dispute', NEW.stripe_id, 'status_changed',
+                               OLD.status::text, NEW.status::text);
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER disputes_05_changed
+    BEFORE INSERT OR UPDATE ON tollgate.disputes
+    FOR EACH ROW EXECUTE FUNCTION tollgate.disputes_changed();
+
+-- What a dispute does, whoever writes its row: open freezes, won releases, lost takes back
+-- (then releases what the lost amount did not need); each change is announced.
+CREATE OR REPLACE FUNCTION tollgate.disputes_follow() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    frozen bigint;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.status = OLD.status THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status = 'open' THEN
+        PERFORM tollgate.freeze_for_dispute(NEW.id);
+    ELSIF NEW.status = 'won' THEN
+        PERFORM tollgate.release_dispute(NEW.id);
+    ELSE
+        PERFORM tollgate.take_back(NEW.payment_intent_id, 'dispute_lost');
+        PERFORM tollgate.release_dispute(NEW.id);
+    END IF;
+    SELECT d.frozen INTO STRICT frozen FROM tollgate.disputes d WHERE d.id = NEW.id;
+    PERFORM tollgate.emit(NEW.account_id, 'payment.dispute_' || NEW.status::text,
+        jsonb_build_object('payment_id', NEW.payment_intent_id, 'dispute_id', NEW.stripe_id,
+                           'amount', NEW.amount, 'currency', NEW.currency, 'frozen', frozen));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER disputes_50_follow
+    AFTER INSERT OR UPDATE OF status ON tollgate.disputes
+    FOR EACH ROW EXECUTE FUNCTION tollgate.disputes_follow();
+CREATE OR REPLACE TRIGGER disputes_no_delete
+    BEFORE DELETE ON tollgate.disputes
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER disputes_no_truncate
+    BEFORE TRUNCATE ON tollgate.disputes
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER payment_takebacks_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.payment_takebacks
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE OR REPLACE TRIGGER payment_takebacks_no_truncate
+    BEFORE TRUNCATE ON tollgate.payment_takebacks
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Disputes: freeze, release
+-- ---------------------------------------------------------------------------------------------
+
+-- Freeze what the payment granted and is still in the wallet (beyond active holds): the
+-- credits move to the account's "disputed" ledger account, where nothing can spend them.
+CREATE OR REPLACE FUNCTION tollgate.freeze_for_dispute(p_dispute_id uuid) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d       tollgate.disputes;
+    granted bigint;
+    held    bigint;
+    wallet  uuid;
+    part    bigint;
+BEGIN
+    SELECT * INTO STRICT d FROM tollgate.disputes WHERE id = p_dispute_id FOR UPDATE;
+    SELECT t.amount INTO granted FROM tollgate.transactions t
+    WHERE t.payment_intent_id = d.payment_intent_id AND t.status = 'settled';
+    IF granted IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Less what was taken back already, and what other disputes of it froze.
+    granted := granted
+        - coalesce((SELECT sum(tb.amount) FROM tollgate.payment_takebacks tb
+                    WHERE tb.payment_intent_id = d.payment_intent_id), 0)
+        - coalesce((SELECT sum(x.frozen) FROM tollgate.disputes x
+                    WHERE x.payment_intent_id = d.payment_intent_id AND x.id <> d.id), 0);
+    wallet := tollgate.locked_wallet(d.account_id, d.currency);
+    part := least(granted, d.amount, tollgate.spare_credits(wallet));
+    IF part <= 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM tollgate.post(d.account_id, 'dispute',
+                          ARRAY[wallet, tollgate.ledger_account(d.account_id, 'disputed', d.currency)],
+                          ARRAY[-part, part]);
+    UPDATE tollgate.disputes SET frozen = disputes.frozen + part WHERE id = d.id;
+    RETURN part;
+END
+$$;
+
+-- Give back what a dispute froze (won, or what a lost one did not take).
+CREATE OR REPLACE FUNCTION tollgate.release_dispute(p_dispute_id uuid) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d      tollgate.disputes;
+    wallet uuid;
+BEGIN
+    SELECT * INTO STRICT d FROM tollgate.disputes WHERE id = p_dispute_id FOR UPDATE;
+    IF d.frozen = 0 THEN
+        RETURN 0;
+    END IF;
+    wallet := tollgate.locked_wallet(d.account_id, d.currency);
+    PERFORM tollgate.post(d.account_id, 'dispute',
+                          ARRAY[tollgate.ledger_account(d.account_id, 'disputed', d.currency), wallet],
+                          ARRAY[-d.frozen, d.frozen]);
+    UPDATE tollgate.disputes SET frozen = 0 WHERE id = d.id;
+    RETURN d.frozen;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Stripe events about a payment's charge: partial refunds, refunds, disputes
+-- ---------------------------------------------------------------------------------------------
+
+-- Apply a stored charge.refunded (partial), refund.* / charge.refund.updated or
+-- charge.dispute.* event to its payment. Returns the event's state (as apply_payment_event):
+-- pending while the payment is unknown; applied; stale (nothing new: an amount already
+-- counted, an older dispute event); rejected (its money is not the payment's, a final dispute
+-- asked to change); ignored (a refund Tollgate did not ask for: charge.refunded counts it).
+-- The caller holds tollgate.lock_stripe_object for the payment.
+CREATE OR REPLACE FUNCTION tollgate.apply_charge_event(p_event_id text)
+RETURNS tollgate.event_state
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev          tollgate.payment_events;
+    obj         jsonb;
+    pi          tollgate.payment_intents;
+    outcome     tollgate.event_state := 'applied';
+    why         text;
+    refunded    bigint;
+    amount      bigint;
+    r_status    tollgate.refund_status;
+    d_status    tollgate.dispute_status;
+    d           tollgate.disputes;
+    prev_actor  text := current_setting('tollgate.actor', true);
+BEGIN
+    SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id FOR UPDATE;
+    IF ev.state <> 'pending' THEN
+        RETURN ev.state;
+    END IF;
+    SELECT * INTO pi FROM tollgate.payment_intents WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'pending';
+    END IF;
+    PERFORM tollgate.set_actor('stripe:' || ev.id);
+    obj := ev.payload -> 'data' -> 'object';
+
+    IF jsonb_typeof(obj -> 'currency') = 'string' AND upper(obj ->> 'currency') <> pi.currency THEN
+        outcome := 'rejected';
+        why := format('Stripe says currency %s, the payment is in %s', upper(obj ->> 'currency'), pi.currency);
+
+    ELSIF obj ->> 'object' = 'charge' THEN
+        -- A partial refund: amount_refunded is what Stripe refunded so far, in its units.
+        why := tollgate.stripe_amount_mismatch(obj, pi);
+        IF jsonb_typeof(obj -> 'amount_refunded') = 'number' THEN
+            refunded := tollgate.from_stripe_amount((obj ->> 'amount_refunded')::numeric, pi.currency);
+        END IF;
+        IF why IS NULL AND (refunded IS NULL OR refunded > pi.amount) THEN
+            why := format('amount_refunded %s (Stripe''s units) is not a part of %s %s',
+                          coalesce(obj ->> 'amount_refunded', 'missing'),
+                          tollgate.format_minor(pi.amount, pi.currency), pi.currency);
+        END IF;
+        IF why IS NOT NULL THEN
+            outcome := 'rejected';
+        ELSIF pi.status = 'refunded' OR refunded <= pi.amount_refunded THEN
+            outcome := 'stale';
+            why := format('%s refunded already counted', tollgate.format_minor(pi.amount_refunded, pi.currency));
+        ELSIF pi.status <> 'succeeded' AND NOT EXISTS (
+            SELECT FROM tollgate.payment_transitions WHERE from_status = pi.status AND to_status = 'succeeded') THEN
+            outcome := 'rejected';
+            why := format('a %s payment cannot have been refunded', pi.status);
+        ELSE
+            IF pi.status <> 'succeeded' THEN
+                -- A refund implies the payment succeeded, as for a full refund.
+                UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = pi.id;
+                why := format('a refund implies the payment succeeded (was %s)', pi.status);
+            END IF;
+            UPDATE tollgate.payment_intents
+            SET amount_refunded = refunded,
+                status = CASE WHEN refunded = pi.amount THEN 'refunded' ELSE 'succeeded' END::tollgate.payment_status
+            WHERE id = pi.id;
+        END IF;
+
+    ELSIF obj ->> 'object' = 'refund' THEN
+        SELECT s.enumlabel::tollgate.refund_status INTO r_status FROM pg_enum s
+        WHERE s.enumtypid = 'tollgate.refund_status'::regtype AND s.enumlabel = obj ->> 'status';
+        UPDATE tollgate.refunds r
+        SET status = coalesce(r_status, r.status), last_event_at = ev.stripe_created
+        WHERE r.stripe_id = obj ->> 'id' AND r.payment_intent_id = pi.id
+          AND (r.last_event_at IS NULL OR r.last_event_at <= ev.stripe_created)
+          AND r.status NOT IN ('failed', 'canceled');
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT FROM tollgate.refunds r WHERE r.stripe_id = obj ->> 'id' AND r.payment_intent_id = pi.id) THEN
+                outcome := 'stale';
+                why := 'an older event of the refund, or the refund is final';
+            ELSE
+                outcome := 'ignored';
+                why := 'not a refund Tollgate asked for: charge.refunded counts its money';
+            END IF;
+        ELSIF r_status = 'succeeded' THEN
+            -- What Tollgate's own succeeded refunds add up to is refunded at least.
+            SELECT coalesce(sum(r.amount), 0) INTO refunded FROM tollgate.refunds r
+            WHERE r.payment_intent_id = pi.id AND r.status = 'succeeded';
+            IF pi.status = 'succeeded' AND refunded > pi.amount_refunded THEN
+                UPDATE tollgate.payment_intents
+                SET amount_refunded = least(refunded, pi.amount),
+                    status = CASE WHEN refunded >= pi.amount THEN 'refunded' ELSE 'succeeded' END::tollgate.payment_status
+                WHERE id = pi.id;
+            END IF;
+        END IF;
+
+    ELSE
+        -- A dispute: warning_closed and won give the money back; lost keeps it; any other
+        -- status means it is (or may be) withdrawn.
+        d_status := CASE obj ->> 'status' WHEN 'won' THEN 'won' WHEN 'warning_closed' THEN 'won'
+                                          WHEN 'lost' THEN 'lost' ELSE 'open' END;
+        IF jsonb_typeof(obj -> 'amount') = 'number' THEN
+            amount := tollgate.from_stripe_amount((obj ->> 'amount')::numeric, pi.currency);
+        END IF;
+        IF amount IS NULL OR amount <= 0 OR amount > pi.amount THEN
+            outcome := 'rejected';
+            why := format('disputed amount %s (Stripe''s units) is not a part of %s %s',
+                          coalesce(obj ->> 'amount', 'missing'), tollgate.format_minor(pi.amount, pi.currency), pi.currency);
+        ELSIF jsonb_typeof(obj -> 'id') IS DISTINCT FROM 'string' OR obj ->> 'id' !~ '^(dp|du)_[A-Za-z0-9_]{1,250}$' THEN
+            outcome := 'rejected';
+            why := 'the event names no dispute';
+        ELSIF pi.status NOT IN ('succeeded', 'refunded') THEN
+            outcome := 'rejected';
+            why := format('a %s payment cannot be disputed', pi.status);
+        ELSE
+            SELECT * INTO d FROM tollgate.disputes x WHERE x.stripe_id = obj ->> 'id' FOR UPDATE;
+            IF NOT FOUND THEN
+                INSERT INTO tollgate.disputes (account_id, payment_intent_id, stripe_id, amount, currency, status,
+                                               stripe_status, last_event_id, last_event_at)
+                VALUES (pi.account_id, pi.id, obj ->> 'id', amount, pi.currency, d_status,
+                        coalesce(obj ->> 'status', ''), ev.id, ev.stripe_created)
+                RETURNING * INTO d;
+            ELSIF d.payment_intent_id <> pi.id THEN
+                outcome := 'rejected';
+                why := format('dispute %s is about another payment', d.stripe_id);
+            ELSIF ev.stripe_created < d.last_event_at
+                  OR (ev.stripe_created = d.last_event_at AND d_status = 'open' AND d.status <> 'open') THEN
+                outcome := 'stale';
+                why := format('older than %s (%s), already applied', d.last_event_id, d.last_event_at);
+            ELSIF d.status <> 'open' AND d_status <> d.status THEN
+                outcome := 'rejected';
+                why := format('dispute %s is %s: final', d.stripe_id, d.status);
+            ELSE
+                UPDATE tollgate.disputes
+                SET status = d_status, stripe_status = coalesce(obj ->> 'status', disputes.stripe_status),
+                    last_event_id = ev.id, last_event_at = ev.stripe_created
+                WHERE id = d.id;
+            END IF;
+        END IF;
+    END IF;
+
+    UPDATE tollgate.payment_events
+    SET state = outcome, note = why, processed_at = now(),
+        account_id = pi.account_id, payment_intent_id = pi.id
+    WHERE id = ev.id;
+    PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
+    RETURN outcome;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- api: refunds (admin keys)
+-- ---------------------------------------------------------------------------------------------
+
+-- How a refund looks to API callers (also the body stored for idempotent replays).
+CREATE OR REPLACE VIEW tollgate.refund_v1 AS
+SELECT r.id,
+       r.payment_intent_id                          AS payment_id,
+       p.stripe_id                                  AS payment_stripe_id,
+       a.external_id                                AS account_id,
+       r.stripe_id,
+       tollgate.format_minor(r.amount, r.currency)  AS amount,
+       r.amount::bigint                             AS amount_minor,
+       r.currency,
+       r.status::text                               AS status,
+       r.created_at,
+       r.updated_at
+FROM tollgate.refunds r
+JOIN tollgate.payment_intents p ON p.id = r.payment_intent_id
+JOIN tollgate.accounts a ON a.id = r.account_id;
+
+-- Step 1 of POST /v1/payments/{ref}/refunds, in the transaction that also calls Stripe and runs
+-- step 2. Admin keys only. The amount is p_amount (a decimal in the payment's currency) or
+-- p_amount_minor, not both; neither: all that is not refunded yet. Claims the idempotency key
+-- for the payment's account:
+--   new request          -> replayed = false, and what the Stripe call needs (stripe_amount in
+--                           Stripe's units for the currency);
+--   same key, same body  -> replayed = true and the stored response;
+--   same key, other body -> TG020;
+--   same key (or another refund of the payment) in progress -> TG021 at once (the caller polls).
+-- Refused before Stripe is called: a payment that is not succeeded or was refunded in full
+-- (refund_refundable), one with an open dispute (refund_payment_disputed), more than is not
+-- yet refunded (refund_within_payment), an amount Stripe cannot write (stripe_amount_step).
+CREATE OR REPLACE FUNCTION api.begin_refund_v1(
+    p_api_key text, p_payment text, p_idempotency_key text, p_amount numeric, p_amount_minor bigint
+) RETURNS TABLE (replayed boolean, refund_id uuid, payment_stripe_id text, amount bigint, currency text,
+                 stripe_amount bigint, stripe_idempotency_key text, response jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k          tollgate.api_keys := tollgate.authenticate(p_api_key);
+    pay        tollgate.payment_intents;
+    minor      bigint;
+    unrefunded bigint;
+    req_hash   bytea;
+    claim      tollgate.refunds;
+    rid        uuid;
+BEGIN
+    IF NOT k.is_admin THEN
+        RAISE EXCEPTION 'only an admin key may refund a payment'
+            USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
+    END IF;
+    IF p_payment ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        SELECT * INTO pay FROM tollgate.payment_intents p WHERE p.id = p_payment::uuid;
+    ELSE
+        SELECT * INTO pay FROM tollgate.payment_intents p WHERE p.stripe_id = p_payment;
+    END IF;
+    IF pay.id IS NULL THEN
+        RAISE EXCEPTION 'payment % not found', p_payment
+            USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
+    END IF;
+    IF p_amount IS NOT NULL AND p_amount_minor IS NOT NULL THEN
+        RAISE EXCEPTION 'give amount (a decimal) or amount_minor (minor units), not both'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_one_form';
+    END IF;
+    minor := CASE WHEN p_amount IS NOT NULL THEN tollgate.to_minor(p_amount, pay.currency)
+                  WHEN p_amount_minor IS NOT NULL THEN p_amount_minor::tollgate.amount_minor END;
+    -- Held until this transaction ends, i.e. across the Stripe call.
+    IF NOT pg_try_advisory_xact_lock(
+        hashtextextended('tollgate:idempotency:' || pay.account_id || ':' || p_idempotency_key, 0)
+    ) THEN
+        RAISE EXCEPTION 'a request with idempotency key % is in progress', p_idempotency_key
+            USING ERRCODE = 'TG021', CONSTRAINT = 'idempotency_key_free';
+    END IF;
+    req_hash := sha256(convert_to(jsonb_build_object('payment_id', pay.id, 'amount_minor', minor)::text, 'UTF8'));
+    SELECT * INTO claim FROM tollgate.refunds r
+    WHERE r.account_id = pay.account_id AND r.idempotency_key = p_idempotency_key;
+    IF FOUND THEN
+        IF claim.request_hash <> req_hash THEN
+            RAISE EXCEPTION 'idempotency key % was used with a different request', p_idempotency_key
+                USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+        END IF;
+        RETURN QUERY SELECT true, claim.id, pay.stripe_id, claim.amount::bigint, claim.currency, NULL::bigint,
+                            'tollgate-refund-' || claim.id::text, claim.response;
+        RETURN;
+    END IF;
+    -- One refund of a payment at a time: what is left to refund is read after the last one.
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('tollgate:refund:' || pay.id, 0)) THEN
+        RAISE EXCEPTION 'another refund of payment % is in progress', pay.stripe_id
+            USING ERRCODE = 'TG021', CONSTRAINT = 'refund_free';
+    END IF;
+    SELECT * INTO STRICT pay FROM tollgate.payment_intents p WHERE p.id = pay.id;
+    IF pay.status <> 'succeeded' THEN
+        RAISE EXCEPTION 'payment % is %: only a succeeded payment can be refunded', pay.stripe_id, pay.status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_refundable';
+    END IF;
+    IF tollgate.payment_disputed(pay.id) THEN
+        RAISE EXCEPTION 'payment % is disputed: the dispute decides what goes back', pay.stripe_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_payment_disputed';
+    END IF;
+    -- Refunds asked for but not yet seen in an event count too.
+    unrefunded := pay.amount - greatest(pay.amount_refunded,
+        (SELECT coalesce(sum(r.amount), 0) FROM tollgate.refunds r
+         WHERE r.payment_intent_id = pay.id AND r.status IN ('pending', 'requires_action', 'succeeded')));
+    IF unrefunded <= 0 THEN
+        RAISE EXCEPTION 'payment % was refunded in full', pay.stripe_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_refundable';
+    END IF;
+    minor := coalesce(minor, unrefunded);
+    IF minor > unrefunded THEN
+        RAISE EXCEPTION 'refunding % % is more than the % % of payment % not yet refunded',
+                tollgate.format_minor(minor, pay.currency), pay.currency,
+                tollgate.format_minor(unrefunded, pay.currency), pay.currency, pay.stripe_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_within_payment';
+    END IF;
+    rid := encode(substring(sha256(convert_to('refund:' || pay.account_id::text || ':' || p_idempotency_key, 'UTF8'))
+                            FROM 1 FOR 16), 'hex')::uuid;
+    INSERT INTO tollgate.refunds (id, account_id, payment_intent_id, amount, currency, idempotency_key,
+                                  request_hash, requested_by)
+    VALUES (rid, pay.account_id, pay.id, minor, pay.currency, p_idempotency_key, req_hash, k.id);
+    RETURN QUERY SELECT false, rid, pay.stripe_id, minor, pay.currency,
+                        tollgate.to_stripe_amount(minor, pay.currency), 'tollgate-refund-' || rid::text,
+                        NULL::jsonb;
+END
+$$;
+
+-- Step 2: record the refund Stripe created (its id and status) and the response to replay.
+CREATE OR REPLACE FUNCTION api.finish_refund_v1(
+    p_api_key text, p_refund_id uuid, p_stripe_id text, p_status text
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k      tollgate.api_keys := tollgate.authenticate(p_api_key);
+    claim  tollgate.refunds;
+    body   jsonb;
+BEGIN
+    IF NOT k.is_admin THEN
+        RAISE EXCEPTION 'only an admin key may refund a payment'
+            USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
+    END IF;
+    SELECT * INTO claim FROM tollgate.refunds r WHERE r.id = p_refund_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'refund % not found', p_refund_id
+            USING ERRCODE = 'TG003', CONSTRAINT = 'refund_visible';
+    END IF;
+    IF claim.completed_at IS NOT NULL THEN
+        RETURN claim.response;
+    END IF;
+    UPDATE tollgate.refunds r
+    SET stripe_id = p_stripe_id,
+        status = coalesce((SELECT s.enumlabel::tollgate.refund_status FROM pg_enum s
+                           WHERE s.enumtypid = 'tollgate.refund_status'::regtype AND s.enumlabel = p_status),
+                          'pending')
+    WHERE r.id = claim.id;
+    SELECT to_jsonb(v) INTO STRICT body FROM tollgate.refund_v1 v WHERE v.id = claim.id;
+    UPDATE tollgate.refunds r SET response = body, completed_at = now() WHERE r.id = claim.id;
+    RETURN body;
+END
+$$;
