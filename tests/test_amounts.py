@@ -222,7 +222,7 @@ def test_both_forms_or_neither_are_refused_on_every_route_that_takes_money(
     [
         (b'"0.50"', 50),
         (b"0.50", 50),
-        (b"0.1", 10),
+        (b"0.7", 70),  # read exactly: 0.7 is no float-exact number
         (b"1e2", 10000),
         (b'"1250.5"', 125050),
     ],
@@ -467,7 +467,7 @@ def test_mcp_takes_and_gives_both_forms(
             ("capture_hold", {"hold_id": holds[2], "amount_minor": 30}),
             ("release_hold", {"hold_id": holds[3]}),
             ("create_payment", {"amount": "0.50", "currency": "usd", "idempotency_key": "m1"}),
-            ("create_payment", {"amount": 0.1, "currency": "usd", "idempotency_key": "m2"}),
+            ("create_payment", {"amount": 0.6, "currency": "usd", "idempotency_key": "m2"}),
             ("create_payment", {"amount_minor": 70, "currency": "usd", "idempotency_key": "m3"}),
             ("get_balance", {}),
         ],
@@ -481,7 +481,7 @@ def test_mcp_takes_and_gives_both_forms(
     ] * 3
     assert [(p["amount"], p["amount_minor"]) for p in out[4:7]] == [
         ("0.50", 50),
-        ("0.10", 10),
+        ("0.60", 60),
         ("0.70", 70),
     ]
     status = call_tools(api, key, [("payment_status", {"payment_id": out[4]["id"]})])[0]
