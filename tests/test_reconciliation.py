@@ -263,7 +263,7 @@ def test_stripe_repair_of_subscriptions_and_partial_refunds(
         bought = http.post(
             "/v1/payments",
             json={
-                "amount": 1500,
+                "amount_minor": 1500,
                 "currency": "usd",
                 "purpose": "credits",
                 "payment_method": card.id,

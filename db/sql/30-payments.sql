@@ -235,9 +235,10 @@ CREATE OR REPLACE TRIGGER payment_intents_no_truncate
 -- move between them is applied (a card declined in the second the intent was created).
 -- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
 -- The caller must hold tollgate.lock_stripe_object for the event's object.
--- Why the money in an event's PaymentIntent or Charge is not the payment's, or NULL when it
--- is: its currency, its amount and, once it succeeded, amount_received, each read in Stripe's
--- units for the currency (tollgate.from_stripe_amount). A field the event leaves out is not
+-- Why an event's PaymentIntent or Charge is not the payment's, or NULL when it is: the
+-- PaymentIntent's metadata must name the payment, and the money must be the payment's (its
+-- currency, its amount and, once it succeeded, amount_received, each read in Stripe's units
+-- for the currency: tollgate.from_stripe_amount). A field the event leaves out is not
 -- compared.
 CREATE OR REPLACE FUNCTION tollgate.stripe_amount_mismatch(p_object jsonb, p_payment tollgate.payment_intents)
 RETURNS text
@@ -247,6 +248,14 @@ AS $$
 DECLARE
     field text;
 BEGIN
+    -- Stripe sends every PaymentIntent with its metadata, where Tollgate put the payment's id
+    -- when it created it: one that names no payment, or another, is not this payment's (a
+    -- PaymentIntent of another integration cannot be claimed by recording its id).
+    IF p_object ->> 'object' = 'payment_intent' AND p_object ? 'metadata'
+       AND (p_object -> 'metadata' ->> 'tollgate_payment_id') IS DISTINCT FROM p_payment.id::text THEN
+        RETURN format('the PaymentIntent''s metadata names payment %s, not %s',
+                      coalesce(p_object -> 'metadata' ->> 'tollgate_payment_id', 'none'), p_payment.id);
+    END IF;
     IF jsonb_typeof(p_object -> 'currency') = 'string'
        AND upper(p_object ->> 'currency') <> p_payment.currency THEN
         RETURN format('Stripe says currency %s, the payment is in %s',

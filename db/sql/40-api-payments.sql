@@ -241,6 +241,11 @@ BEGIN
         RETURN QUERY SELECT false, 'under_review'::text, latest.id, acct.external_id, p_purpose;
         RETURN;
     END IF;
+    -- Nor does one with an open dispute (its credits and paid run are frozen).
+    IF latest.status = 'succeeded' AND tollgate.payment_disputed(latest.id) THEN
+        RETURN QUERY SELECT false, 'disputed'::text, latest.id, acct.external_id, p_purpose;
+        RETURN;
+    END IF;
     RETURN QUERY SELECT coalesce(latest.status = 'succeeded', false), latest.status::text,
                         latest.id, acct.external_id, p_purpose;
 END

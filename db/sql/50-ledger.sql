@@ -73,10 +73,13 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    -- p_allow_negative: no overdraft limit, for Tollgate's own clearing accounts only
-    -- (ledger_accounts_overdraft_bounded); an account's wallet starts prepaid.
+    -- p_allow_negative: no overdraft limit for Tollgate's own clearing accounts
+    -- (ledger_accounts_overdraft_bounded), the largest one for an account's (its debt); an
+    -- account's wallet starts prepaid.
     INSERT INTO tollgate.ledger_accounts (account_id, name, currency, allow_negative, overdraft_limit)
-    VALUES (p_account_id, p_name, p_currency, p_allow_negative, CASE WHEN NOT p_allow_negative THEN 0 END)
+    VALUES (p_account_id, p_name, p_currency, p_allow_negative,
+            CASE WHEN NOT p_allow_negative THEN 0
+                 WHEN p_account_id <> '00000000-0000-0000-0000-000000000000' THEN 999999999999 END)
     ON CONFLICT ON CONSTRAINT ledger_accounts_account_name_currency_key DO NOTHING
     RETURNING id INTO found;
     IF found IS NULL THEN  -- created concurrently

@@ -616,15 +616,7 @@ BEGIN
                 why := 'not a refund Tollgate asked for: charge.refunded counts its money';
             END IF;
         ELSIF r_status = 'succeeded' THEN
-            -- What Tollgate's own succeeded refunds add up to is refunded at least.
-            SELECT coalesce(sum(r.amount), 0) INTO refunded FROM tollgate.refunds r
-            WHERE r.payment_intent_id = pi.id AND r.status = 'succeeded';
-            IF pi.status = 'succeeded' AND refunded > pi.amount_refunded THEN
-                UPDATE tollgate.payment_intents
-                SET amount_refunded = least(refunded, pi.amount),
-                    status = CASE WHEN refunded >= pi.amount THEN 'refunded' ELSE 'succeeded' END::tollgate.payment_status
-                WHERE id = pi.id;
-            END IF;
+            PERFORM tollgate.count_refunds(pi);
         END IF;
 
     ELSE
@@ -809,6 +801,27 @@ END
 $$;
 
 -- Step 2: record the refund Stripe created (its id and status) and the response to replay.
+-- What Tollgate's own succeeded refunds of a (locked) payment add up to is refunded at least:
+-- the payment's amount_refunded grows to it, and what the payment granted is taken back
+-- (trigger payment_intents_30_refunded and what follows it).
+CREATE OR REPLACE FUNCTION tollgate.count_refunds(p_payment tollgate.payment_intents) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    refunded bigint;
+BEGIN
+    SELECT coalesce(sum(r.amount), 0) INTO refunded FROM tollgate.refunds r
+    WHERE r.payment_intent_id = p_payment.id AND r.status = 'succeeded';
+    IF p_payment.status = 'succeeded' AND refunded > p_payment.amount_refunded THEN
+        UPDATE tollgate.payment_intents
+        SET amount_refunded = least(refunded, p_payment.amount),
+            status = CASE WHEN refunded >= p_payment.amount THEN 'refunded' ELSE 'succeeded' END::tollgate.payment_status
+        WHERE id = p_payment.id;
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION api.finish_refund_v1(
     p_api_key text, p_refund_id uuid, p_stripe_id text, p_status text
 ) RETURNS jsonb
@@ -818,11 +831,19 @@ AS $$
 DECLARE
     k      tollgate.api_keys := tollgate.authenticate(p_api_key);
     claim  tollgate.refunds;
+    pay    tollgate.payment_intents;
     body   jsonb;
 BEGIN
     IF NOT k.is_admin THEN
         RAISE EXCEPTION 'only an admin key may refund a payment'
             USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
+    END IF;
+    -- The payment first, in the order its events lock it (Stripe id, payment, refund).
+    SELECT p.* INTO pay FROM tollgate.payment_intents p JOIN tollgate.refunds r ON r.payment_intent_id = p.id
+    WHERE r.id = p_refund_id;
+    IF FOUND THEN
+        PERFORM tollgate.lock_stripe_object(pay.stripe_id);
+        SELECT * INTO STRICT pay FROM tollgate.payment_intents p WHERE p.id = pay.id FOR UPDATE;
     END IF;
     SELECT * INTO claim FROM tollgate.refunds r WHERE r.id = p_refund_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -838,6 +859,11 @@ BEGIN
                            WHERE s.enumtypid = 'tollgate.refund_status'::regtype AND s.enumlabel = p_status),
                           'pending')
     WHERE r.id = claim.id;
+    -- Stripe answered that the refund succeeded: what the payment granted is taken back now,
+    -- not when (or if) its event arrives; the event then finds it counted.
+    IF EXISTS (SELECT FROM tollgate.refunds r WHERE r.id = claim.id AND r.status = 'succeeded') THEN
+        PERFORM tollgate.count_refunds(pay);
+    END IF;
     SELECT to_jsonb(v) INTO STRICT body FROM tollgate.refund_v1 v WHERE v.id = claim.id;
     UPDATE tollgate.refunds r SET response = body, completed_at = now() WHERE r.id = claim.id;
     RETURN body;

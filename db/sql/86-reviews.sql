@@ -245,7 +245,7 @@ BEGIN
         WHERE t.status = 'pending'
           AND (t.id = rev.transaction_id OR t.payment_intent_id = rev.payment_intent_id);
         -- Credits a flagged payment bought before its review could hold them (settled before
-        -- this rule existed) are taken back: the settlement is reversed.
+        -- this rule existed): recorded and announced for the operator to refund.
         PERFORM tollgate.take_back_reviewed(t.id) FROM tollgate.transactions t
         WHERE t.status = 'settled' AND t.payment_intent_id = rev.payment_intent_id;
     ELSE
@@ -260,9 +260,10 @@ BEGIN
 END
 $$;
 
--- Reverse a settled transaction whose payment's review was rejected. When the wallet can no
--- longer absorb it (the credits were spent), the refusal is audited and announced
--- (transaction.reversal_refused) instead of undoing the decision.
+-- A payment's review was rejected after its transaction settled (possible only for credits
+-- settled before reviews held them). A payment's credits come back only as Stripe takes the
+-- money back (tollgate.take_back): the rejection is recorded and announced
+-- (transaction.review_rejected) so that the operator refunds it, which takes them back.
 CREATE OR REPLACE FUNCTION tollgate.take_back_reviewed(p_transaction_id uuid) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -270,17 +271,12 @@ AS $$
 DECLARE
     txn tollgate.transactions;
 BEGIN
-    BEGIN
-        UPDATE tollgate.transactions SET status = 'reversed' WHERE id = p_transaction_id
-        RETURNING * INTO txn;
-    EXCEPTION WHEN check_violation OR unique_violation THEN
-        SELECT * INTO STRICT txn FROM tollgate.transactions WHERE id = p_transaction_id;
-        PERFORM tollgate.audit(txn.account_id, 'transaction', txn.id::text, 'reversal_refused',
-                               'settled', 'settled', 'review rejected, but the credits were already spent');
-        PERFORM tollgate.emit(txn.account_id, 'transaction.reversal_refused',
-                              jsonb_build_object('transaction_id', txn.id, 'reference', txn.reference,
-                                                 'reason', 'review_rejected'));
-    END;
+    SELECT * INTO STRICT txn FROM tollgate.transactions WHERE id = p_transaction_id;
+    PERFORM tollgate.audit(txn.account_id, 'transaction', txn.id::text, 'review_rejected',
+                           'settled', 'settled', 'its payment''s review was rejected after it settled: refund the payment');
+    PERFORM tollgate.emit(txn.account_id, 'transaction.review_rejected',
+                          jsonb_build_object('transaction_id', txn.id, 'reference', txn.reference,
+                                             'payment_id', txn.payment_intent_id));
 END
 $$;
 

@@ -156,8 +156,8 @@ SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('dora-key'
 SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('dora-key', NULL, 'credits')$$,
                   $$VALUES (true, 'succeeded')$$, 'and can-continue allows');
 
--- Credits settled before their payment's review could hold them (as before this rule) are
--- taken back when the review is rejected.
+-- Credits settled before their payment's review could hold them (as before this rule): a
+-- rejection is announced for the operator to refund them.
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('eve', 'eve-key', false, NULL)) IS NOT NULL, 'eve');
 SELECT is((SELECT status FROM api.create_transaction_v1('eve-key', NULL, 'e-0', 1, 'EUR', NULL)), 'pending', 'eve''s first');
 SELECT is(pg_temp.top_up('eve-key', 'pi_eve'), 'applied', 'eve buys 6.00 EUR of credits');
@@ -166,8 +166,9 @@ UPDATE tollgate.transactions SET status = 'settled' WHERE reference = 'credits-p
 ALTER TABLE tollgate.transactions ENABLE TRIGGER transactions_25_review_gate;
 SELECT is(pg_temp.credits('eve-key'), '6.00', 'settled the old way: 6.00 to spend');
 SELECT is(pg_temp.decide('pi_eve', 'rejected'), 'rejected', 'eve''s payment rejected');
-SELECT results_eq($$SELECT (SELECT status FROM api.get_transaction_v1('eve-key', NULL, 'credits-pi_eve')), pg_temp.credits('eve-key')$$,
-                  $$VALUES ('reversed', '0.00')$$, 'the credits are taken back');
+SELECT results_eq($$SELECT topic, payload ->> 'reference' FROM tollgate.outbox WHERE topic = 'transaction.review_rejected'$$,
+                  $$VALUES ('transaction.review_rejected', 'credits-pi_eve')$$,
+                  'the operator is told to refund it (a refund takes the credits back)');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -1,6 +1,6 @@
 -- Stripe's units are not ISO 4217's: converted in one place, refused when Stripe cannot take them.
 BEGIN;
-SELECT plan(27);
+SELECT plan(32);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('stripe_units', 'su-key', false, NULL)) IS NOT NULL,
           'an account and key');
@@ -57,6 +57,26 @@ SELECT is(pg_temp.succeeded('evt_isk_1', 1000, 1000), 'rejected',
 SELECT is(pg_temp.succeeded('evt_isk_2', 100000, 1001), 'applied', 'Stripe''s 100000 is the payment''s 1000 kronur');
 SELECT is((SELECT t.status::text FROM tollgate.transactions t WHERE t.reference = 'credits-pi_isk'), 'settled',
           '... and the credits it bought are settled');
+
+-- A PaymentIntent of another integration, whose event waits unclaimed, cannot be claimed by
+-- recording its id: Stripe's metadata names the payment Tollgate created it for.
+SELECT is((SELECT outcome FROM api.ingest_stripe_event_v1(jsonb_build_object('id', 'evt_foreign', 'type', 'payment_intent.succeeded',
+    'created', 2000, 'data', jsonb_build_object('object', jsonb_build_object('object', 'payment_intent', 'id', 'pi_foreign',
+    'status', 'succeeded', 'currency', 'usd', 'amount', 99999999, 'amount_received', 99999999, 'metadata', '{}'::jsonb))))),
+          'pending', 'a foreign PaymentIntent''s success waits, unclaimed');
+SELECT ok(api.finish_payment_v1('su-key',
+    (SELECT payment_id FROM api.begin_payment_v1('su-key', 'k-claim', NULL, 99999999, 'USD', 'credits', NULL, NULL)),
+    'pi_foreign', 'requires_payment_method', NULL) IS NOT NULL, 'a payment recorded under its Stripe id');
+SELECT results_eq($$SELECT e.state::text, p.status::text FROM tollgate.payment_events e
+                    JOIN tollgate.payment_intents p ON p.id = e.payment_intent_id WHERE e.id = 'evt_foreign'$$,
+                  $$VALUES ('rejected', 'requires_payment_method')$$, 'the event is rejected: the payment did not succeed');
+SELECT is((SELECT t.status::text FROM tollgate.transactions t WHERE t.reference = 'credits-pi_foreign'), 'pending',
+          'and no credits were bought');
+SELECT is((SELECT outcome FROM api.ingest_stripe_event_v1(jsonb_build_object('id', 'evt_own', 'type', 'payment_intent.succeeded',
+    'created', 2001, 'data', jsonb_build_object('object', jsonb_build_object('object', 'payment_intent', 'id', 'pi_foreign',
+    'status', 'succeeded', 'currency', 'usd', 'amount', 99999999,
+    'metadata', jsonb_build_object('tollgate_payment_id', (SELECT id FROM tollgate.payment_intents WHERE stripe_id = 'pi_foreign'))))))),
+          'applied', 'an event whose metadata names the payment is applied');
 
 SELECT * FROM finish();
 ROLLBACK;

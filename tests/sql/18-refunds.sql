@@ -1,7 +1,7 @@
 -- Refunds, disputes, debts and subscription periods: what Stripe takes back is taken back from
 -- what the payment granted, never silently below zero.
 BEGIN;
-SELECT plan(78);
+SELECT plan(80);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('ops', 'ops-key', true, NULL)) IS NOT NULL, 'an admin');
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('rae', 'rae-key', false, NULL)) IS NOT NULL, 'rae');
@@ -146,10 +146,14 @@ SELECT results_eq($$SELECT pg_temp.bal('dee'), pg_temp.bal('dee', 'disputed')$$,
                   'its credits are frozen');
 SELECT results_eq($$SELECT allowed, code FROM pg_temp.authorize('dee-key')$$, $$VALUES (false, 'payment_required')$$,
                   'frozen credits cannot be spent');
+SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('dee-key', NULL, 'credits')$$,
+                  $$VALUES (false, 'disputed')$$, 'can-continue agrees: a disputed payment entitles nothing');
 SELECT throws_ok($$SELECT * FROM api.begin_refund_v1('ops-key', 'pi_dee', 'r-dee', NULL, NULL)$$, '23514', NULL,
                  'a disputed payment is not refunded by hand');
 SELECT is(pg_temp.ev('evt_dp1_b', 'charge.dispute.closed', pg_temp.dispute('dp_one', 'pi_dee', 2000, 'won')), 'applied',
           'the dispute is won');
+SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('dee-key', NULL, 'credits')$$,
+                  $$VALUES (true, 'succeeded')$$, 'won: it entitles again');
 SELECT results_eq($$SELECT pg_temp.bal('dee'), pg_temp.bal('dee', 'disputed')$$, $$VALUES (2000::bigint, 0::bigint)$$,
                   'the credits are released');
 SELECT is(pg_temp.ev('evt_dp1_c', 'charge.dispute.updated', pg_temp.dispute('dp_one', 'pi_dee', 2000, 'under_review'), 5),
