@@ -226,7 +226,9 @@ class Listener:
         lost = 0
         with work.transaction():
             if done:
-                row = work.execute(QUERIES["deliveries_done"], held | {"outbox_ids": done}).fetchone()
+                row = work.execute(
+                    QUERIES["deliveries_done"], held | {"outbox_ids": done}
+                ).fetchone()
                 lost += len(done) - (row[0] if row else 0)
             for outbox_id, error in failed:
                 work.execute(

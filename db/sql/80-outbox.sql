@@ -113,10 +113,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    c     tollgate.outbox_consumers;
-    waits text[];
-    xmax  xid8;
-    done  boolean;
+    c        tollgate.outbox_consumers;
+    pending  text[];
+    next_xid xid8;
+    finished boolean;
 BEGIN
     SELECT * INTO c FROM tollgate.outbox_consumers
     WHERE name = p_consumer AND catching_up
@@ -126,16 +126,16 @@ BEGIN
     IF NOT FOUND OR pg_xact_status(c.registered_xact) IS DISTINCT FROM 'committed' THEN
         RETURN;
     END IF;
-    waits := tollgate.running_transactions();
+    pending := tollgate.running_transactions();
     IF c.catch_up_waits IS NULL THEN
-        xmax := pg_snapshot_xmax(pg_current_snapshot());
+        next_xid := pg_snapshot_xmax(pg_current_snapshot());
     ELSE
-        waits := ARRAY(SELECT unnest(c.catch_up_waits) INTERSECT SELECT unnest(waits));
-        xmax := c.catch_up_xmax;
+        pending := ARRAY(SELECT unnest(c.catch_up_waits) INTERSECT SELECT unnest(pending));
+        next_xid := c.catch_up_xmax;
     END IF;
-    done := cardinality(waits) = 0
-            AND pg_snapshot_xmin(pg_current_snapshot()) >= xmax
-            AND current_setting('transaction_isolation') = 'read committed';
+    finished := cardinality(pending) = 0
+                AND pg_snapshot_xmin(pg_current_snapshot()) >= next_xid
+                AND current_setting('transaction_isolation') = 'read committed';
     -- A statement of its own, so a snapshot taken after the look above.
     INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
     SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o
@@ -143,7 +143,7 @@ BEGIN
       AND NOT pg_visible_in_snapshot(o.xact_id, c.registered_snapshot)
     ON CONFLICT (consumer, outbox_id) DO NOTHING;
     UPDATE tollgate.outbox_consumers
-    SET catch_up_waits = waits, catch_up_xmax = xmax, catching_up = NOT done
+    SET catch_up_waits = pending, catch_up_xmax = next_xid, catching_up = NOT finished
     WHERE name = p_consumer;
 END
 $$;
@@ -163,7 +163,7 @@ BEGIN
 END
 $$;
 
--- Forget deliveries done more than p_older_than ago (the outbox rows themselves stay).
+-- Forget deliveries finished more than p_older_than ago (the outbox rows themselves stay).
 CREATE OR REPLACE FUNCTION api.prune_deliveries_v1(p_older_than interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
