@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import make_conninfo
 
 from db import handlers
 from db.embedded import EmbeddedServer
@@ -497,13 +496,9 @@ def test_a_listener_idle_after_registering_delays_no_writer(
     """A listener session left idle in the transaction of api.register_consumer_v1 while a
     webhook is ingested and a transaction settled over HTTP. Every connection of the API waits
     at most 2 s for a lock (lock_timeout), so a writer held up by the listener fails."""
-    db.execute(
-        sql.SQL("ALTER DATABASE {} SET lock_timeout = '2s'").format(
-            sql.Identifier(conninfo_to_dict(db_dsn)["dbname"])
-        )
-    )
+    impatient = make_conninfo(db_dsn, options="-c lock_timeout=2s")
     user, admin = new_key("idle_user"), new_key("idle_ops", admin=True)
-    settings = make_settings(db_dsn, emulator.base)
+    settings = make_settings(impatient, emulator.base)
     secret = settings.stripe_webhook_secret.get_secret_value()
     with ServerThread(settings) as url, psycopg.connect(db_dsn) as listener:
         listener.execute("SET ROLE tollgate_listener")
