@@ -6,9 +6,11 @@ transaction (FOR UPDATE SKIP LOCKED: processes of one consumer never lease the s
 attempt is counted and the delivery is not due again until the lease ends), runs the handler
 for each outside any transaction and under a deadline, then records the outcomes in a second
 short transaction: delivered, or failed and retried with exponential backoff, or dead after
-the last attempt. A process that dies mid-round leaves its leases to run out: the events are
-handled again (same event ids), and an event whose handler keeps killing the process ends up
-dead instead of looping. Any database error closes the connections and reopens them with
+the last attempt. Each of those calls presents the lease token the claim returned: a delivery
+whose lease ran out and was claimed by another process since is left to that process. A
+process that dies mid-round leaves its leases to run out: the events are handled again (same
+event ids), and an event whose handler keeps killing the process ends up dead instead of
+looping. Any database error closes the connections and reopens them with
 backoff.
 """
 
@@ -29,7 +31,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import class_row
+from psycopg.rows import dict_row
 
 from db.queries import QUERIES
 
@@ -176,8 +178,8 @@ class Listener:
     def _deliver_round(self, work: psycopg.Connection[Any]) -> int:
         """Lease a batch, handle it outside any transaction, record the outcomes."""
         consumer, settings = self.settings.consumer, self.settings
-        events = (
-            work.cursor(row_factory=class_row(OutboxEvent))
+        rows = (
+            work.cursor(row_factory=dict_row)
             .execute(
                 QUERIES["claim_deliveries"],
                 {
@@ -189,6 +191,11 @@ class Listener:
             )
             .fetchall()
         )
+        if not rows:
+            return 0
+        # One token for the whole batch: every outcome below is recorded with it.
+        token = rows[0]["lease_token"]
+        events = [OutboxEvent(**{k: v for k, v in r.items() if k != "lease_token"}) for r in rows]
         done: list[int] = []
         failed: list[tuple[int, str]] = []
         untried: list[int] = []
@@ -202,6 +209,7 @@ class Listener:
                     QUERIES["renew_leases"],
                     {
                         "consumer": consumer,
+                        "lease_token": token,
                         "lease": settings.lease,
                         "outbox_ids": [e.outbox_id for e in events[index:]],
                     },
@@ -214,14 +222,19 @@ class Listener:
                 failed.append((event.outbox_id, repr(exc)))
             else:
                 done.append(event.outbox_id)
+        held = {"consumer": consumer, "lease_token": token}
+        lost = 0
         with work.transaction():
             if done:
-                work.execute(QUERIES["deliveries_done"], {"consumer": consumer, "outbox_ids": done})
+                row = work.execute(
+                    QUERIES["deliveries_done"], held | {"outbox_ids": done}
+                ).fetchone()
+                lost += len(done) - (row[0] if row else 0)
             for outbox_id, error in failed:
                 work.execute(
                     QUERIES["delivery_failed"],
-                    {
-                        "consumer": consumer,
+                    held
+                    | {
                         "outbox_id": outbox_id,
                         "error": error,
                         "max_attempts": settings.max_attempts,
@@ -229,10 +242,11 @@ class Listener:
                     },
                 )
             if untried:
-                work.execute(
-                    QUERIES["release_deliveries"], {"consumer": consumer, "outbox_ids": untried}
-                )
-        self.delivered += len(done)
+                work.execute(QUERIES["release_deliveries"], held | {"outbox_ids": untried})
+        if lost:
+            # Their lease ran out and another process claimed them: it will deliver them again.
+            log.warning("%d deliveries were no longer leased to this process when done", lost)
+        self.delivered += len(done) - lost
         return len(events)
 
 

@@ -245,7 +245,7 @@ SELECT * FROM api.set_overdraft_limit_v1(
 SELECT * FROM api.register_consumer_v1(p_consumer => %(consumer)s::text, p_from_start => %(from_start)s::boolean);
 
 -- name: claim_deliveries
-SELECT * FROM api.claim_deliveries_v1(
+SELECT * FROM api.claim_deliveries_v2(
     p_consumer     => %(consumer)s::text,
     p_limit        => %(limit)s::integer,
     p_lease        => %(lease)s::interval,
@@ -253,12 +253,17 @@ SELECT * FROM api.claim_deliveries_v1(
 );
 
 -- name: renew_leases
-SELECT api.renew_leases_v1(
-    p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[], p_lease => %(lease)s::interval
+SELECT api.renew_leases_v2(
+    p_consumer    => %(consumer)s::text,
+    p_lease_token => %(lease_token)s::uuid,
+    p_outbox_ids  => %(outbox_ids)s::bigint[],
+    p_lease       => %(lease)s::interval
 ) AS count;
 
 -- name: release_deliveries
-SELECT api.release_deliveries_v1(p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[]) AS count;
+SELECT api.release_deliveries_v2(
+    p_consumer => %(consumer)s::text, p_lease_token => %(lease_token)s::uuid, p_outbox_ids => %(outbox_ids)s::bigint[]
+) AS count;
 
 -- name: unregister_consumer
 SELECT api.unregister_consumer_v1(p_consumer => %(consumer)s::text) AS count;
@@ -267,11 +272,14 @@ SELECT api.unregister_consumer_v1(p_consumer => %(consumer)s::text) AS count;
 SELECT api.prune_deliveries_v1(p_older_than => %(older_than)s::interval) AS count;
 
 -- name: deliveries_done
-SELECT api.deliveries_done_v1(p_consumer => %(consumer)s::text, p_outbox_ids => %(outbox_ids)s::bigint[]) AS count;
+SELECT api.deliveries_done_v2(
+    p_consumer => %(consumer)s::text, p_lease_token => %(lease_token)s::uuid, p_outbox_ids => %(outbox_ids)s::bigint[]
+) AS count;
 
 -- name: delivery_failed
-SELECT api.delivery_failed_v1(
+SELECT api.delivery_failed_v2(
     p_consumer     => %(consumer)s::text,
+    p_lease_token  => %(lease_token)s::uuid,
     p_outbox_id    => %(outbox_id)s::bigint,
     p_error        => %(error)s::text,
     p_max_attempts => %(max_attempts)s::integer,

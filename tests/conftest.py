@@ -2,7 +2,10 @@
 
 PostgreSQL is the server in DATABASE_URL, else an embedded one started for the session. The
 migrations are applied once to a template database (with pgTAP installed); every test gets
-its own database cloned from it, so no test sees another's rows.
+its own database cloned from it, so no test sees another's rows. Tests marked
+``restarts_postgres`` restart their server: they always get an embedded one (the session's, or
+with DATABASE_URL one started for them alone), so they run in every mode. Nothing is skipped:
+a skip fails the test.
 """
 
 from __future__ import annotations
@@ -68,8 +71,56 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         server.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "restarts_postgres: the test restarts its PostgreSQL (an embedded server)"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A skipped test is a failed one: every test runs in every mode."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and nothing may be: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def embedded_cluster(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """An embedded server tests may restart: the session's own, or with DATABASE_URL, one
+    started when the first such test needs it."""
+    if cluster.server is not None:
+        yield cluster
+        return
+    server = EmbeddedServer(
+        tmp_path_factory.mktemp("postgres-restartable") / "data", temporary=True
+    )
+    try:
+        yield Cluster(server.dsn(), embedded=True, server=server)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def template(cluster: Cluster) -> Iterator[Template]:
+    yield from _template(cluster)
+
+
+@pytest.fixture(scope="session")
+def embedded_template(
+    cluster: Cluster, embedded_cluster: Cluster, request: pytest.FixtureRequest
+) -> Iterator[Template]:
+    if embedded_cluster is cluster:
+        yield request.getfixturevalue("template")
+        return
+    yield from _template(embedded_cluster)
+
+
+def _template(cluster: Cluster) -> Iterator[Template]:
     name = f"tollgate_template_{os.getpid()}"
     with cluster.admin() as conn:
         conn.execute(
@@ -99,8 +150,27 @@ def template(cluster: Cluster) -> Iterator[Template]:
 
 
 @pytest.fixture
-def db_dsn(cluster: Cluster, template: Template) -> Iterator[str]:
+def pg(request: pytest.FixtureRequest) -> tuple[Cluster, Template]:
+    """The server and template of this test: an embedded one for ``restarts_postgres`` tests."""
+    if request.node.get_closest_marker("restarts_postgres"):
+        return request.getfixturevalue("embedded_cluster"), request.getfixturevalue(
+            "embedded_template"
+        )
+    return request.getfixturevalue("cluster"), request.getfixturevalue("template")
+
+
+@pytest.fixture
+def restartable(pg: tuple[Cluster, Template]) -> EmbeddedServer:
+    """The embedded server holding this test's database (mark the test ``restarts_postgres``)."""
+    server = pg[0].server
+    assert server is not None, "mark the test restarts_postgres"
+    return server
+
+
+@pytest.fixture
+def db_dsn(pg: tuple[Cluster, Template]) -> Iterator[str]:
     """A fresh database with every migration applied, dropped after the test."""
+    cluster, template = pg
     name = f"tollgate_test_{secrets.token_hex(6)}"
     with cluster.admin() as conn:
         conn.execute(

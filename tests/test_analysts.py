@@ -124,7 +124,13 @@ def test_analyst_url_is_read_only(db_dsn: str, cluster: Cluster) -> None:
                 assert refused.value.sqlstate == sqlstate, statement
             # Read-only by default is a convenience; the grants are what refuse.
             conn.execute("SET default_transaction_read_only = off")
-            for statement in ("CREATE TEMP TABLE x (a int)", "CREATE TABLE reporting.x (a int)"):
+            for statement in (
+                "CREATE TEMP TABLE x (a int)",
+                "CREATE TABLE reporting.x (a int)",
+                "SELECT lo_from_bytea(0, 'stored where no grant reaches')",
+                "SELECT lo_create(0)",
+                """SELECT pg_notify('payment_settled', '{"payment_id": "forged"}')""",
+            ):
                 with pytest.raises(psycopg.Error) as refused:
                     conn.execute(statement)
                 assert refused.value.sqlstate == "42501", statement

@@ -124,7 +124,8 @@ def test_pay_confirm_webhook_settle_notify_continue(
         notes = list(listener.notifies(timeout=30, stop_after=1))
         assert notes, "no payment_settled notification within 30 s"
         note = json.loads(notes[0].payload)
-        assert note["payment_id"] == payment["id"] and note["topic"] == "payment.settled"
+        assert note["topic"] == "payment.settled"
+        assert announced(listener, note) == payment["id"], "the row it names is the payment's"
 
         assert http.get(f"/v1/payments/{payment['id']}").json()["status"] == "succeeded"
         allowed = http.get(
@@ -148,13 +149,24 @@ def test_pay_confirm_webhook_settle_notify_continue(
     assert outbox == [("payment.settled",)]
 
 
+def announced(conn: psycopg.Connection[Any], note: dict[str, Any]) -> str | None:
+    """The payment a notification announces, read from the outbox row it names (its payload
+    carries ids only, and anyone may send a NOTIFY)."""
+    row = conn.execute(
+        "SELECT payload ->> 'payment_id' FROM tollgate.outbox WHERE id = %s AND event_id = %s",
+        (note["outbox_id"], note["event_id"]),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def wait_for(
     listener: psycopg.Connection[Any], channel_payload_check: Any, timeout: float = 30
 ) -> dict[str, Any]:
     """The first notification the check accepts, within the timeout."""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
-        for note in listener.notifies(timeout=left, stop_after=1):
+        # Collected before they are checked: the check may read from the same connection.
+        for note in list(listener.notifies(timeout=left, stop_after=1)):
             payload: dict[str, Any] = json.loads(note.payload)
             if channel_payload_check(payload):
                 return payload
@@ -194,7 +206,7 @@ def test_an_agent_refused_pays_at_stripe_and_is_then_allowed(
         )
         assert paid.status_code == 201, paid.text
         assert stripe.v1.payment_intents.confirm(paid.json()["stripe_id"]).status == "succeeded"
-        wait_for(listener, lambda n: n["payment_id"] == paid.json()["id"])
+        wait_for(listener, lambda n: announced(listener, n) == paid.json()["id"])
 
         allowed = agent.post("/v1/authorize", json={"action": "report.generate"})
         assert allowed.status_code == 200, allowed.text

@@ -23,7 +23,8 @@ import pytest
 
 from api import stripe_emulator
 from db import keys
-from tests.conftest import Cluster, Emulator, register_webhook_secret
+from db.embedded import EmbeddedServer
+from tests.conftest import Emulator, register_webhook_secret
 from tests.helpers import ledger_problems, sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,16 +120,15 @@ def post_event(http: httpx.Client, served: Served, payload: bytes) -> int | str:
         return type(exc).__name__
 
 
+@pytest.mark.restarts_postgres
 def test_postgres_restarting_mid_webhook_stream_loses_and_doubles_nothing(
-    cluster: Cluster,
+    restartable: EmbeddedServer,
     db_dsn: str,
     db: psycopg.Connection[Any],
     emulator: Emulator,
     servers: list[Served],
     tmp_path: Path,
 ) -> None:
-    if cluster.server is None:
-        pytest.skip("restarting PostgreSQL needs the embedded server (DATABASE_URL is set)")
     key = keys.create(db, account="stream").key
     stripe_ids = seed_payments(db, key, 200)
     db.close()
@@ -159,7 +159,7 @@ def test_postgres_restarting_mid_webhook_stream_loses_and_doubles_nothing(
         thread.start()
     while work.qsize() > 150:
         time.sleep(0.01)
-    cluster.server.pg_ctl("-w", "-m", "fast", "restart")
+    restartable.pg_ctl("-w", "-m", "fast", "restart")
     for thread in threads:
         thread.join(timeout=120)
     done.set()

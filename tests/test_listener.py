@@ -19,11 +19,16 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from db import handlers
-from tests.conftest import Cluster
+from db.embedded import EmbeddedServer
+from tests.conftest import Emulator, ServerThread, make_settings, register_webhook_secret
+from tests.helpers import event as stripe_event
+from tests.helpers import sign
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "listener_account"
@@ -135,7 +140,9 @@ def wait_until(
             and all(p.poll() is not None for p in listeners.processes)
         ):
             pytest.fail(f"every listener exited while waiting for {what}:\n{listeners.logs()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            listeners.logs() if listeners else ""
+        )
         time.sleep(0.05)
 
 
@@ -151,12 +158,16 @@ def test_every_event_reaches_the_handler_once(
     sent = produce(db_dsn, 30)
     wait_until(lambda: handled(record) >= set(sent), "30 events", listeners)
     assert sorted(r["event_id"] for r in records(record)) == sorted(sent), "each exactly once"
-    with psycopg.connect(db_dsn) as db:
-        states = db.execute(
-            "SELECT status::text, count(*) FROM tollgate.outbox_deliveries"
-            " WHERE consumer = 'billing' GROUP BY 1"
-        ).fetchall()
-    assert states == [("delivered", 30)]
+
+    def states() -> list[tuple[Any, ...]]:
+        with psycopg.connect(db_dsn) as db:
+            return db.execute(
+                "SELECT status::text, count(*) FROM tollgate.outbox_deliveries"
+                " WHERE consumer = 'billing' GROUP BY 1"
+            ).fetchall()
+
+    # The handler runs before the outcome is recorded: wait for that transaction.
+    wait_until(lambda: states() == [("delivered", 30)], "30 deliveries recorded", listeners)
 
 
 def test_kill_9_mid_flow_loses_nothing(listeners: Listeners, db_dsn: str, tmp_path: Path) -> None:
@@ -184,16 +195,15 @@ def test_kill_9_mid_flow_loses_nothing(listeners: Listeners, db_dsn: str, tmp_pa
     assert duplicates <= 10, "at most the batch in flight when killed is handled twice"
 
 
+@pytest.mark.restarts_postgres
 def test_restarting_postgres_while_listening(
-    cluster: Cluster, listeners: Listeners, db_dsn: str, tmp_path: Path
+    restartable: EmbeddedServer, listeners: Listeners, db_dsn: str, tmp_path: Path
 ) -> None:
-    if cluster.server is None:
-        pytest.skip("restarting PostgreSQL needs the embedded server (DATABASE_URL is set)")
     record = tmp_path / "seen.jsonl"
     process = listeners.recorder("notify", record)
     sent = produce(db_dsn, 20)
     wait_until(lambda: handled(record) >= set(sent), "events before the restart", listeners)
-    cluster.server.pg_ctl("-w", "-m", "fast", "restart")
+    restartable.pg_ctl("-w", "-m", "fast", "restart")
     sent += produce(db_dsn, 20)
     wait_until(lambda: handled(record) >= set(sent), "events after the restart", listeners)
     assert process.poll() is None, "the listener reconnected instead of dying"
@@ -432,3 +442,152 @@ def test_sigterm_stops_between_events_and_hands_the_rest_back(
     listeners.recorder("graceful", record, "--batch", "50")
     wait_until(lambda: handled(record) >= set(sent), "the rest, at once", listeners, timeout=20)
     assert max(x["attempt"] for x in records(record)) == 1, "handed back untried, not counted"
+
+
+def write_event(conn: psycopg.Connection[Any], reference: str) -> None:
+    """In the connection's open transaction, fail a new transaction of the account named like
+    its reference: one transaction.failed outbox event, and no row shared with other writers."""
+    conn.execute(
+        "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+        " SELECT id, %s, 100, 'USD' FROM tollgate.accounts WHERE external_id = %s",
+        (reference, reference),
+    )
+    conn.execute(
+        "UPDATE tollgate.transactions SET status = 'failed' WHERE reference = %s", (reference,)
+    )
+
+
+def claim(listener: psycopg.Connection[Any], consumer: str) -> list[str]:
+    """The references of the events a claim leases to the consumer."""
+    rows = listener.execute(
+        "SELECT payload ->> 'reference' FROM api.claim_deliveries_v2(%s, 100, '1 hour', 5)",
+        (consumer,),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def test_a_consumer_registered_while_writers_are_in_flight_gets_their_events(
+    db_dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """Registration takes no lock writers wait on, yet loses none of their events: one written
+    before it and committed after it (READ COMMITTED), one written after it by a transaction
+    whose snapshot is older (REPEATABLE READ). Neither fan-out saw the new consumer."""
+    db.execute(
+        "INSERT INTO tollgate.accounts (external_id) VALUES ('early'), ('old-snapshot'), ('after')"
+    )
+    with (
+        psycopg.connect(db_dsn) as early,
+        psycopg.connect(db_dsn) as old_snapshot,
+        psycopg.connect(db_dsn, autocommit=True) as listener,
+    ):
+        listener.execute("SET ROLE tollgate_listener")
+        listener.execute("SET lock_timeout = '2s'")  # waiting on a writer fails the test
+        write_event(early, "early")
+        old_snapshot.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        old_snapshot.execute("SELECT count(*) FROM tollgate.outbox_consumers")
+
+        registered = listener.execute(
+            "SELECT created FROM api.register_consumer_v1('late', false)"
+        ).fetchone()
+        assert registered == (True,), "registered while a writer is in flight"
+        assert claim(listener, "late") == [], "nothing committed yet"
+
+        write_event(old_snapshot, "old-snapshot")
+        early.commit()
+        assert claim(listener, "late") == ["early"], "committed after the registration: its event"
+        old_snapshot.commit()
+        assert claim(listener, "late") == ["old-snapshot"]
+
+    with psycopg.connect(db_dsn, autocommit=True) as listener:
+        listener.execute("SET ROLE tollgate_listener")
+        assert claim(listener, "late") == []
+        consumers = db.execute(
+            "SELECT catching_up FROM tollgate.outbox_consumers WHERE name = 'late'"
+        ).fetchone()
+        assert consumers == (False,), "catch-up ends once no writer from before is left"
+        with db.transaction():
+            write_event(db, "after")
+        assert claim(listener, "late") == ["after"], "later events are fanned out to it"
+        fanned = db.execute(
+            "SELECT o.payload ->> 'reference', count(*) FROM tollgate.outbox_deliveries d"
+            " JOIN tollgate.outbox o ON o.id = d.outbox_id WHERE d.consumer = 'late'"
+            " GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert fanned == [("after", 1), ("early", 1), ("old-snapshot", 1)], "once each"
+
+
+def test_a_listener_idle_after_registering_delays_no_writer(
+    db_dsn: str, db: psycopg.Connection[Any], emulator: Emulator, new_key: Any
+) -> None:
+    """A listener session left idle in the transaction of api.register_consumer_v1 while a
+    webhook is ingested and a transaction settled over HTTP. Every connection of the API waits
+    at most 2 s for a lock (lock_timeout), so a writer held up by the listener fails."""
+    impatient = make_conninfo(db_dsn, options="-c lock_timeout=2s")
+    user, admin = new_key("idle_user"), new_key("idle_ops", admin=True)
+    settings = make_settings(impatient, emulator.base)
+    secret = register_webhook_secret(db_dsn)
+    with ServerThread(settings) as url, psycopg.connect(db_dsn) as listener:
+        listener.execute("SET ROLE tollgate_listener")
+        listener.execute("SELECT * FROM api.register_consumer_v1('idle', false)")
+        pid = listener.info.backend_pid
+        with httpx.Client(base_url=url, timeout=30) as http:
+            paid = http.post(
+                "/v1/payments",
+                json={"amount_minor": 500, "currency": "usd", "purpose": "credits"},
+                headers={"Authorization": f"Bearer {user}", "Idempotency-Key": "idle-1"},
+            )
+            assert paid.status_code == 201, paid.text
+            body = stripe_event("evt_idle_1", paid.json()["stripe_id"], "succeeded")
+            ingested = http.post(
+                "/v1/webhooks/stripe",
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Stripe-Signature": sign(body, secret),
+                },
+            )
+            assert ingested.status_code == 200 and ingested.json()["outcome"] == "applied", (
+                ingested.text
+            )
+            as_admin = {"Authorization": f"Bearer {admin}"}
+            created = http.post(
+                "/v1/transactions",
+                json={
+                    "account_id": "idle_user",
+                    "reference": "idle-1",
+                    "amount": "5.00",
+                    "currency": "USD",
+                },
+                headers=as_admin,
+            )
+            assert created.status_code == 201, created.text
+            settled = http.post(
+                "/v1/transactions/idle-1/settle",
+                params={"account_id": "idle_user"},
+                headers=as_admin,
+            )
+            assert settled.status_code == 200 and settled.json()["status"] == "settled", (
+                settled.text
+            )
+        state = db.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        assert state == ("idle in transaction",), "the listener sat in its transaction throughout"
+        listener.commit()
+    topics = {t for (t,) in db.execute("SELECT topic FROM tollgate.outbox").fetchall()}
+    assert {"payment.settled", "transaction.settled"} <= topics, "both wrote outbox events"
+
+
+def test_notifications_carry_ids_and_the_row_says_the_rest(db_dsn: str) -> None:
+    """Anyone may send a NOTIFY statement on any channel: the payload names the outbox row and
+    a listener reads it from the table."""
+    with psycopg.connect(db_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN transaction_settled")
+        [event_id] = produce(db_dsn, 1)
+        note = next(listener.notifies(timeout=10, stop_after=1))
+        payload = json.loads(note.payload)
+        assert set(payload) == {"outbox_id", "event_id", "topic", "account_id"}, payload
+        row = listener.execute(
+            "SELECT event_id::text, topic FROM tollgate.outbox WHERE id = %s",
+            (payload["outbox_id"],),
+        ).fetchone()
+        assert row == (event_id, "transaction.settled")
+        assert payload["event_id"] == event_id

@@ -51,15 +51,18 @@ $$;
 
 -- Every outbox row wakes listeners of the channel named after its topic (payment.settled ->
 -- payment_settled). NOTIFY is delivered on commit, so listeners never see a rolled-back change.
+-- The payload carries ids only: anyone can send a NOTIFY statement on any channel, so a
+-- listener reads the outbox row it names (id and event id) instead of trusting the message.
+-- SECURITY DEFINER: pg_notify is the owner's alone (db/sql/90-grants.sql).
 CREATE OR REPLACE FUNCTION tollgate.outbox_notify() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pg_notify(
         replace(NEW.topic, '.', '_'),
-        (jsonb_build_object('outbox_id', NEW.id, 'event_id', NEW.event_id, 'topic', NEW.topic,
-                            'account_id', NEW.account_id) || NEW.payload)::text);
+        jsonb_build_object('outbox_id', NEW.id, 'event_id', NEW.event_id, 'topic', NEW.topic,
+                           'account_id', NEW.account_id)::text);
     RETURN NULL;
 END
 $$;

@@ -3,13 +3,16 @@
 -- Every outbox row is fanned out to one delivery row per registered consumer, in the
 -- transaction that wrote it, and wakes listeners with NOTIFY tollgate_outbox (the durable
 -- state is the delivery row: a listener that was down catches up by polling). A listener
--- claims due deliveries FOR UPDATE SKIP LOCKED, runs its handler, and marks them delivered
--- (or failed, with exponential backoff, then dead) in the same transaction.
+-- leases due deliveries FOR UPDATE SKIP LOCKED with a lease token, runs its handler outside
+-- any transaction, and with that token marks them delivered (or failed, with exponential
+-- backoff, then dead). A consumer registered while writers were in flight also gets their
+-- events, added by its claims (outbox_catch_up): registering takes no lock writers wait on.
 
 SET LOCAL ROLE tollgate_owner;
 
+-- SECURITY DEFINER: pg_notify is the owner's alone (db/sql/90-grants.sql).
 CREATE OR REPLACE FUNCTION tollgate.outbox_fan_out() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -51,9 +54,12 @@ CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
 -- api: for `tollgate listen` (role tollgate_listener)
 -- ---------------------------------------------------------------------------------------------
 
--- Register a consumer (idempotent). A new consumer receives events written from now on; with
--- p_from_start it also receives every event already in the outbox. SHARE lock on the outbox:
--- writers still in flight finish first (and are backfilled), later ones see the consumer.
+-- Register a consumer (idempotent). A new consumer receives events committed after its
+-- registration; with p_from_start also every event already in the outbox. No lock: writers in
+-- flight fan out without the new consumer (they do not see it yet), so the registration
+-- records the snapshot it ran in, and the consumer's claims add every event it did not see
+-- committed until no writer that could have missed it is left (tollgate.outbox_catch_up). A
+-- listener idle in the registering transaction delays nobody.
 CREATE OR REPLACE FUNCTION api.register_consumer_v1(p_consumer text, p_from_start boolean)
 RETURNS TABLE (consumer text, created boolean, backfilled bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -67,8 +73,9 @@ BEGIN
         RETURN QUERY SELECT p_consumer, false, 0::bigint;
         RETURN;
     END IF;
-    LOCK TABLE tollgate.outbox IN SHARE MODE;
-    INSERT INTO tollgate.outbox_consumers (name) VALUES (p_consumer) ON CONFLICT (name) DO NOTHING;
+    INSERT INTO tollgate.outbox_consumers (name, registered_xact, registered_snapshot, catching_up)
+    VALUES (p_consumer, pg_current_xact_id(), pg_current_snapshot(), true)
+    ON CONFLICT (name) DO NOTHING;
     IF NOT FOUND THEN
         RETURN QUERY SELECT p_consumer, false, 0::bigint;
         RETURN;
@@ -79,6 +86,65 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
     RETURN QUERY SELECT p_consumer, true, n;
+END
+$$;
+
+-- Transactions running in this database now (virtual transaction ids, which every transaction
+-- holds from its first statement, with or without a transaction id), other than the caller's.
+CREATE OR REPLACE FUNCTION tollgate.running_transactions() RETURNS text[]
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(l.virtualxid), '{}')
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'virtualxid' AND l.granted AND l.pid <> pg_backend_pid()
+      AND a.datname = current_database()
+$$;
+
+-- A consumer's catch-up, run by its claims until done. A writer whose fan-out missed the
+-- consumer started before the registration committed: at the first look after that commit it
+-- is still running (recorded in catch_up_waits, with the next transaction id then, for
+-- prepared transactions) or has committed. Each look adds the events of every transaction
+-- the registration did not see committed (ON CONFLICT: most were fanned out to it); the look
+-- after the last recorded writer ended is the last one. The claim's transaction must be READ
+-- COMMITTED for that look to see those writers' events (otherwise catch-up just goes on).
+CREATE OR REPLACE FUNCTION tollgate.outbox_catch_up(p_consumer text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c        tollgate.outbox_consumers;
+    pending  text[];
+    next_xid xid8;
+    finished boolean;
+BEGIN
+    SELECT * INTO c FROM tollgate.outbox_consumers
+    WHERE name = p_consumer AND catching_up
+    FOR NO KEY UPDATE SKIP LOCKED;
+    -- Nothing to catch up, another process of the consumer is at it, or the registration is
+    -- this very transaction's (not committed yet: the look after its commit is the first).
+    IF NOT FOUND OR pg_xact_status(c.registered_xact) IS DISTINCT FROM 'committed' THEN
+        RETURN;
+    END IF;
+    pending := tollgate.running_transactions();
+    IF c.catch_up_waits IS NULL THEN
+        next_xid := pg_snapshot_xmax(pg_current_snapshot());
+    ELSE
+        pending := ARRAY(SELECT unnest(c.catch_up_waits) INTERSECT SELECT unnest(pending));
+        next_xid := c.catch_up_xmax;
+    END IF;
+    finished := cardinality(pending) = 0
+                AND pg_snapshot_xmin(pg_current_snapshot()) >= next_xid
+                AND current_setting('transaction_isolation') = 'read committed';
+    -- A statement of its own, so a snapshot taken after the look above.
+    INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
+    SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o
+    WHERE o.xact_id >= pg_snapshot_xmin(c.registered_snapshot)
+      AND NOT pg_visible_in_snapshot(o.xact_id, c.registered_snapshot)
+    ON CONFLICT (consumer, outbox_id) DO NOTHING;
+    UPDATE tollgate.outbox_consumers
+    SET catch_up_waits = pending, catch_up_xmax = next_xid, catching_up = NOT finished
+    WHERE name = p_consumer;
 END
 $$;
 
@@ -97,7 +163,7 @@ BEGIN
 END
 $$;
 
--- Forget deliveries done more than p_older_than ago (the outbox rows themselves stay).
+-- Forget deliveries finished more than p_older_than ago (the outbox rows themselves stay).
 CREATE OR REPLACE FUNCTION api.prune_deliveries_v1(p_older_than interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -115,22 +181,28 @@ $$;
 -- Lease up to p_limit due deliveries of a consumer, oldest first, in a short transaction of
 -- their own: each attempt is counted now, and the delivery is not due again for p_lease (the
 -- handler runs outside any transaction; if the process dies, the lease runs out and another
--- claims it). A delivery whose attempts are used up (its handler kept crashing the process)
--- is dead-lettered instead of handed out again.
-CREATE OR REPLACE FUNCTION api.claim_deliveries_v1(
+-- claims it). Every row carries the claim's lease token: marking a delivery done or failed,
+-- renewing or releasing it needs that token, and a later claim of the same delivery replaces
+-- it. A delivery whose attempts are used up (its handler kept crashing the process) is
+-- dead-lettered instead of handed out again.
+CREATE OR REPLACE FUNCTION api.claim_deliveries_v2(
     p_consumer text, p_limit integer, p_lease interval, p_max_attempts integer
-) RETURNS TABLE (outbox_id bigint, event_id uuid, topic text, account_id text, payload jsonb,
-                 created_at timestamptz, attempt integer)
+) RETURNS TABLE (lease_token uuid, outbox_id bigint, event_id uuid, topic text, account_id text,
+                 payload jsonb, created_at timestamptz, attempt integer)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    token uuid := gen_random_uuid();
 BEGIN
+    PERFORM tollgate.outbox_catch_up(p_consumer);
     -- Only a leased delivery (attempts > 0) can have used up its attempts: the condition lets
     -- outbox_deliveries_retrying_idx find those few rows instead of every pending one, so a
     -- backlog drains in linear time.
     UPDATE tollgate.outbox_deliveries d
-    SET status = 'dead', last_error = coalesce(d.last_error, 'the handler never reported back')
+    SET status = 'dead', lease_token = NULL,
+        last_error = coalesce(d.last_error, 'the handler never reported back')
     WHERE d.consumer = p_consumer AND d.status = 'pending' AND d.attempts > 0
       AND d.next_attempt_at <= clock_timestamp()
       AND d.attempts >= greatest(p_max_attempts, 1);
@@ -143,11 +215,11 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), leased AS (
         UPDATE tollgate.outbox_deliveries d
-        SET attempts = d.attempts + 1, next_attempt_at = clock_timestamp() + p_lease
+        SET attempts = d.attempts + 1, next_attempt_at = clock_timestamp() + p_lease, lease_token = token
         FROM due WHERE d.consumer = p_consumer AND d.outbox_id = due.outbox_id
         RETURNING d.outbox_id, d.attempts
     )
-    SELECT o.id, o.event_id, o.topic, a.external_id, o.payload, o.created_at, l.attempts
+    SELECT token, o.id, o.event_id, o.topic, a.external_id, o.payload, o.created_at, l.attempts
     FROM leased l
     JOIN tollgate.outbox o ON o.id = l.outbox_id
     JOIN tollgate.accounts a ON a.id = o.account_id
@@ -155,41 +227,51 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION api.deliveries_done_v1(p_consumer text, p_outbox_ids bigint[]) RETURNS integer
+-- Acks: each changes only the deliveries of p_consumer that p_lease_token still leases and
+-- that are pending, and returns how many it changed (a delivery leased by another claim since,
+-- or never leased by this token, is left as it is).
+CREATE OR REPLACE FUNCTION api.deliveries_done_v2(p_consumer text, p_lease_token uuid, p_outbox_ids bigint[])
+RETURNS integer
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH done AS (
         UPDATE tollgate.outbox_deliveries
-        SET status = 'delivered', delivered_at = now(), last_error = NULL
-        WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
+        SET status = 'delivered', delivered_at = now(), last_error = NULL, lease_token = NULL
+        WHERE consumer = p_consumer AND lease_token = p_lease_token AND outbox_id = ANY (p_outbox_ids)
+          AND status = 'pending'
         RETURNING 1
     )
     SELECT count(*)::integer FROM done
 $$;
 
 -- Keep leased deliveries for another p_lease (a long batch still being worked through).
-CREATE OR REPLACE FUNCTION api.renew_leases_v1(p_consumer text, p_outbox_ids bigint[], p_lease interval) RETURNS integer
+CREATE OR REPLACE FUNCTION api.renew_leases_v2(
+    p_consumer text, p_lease_token uuid, p_outbox_ids bigint[], p_lease interval
+) RETURNS integer
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH renewed AS (
         UPDATE tollgate.outbox_deliveries SET next_attempt_at = clock_timestamp() + p_lease
-        WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
+        WHERE consumer = p_consumer AND lease_token = p_lease_token AND outbox_id = ANY (p_outbox_ids)
+          AND status = 'pending'
         RETURNING 1
     )
     SELECT count(*)::integer FROM renewed
 $$;
 
 -- Hand leased deliveries back untried (a listener stopping between events).
-CREATE OR REPLACE FUNCTION api.release_deliveries_v1(p_consumer text, p_outbox_ids bigint[]) RETURNS integer
+CREATE OR REPLACE FUNCTION api.release_deliveries_v2(p_consumer text, p_lease_token uuid, p_outbox_ids bigint[])
+RETURNS integer
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH released AS (
         UPDATE tollgate.outbox_deliveries
-        SET attempts = greatest(attempts - 1, 0), next_attempt_at = clock_timestamp()
-        WHERE consumer = p_consumer AND outbox_id = ANY (p_outbox_ids) AND status = 'pending'
+        SET attempts = greatest(attempts - 1, 0), next_attempt_at = clock_timestamp(), lease_token = NULL
+        WHERE consumer = p_consumer AND lease_token = p_lease_token AND outbox_id = ANY (p_outbox_ids)
+          AND status = 'pending'
         RETURNING 1
     )
     SELECT count(*)::integer FROM released
@@ -197,9 +279,10 @@ $$;
 
 -- A handler failed (its attempt was counted when leased): try again after
 -- p_retry_base x 2^(attempts - 1), at most an hour, with up to 10% jitter; or, with the
--- attempts used up, dead-letter it.
-CREATE OR REPLACE FUNCTION api.delivery_failed_v1(
-    p_consumer text, p_outbox_id bigint, p_error text, p_max_attempts integer, p_retry_base interval
+-- attempts used up, dead-letter it. NULL: the token does not lease that delivery.
+CREATE OR REPLACE FUNCTION api.delivery_failed_v2(
+    p_consumer text, p_lease_token uuid, p_outbox_id bigint, p_error text, p_max_attempts integer,
+    p_retry_base interval
 ) RETURNS text
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -209,8 +292,10 @@ AS $$
         status = CASE WHEN attempts >= p_max_attempts THEN 'dead' ELSE 'pending' END::tollgate.delivery_status,
         next_attempt_at = clock_timestamp()
             + least(p_retry_base * power(2, least(greatest(attempts - 1, 0), 30)), interval '1 hour')
-              * (1 + random() / 10)
-    WHERE consumer = p_consumer AND outbox_id = p_outbox_id AND status = 'pending'
+              * (1 + random() / 10),
+        lease_token = NULL
+    WHERE consumer = p_consumer AND lease_token = p_lease_token AND outbox_id = p_outbox_id
+      AND status = 'pending'
     RETURNING status::text
 $$;
 
@@ -247,7 +332,7 @@ DECLARE
     n integer;
 BEGIN
     UPDATE tollgate.outbox_deliveries d
-    SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL, lease_token = NULL
     WHERE d.consumer = p_consumer AND d.status = 'dead'
       AND (p_event_id IS NULL OR d.outbox_id = (SELECT o.id FROM tollgate.outbox o WHERE o.event_id = p_event_id));
     GET DIAGNOSTICS n = ROW_COUNT;

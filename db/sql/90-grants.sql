@@ -30,6 +30,25 @@ BEGIN
 END
 $locks$;
 
+-- Large objects are storage outside every table's grants (any role could write and read them
+-- back), and pg_notify lets anyone send on Tollgate's channels. Function ACLs live in each
+-- database's pg_proc, which a database created from a template copies. Only Tollgate's triggers
+-- (running as tollgate_owner) notify. The NOTIFY statement itself cannot be revoked: a
+-- notification is only a wake-up carrying ids, and listeners re-read the rows they name.
+DO $public$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace
+               AND (p.proname ~ '^lo_' OR p.proname IN ('loread', 'lowrite', 'pg_notify'))
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$public$;
+GRANT EXECUTE ON FUNCTION pg_notify(text, text) TO tollgate_owner;
+
 SET LOCAL ROLE tollgate_owner;
 
 REVOKE ALL ON SCHEMA tollgate, api, reporting FROM PUBLIC;
@@ -81,11 +100,11 @@ REVOKE EXECUTE ON FUNCTION api.ingest_stripe_event_v1(jsonb) FROM tollgate_app;
 -- tollgate_listener: the delivery side of the outbox, nothing else.
 GRANT EXECUTE ON FUNCTION
     api.register_consumer_v1(text, boolean),
-    api.claim_deliveries_v1(text, integer, interval, integer),
-    api.deliveries_done_v1(text, bigint[]),
-    api.release_deliveries_v1(text, bigint[]),
-    api.renew_leases_v1(text, bigint[], interval),
-    api.delivery_failed_v1(text, bigint, text, integer, interval),
+    api.claim_deliveries_v2(text, integer, interval, integer),
+    api.deliveries_done_v2(text, uuid, bigint[]),
+    api.release_deliveries_v2(text, uuid, bigint[]),
+    api.renew_leases_v2(text, uuid, bigint[], interval),
+    api.delivery_failed_v2(text, uuid, bigint, text, integer, interval),
     api.next_delivery_due_v1(text),
     api.dead_deliveries_v1(text),
     api.replay_deliveries_v1(text, uuid)

@@ -1,6 +1,6 @@
 -- The outbox is append-only; the service role may only call the api functions.
 BEGIN;
-SELECT plan(26);
+SELECT plan(31);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('grants_account', 'gr-key', false, NULL)) IS NOT NULL,
           'an account and key');
@@ -31,6 +31,15 @@ SELECT ok(NOT has_function_privilege('tollgate_app', 'api.create_api_key_v1(text
           'the service cannot create keys');
 SELECT ok(NOT has_function_privilege('public', 'api.ingest_stripe_event_v1(jsonb)', 'EXECUTE'),
           'PUBLIC cannot ingest events');
+-- Large objects are storage outside every table's grants, and pg_notify sends what listeners
+-- may take for Tollgate's own word: neither is PUBLIC's (revoked on every migrate).
+SELECT is_empty($$SELECT p.oid::regprocedure FROM pg_proc p
+                  WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                    AND (p.proname ~ '^lo_' OR p.proname IN ('loread', 'lowrite', 'pg_notify'))
+                    AND has_function_privilege('public', p.oid, 'EXECUTE')$$,
+                'PUBLIC may call no large-object function, nor pg_notify');
+SELECT ok(has_function_privilege('tollgate_owner', 'pg_notify(text, text)', 'EXECUTE'),
+          'the owner, whose triggers wake listeners, may notify');
 
 SET LOCAL ROLE tollgate_app;
 SELECT throws_ok($$SELECT * FROM tollgate.payment_intents$$, '42501', NULL, 'the service cannot read tables');
@@ -41,6 +50,10 @@ SELECT throws_ok($$DELETE FROM tollgate.audit_log$$, '42501', NULL, 'nor delete'
 SELECT throws_ok($$SELECT tollgate.emit(gen_random_uuid(), 'a.b', '{}')$$, '42501', NULL, 'nor call internal functions');
 SELECT throws_ok($$SELECT * FROM api.create_api_key_v1('x', 'x', true, NULL)$$, '42501', NULL,
                  'nor mint keys');
+SELECT throws_ok($$SELECT lo_create(0)$$, '42501', NULL, 'nor store large objects');
+SELECT throws_ok($$SELECT lo_from_bytea(0, '\x00')$$, '42501', NULL, 'of any kind');
+SELECT throws_ok($$SELECT pg_notify('payment_settled', '{"payment_id": "forged"}')$$, '42501', NULL,
+                 'nor send notifications');
 SELECT results_eq($$SELECT allowed, status FROM api.can_continue_v1('gr-key', NULL, NULL)$$,
                   $$VALUES (true, 'succeeded')$$, 'but it can call the api functions');
 SELECT throws_ok($$SELECT * FROM api.can_continue_v1('wrong', NULL, NULL)$$, 'TG001', 'invalid or revoked API key',
