@@ -156,6 +156,12 @@ BEGIN
     ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
         PERFORM tollgate.audit(NEW.account_id, 'review', NEW.id::text, 'decided', OLD.status::text,
                                NEW.status::text, NEW.note);
+        -- Credits a flagged payment bought before its review could hold them (settled before
+        -- this rule existed): recorded and announced for the operator to refund.
+        IF NEW.status = 'rejected' AND NEW.payment_intent_id IS NOT NULL THEN
+            PERFORM tollgate.take_back_reviewed(t.id) FROM tollgate.transactions t
+            WHERE t.status = 'settled' AND t.payment_intent_id = NEW.payment_intent_id;
+        END IF;
     END IF;
     RETURN NULL;
 END
@@ -244,10 +250,6 @@ BEGIN
         UPDATE tollgate.transactions t SET status = 'failed'
         WHERE t.status = 'pending'
           AND (t.id = rev.transaction_id OR t.payment_intent_id = rev.payment_intent_id);
-        -- Credits a flagged payment bought before its review could hold them (settled before
-        -- this rule existed): recorded and announced for the operator to refund.
-        PERFORM tollgate.take_back_reviewed(t.id) FROM tollgate.transactions t
-        WHERE t.status = 'settled' AND t.payment_intent_id = rev.payment_intent_id;
     ELSE
         UPDATE tollgate.transactions t SET status = 'settled'
         FROM tollgate.payment_intents p
@@ -261,7 +263,7 @@ END
 $$;
 
 -- A payment's review was rejected after its transaction settled (possible only for credits
--- settled before reviews held them). A payment's credits come back only as Stripe takes the
+-- settled before reviews held them); called by trigger reviews_50_audit. A payment's credits come back only as Stripe takes the
 -- money back (tollgate.take_back): the rejection is recorded and announced
 -- (transaction.review_rejected) so that the operator refunds it, which takes them back.
 CREATE OR REPLACE FUNCTION tollgate.take_back_reviewed(p_transaction_id uuid) RETURNS void
