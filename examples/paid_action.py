@@ -10,6 +10,9 @@ credits -> do the work -> record usage -> capture the hold.
 
 Configuration comes from the environment (TOLLGATE_URL, TOLLGATE_API_KEY, STRIPE_API_BASE,
 STRIPE_API_KEY), else from the ``dev.env`` that ``tollgate dev`` writes in its data folder.
+
+It needs only the client (``pip install ./client``: httpx and pydantic); the customer's side at
+Stripe is two plain HTTP calls to Stripe's API.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import stripe
+import httpx
 
-from api.models import Authorization, UsageEvent
 from tollgate import Client, PaymentRequired, TollgateError
+from tollgate.models import Authorization, UsageEvent
 
 ACTION = "report.generate"
 AGENT = "example-agent"
@@ -46,17 +49,22 @@ def load_env(path: Path) -> None:
             os.environ.setdefault(name.strip(), value.strip())
 
 
-def card(client: stripe.StripeClient, emulated: bool) -> str:
+def card(stripe: httpx.Client, emulated: bool) -> str:
     """A test card: created at the emulator, or Stripe's own test PaymentMethod."""
     if not emulated:
         return "pm_card_visa"
-    method = client.v1.payment_methods.create(
-        {
+    method = stripe.post(
+        "/v1/payment_methods",
+        data={
             "type": "card",
-            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
-        }
+            "card[number]": "4242424242424242",
+            "card[exp_month]": "12",
+            "card[exp_year]": "2034",
+            "card[cvc]": "123",
+        },
     )
-    return str(method.id)
+    method.raise_for_status()
+    return str(method.json()["id"])
 
 
 def run_the_action() -> tuple[str, int]:
@@ -76,13 +84,11 @@ def main() -> int:
         return 2
     stripe_base = os.environ.get("STRIPE_API_BASE") or None
     stripe_key = os.environ.get("STRIPE_API_KEY", "")
-    customer = (
-        stripe.StripeClient(stripe_key, base_addresses={"api": stripe_base})
-        if stripe_base
-        else stripe.StripeClient(stripe_key)
+    customer = httpx.Client(
+        base_url=stripe_base or "https://api.stripe.com", auth=(stripe_key, ""), timeout=30
     )
 
-    with Client() as tollgate:
+    with customer, Client() as tollgate:
         me = tollgate.me()
         step(f"agent for account {me.account_id} wants to run {ACTION}")
         allowed: Authorization | None = None
@@ -111,7 +117,7 @@ def main() -> int:
                 f"created payment {payment.id} ({payment.stripe_id}): "
                 f"{credits.amount} {credits.currency} of credits, status {payment.status}"
             )
-            customer.v1.payment_intents.confirm(payment.stripe_id)
+            customer.post(f"/v1/payment_intents/{payment.stripe_id}/confirm").raise_for_status()
             step("confirmed at Stripe; waiting for the webhook to credit the account")
             deadline = time.monotonic() + args.wait
             while (status := tollgate.get_payment(payment.id).status) != "succeeded":

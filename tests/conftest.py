@@ -10,6 +10,7 @@ a skip fails the test.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import threading
@@ -75,6 +76,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "restarts_postgres: the test restarts its PostgreSQL (an embedded server)"
     )
+    if importlib.util.find_spec("tollgate") is None:  # the client is a distribution of its own
+        raise pytest.UsageError(
+            "the Python client is not installed: pip install -e ./client (make test does)"
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)

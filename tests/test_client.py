@@ -15,7 +15,6 @@ import httpx
 import psycopg
 import pytest
 
-from api import models
 from tests.conftest import Api, Emulator
 from tests.helpers import stripe_client, stripe_intents_with
 from tests.proxy import Script, faulty_proxy
@@ -31,13 +30,14 @@ from tollgate import (
     Unauthorized,
     Unavailable,
     _unasync,
+    models,
 )
 from tollgate._core import Call, result
 
 
 def test_the_sync_client_is_generated_from_the_async_one() -> None:
     assert _unasync.TARGET.read_text() == _unasync.generate(), (
-        "tollgate/_sync_client.py is stale: run python tollgate/_unasync.py"
+        "tollgate/_sync_client.py is stale: run python client/tollgate/_unasync.py"
     )
 
 

@@ -21,6 +21,28 @@ ROOT = Path(__file__).resolve().parent.parent
 STRIPE_VARIABLES = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE")
 
 
+def check_steps(stdout: str, account: str) -> None:
+    """The example's printed steps, from a first 402 to the captured hold."""
+    steps = [line.split("] ", 1)[1] for line in stdout.splitlines()]
+    expected = [
+        f"agent for account {account}",
+        "402 payment_required",
+        "  can pay: stripe.payment",
+        "  can pay: credits",
+        "created payment",
+        "confirmed at Stripe",
+        "payment succeeded; credits: 0.50 USD",
+        "authorized via credits: hold",
+        "ran report.generate",
+        "usage recorded: 1 accepted, 0 rejected",
+        "hold captured: 0.50 USD charged",
+        "done; balances: 0.00 USD",
+    ]
+    assert len(steps) == len(expected), stdout
+    for line, start in zip(steps, expected, strict=True):
+        assert line.startswith(start), (line, start)
+
+
 @pytest.fixture
 def dev_stack(db_dsn: str, tmp_path: Path) -> Iterator[Path]:
     """`tollgate dev` on a free port over the test database; yields its data folder."""
@@ -62,24 +84,7 @@ def test_the_example_agent_pays_runs_and_captures(
     )
     log = (dev_stack / "dev.log").read_text()[-3000:]
     assert done.returncode == 0, done.stdout + done.stderr + log
-    steps = [line.split("] ", 1)[1] for line in done.stdout.splitlines()]
-    expected = [
-        "agent for account dev_account",
-        "402 payment_required",
-        "  can pay: stripe.payment",
-        "  can pay: credits",
-        "created payment",
-        "confirmed at Stripe",
-        "payment succeeded; credits: 0.50 USD",
-        "authorized via credits: hold",
-        "ran report.generate",
-        "usage recorded: 1 accepted, 0 rejected",
-        "hold captured: 0.50 USD charged",
-        "done; balances: 0.00 USD",
-    ]
-    assert len(steps) == len(expected), done.stdout
-    for line, start in zip(steps, expected, strict=True):
-        assert line.startswith(start), (line, start)
+    check_steps(done.stdout, "dev_account")
 
     # What the steps claim is what the database holds.
     facts = db.execute(

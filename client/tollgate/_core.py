@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from api import models
+from tollgate import models
 
 T = TypeVar("T")
 

@@ -7,8 +7,13 @@ with Client("http://127.0.0.1:8000", api_key="tg_...") as tollgate:
         hold = tollgate.authorize("report.generate")
     except PaymentRequired as refused:
         print(refused.required.accepts[0].request)
+
+The answers' types, and the request shapes (``UsageEvent``), are in ``tollgate.models``. This
+distribution (``tollgate-client``) needs only httpx and pydantic; it imports nothing of the
+server.
 """
 
+from tollgate import models
 from tollgate._async_client import AsyncClient
 from tollgate._core import (
     BadRequest,
@@ -33,4 +38,5 @@ __all__ = [
     "TollgateError",
     "Unauthorized",
     "Unavailable",
+    "models",
 ]

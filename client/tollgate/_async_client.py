@@ -1,22 +1,22 @@
-"""Tollgate's synchronous client: one typed method per HTTP route.
+"""Tollgate's asynchronous client: one typed method per HTTP route.
 
-Generated from ``tollgate/_async_client.py`` by ``python tollgate/_unasync.py``: edit
-that file, not this one.
+This file is the source: ``tollgate/_sync_client.py`` is generated from it by
+``python client/tollgate/_unasync.py`` (a test fails when the two drift apart).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel
 
-from api import models
+from tollgate import models
 from tollgate._core import (
     Call,
     T,
@@ -47,7 +47,7 @@ def _query(**params: Any) -> dict[str, Any]:
     return {name: value for name, value in params.items() if value is not None}
 
 
-class Client:
+class AsyncClient:
     """Talks to one Tollgate with one API key.
 
     ``base_url`` and ``api_key`` default to ``TOLLGATE_URL`` and ``TOLLGATE_API_KEY``. A request
@@ -68,7 +68,7 @@ class Client:
         retries: int = 3,
         backoff: float = 0.25,
         timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("TOLLGATE_URL", "http://127.0.0.1:8000")
         api_key = api_key or os.environ.get("TOLLGATE_API_KEY")
@@ -77,67 +77,67 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self._account: str | None = None
-        self._http = httpx.Client(
+        self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "tollgate-python"},
             timeout=timeout,
             transport=transport,
         )
 
-    def __enter__(self) -> Client:
+    async def __aenter__(self) -> AsyncClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
-    def close(self) -> None:
-        self._http.close()
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
-    def send(self, call: Call[T]) -> T:
+    async def send(self, call: Call[T]) -> T:
         """Send one call, retrying what is safe to retry; the parsed answer or a typed error."""
         attempt = 0
         while True:
             try:
-                response = self._http.request(
+                response = await self._http.request(
                     call.method, call.path, json=call.json, params=call.params, headers=call.headers
                 )
             except httpx.TransportError as exc:
                 wait = pause(attempt, None, self.backoff)
                 if attempt < self.retries and wait is not None and retry_exception(call, exc):
-                    time.sleep(wait)
+                    await asyncio.sleep(wait)
                     attempt += 1
                     continue
                 raise Unavailable(0, "unreachable", f"{type(exc).__name__}: {exc}") from exc
             wait = pause(attempt, response, self.backoff)
             if attempt < self.retries and wait is not None and retry_response(call, response):
-                time.sleep(wait)
+                await asyncio.sleep(wait)
                 attempt += 1
                 continue
             return result(call, response)
 
     # Who am I, and is Tollgate up
 
-    def me(self) -> models.Identity:
+    async def me(self) -> models.Identity:
         """The account this key belongs to and whether it is an admin key."""
-        return self.send(Call("GET", "/v1/me", models.Identity, idempotent=True))
+        return await self.send(Call("GET", "/v1/me", models.Identity, idempotent=True))
 
-    def _own_account(self) -> str:
+    async def _own_account(self) -> str:
         # A key's account never changes: asked once per client.
         if self._account is None:
-            self._account = (self.me()).account_id
+            self._account = (await self.me()).account_id
         return self._account
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         """True when Tollgate and its database answer."""
         try:
-            self.send(Call("GET", "/readyz", models.Health, idempotent=True))
+            await self.send(Call("GET", "/readyz", models.Health, idempotent=True))
         except TollgateError:
             return False
         return True
 
     # Gating
 
-    def authorize(
+    async def authorize(
         self,
         action: str,
         *,
@@ -160,12 +160,14 @@ class Client:
             agent_id=agent_id,
             hold_seconds=hold_seconds,
         )
-        return self.send(Call("POST", "/v1/authorize", models.Authorization, _json(ask)))
+        return await self.send(Call("POST", "/v1/authorize", models.Authorization, _json(ask)))
 
-    def can_continue(self, account_id: str, *, purpose: str | None = None) -> models.Continuation:
+    async def can_continue(
+        self, account_id: str, *, purpose: str | None = None
+    ) -> models.Continuation:
         """Whether the account's newest payment (for ``purpose``) allows it to go on; a
         ``allowed=False`` answer is returned, not raised."""
-        return self.send(
+        return await self.send(
             Call(
                 "GET",
                 f"/v1/accounts/{account_id}/can-continue",
@@ -176,10 +178,10 @@ class Client:
             )
         )
 
-    def get_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
-        return self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
+    async def get_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
+        return await self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
 
-    def capture_hold(
+    async def capture_hold(
         self,
         hold_id: uuid.UUID | str,
         *,
@@ -189,23 +191,25 @@ class Client:
         """Charge a hold: all of it, or ``amount`` (``amount_minor``) of it (the rest goes
         back)."""
         ask = models.CaptureRequest(amount=_dec(amount), amount_minor=amount_minor)
-        return self.send(Call("POST", f"/v1/holds/{hold_id}/capture", models.HoldOut, _json(ask)))
+        return await self.send(
+            Call("POST", f"/v1/holds/{hold_id}/capture", models.HoldOut, _json(ask))
+        )
 
-    def release_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
+    async def release_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
         """Give a hold back uncharged."""
-        return self.send(Call("POST", f"/v1/holds/{hold_id}/release", models.HoldOut))
+        return await self.send(Call("POST", f"/v1/holds/{hold_id}/release", models.HoldOut))
 
-    def record_usage(self, events: Iterable[models.UsageEvent]) -> models.UsageReceipt:
+    async def record_usage(self, events: Iterable[models.UsageEvent]) -> models.UsageReceipt:
         """Record up to 1000 usage events; each event is answered on its own (accepted,
         duplicate or rejected), and sending a batch again is harmless."""
         batch = [_json(event) for event in events]
-        return self.send(
+        return await self.send(
             Call("POST", "/v1/usage", models.UsageReceipt, {"events": batch}, idempotent=True)
         )
 
     # Payments
 
-    def create_payment(
+    async def create_payment(
         self,
         amount: Amount | None,
         currency: str,
@@ -230,7 +234,7 @@ class Client:
             account_id=account_id,
         )
         key = idempotency_key or str(uuid.uuid4())
-        return self.send(
+        return await self.send(
             Call(
                 "POST",
                 "/v1/payments",
@@ -241,20 +245,20 @@ class Client:
             )
         )
 
-    def get_payment(self, ref: uuid.UUID | str) -> models.Payment:
+    async def get_payment(self, ref: uuid.UUID | str) -> models.Payment:
         """A payment by Tollgate id or Stripe PaymentIntent id."""
-        return self.send(Call("GET", f"/v1/payments/{ref}", models.Payment, idempotent=True))
+        return await self.send(Call("GET", f"/v1/payments/{ref}", models.Payment, idempotent=True))
 
     # Balances, transfers and transactions
 
-    def balances(self, account_id: str | None = None) -> models.Balances:
+    async def balances(self, account_id: str | None = None) -> models.Balances:
         """The account's balances (this key's account when not given)."""
-        account = account_id or self._own_account()
-        return self.send(
+        account = account_id or await self._own_account()
+        return await self.send(
             Call("GET", f"/v1/accounts/{account}/balances", models.Balances, idempotent=True)
         )
 
-    def transfer(
+    async def transfer(
         self,
         to_account_id: str,
         amount: Amount | None,
@@ -274,7 +278,7 @@ class Client:
             currency=currency,
         )
         key = idempotency_key or str(uuid.uuid4())
-        return self.send(
+        return await self.send(
             Call(
                 "POST",
                 "/v1/transfers",
@@ -285,7 +289,7 @@ class Client:
             )
         )
 
-    def create_transaction(
+    async def create_transaction(
         self,
         reference: str,
         amount: Amount | None,
@@ -305,12 +309,12 @@ class Client:
             currency=currency,
             payment_id=payment_id,
         )
-        return self.send(Call("POST", "/v1/transactions", models.Transaction, _json(ask)))
+        return await self.send(Call("POST", "/v1/transactions", models.Transaction, _json(ask)))
 
-    def get_transaction(
+    async def get_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return self.send(
+        return await self.send(
             Call(
                 "GET",
                 f"/v1/transactions/{reference}",
@@ -320,7 +324,7 @@ class Client:
             )
         )
 
-    def list_transactions(
+    async def list_transactions(
         self,
         *,
         account_id: str | None = None,
@@ -330,45 +334,46 @@ class Client:
     ) -> models.TransactionPage:
         """One page, newest first; pass ``next_before`` back as ``before`` for the next."""
         params = _query(account_id=account_id, status=status, limit=limit, before=before)
-        return self.send(
+        return await self.send(
             Call("GET", "/v1/transactions", models.TransactionPage, params=params, idempotent=True)
         )
 
-    def iter_transactions(
+    async def iter_transactions(
         self,
         *,
         account_id: str | None = None,
         status: models.TransactionStatus | None = None,
         page_size: int = 200,
-    ) -> Iterator[models.Transaction]:
+    ) -> AsyncIterator[models.Transaction]:
         """Every transaction, newest first, a page at a time."""
         before: uuid.UUID | None = None
         while True:
-            page = self.list_transactions(
+            page = await self.list_transactions(
                 account_id=account_id, status=status, limit=page_size, before=before
             )
-            yield from page.transactions
+            for transaction in page.transactions:
+                yield transaction
             if page.next_before is None:
                 return
             before = page.next_before
 
-    def settle_transaction(
+    async def settle_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return self._move(reference, "settle", account_id)
+        return await self._move(reference, "settle", account_id)
 
-    def fail_transaction(
+    async def fail_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return self._move(reference, "fail", account_id)
+        return await self._move(reference, "fail", account_id)
 
-    def reverse_transaction(
+    async def reverse_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return self._move(reference, "reverse", account_id)
+        return await self._move(reference, "reverse", account_id)
 
-    def _move(self, reference: str, to: str, account_id: str | None) -> models.Transaction:
-        return self.send(
+    async def _move(self, reference: str, to: str, account_id: str | None) -> models.Transaction:
+        return await self.send(
             Call(
                 "POST",
                 f"/v1/transactions/{reference}/{to}",
@@ -379,7 +384,7 @@ class Client:
 
     # Usage report and settings (admin keys)
 
-    def usage_report(
+    async def usage_report(
         self,
         account_id: str,
         *,
@@ -389,7 +394,7 @@ class Client:
         end: str | None = None,
     ) -> models.UsageReport:
         params = _query(metric=metric, period=period, **{"from": start, "to": end})
-        return self.send(
+        return await self.send(
             Call(
                 "GET",
                 f"/v1/accounts/{account_id}/usage",
@@ -399,7 +404,7 @@ class Client:
             )
         )
 
-    def set_action_price(
+    async def set_action_price(
         self,
         action: str,
         price: Amount | None,
@@ -411,19 +416,19 @@ class Client:
         ask = models.ActionPriceIn(
             price=_dec(price), price_minor=price_minor, currency=currency, description=description
         )
-        return self.send(
+        return await self.send(
             Call("PUT", f"/v1/actions/{action}", models.ActionPriceOut, _json(ask), idempotent=True)
         )
 
-    def set_metric_price(
+    async def set_metric_price(
         self, metric: str, unit_price: Amount, currency: str
     ) -> models.MetricPriceOut:
         ask = models.MetricPriceIn(unit_price=Decimal(unit_price), currency=currency)
-        return self.send(
+        return await self.send(
             Call("PUT", f"/v1/metrics/{metric}", models.MetricPriceOut, _json(ask), idempotent=True)
         )
 
-    def set_spend_cap(
+    async def set_spend_cap(
         self,
         account_id: str,
         period: Literal["day", "month"],
@@ -442,7 +447,7 @@ class Client:
             hard_limit_minor=hard_limit_minor,
             soft_pct=soft_pct,
         )
-        return self.send(
+        return await self.send(
             Call(
                 "PUT",
                 f"/v1/accounts/{account_id}/spend-caps",
@@ -452,7 +457,7 @@ class Client:
             )
         )
 
-    def set_wallet(
+    async def set_wallet(
         self,
         account_id: str,
         currency: str,
@@ -471,7 +476,7 @@ class Client:
             "overdraft_limit_minor": overdraft_limit_minor,
         }
         ask = models.WalletIn.model_validate({k: v for k, v in given.items() if v is not None})
-        return self.send(
+        return await self.send(
             Call(
                 "PUT",
                 f"/v1/accounts/{account_id}/wallets/{currency}",
@@ -483,10 +488,10 @@ class Client:
 
     # Risk reviews and reconciliation (admin keys)
 
-    def list_reviews(
+    async def list_reviews(
         self, status: Literal["open", "approved", "rejected"] = "open"
     ) -> list[models.ReviewOut]:
-        return self.send(
+        return await self.send(
             Call(
                 "GET",
                 "/v1/reviews",
@@ -496,25 +501,25 @@ class Client:
             )
         )
 
-    def approve_review(
+    async def approve_review(
         self, review_id: uuid.UUID | str, *, note: str | None = None
     ) -> models.ReviewOut:
-        return self._decide(review_id, "approve", note)
+        return await self._decide(review_id, "approve", note)
 
-    def reject_review(
+    async def reject_review(
         self, review_id: uuid.UUID | str, *, note: str | None = None
     ) -> models.ReviewOut:
-        return self._decide(review_id, "reject", note)
+        return await self._decide(review_id, "reject", note)
 
-    def _decide(
+    async def _decide(
         self, review_id: uuid.UUID | str, decision: str, note: str | None
     ) -> models.ReviewOut:
         ask = models.DecisionIn(note=note)
-        return self.send(
+        return await self.send(
             Call("POST", f"/v1/reviews/{review_id}/{decision}", models.ReviewOut, _json(ask))
         )
 
-    def set_risk_rule(
+    async def set_risk_rule(
         self,
         currency: str,
         *,
@@ -534,7 +539,7 @@ class Client:
             first_amount_max=_dec(first_amount_max),
             first_amount_max_minor=first_amount_max_minor,
         )
-        return self.send(
+        return await self.send(
             Call(
                 "PUT",
                 f"/v1/risk-rules/{currency}",
@@ -545,7 +550,7 @@ class Client:
             )
         )
 
-    def import_reconciliation_lines(
+    async def import_reconciliation_lines(
         self, source: str, lines: Iterable[models.ReconciliationLineIn | Mapping[str, Any]]
     ) -> models.ReconciliationOut:
         """Match an outside statement's lines against Tollgate's transactions."""
@@ -553,6 +558,6 @@ class Client:
             source=source,
             lines=[models.ReconciliationLineIn.model_validate(line) for line in lines],
         )
-        return self.send(
+        return await self.send(
             Call("POST", "/v1/reconciliation/lines", models.ReconciliationOut, _json(ask))
         )

@@ -1,7 +1,8 @@
 """Generate the synchronous client from the asynchronous one.
 
-``python tollgate/_unasync.py`` rewrites ``_sync_client.py``; a test fails when it is stale. The
-rewrite is textual (await, async def, the httpx and asyncio names), then ruff formats it.
+``python client/tollgate/_unasync.py`` rewrites ``_sync_client.py``; a test fails when it is
+stale. The rewrite is textual (await, async def, the httpx and asyncio names), then ruff formats
+it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ RULES: list[tuple[str, str]] = [
     ),
     (
         "This file is the source: ``tollgate/_sync_client.py`` is generated from it by\n"
-        "``python tollgate/_unasync.py`` (a test fails when the two drift apart).",
-        "Generated from ``tollgate/_async_client.py`` by ``python tollgate/_unasync.py``: edit\n"
-        "that file, not this one.",
+        "``python client/tollgate/_unasync.py`` (a test fails when the two drift apart).",
+        "Generated from ``tollgate/_async_client.py`` by ``python client/tollgate/_unasync.py``:\n"
+        "edit that file, not this one.",
     ),
     ("import asyncio\nimport os\n", "import os\nimport time\n"),
     ("AsyncIterator, Iterable, Mapping", "Iterable, Iterator, Mapping"),

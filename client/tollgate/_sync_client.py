@@ -1,22 +1,22 @@
-"""Tollgate's asynchronous client: one typed method per HTTP route.
+"""Tollgate's synchronous client: one typed method per HTTP route.
 
-This file is the source: ``tollgate/_sync_client.py`` is generated from it by
-``python tollgate/_unasync.py`` (a test fails when the two drift apart).
+Generated from ``tollgate/_async_client.py`` by ``python client/tollgate/_unasync.py``:
+edit that file, not this one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel
 
-from api import models
+from tollgate import models
 from tollgate._core import (
     Call,
     T,
@@ -47,7 +47,7 @@ def _query(**params: Any) -> dict[str, Any]:
     return {name: value for name, value in params.items() if value is not None}
 
 
-class AsyncClient:
+class Client:
     """Talks to one Tollgate with one API key.
 
     ``base_url`` and ``api_key`` default to ``TOLLGATE_URL`` and ``TOLLGATE_API_KEY``. A request
@@ -68,7 +68,7 @@ class AsyncClient:
         retries: int = 3,
         backoff: float = 0.25,
         timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("TOLLGATE_URL", "http://127.0.0.1:8000")
         api_key = api_key or os.environ.get("TOLLGATE_API_KEY")
@@ -77,67 +77,67 @@ class AsyncClient:
         self.retries = retries
         self.backoff = backoff
         self._account: str | None = None
-        self._http = httpx.AsyncClient(
+        self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "tollgate-python"},
             timeout=timeout,
             transport=transport,
         )
 
-    async def __aenter__(self) -> AsyncClient:
+    def __enter__(self) -> Client:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def close(self) -> None:
+        self._http.close()
 
-    async def send(self, call: Call[T]) -> T:
+    def send(self, call: Call[T]) -> T:
         """Send one call, retrying what is safe to retry; the parsed answer or a typed error."""
         attempt = 0
         while True:
             try:
-                response = await self._http.request(
+                response = self._http.request(
                     call.method, call.path, json=call.json, params=call.params, headers=call.headers
                 )
             except httpx.TransportError as exc:
                 wait = pause(attempt, None, self.backoff)
                 if attempt < self.retries and wait is not None and retry_exception(call, exc):
-                    await asyncio.sleep(wait)
+                    time.sleep(wait)
                     attempt += 1
                     continue
                 raise Unavailable(0, "unreachable", f"{type(exc).__name__}: {exc}") from exc
             wait = pause(attempt, response, self.backoff)
             if attempt < self.retries and wait is not None and retry_response(call, response):
-                await asyncio.sleep(wait)
+                time.sleep(wait)
                 attempt += 1
                 continue
             return result(call, response)
 
     # Who am I, and is Tollgate up
 
-    async def me(self) -> models.Identity:
+    def me(self) -> models.Identity:
         """The account this key belongs to and whether it is an admin key."""
-        return await self.send(Call("GET", "/v1/me", models.Identity, idempotent=True))
+        return self.send(Call("GET", "/v1/me", models.Identity, idempotent=True))
 
-    async def _own_account(self) -> str:
+    def _own_account(self) -> str:
         # A key's account never changes: asked once per client.
         if self._account is None:
-            self._account = (await self.me()).account_id
+            self._account = (self.me()).account_id
         return self._account
 
-    async def ready(self) -> bool:
+    def ready(self) -> bool:
         """True when Tollgate and its database answer."""
         try:
-            await self.send(Call("GET", "/readyz", models.Health, idempotent=True))
+            self.send(Call("GET", "/readyz", models.Health, idempotent=True))
         except TollgateError:
             return False
         return True
 
     # Gating
 
-    async def authorize(
+    def authorize(
         self,
         action: str,
         *,
@@ -160,14 +160,12 @@ class AsyncClient:
             agent_id=agent_id,
             hold_seconds=hold_seconds,
         )
-        return await self.send(Call("POST", "/v1/authorize", models.Authorization, _json(ask)))
+        return self.send(Call("POST", "/v1/authorize", models.Authorization, _json(ask)))
 
-    async def can_continue(
-        self, account_id: str, *, purpose: str | None = None
-    ) -> models.Continuation:
+    def can_continue(self, account_id: str, *, purpose: str | None = None) -> models.Continuation:
         """Whether the account's newest payment (for ``purpose``) allows it to go on; a
         ``allowed=False`` answer is returned, not raised."""
-        return await self.send(
+        return self.send(
             Call(
                 "GET",
                 f"/v1/accounts/{account_id}/can-continue",
@@ -178,10 +176,10 @@ class AsyncClient:
             )
         )
 
-    async def get_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
-        return await self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
+    def get_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
+        return self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
 
-    async def capture_hold(
+    def capture_hold(
         self,
         hold_id: uuid.UUID | str,
         *,
@@ -191,25 +189,23 @@ class AsyncClient:
         """Charge a hold: all of it, or ``amount`` (``amount_minor``) of it (the rest goes
         back)."""
         ask = models.CaptureRequest(amount=_dec(amount), amount_minor=amount_minor)
-        return await self.send(
-            Call("POST", f"/v1/holds/{hold_id}/capture", models.HoldOut, _json(ask))
-        )
+        return self.send(Call("POST", f"/v1/holds/{hold_id}/capture", models.HoldOut, _json(ask)))
 
-    async def release_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
+    def release_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
         """Give a hold back uncharged."""
-        return await self.send(Call("POST", f"/v1/holds/{hold_id}/release", models.HoldOut))
+        return self.send(Call("POST", f"/v1/holds/{hold_id}/release", models.HoldOut))
 
-    async def record_usage(self, events: Iterable[models.UsageEvent]) -> models.UsageReceipt:
+    def record_usage(self, events: Iterable[models.UsageEvent]) -> models.UsageReceipt:
         """Record up to 1000 usage events; each event is answered on its own (accepted,
         duplicate or rejected), and sending a batch again is harmless."""
         batch = [_json(event) for event in events]
-        return await self.send(
+        return self.send(
             Call("POST", "/v1/usage", models.UsageReceipt, {"events": batch}, idempotent=True)
         )
 
     # Payments
 
-    async def create_payment(
+    def create_payment(
         self,
         amount: Amount | None,
         currency: str,
@@ -234,7 +230,7 @@ class AsyncClient:
             account_id=account_id,
         )
         key = idempotency_key or str(uuid.uuid4())
-        return await self.send(
+        return self.send(
             Call(
                 "POST",
                 "/v1/payments",
@@ -245,20 +241,20 @@ class AsyncClient:
             )
         )
 
-    async def get_payment(self, ref: uuid.UUID | str) -> models.Payment:
+    def get_payment(self, ref: uuid.UUID | str) -> models.Payment:
         """A payment by Tollgate id or Stripe PaymentIntent id."""
-        return await self.send(Call("GET", f"/v1/payments/{ref}", models.Payment, idempotent=True))
+        return self.send(Call("GET", f"/v1/payments/{ref}", models.Payment, idempotent=True))
 
     # Balances, transfers and transactions
 
-    async def balances(self, account_id: str | None = None) -> models.Balances:
+    def balances(self, account_id: str | None = None) -> models.Balances:
         """The account's balances (this key's account when not given)."""
-        account = account_id or await self._own_account()
-        return await self.send(
+        account = account_id or self._own_account()
+        return self.send(
             Call("GET", f"/v1/accounts/{account}/balances", models.Balances, idempotent=True)
         )
 
-    async def transfer(
+    def transfer(
         self,
         to_account_id: str,
         amount: Amount | None,
@@ -278,7 +274,7 @@ class AsyncClient:
             currency=currency,
         )
         key = idempotency_key or str(uuid.uuid4())
-        return await self.send(
+        return self.send(
             Call(
                 "POST",
                 "/v1/transfers",
@@ -289,7 +285,7 @@ class AsyncClient:
             )
         )
 
-    async def create_transaction(
+    def create_transaction(
         self,
         reference: str,
         amount: Amount | None,
@@ -309,12 +305,12 @@ class AsyncClient:
             currency=currency,
             payment_id=payment_id,
         )
-        return await self.send(Call("POST", "/v1/transactions", models.Transaction, _json(ask)))
+        return self.send(Call("POST", "/v1/transactions", models.Transaction, _json(ask)))
 
-    async def get_transaction(
+    def get_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return await self.send(
+        return self.send(
             Call(
                 "GET",
                 f"/v1/transactions/{reference}",
@@ -324,7 +320,7 @@ class AsyncClient:
             )
         )
 
-    async def list_transactions(
+    def list_transactions(
         self,
         *,
         account_id: str | None = None,
@@ -334,46 +330,45 @@ class AsyncClient:
     ) -> models.TransactionPage:
         """One page, newest first; pass ``next_before`` back as ``before`` for the next."""
         params = _query(account_id=account_id, status=status, limit=limit, before=before)
-        return await self.send(
+        return self.send(
             Call("GET", "/v1/transactions", models.TransactionPage, params=params, idempotent=True)
         )
 
-    async def iter_transactions(
+    def iter_transactions(
         self,
         *,
         account_id: str | None = None,
         status: models.TransactionStatus | None = None,
         page_size: int = 200,
-    ) -> AsyncIterator[models.Transaction]:
+    ) -> Iterator[models.Transaction]:
         """Every transaction, newest first, a page at a time."""
         before: uuid.UUID | None = None
         while True:
-            page = await self.list_transactions(
+            page = self.list_transactions(
                 account_id=account_id, status=status, limit=page_size, before=before
             )
-            for transaction in page.transactions:
-                yield transaction
+            yield from page.transactions
             if page.next_before is None:
                 return
             before = page.next_before
 
-    async def settle_transaction(
+    def settle_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return await self._move(reference, "settle", account_id)
+        return self._move(reference, "settle", account_id)
 
-    async def fail_transaction(
+    def fail_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return await self._move(reference, "fail", account_id)
+        return self._move(reference, "fail", account_id)
 
-    async def reverse_transaction(
+    def reverse_transaction(
         self, reference: str, *, account_id: str | None = None
     ) -> models.Transaction:
-        return await self._move(reference, "reverse", account_id)
+        return self._move(reference, "reverse", account_id)
 
-    async def _move(self, reference: str, to: str, account_id: str | None) -> models.Transaction:
-        return await self.send(
+    def _move(self, reference: str, to: str, account_id: str | None) -> models.Transaction:
+        return self.send(
             Call(
                 "POST",
                 f"/v1/transactions/{reference}/{to}",
@@ -384,7 +379,7 @@ class AsyncClient:
 
     # Usage report and settings (admin keys)
 
-    async def usage_report(
+    def usage_report(
         self,
         account_id: str,
         *,
@@ -394,7 +389,7 @@ class AsyncClient:
         end: str | None = None,
     ) -> models.UsageReport:
         params = _query(metric=metric, period=period, **{"from": start, "to": end})
-        return await self.send(
+        return self.send(
             Call(
                 "GET",
                 f"/v1/accounts/{account_id}/usage",
@@ -404,7 +399,7 @@ class AsyncClient:
             )
         )
 
-    async def set_action_price(
+    def set_action_price(
         self,
         action: str,
         price: Amount | None,
@@ -416,19 +411,19 @@ class AsyncClient:
         ask = models.ActionPriceIn(
             price=_dec(price), price_minor=price_minor, currency=currency, description=description
         )
-        return await self.send(
+        return self.send(
             Call("PUT", f"/v1/actions/{action}", models.ActionPriceOut, _json(ask), idempotent=True)
         )
 
-    async def set_metric_price(
+    def set_metric_price(
         self, metric: str, unit_price: Amount, currency: str
     ) -> models.MetricPriceOut:
         ask = models.MetricPriceIn(unit_price=Decimal(unit_price), currency=currency)
-        return await self.send(
+        return self.send(
             Call("PUT", f"/v1/metrics/{metric}", models.MetricPriceOut, _json(ask), idempotent=True)
         )
 
-    async def set_spend_cap(
+    def set_spend_cap(
         self,
         account_id: str,
         period: Literal["day", "month"],
@@ -447,7 +442,7 @@ class AsyncClient:
             hard_limit_minor=hard_limit_minor,
             soft_pct=soft_pct,
         )
-        return await self.send(
+        return self.send(
             Call(
                 "PUT",
                 f"/v1/accounts/{account_id}/spend-caps",
@@ -457,7 +452,7 @@ class AsyncClient:
             )
         )
 
-    async def set_wallet(
+    def set_wallet(
         self,
         account_id: str,
         currency: str,
@@ -476,7 +471,7 @@ class AsyncClient:
             "overdraft_limit_minor": overdraft_limit_minor,
         }
         ask = models.WalletIn.model_validate({k: v for k, v in given.items() if v is not None})
-        return await self.send(
+        return self.send(
             Call(
                 "PUT",
                 f"/v1/accounts/{account_id}/wallets/{currency}",
@@ -488,10 +483,10 @@ class AsyncClient:
 
     # Risk reviews and reconciliation (admin keys)
 
-    async def list_reviews(
+    def list_reviews(
         self, status: Literal["open", "approved", "rejected"] = "open"
     ) -> list[models.ReviewOut]:
-        return await self.send(
+        return self.send(
             Call(
                 "GET",
                 "/v1/reviews",
@@ -501,25 +496,25 @@ class AsyncClient:
             )
         )
 
-    async def approve_review(
+    def approve_review(
         self, review_id: uuid.UUID | str, *, note: str | None = None
     ) -> models.ReviewOut:
-        return await self._decide(review_id, "approve", note)
+        return self._decide(review_id, "approve", note)
 
-    async def reject_review(
+    def reject_review(
         self, review_id: uuid.UUID | str, *, note: str | None = None
     ) -> models.ReviewOut:
-        return await self._decide(review_id, "reject", note)
+        return self._decide(review_id, "reject", note)
 
-    async def _decide(
+    def _decide(
         self, review_id: uuid.UUID | str, decision: str, note: str | None
     ) -> models.ReviewOut:
         ask = models.DecisionIn(note=note)
-        return await self.send(
+        return self.send(
             Call("POST", f"/v1/reviews/{review_id}/{decision}", models.ReviewOut, _json(ask))
         )
 
-    async def set_risk_rule(
+    def set_risk_rule(
         self,
         currency: str,
         *,
@@ -539,7 +534,7 @@ class AsyncClient:
             first_amount_max=_dec(first_amount_max),
             first_amount_max_minor=first_amount_max_minor,
         )
-        return await self.send(
+        return self.send(
             Call(
                 "PUT",
                 f"/v1/risk-rules/{currency}",
@@ -550,7 +545,7 @@ class AsyncClient:
             )
         )
 
-    async def import_reconciliation_lines(
+    def import_reconciliation_lines(
         self, source: str, lines: Iterable[models.ReconciliationLineIn | Mapping[str, Any]]
     ) -> models.ReconciliationOut:
         """Match an outside statement's lines against Tollgate's transactions."""
@@ -558,6 +553,6 @@ class AsyncClient:
             source=source,
             lines=[models.ReconciliationLineIn.model_validate(line) for line in lines],
         )
-        return await self.send(
+        return self.send(
             Call("POST", "/v1/reconciliation/lines", models.ReconciliationOut, _json(ask))
         )
