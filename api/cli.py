@@ -322,11 +322,7 @@ def _cmd_reconcile_import(args: argparse.Namespace) -> int:
             rows = queries.operator_import_reconciliation(
                 conn,
                 source=args.source,
-                references=lines.references,
-                amounts=lines.amounts,
-                currencies=lines.currencies,
-                dates=lines.dates,
-                accounts=lines.accounts,
+                lines=lines.lines,
             )
         except DomainError as exc:
             print(
