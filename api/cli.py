@@ -318,6 +318,7 @@ def _cmd_reconcile_import(args: argparse.Namespace) -> int:
         return 2
     with ExitStack() as stack:
         conn = _connect(stack, args.data_dir)
+        queries.register_types_sync(conn)
         try:
             rows = queries.operator_import_reconciliation(
                 conn,

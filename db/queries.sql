@@ -163,7 +163,7 @@ SELECT * FROM api.get_hold_v1(p_api_key => %(api_key)s::text, p_hold_id => %(hol
 -- name: record_usage
 SELECT * FROM api.record_usage_v2(
     p_api_key => %(api_key)s::text,
-    p_events  => %(events)s::api.usage_event_v1[]
+    p_events  => %(events)b::api.usage_event_v1[]
 );
 
 -- name: usage
@@ -316,14 +316,14 @@ SELECT * FROM api.set_risk_rule_v1(
 SELECT * FROM api.import_reconciliation_v2(
     p_api_key => %(api_key)s::text,
     p_source  => %(source)s::text,
-    p_lines   => %(lines)s::api.reconciliation_line_v1[]
+    p_lines   => %(lines)b::api.reconciliation_line_v1[]
 );
 
 -- name: operator_import_reconciliation
 SELECT * FROM tollgate.import_reconciliation(
     p_source      => %(source)s::text,
     p_imported_by => 'db:' || session_user,
-    p_lines       => %(lines)s::api.reconciliation_line_v1[]
+    p_lines       => %(lines)b::api.reconciliation_line_v1[]
 );
 
 -- name: operator_known_payments
