@@ -250,8 +250,8 @@ AS $$
 DECLARE
     n integer := coalesce(cardinality(p_ids), 0);
 BEGIN
-    IF n BETWEEN 1 AND 1000
-       AND (cardinality(p_accounts) <> n OR cardinality(p_agents) <> n OR cardinality(p_metrics) <> n
+    IF n <= 1000
+       AND (n = 0 OR cardinality(p_accounts) <> n OR cardinality(p_agents) <> n OR cardinality(p_metrics) <> n
             OR cardinality(p_quantities) <> n OR cardinality(p_occurred_at) <> n) THEN
         PERFORM tollgate.authenticate(p_api_key);   -- a bad key is answered first, as before
         RAISE EXCEPTION 'a batch needs at least one event, each with id, account, agent, metric, quantity, occurred_at'
