@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/sqlfluff lint db/sql db/queries.sql migrations
 
 ## The example agent (examples/paid_action.py), against a running `make dev`.
 example: $(STAMP)

@@ -327,15 +327,12 @@ def _cmd_reconcile_import(args: argparse.Namespace) -> int:
         return 2
     with ExitStack() as stack:
         conn = _connect(stack, args.data_dir)
+        queries.register_types_sync(conn)
         try:
             rows = queries.operator_import_reconciliation(
                 conn,
                 source=args.source,
-                references=lines.references,
-                amounts=lines.amounts,
-                currencies=lines.currencies,
-                dates=lines.dates,
-                accounts=lines.accounts,
+                lines=lines.lines,
             )
         except DomainError as exc:
             print(

@@ -336,12 +336,12 @@ async def record_usage(pool: PoolT, *, api_key: str, events: list[Any]) -> Usage
             answered = await queries.record_usage(
                 conn,
                 api_key=api_key,
-                ids=[e.id for _, e in sent],
-                accounts=[e.account_id for _, e in sent],
-                agents=[e.agent_id for _, e in sent],
-                metrics=[e.metric for _, e in sent],
-                quantities=[e.quantity for _, e in sent],
-                occurred_at=[e.occurred_at for _, e in sent],
+                events=[
+                    queries.UsageEventV1(
+                        e.id, e.account_id, e.agent_id, e.metric, e.quantity, e.occurred_at
+                    )
+                    for _, e in sent
+                ],
             )
         for (index, _), row in zip(sent, answered, strict=True):
             results[index] = UsageResult(

@@ -32,11 +32,7 @@ class FileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Lines:
-    references: list[str]
-    amounts: list[Decimal]
-    currencies: list[str]
-    dates: list[dt.date]
-    accounts: list[str | None]
+    lines: list[queries.ReconciliationLineV1]
     file_lines: list[int]  # where each line is in the file (the database numbers them 1, 2, ...)
 
     def in_file(self, message: str) -> str:
@@ -50,7 +46,7 @@ class Lines:
 def read_csv(path: Path) -> Lines:
     """A CSV with a header row: reference, amount (major units, e.g. 12.50), currency, date
     (YYYY-MM-DD) and optionally account_id. Any other column is ignored."""
-    lines = Lines([], [], [], [], [], [])
+    lines = Lines([], [])
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -61,7 +57,7 @@ def read_csv(path: Path) -> Lines:
                 n = reader.line_num
                 if any(_CONTROL.search(v) for v in row.values() if isinstance(v, str)):
                     raise FileError(f"{path}, line {n}: control characters (such as NUL)")
-                if len(lines.references) == MAX_LINES:
+                if len(lines.lines) == MAX_LINES:
                     raise FileError(f"{path}: more than {MAX_LINES} lines; split the file")
                 text = (row["amount"] or "").strip()
                 try:  # ASCII only: Decimal() would read other scripts' digits too
@@ -76,15 +72,19 @@ def read_csv(path: Path) -> Lines:
                     raise FileError(
                         f"{path}, line {n}: date {row['date']!r} is not like 2026-11-01"
                     ) from None
-                lines.references.append((row["reference"] or "").strip())
-                lines.amounts.append(amount)
-                lines.currencies.append((row["currency"] or "").strip().upper())
-                lines.dates.append(day)
-                lines.accounts.append((row.get("account_id") or "").strip() or None)
+                lines.lines.append(
+                    queries.ReconciliationLineV1(
+                        (row["reference"] or "").strip(),
+                        amount,
+                        (row["currency"] or "").strip().upper(),
+                        day,
+                        (row.get("account_id") or "").strip() or None,
+                    )
+                )
                 lines.file_lines.append(n)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FileError(f"{path}: {exc}") from exc
-    if not lines.references:
+    if not lines.lines:
         raise FileError(f"{path}: no lines after the header")
     return lines
 

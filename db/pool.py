@@ -7,6 +7,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
+from db import queries
+
 
 def create_pool(
     dsn: str, *, role: str | None, min_size: int, max_size: int, timeout: float
@@ -20,6 +22,7 @@ def create_pool(
     async def configure(conn: AsyncConnection[Any]) -> None:
         if role:
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        await queries.register_types(conn)
 
     return AsyncConnectionPool(
         dsn,

@@ -161,14 +161,9 @@ SELECT * FROM api.release_hold_v1(p_api_key => %(api_key)s::text, p_hold_id => %
 SELECT * FROM api.get_hold_v1(p_api_key => %(api_key)s::text, p_hold_id => %(hold_id)s::uuid);
 
 -- name: record_usage
-SELECT * FROM api.record_usage_v1(
-    p_api_key     => %(api_key)s::text,
-    p_ids         => %(ids)s::text[],
-    p_accounts    => %(accounts)s::text[],
-    p_agents      => %(agents)s::text[],
-    p_metrics     => %(metrics)s::text[],
-    p_quantities  => %(quantities)s::numeric[],
-    p_occurred_at => %(occurred_at)s::timestamptz[]
+SELECT * FROM api.record_usage_v2(
+    p_api_key => %(api_key)s::text,
+    p_events  => %(events)b::api.usage_event_v1[]
 );
 
 -- name: usage
@@ -318,25 +313,17 @@ SELECT * FROM api.set_risk_rule_v1(
 );
 
 -- name: import_reconciliation
-SELECT * FROM api.import_reconciliation_v1(
-    p_api_key    => %(api_key)s::text,
-    p_source     => %(source)s::text,
-    p_references => %(references)s::text[],
-    p_amounts    => %(amounts)s::numeric[],
-    p_currencies => %(currencies)s::text[],
-    p_dates      => %(dates)s::date[],
-    p_accounts   => %(accounts)s::text[]
+SELECT * FROM api.import_reconciliation_v2(
+    p_api_key => %(api_key)s::text,
+    p_source  => %(source)s::text,
+    p_lines   => %(lines)b::api.reconciliation_line_v1[]
 );
 
 -- name: operator_import_reconciliation
 SELECT * FROM tollgate.import_reconciliation(
     p_source      => %(source)s::text,
     p_imported_by => 'db:' || session_user,
-    p_references  => %(references)s::text[],
-    p_amounts     => %(amounts)s::numeric[],
-    p_currencies  => %(currencies)s::text[],
-    p_dates       => %(dates)s::date[],
-    p_accounts    => %(accounts)s::text[]
+    p_lines       => %(lines)b::api.reconciliation_line_v1[]
 );
 
 -- name: operator_known_payments

@@ -56,13 +56,13 @@ def some_of_everything(db: psycopg.Connection[Any]) -> None:
     db.execute("SELECT api.move_transaction_v1('ops-key', 'ann', 'small', 'settled')")
     db.execute("SELECT api.set_low_balance_v1('ops-key', 'ann', 'USD', 10)")
     db.execute(
-        "SELECT api.record_usage_v1('ann-key', ARRAY['u-1'], ARRAY[NULL], ARRAY['agent-7'],"
-        " ARRAY['tokens'], ARRAY[1200], ARRAY[now()])"
+        "SELECT api.record_usage_v2('ann-key',"
+        " ARRAY[('u-1', NULL, 'agent-7', 'tokens', 1200, now())]::api.usage_event_v1[])"
     )
     db.execute(
-        "SELECT tollgate.import_reconciliation('bank', 'test', ARRAY['small', 'nope'],"
-        " ARRAY[5, 1]::numeric[], ARRAY['USD', 'USD'], ARRAY[current_date, current_date],"
-        " ARRAY[NULL, NULL]::text[])"
+        "SELECT tollgate.import_reconciliation('bank', 'test',"
+        " ARRAY[('small', 5, 'USD', current_date, NULL), ('nope', 1, 'USD', current_date, NULL)]"
+        " ::api.reconciliation_line_v1[])"
     )
 
 

@@ -29,14 +29,16 @@ async def import_lines(request: Request, api_key: ApiKey, pool: Pool) -> Reconci
             conn,
             api_key=api_key,
             source=ask.source,
-            references=[x.reference for x in ask.lines],
-            amounts=[
-                await money.as_decimal(conn, x.currency, x.amount, x.amount_minor)
+            lines=[
+                queries.ReconciliationLineV1(
+                    x.reference,
+                    await money.as_decimal(conn, x.currency, x.amount, x.amount_minor),
+                    x.currency.upper(),
+                    x.date,
+                    x.account_id,
+                )
                 for x in ask.lines
             ],
-            currencies=[x.currency.upper() for x in ask.lines],
-            dates=[x.date for x in ask.lines],
-            accounts=[x.account_id for x in ask.lines],
         )
     return ReconciliationOut(
         batch_id=rows[0].batch_id,

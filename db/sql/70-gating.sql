@@ -506,6 +506,24 @@ FROM tollgate.holds h JOIN tollgate.accounts a ON a.id = h.account_id;
 -- api: authorize, holds
 -- ---------------------------------------------------------------------------------------------
 
+-- One answer of api.authorize_v1, its row shape declared here once: what every answer names (the
+-- account, the action, the price in the currency) and what only some carry. Without a code it
+-- is allowed (via subscription, payment or credits); with one (payment_required,
+-- spend_cap_exceeded) it is not. p_hold: the hold placed on credits, if any.
+CREATE OR REPLACE FUNCTION tollgate.authorization_row(
+    p_account text, p_action text, p_cost bigint, p_currency text,
+    p_via text DEFAULT NULL, p_code text DEFAULT NULL, p_message text DEFAULT NULL,
+    p_uses_left integer DEFAULT NULL, p_remaining text DEFAULT NULL, p_hold tollgate.holds DEFAULT NULL
+) RETURNS TABLE (allowed boolean, via text, code text, message text, account_id text, action text,
+                 hold_id uuid, uses_left integer, remaining text, currency text,
+                 price text, price_minor bigint, expires_at timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_code IS NULL, p_via, p_code, p_message, p_account, p_action, (p_hold).id, p_uses_left, p_remaining,
+           p_currency, tollgate.format_minor(p_cost, p_currency), p_cost, (p_hold).expires_at
+$$;
+
 -- May the account run p_action now? Answers allowed (via subscription, payment or credits)
 -- or not, with a reason code: payment_required (no entitlement, not enough credits) or
 -- spend_cap_exceeded. p_cost (a decimal) is what this run costs in credits when that varies:
@@ -567,9 +585,8 @@ BEGIN
     IF EXISTS (SELECT FROM tollgate.subscriptions s
                WHERE s.account_id = acct.id AND s.status IN ('active', 'trialing')
                  AND s.current_period_end > now()) THEN
-        RETURN QUERY SELECT true, 'subscription', NULL::text, NULL::text, acct.external_id, p_action,
-                            NULL::uuid, NULL::integer, NULL::text, cur,
-                            tollgate.format_minor(cost, cur), cost, NULL::timestamptz;
+        RETURN QUERY SELECT * FROM tollgate.authorization_row(acct.external_id, p_action, cost, cur,
+                                                              p_via => 'subscription');
         RETURN;
     END IF;
 
@@ -584,12 +601,11 @@ BEGIN
         ORDER BY x.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING * INTO used;
     IF FOUND THEN
-        RETURN QUERY SELECT true, 'payment', NULL::text, NULL::text, acct.external_id, p_action,
-                            NULL::uuid,
-                            -- uses_left > 0: the partial index payment_entitlements_usable_idx
-                            (SELECT coalesce(sum(x.uses_left), 0)::integer FROM tollgate.payment_entitlements x
-                             WHERE x.account_id = acct.id AND x.action = p_action AND x.uses_left > 0),
-                            NULL::text, cur, tollgate.format_minor(cost, cur), cost, NULL::timestamptz;
+        RETURN QUERY SELECT * FROM tollgate.authorization_row(acct.external_id, p_action, cost, cur,
+            p_via => 'payment',
+            -- uses_left > 0: the partial index payment_entitlements_usable_idx
+            p_uses_left => (SELECT coalesce(sum(x.uses_left), 0)::integer FROM tollgate.payment_entitlements x
+                            WHERE x.account_id = acct.id AND x.action = p_action AND x.uses_left > 0));
         RETURN;
     END IF;
 
@@ -610,35 +626,33 @@ BEGIN
         avail := 0;
     END IF;
     IF wallet IS NULL OR avail < cost THEN
-        RETURN QUERY SELECT false, NULL::text, 'payment_required',
-                            format('%s needs %s %s: no subscription, no payment for it, and %s %s of credits',
-                                   p_action, tollgate.format_minor(cost, cur), cur,
-                                   tollgate.format_minor(greatest(coalesce(avail, 0), 0), cur), cur),
-                            acct.external_id, p_action, NULL::uuid, NULL::integer,
-                            tollgate.format_minor(greatest(coalesce(avail, 0), 0), cur), cur,
-                            tollgate.format_minor(cost, cur), cost, NULL::timestamptz;
+        RETURN QUERY SELECT * FROM tollgate.authorization_row(acct.external_id, p_action, cost, cur,
+            p_code => 'payment_required',
+            p_message => format('%s needs %s %s: no subscription, no payment for it, and %s %s of credits',
+                                p_action, tollgate.format_minor(cost, cur), cur,
+                                tollgate.format_minor(greatest(coalesce(avail, 0), 0), cur), cur),
+            p_remaining => tollgate.format_minor(greatest(coalesce(avail, 0), 0), cur));
         RETURN;
     END IF;
     SELECT * INTO cap FROM tollgate.cap_exceeded(acct.id, agent, cur, cost);
     IF FOUND THEN
-        RETURN QUERY SELECT false, NULL::text, 'spend_cap_exceeded',
-                            format('the %s cap of %s %s%s is reached: %s spent, %s more would pass it',
-                                   cap.period, tollgate.format_minor(cap.hard_limit, cur), cur,
-                                   CASE WHEN cap.agent_id <> '' THEN ' for agent ' || cap.agent_id ELSE '' END,
-                                   tollgate.format_exact(cap.spent, cur), tollgate.format_minor(cost, cur)),
-                            acct.external_id, p_action, NULL::uuid, NULL::integer,
-                            CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail, cur) END, cur,
-                            tollgate.format_minor(cost, cur), cost, NULL::timestamptz;
+        RETURN QUERY SELECT * FROM tollgate.authorization_row(acct.external_id, p_action, cost, cur,
+            p_code => 'spend_cap_exceeded',
+            p_message => format('the %s cap of %s %s%s is reached: %s spent, %s more would pass it',
+                                cap.period, tollgate.format_minor(cap.hard_limit, cur), cur,
+                                CASE WHEN cap.agent_id <> '' THEN ' for agent ' || cap.agent_id ELSE '' END,
+                                tollgate.format_exact(cap.spent, cur), tollgate.format_minor(cost, cur)),
+            p_remaining => CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail, cur) END);
         RETURN;
     END IF;
     INSERT INTO tollgate.holds (account_id, agent_id, action, ledger_account_id, currency, amount, expires_at)
     VALUES (acct.id, agent, p_action, wallet, cur, cost,
             now() + make_interval(secs => coalesce(p_hold_seconds, 900)))
     RETURNING * INTO hold;
-    RETURN QUERY SELECT true, 'credits', NULL::text, NULL::text, acct.external_id, p_action, hold.id,
-                        NULL::integer,
-                        CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail - cost, cur) END, cur,
-                        tollgate.format_minor(cost, cur), cost, hold.expires_at;
+    RETURN QUERY SELECT * FROM tollgate.authorization_row(acct.external_id, p_action, cost, cur,
+        p_via => 'credits',
+        p_remaining => CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail - cost, cur) END,
+        p_hold => hold);
 END
 $$;
 

@@ -22,7 +22,7 @@ AS $$
     WHERE c.code = p_currency
 $$;
 
--- Record up to 1000 usage events, given as parallel arrays (one element per event). Each
+-- Record up to 1000 usage events (api.usage_event_v1, migrations/0027). Each
 -- event is answered on its own: accepted, duplicate (its id was recorded before for the
 -- account, or accepted earlier in this batch) or rejected with a reason (unknown_account,
 -- invalid_id, invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at,
@@ -34,10 +34,8 @@ $$;
 -- fraction left is carried to its next batch (tollgate.usage_carry).
 -- Batches for one account are serialised (an advisory lock per account, then the wallets in
 -- id order), so a concurrent retry sees this batch's events and never charges them twice.
-CREATE OR REPLACE FUNCTION api.record_usage_v1(
-    p_api_key text, p_ids text[], p_accounts text[], p_agents text[], p_metrics text[],
-    p_quantities numeric[], p_occurred_at timestamptz[]
-) RETURNS TABLE (ord integer, id text, outcome text, reason text, cost text, currency text)
+CREATE OR REPLACE FUNCTION api.record_usage_v2(p_api_key text, p_events api.usage_event_v1[])
+RETURNS TABLE (ord integer, id text, outcome text, reason text, cost text, currency text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -45,7 +43,11 @@ AS $$
 DECLARE
     k          tollgate.api_keys := tollgate.authenticate(p_api_key);
     own        text := (SELECT a.external_id FROM tollgate.accounts a WHERE a.id = k.account_id);
-    n          integer := coalesce(cardinality(p_ids), 0);
+    n          integer := coalesce(cardinality(p_events), 0);
+    e_id       text[];      -- the events' fields, one array each, by position
+    e_metric   text[];
+    e_quantity numeric[];
+    e_occurred timestamptz[];
     e_account  uuid[];
     e_agent    text[];
     e_cost     numeric[];
@@ -74,21 +76,23 @@ BEGIN
         RAISE EXCEPTION 'a batch holds at most 1000 events, not %', n
             USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
     END IF;
-    IF n = 0 OR cardinality(p_accounts) <> n OR cardinality(p_agents) <> n OR cardinality(p_metrics) <> n
-       OR cardinality(p_quantities) <> n OR cardinality(p_occurred_at) <> n THEN
-        RAISE EXCEPTION 'a batch needs at least one event, each with id, account, agent, metric, quantity, occurred_at'
+    IF n = 0 THEN
+        RAISE EXCEPTION 'a batch needs at least one event'
             USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
     END IF;
 
     -- Resolve and check every event; price the valid ones.
-    SELECT array_agg(r.account ORDER BY r.ord), array_agg(r.agent ORDER BY r.ord),
+    SELECT array_agg(r.id ORDER BY r.ord), array_agg(r.metric ORDER BY r.ord),
+           array_agg(r.quantity ORDER BY r.ord), array_agg(r.occurred_at ORDER BY r.ord),
+           array_agg(r.account ORDER BY r.ord), array_agg(r.agent ORDER BY r.ord),
            array_agg(CASE WHEN r.reason IS NULL THEN r.quantity * r.unit_price END ORDER BY r.ord),
            array_agg(r.cur ORDER BY r.ord), array_agg(r.reason ORDER BY r.ord),
            array_agg(r.first ORDER BY r.ord)
-    INTO e_account, e_agent, e_cost, e_currency, e_reason, e_first
+    INTO e_id, e_metric, e_quantity, e_occurred, e_account, e_agent, e_cost, e_currency, e_reason, e_first
     FROM (
-        SELECT i.ord, a.id AS account, coalesce(i.agent, '') AS agent, p.currency AS cur, p.unit_price,
-               i.quantity, min(i.ord) OVER (PARTITION BY a.id, i.id)::integer AS first,
+        SELECT i.ord, i.id, i.metric, i.quantity, i.occurred_at, a.id AS account,
+               coalesce(i.agent, '') AS agent, p.currency AS cur, p.unit_price,
+               min(i.ord) OVER (PARTITION BY a.id, i.id)::integer AS first,
                CASE
                    WHEN a.id IS NULL THEN 'unknown_account'
                    WHEN i.id IS NULL OR i.id !~ '^[\x21-\x7e]{1,128}$' THEN 'invalid_id'
@@ -100,8 +104,7 @@ BEGIN
                    WHEN i.quantity * p.unit_price > 999999999999 THEN 'cost_out_of_range'
                    WHEN min(i.ord) OVER (PARTITION BY a.id, i.id) < i.ord THEN 'repeat'
                END AS reason
-        FROM unnest(p_ids, p_accounts, p_agents, p_metrics, p_quantities, p_occurred_at)
-             WITH ORDINALITY AS i (id, account, agent, metric, quantity, occurred_at, ord)
+        FROM unnest(p_events) WITH ORDINALITY AS i (id, account, agent, metric, quantity, occurred_at, ord)
         LEFT JOIN tollgate.accounts a
                ON a.external_id = coalesce(i.account, own)
               AND (k.is_admin OR a.id = k.account_id)
@@ -136,7 +139,7 @@ BEGIN
                               SELECT FROM tollgate.usage_events u WHERE u.account_id = x.a AND u.id = x.id)
                           THEN 'duplicate' ELSE x.reason END ORDER BY x.ord)
     INTO e_reason
-    FROM unnest(e_account, p_ids, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
+    FROM unnest(e_account, e_id, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
 
     -- Headroom under every cap that applies.
     FOR caps IN
@@ -219,7 +222,7 @@ BEGIN
     INSERT INTO tollgate.usage_events (account_id, id, agent_id, metric, quantity, occurred_at, cost, currency, posting_id)
     SELECT x.a, x.id, x.agent, x.metric, x.quantity, x.occurred_at, x.cost, x.c,
            (postings ->> x.wallet::text)::uuid
-    FROM unnest(e_account, p_ids, e_agent, p_metrics, p_quantities, p_occurred_at, e_cost, e_currency, e_wallet, e_reason)
+    FROM unnest(e_account, e_id, e_agent, e_metric, e_quantity, e_occurred, e_cost, e_currency, e_wallet, e_reason)
          AS x (a, id, agent, metric, quantity, occurred_at, cost, c, wallet, reason)
     WHERE x.reason IS NULL;
 
@@ -229,8 +232,36 @@ BEGIN
            CASE WHEN x.reason = 'duplicate' THEN NULL ELSE x.reason END,
            CASE WHEN x.reason IS NULL AND x.c IS NOT NULL THEN tollgate.format_exact(x.cost, x.c) END,
            CASE WHEN x.reason IS NULL THEN x.c END
-    FROM unnest(p_ids, e_reason, e_cost, e_currency) WITH ORDINALITY AS x (id, reason, cost, c, ord)
+    FROM unnest(e_id, e_reason, e_cost, e_currency) WITH ORDINALITY AS x (id, reason, cost, c, ord)
     ORDER BY x.ord;
+END
+$$;
+
+-- The same, given as parallel arrays (one element per event): the form before 0027, kept for
+-- deployed callers. Drop it (and its grant) once no deployed service calls it, that is one
+-- release after every service runs queries.sql's record_usage on api.record_usage_v2.
+CREATE OR REPLACE FUNCTION api.record_usage_v1(
+    p_api_key text, p_ids text[], p_accounts text[], p_agents text[], p_metrics text[],
+    p_quantities numeric[], p_occurred_at timestamptz[]
+) RETURNS TABLE (ord integer, id text, outcome text, reason text, cost text, currency text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer := coalesce(cardinality(p_ids), 0);
+BEGIN
+    IF n <= 1000
+       AND (n = 0 OR cardinality(p_accounts) <> n OR cardinality(p_agents) <> n OR cardinality(p_metrics) <> n
+            OR cardinality(p_quantities) <> n OR cardinality(p_occurred_at) <> n) THEN
+        PERFORM tollgate.authenticate(p_api_key);   -- a bad key is answered first, as before
+        RAISE EXCEPTION 'a batch needs at least one event, each with id, account, agent, metric, quantity, occurred_at'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
+    END IF;
+    RETURN QUERY SELECT * FROM api.record_usage_v2(p_api_key, ARRAY(
+        SELECT ROW(e.id, e.account, e.agent, e.metric, e.quantity, e.occurred_at)::api.usage_event_v1
+        FROM unnest(p_ids, p_accounts, p_agents, p_metrics, p_quantities, p_occurred_at)
+             WITH ORDINALITY AS e (id, account, agent, metric, quantity, occurred_at, ord)
+        ORDER BY e.ord));
 END
 $$;
 

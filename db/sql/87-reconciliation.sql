@@ -8,23 +8,26 @@ CREATE OR REPLACE TRIGGER reconciliation_lines_append_only
     BEFORE UPDATE OR DELETE ON tollgate.reconciliation_lines
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
 
--- Import one batch of lines (parallel arrays, one element per line; p_accounts may name the
--- account of a line, else the reference alone decides). Every line is stored with what it
+-- Import one batch of lines (api.reconciliation_line_v1, migrations/0027; a line's account may
+-- be named, else the reference alone decides). Every line is stored with what it
 -- matched: matched, missing_ours (no such reference, or several accounts have it),
 -- amount_mismatch, status_mismatch (the transaction is not settled); a line the source sent
 -- before is answered 'duplicate' and not stored. A line Tollgate cannot read (amount,
 -- currency, a blank reference, a date before 2000 or in the future, an unknown account)
 -- refuses the whole batch, naming the line.
+-- Before 0027 this took parallel arrays; that form is gone (only Tollgate's own code called it).
+DROP FUNCTION IF EXISTS tollgate.import_reconciliation(text, text, text[], numeric[], text[], date[], text[]);
 CREATE OR REPLACE FUNCTION tollgate.import_reconciliation(
-    p_source text, p_imported_by text, p_references text[], p_amounts numeric[], p_currencies text[],
-    p_dates date[], p_accounts text[]
+    p_source text, p_imported_by text, p_lines api.reconciliation_line_v1[]
 ) RETURNS TABLE (batch_id uuid, line_no integer, reference text, status text, transaction_id uuid, note text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    n      integer := coalesce(cardinality(p_references), 0);
+    n      integer := coalesce(cardinality(p_lines), 0);
+    line   api.reconciliation_line_v1;
+    i      integer := 0;
     batch  uuid;
     minor  bigint;
     found  integer;
@@ -32,23 +35,26 @@ DECLARE
     result tollgate.reconciliation_status;
     why    text;
 BEGIN
-    IF n = 0 OR n > 100000 OR cardinality(p_amounts) <> n OR cardinality(p_currencies) <> n
-       OR cardinality(p_dates) <> n OR cardinality(p_accounts) <> n THEN
+    IF n = 0 OR n > 100000 THEN
         RAISE EXCEPTION 'a batch has 1 to 100000 lines, each with reference, amount, currency and date'
             USING ERRCODE = 'check_violation', CONSTRAINT = 'reconciliation_line';
     END IF;
     INSERT INTO tollgate.reconciliation_batches (source, imported_by) VALUES (p_source, p_imported_by)
     RETURNING id INTO batch;
-    FOR i IN 1 .. n LOOP
+    -- FOREACH, not p_lines[i]: finding an element of an array of composites walks it from the start.
+    FOREACH line IN ARRAY p_lines LOOP
+        i := i + 1;
         BEGIN
-            minor := tollgate.to_minor(p_amounts[i], p_currencies[i]);
-            IF coalesce(btrim(p_references[i]), '') = '' OR length(p_references[i]) > 200 THEN
+            minor := tollgate.to_minor(line.amount, line.currency);
+            IF coalesce(btrim(line.reference), '') = '' OR length(line.reference) > 200 THEN
                 RAISE EXCEPTION 'a reference of 1 to 200 characters is required';
-            ELSIF p_dates[i] IS NULL OR p_dates[i] < date '2000-01-01' OR p_dates[i] > current_date + 1 THEN
-                RAISE EXCEPTION 'the date % is not between 2000-01-01 and today', coalesce(p_dates[i]::text, '(none)');
-            ELSIF p_accounts[i] IS NOT NULL
-                  AND NOT EXISTS (SELECT FROM tollgate.accounts a WHERE a.external_id = p_accounts[i]) THEN
-                RAISE EXCEPTION 'no account %', left(p_accounts[i], 200);
+            ELSIF line.happened_on IS NULL OR line.happened_on < date '2000-01-01'
+                  OR line.happened_on > current_date + 1 THEN
+                RAISE EXCEPTION 'the date % is not between 2000-01-01 and today',
+                    coalesce(line.happened_on::text, '(none)');
+            ELSIF line.account IS NOT NULL
+                  AND NOT EXISTS (SELECT FROM tollgate.accounts a WHERE a.external_id = line.account) THEN
+                RAISE EXCEPTION 'no account %', left(line.account, 200);
             END IF;
         EXCEPTION WHEN others THEN
             RAISE EXCEPTION 'line %: %', i, SQLERRM
@@ -57,21 +63,21 @@ BEGIN
         -- A line this source sent before (an overlapping statement): reported, not stored again.
         SELECT format('already imported: batch %s line %s', l.batch_id, l.line_no) INTO why
         FROM tollgate.reconciliation_lines l JOIN tollgate.reconciliation_batches b ON b.id = l.batch_id
-        WHERE l.reference = p_references[i] AND b.source = p_source AND l.amount = minor
-          AND l.currency = p_currencies[i] AND l.happened_on = p_dates[i]
+        WHERE l.reference = line.reference AND b.source = p_source AND l.amount = minor
+          AND l.currency = line.currency AND l.happened_on = line.happened_on
         LIMIT 1;
         IF why IS NOT NULL THEN
-            RETURN QUERY SELECT batch, i, p_references[i], 'duplicate'::text, NULL::uuid, why;
+            RETURN QUERY SELECT batch, i, line.reference, 'duplicate'::text, NULL::uuid, why;
             CONTINUE;
         END IF;
         SELECT count(*) INTO found FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
-        WHERE t.reference = p_references[i] AND (p_accounts[i] IS NULL OR a.external_id = p_accounts[i]);
+        WHERE t.reference = line.reference AND (line.account IS NULL OR a.external_id = line.account);
         txn := NULL;
         why := NULL;
         IF found = 1 THEN
             SELECT t.* INTO txn FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
-            WHERE t.reference = p_references[i] AND (p_accounts[i] IS NULL OR a.external_id = p_accounts[i]);
-            IF (txn.amount, txn.currency) IS DISTINCT FROM (minor, p_currencies[i]) THEN
+            WHERE t.reference = line.reference AND (line.account IS NULL OR a.external_id = line.account);
+            IF (txn.amount, txn.currency) IS DISTINCT FROM (minor, line.currency) THEN
                 result := 'amount_mismatch';
                 why := format('ours: %s %s', tollgate.format_minor(txn.amount, txn.currency), txn.currency);
             ELSIF txn.status <> 'settled' THEN
@@ -87,13 +93,31 @@ BEGIN
         INSERT INTO tollgate.reconciliation_lines
             (batch_id, line_no, account_id, reference, amount, currency, happened_on, status, transaction_id, note)
         VALUES (batch, i,
-                coalesce(txn.account_id, (SELECT a.id FROM tollgate.accounts a WHERE a.external_id = p_accounts[i])),
-                p_references[i], minor, p_currencies[i], p_dates[i], result, txn.id, why);
-        RETURN QUERY SELECT batch, i, p_references[i], result::text, txn.id, why;
+                coalesce(txn.account_id, (SELECT a.id FROM tollgate.accounts a WHERE a.external_id = line.account)),
+                line.reference, minor, line.currency, line.happened_on, result, txn.id, why);
+        RETURN QUERY SELECT batch, i, line.reference, result::text, txn.id, why;
     END LOOP;
 END
 $$;
 
+-- Import a batch of lines with an admin key (the matching: tollgate.import_reconciliation).
+CREATE OR REPLACE FUNCTION api.import_reconciliation_v2(
+    p_api_key text, p_source text, p_lines api.reconciliation_line_v1[]
+) RETURNS TABLE (batch_id uuid, line_no integer, reference text, status text, transaction_id uuid, note text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k tollgate.api_keys := tollgate.require_admin(p_api_key);
+BEGIN
+    RETURN QUERY SELECT * FROM tollgate.import_reconciliation(p_source, 'key:' || k.id, p_lines);
+END
+$$;
+
+-- The same, given as parallel arrays (one element per line): the form before 0027, kept for
+-- deployed callers. Drop it (and its grant) once no deployed service calls it, that is one
+-- release after every service runs queries.sql's import_reconciliation on
+-- api.import_reconciliation_v2.
 CREATE OR REPLACE FUNCTION api.import_reconciliation_v1(
     p_api_key text, p_source text, p_references text[], p_amounts numeric[], p_currencies text[],
     p_dates date[], p_accounts text[]
@@ -102,9 +126,18 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k tollgate.api_keys := tollgate.require_admin(p_api_key);
+    n integer := coalesce(cardinality(p_references), 0);
 BEGIN
-    RETURN QUERY SELECT * FROM tollgate.import_reconciliation(
-        p_source, 'key:' || k.id, p_references, p_amounts, p_currencies, p_dates, p_accounts);
+    IF cardinality(p_amounts) <> n OR cardinality(p_currencies) <> n OR cardinality(p_dates) <> n
+       OR cardinality(p_accounts) <> n THEN
+        PERFORM tollgate.require_admin(p_api_key);   -- a bad key is answered first, as before
+        RAISE EXCEPTION 'a batch has 1 to 100000 lines, each with reference, amount, currency and date'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'reconciliation_line';
+    END IF;
+    RETURN QUERY SELECT * FROM api.import_reconciliation_v2(p_api_key, p_source, ARRAY(
+        SELECT ROW(x.reference, x.amount, x.currency, x.happened_on, x.account)::api.reconciliation_line_v1
+        FROM unnest(p_references, p_amounts, p_currencies, p_dates, p_accounts)
+             WITH ORDINALITY AS x (reference, amount, currency, happened_on, account, ord)
+        ORDER BY x.ord));
 END
 $$;

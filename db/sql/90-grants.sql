@@ -83,12 +83,14 @@ GRANT EXECUTE ON FUNCTION
     api.set_metric_price_v1(text, text, numeric, text),
     api.set_spend_cap_v1(text, text, text, text, text, numeric, integer),
     api.record_usage_v1(text, text[], text[], text[], text[], numeric[], timestamptz[]),
+    api.record_usage_v2(text, api.usage_event_v1[]),
     api.usage_v1(text, text, text, text, timestamptz, timestamptz),
     api.set_low_balance_v1(text, text, text, numeric),
     api.list_reviews_v1(text, text),
     api.decide_review_v1(text, uuid, text, text),
     api.set_risk_rule_v1(text, text, text, numeric, integer, integer, numeric),
     api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[]),
+    api.import_reconciliation_v2(text, text, api.reconciliation_line_v1[]),
     api.begin_refund_v1(text, text, text, numeric, bigint),
     api.finish_refund_v1(text, uuid, text, text)
 TO tollgate_app;
