@@ -2,7 +2,7 @@
 -- place of one array per field. They are part of the API (api.record_usage_v2,
 -- api.import_reconciliation_v2), so they are versioned like a function: a new shape is a new
 -- type (_v2) beside this one, never an ALTER of it.
--- depends: 0025.refunds-and-disputes
+-- depends: 0026.reference-data-changes
 
 SET LOCAL ROLE tollgate_owner;
 
