@@ -78,32 +78,18 @@ class StripeGateway:
         }
         if payment_method:
             params["payment_method"] = payment_method
-        try:
-            intent = await self._client.v1.payment_intents.create_async(
-                params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key},
-            )
-        except stripe.IdempotencyError as exc:
-            # An earlier attempt with this key, rolled back here, reached Stripe with other data.
-            raise DomainError(
-                "conflict",
-                "idempotency_key_reused",
-                "this Idempotency-Key was already sent to Stripe with a different request",
-            ) from exc
-        except stripe.CardError as exc:
-            raise DomainError(
-                "payment_required", "card_declined", exc.user_message or str(exc)
-            ) from exc
-        except stripe.InvalidRequestError as exc:
-            raise DomainError("invalid", "stripe_rejected", exc.user_message or str(exc)) from exc
-        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-            raise DomainError(
-                "unavailable", "stripe_unavailable", "Stripe could not be reached; retry later"
-            ) from exc
-        except stripe.StripeError as exc:
-            raise DomainError(
-                "bad_gateway", "stripe_error", f"Stripe answered with an error: {exc}"
-            ) from exc
+        # An IdempotencyError: an earlier attempt with this key, rolled back here, reached
+        # Stripe with other data (_stripe_errors answers idempotency_key_reused).
+        with _stripe_errors():
+            try:
+                intent = await self._client.v1.payment_intents.create_async(
+                    params,  # type: ignore[arg-type]
+                    options={"idempotency_key": idempotency_key},
+                )
+            except stripe.CardError as exc:
+                raise DomainError(
+                    "payment_required", "card_declined", exc.user_message or str(exc)
+                ) from exc
         return CreatedIntent(id=intent.id, status=intent.status, client_secret=intent.client_secret)
 
     async def create_refund(
