@@ -1,13 +1,12 @@
-"""Re-create Tollgate's functions, triggers, views and grants after every migration run.
+"""Re-create Tollgate's functions, views, grants and triggers after every migration run.
 
-The current definition of every stored function lives in one place, ``db/sql/*.sql``, applied
-in file-name order. Each file is idempotent (CREATE OR REPLACE), so running it again is safe.
+Their current definition lives in one place, the Functions and Triggers sections of
+``db/sql/*.sql`` (see db/schema.py); each is idempotent (CREATE OR REPLACE), so running it
+again is safe.
 """
-
-from pathlib import Path
 
 from yoyo import step
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "db" / "sql"
+from db.schema import replaceable_sql
 
-steps = [step(path.read_text(encoding="utf-8")) for path in sorted(SQL_DIR.glob("*.sql"))]
+steps = [step(sql) for sql in replaceable_sql()]

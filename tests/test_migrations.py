@@ -1,6 +1,7 @@
 """Upgrades are proven equal to fresh installs, and released migrations never change.
 
-A fresh database gets every migration and then ``db/sql`` (what ``db/migrate.py`` does). For
+A fresh database gets today's schema straight from ``db/sql`` and runs no migration (what
+``db/migrate.py`` does; the sections are explained in ``db/schema.py``). For
 every released migration N, another database is migrated only up to N (migrations alone: the
 functions of that release are not kept), gets rows of its own at a few points (plain SQL valid
 for the schema of that time), and is then brought up to date by today's ``migrate()``. Its
@@ -23,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from db.migrate import MIGRATIONS_DIR, migrate, yoyo_uri
+from db.migrate import MIGRATIONS_DIR, SchemaWithoutHistory, migrate, yoyo_uri
 from tests.conftest import Cluster
 
 CHECKSUMS = MIGRATIONS_DIR / "CHECKSUMS"
@@ -349,7 +350,7 @@ def test_an_upgrade_from_every_released_migration_equals_a_fresh_install(
 
 
 # ---------------------------------------------------------------------------------------------
-# A migration runs the same way fresh and as an upgrade
+# Migrations run only as upgrades; a fresh install is db/sql
 # ---------------------------------------------------------------------------------------------
 
 FUTURE_MIGRATION = """\
@@ -359,7 +360,6 @@ FUTURE_MIGRATION = """\
 SET LOCAL ROLE tollgate_owner;
 {allow}
 INSERT INTO tollgate.currencies (code, exponent) VALUES ('XTS', 2);
-UPDATE tollgate.payment_statuses SET progress = progress WHERE status = 'succeeded';
 """
 
 
@@ -376,47 +376,24 @@ def migrations_with(tmp: Path, extra: str) -> Path:
     return folder
 
 
-def apply(dsn: str, folder: Path) -> None:
-    from yoyo import get_backend, read_migrations
-
-    backend = get_backend(yoyo_uri(dsn))
-    try:
-        migrations = read_migrations(str(folder))
-        with backend.lock():
-            backend.apply_migrations_only(backend.to_apply(migrations))
-            backend.run_post_apply(migrations)
-    finally:
-        backend.connection.close()
-
-
-@pytest.mark.parametrize(
-    ("allow", "works"),
-    [
-        ("SELECT tollgate.allow_reference_data_change();", True),
-        # The rule this replaced: it fails on a fresh database, where db/sql (and so the
-        # trigger) comes after every migration.
-        ("ALTER TABLE tollgate.currencies DISABLE TRIGGER currencies_reference_data;", False),
-    ],
-    ids=["allow_reference_data_change", "disable_trigger"],
-)
-def test_a_migration_changing_reference_data_runs_fresh_and_as_an_upgrade(
-    cluster: Cluster, tmp_path: Path, allow: str, works: bool
+def test_a_migration_upgrades_a_deployed_database_and_the_comparison_sees_what_it_left_out(
+    cluster: Cluster, tmp_path: Path
 ) -> None:
+    """A release that changes reference data the way CONTRIBUTING.md says upgrades a deployed
+    database; had it forgotten to add the row to db/sql/15-currencies.sql's Tables section too,
+    a fresh install would lack it, and the comparison above sees that."""
+    allow = (
+        "SELECT tollgate.allow_reference_data_change();\n"
+        "UPDATE tollgate.payment_statuses SET progress = progress WHERE status = 'succeeded';"
+    )
     folder = migrations_with(tmp_path, FUTURE_MIGRATION.replace("{allow}", allow))
     tag = tmp_path.name[-20:].replace("-", "_").lower()
     fresh_name, upgraded_name = f"tg_future_fresh_{tag}", f"tg_future_upgraded_{tag}"
     fresh_dsn = new_database(cluster, fresh_name)
     upgraded_dsn = new_database(cluster, upgraded_name)
     try:
-        migrate(upgraded_dsn)  # a database deployed today: migrations and db/sql
-        if not works:
-            with pytest.raises(psycopg.errors.UndefinedObject, match="currencies_reference_data"):
-                apply(fresh_dsn, folder)
-            return
-        apply(fresh_dsn, folder)
-        apply(upgraded_dsn, folder)
-        assert schema_dump(upgraded_dsn) == schema_dump(fresh_dsn)
-        assert reference_data(upgraded_dsn) == reference_data(fresh_dsn)
+        migrate(upgraded_dsn)  # a database deployed today
+        assert migrate(upgraded_dsn, folder) == ["9999.future-reference-data"]
         with psycopg.connect(upgraded_dsn, autocommit=True) as conn:
             row = conn.execute("SELECT exponent FROM tollgate.currencies WHERE code = 'XTS'")
             assert row.fetchone() == (2,)
@@ -424,9 +401,29 @@ def test_a_migration_changing_reference_data_runs_fresh_and_as_an_upgrade(
             with pytest.raises(psycopg.Error) as refused:
                 conn.execute("DELETE FROM tollgate.currencies WHERE code = 'XTS'")
             assert refused.value.sqlstate == "TG012"
+        # A fresh install runs no migration: db/sql as it is, every migration recorded.
+        assert "9999.future-reference-data" in migrate(fresh_dsn, folder)
+        assert migrate(fresh_dsn, folder) == []
+        assert schema_dump(fresh_dsn) == schema_dump(upgraded_dsn)
+        fresh, upgraded = reference_data(fresh_dsn), reference_data(upgraded_dsn)
+        assert fresh != upgraded
+        assert {k for k in fresh if fresh[k] != upgraded[k]} == {"tollgate.currencies"}
     finally:
         drop_database(cluster, fresh_name)
         drop_database(cluster, upgraded_name)
+
+
+def test_a_schema_without_migration_history_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    name = "tg_no_history_" + tmp_path.name[-12:].replace("-", "_").lower()
+    dsn = new_database(cluster, name)
+    try:
+        migrate(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM public._yoyo_migration")
+        with pytest.raises(SchemaWithoutHistory, match="_yoyo_migration"):
+            migrate(dsn)
+    finally:
+        drop_database(cluster, name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 --   TG031 Stripe webhook signature missing, wrong or stale
 -- Each RAISE also names the rule in CONSTRAINT, so errors carry a stable name.
 
+-- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
 -- Who is acting, for the audit trail: set per transaction by the api functions
@@ -28,7 +29,7 @@ $$;
 
 -- Trigger: refuse the operation. Arguments: the rule's name (default append_only) and why.
 -- The rule reference_data lets the change through in a transaction that called
--- tollgate.allow_reference_data_change() (a migration: see migrations/0026).
+-- tollgate.allow_reference_data_change() (a migration).
 CREATE OR REPLACE FUNCTION tollgate.refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -50,6 +51,19 @@ BEGIN
               SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
 END
 $$;
+
+-- Lets this transaction change reference data (tables guarded by *_reference_data triggers):
+-- a migration that changes currencies or a status machine calls it first. Only the owner may
+-- write reference data (no grants), so the setting opens nothing to others.
+CREATE OR REPLACE FUNCTION tollgate.allow_reference_data_change() RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT set_config('tollgate.reference_data_change', 'on', true)
+$$;
+
+COMMENT ON FUNCTION tollgate.allow_reference_data_change() IS
+    'Lets this transaction change reference data (guarded by *_reference_data triggers): for migrations.';
 
 -- Trigger (BEFORE INSERT): rows of this table are written only by other triggers (the audit
 -- trail, the outbox), never by a statement of their own.
@@ -118,37 +132,3 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
--- Record one change in the audit trail (its hash chain is kept by trigger audit_log_10_chain).
-CREATE OR REPLACE FUNCTION tollgate.audit(
-    p_account_id uuid, p_entity text, p_entity_id text, p_action text,
-    p_old_value text DEFAULT NULL, p_new_value text DEFAULT NULL, p_note text DEFAULT NULL
-) RETURNS void
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, old_value, new_value, actor, note)
-    VALUES (p_account_id, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor(), p_note)
-$$;
-
-CREATE OR REPLACE TRIGGER audit_log_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER audit_log_no_truncate
-    BEFORE TRUNCATE ON tollgate.audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER audit_log_written_by_triggers
-    BEFORE INSERT ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
-
--- Reference data (currencies, the status machines) changes only in migrations, which call
--- SELECT tollgate.allow_reference_data_change(); first (created by migrations/0026, not here:
--- on a fresh database these triggers do not exist yet while migrations run, on an upgraded one
--- they do, and the call works either way). Never ALTER TABLE ... DISABLE TRIGGER in a
--- migration: that fails on a fresh database. See CONTRIBUTING.md.
-CREATE OR REPLACE TRIGGER currencies_reference_data
-    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.currencies
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
-CREATE OR REPLACE TRIGGER currencies_reference_data_truncate
-    BEFORE TRUNCATE ON tollgate.currencies
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');

@@ -1,98 +1,141 @@
--- Payment intents: the status machine, early and stale Stripe events, audit and outbox.
+-- Payments: Stripe PaymentIntents created through Tollgate, their status machine, the
+-- idempotency records of POST /v1/payments, and the api functions that create and read them.
 --
--- Flow of a status change, whoever makes it (api function or direct UPDATE in psql):
---   BEFORE INSERT  payment_intents_05_lock           lock the Stripe id; start in an initial status
---   BEFORE UPDATE  payment_intents_10_keep_columns   identity and money never change
---   BEFORE UPDATE  payment_intents_20_transition     only rows of payment_transitions pass (TG010)
---   BEFORE UPDATE  payment_intents_25_event_clock    the last applied event only moves forward
---   AFTER          payment_intents_50_status_changed audit row; outbox row on succeeded/refunded
---   AFTER INSERT   outbox_notify                     pg_notify(payment_settled | payment_refunded)
+-- A status changes only through an UPDATE the triggers below accept, whoever makes it (an api
+-- function applying a Stripe event, or a direct UPDATE in psql): the identity and money of a
+-- payment never change, only rows of payment_transitions pass (TG010), the last applied event
+-- only moves forward, and every change is audited and announced. The Triggers section lists
+-- every trigger on payment_intents in firing order, including those whose functions belong to
+-- other concerns (reviews, transactions, refunds, entitlements).
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
--- How far ahead of this server's clock a Stripe event's creation time may be.
-CREATE OR REPLACE FUNCTION tollgate.max_clock_skew() RETURNS interval
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT interval '1 hour' $$;
+-- Stripe's PaymentIntent statuses, plus refunded (a succeeded payment whose charge was
+-- refunded in full).
+CREATE TYPE tollgate.payment_status AS ENUM (
+    'requires_payment_method',  -- created, or the last attempt failed: needs a payment method
+    'requires_confirmation',    -- has a payment method, waits for confirm
+    'requires_action',          -- the customer must act (3-D Secure and the like)
+    'processing',               -- the payment method is being charged asynchronously
+    'requires_capture',         -- authorised, waits for capture
+    'succeeded',                -- funds captured: the payment is settled
+    'canceled',                 -- terminal: abandoned before success
+    'refunded'                  -- terminal: succeeded, then refunded in full
+);
 
--- Serialises everything about one Stripe PaymentIntent: ingesting its events and inserting its
--- row. Without it an early event and the row could each commit without seeing the other.
-CREATE OR REPLACE FUNCTION tollgate.lock_stripe_object(p_stripe_id text) RETURNS void
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT pg_advisory_xact_lock(hashtextextended('tollgate:stripe:' || p_stripe_id, 0))
-$$;
+CREATE TABLE tollgate.payment_statuses (
+    status      tollgate.payment_status PRIMARY KEY,
+    -- How far along the lifecycle a status is. Of two Stripe events stamped with the same
+    -- second, one that asks for a move the transition table refuses is stale if it is less
+    -- far along (a late "processing" after "succeeded"), rejected otherwise.
+    progress    smallint NOT NULL,
+    -- A payment may be recorded in this status (a PaymentIntent Stripe has just created);
+    -- every other status is reached only through events.
+    is_initial  boolean  NOT NULL
+);
 
--- A Stripe PaymentIntent status as Tollgate's enum; NULL for one Tollgate does not know.
-CREATE OR REPLACE FUNCTION tollgate.payment_status_from_stripe(p_status text)
-RETURNS tollgate.payment_status
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT s.status FROM tollgate.payment_statuses s WHERE s.status::text = p_status
-$$;
+INSERT INTO tollgate.payment_statuses (status, progress, is_initial) VALUES
+    ('requires_payment_method', 0, true),
+    ('requires_confirmation',   1, true),
+    ('requires_action',         2, false),
+    ('processing',              3, false),
+    ('requires_capture',        4, false),
+    ('succeeded',               5, false),
+    ('canceled',                5, false),
+    ('refunded',                6, false);
 
--- ---------------------------------------------------------------------------------------------
--- Outbox
--- ---------------------------------------------------------------------------------------------
+-- Every allowed status change is a row here; the trigger on payment_intents refuses any
+-- other (SQLSTATE TG010, constraint name payment_transition_allowed).
+CREATE TABLE tollgate.payment_transitions (
+    from_status tollgate.payment_status NOT NULL,
+    to_status   tollgate.payment_status NOT NULL,
+    PRIMARY KEY (from_status, to_status),
+    CONSTRAINT payment_transitions_not_to_self CHECK (from_status <> to_status),
+    -- Terminal states stay terminal: no transition may start from one.
+    CONSTRAINT payment_transitions_terminal_is_final CHECK (from_status NOT IN ('canceled', 'refunded'))
+);
 
--- Announce a change: a durable outbox row, in the caller's transaction.
-CREATE OR REPLACE FUNCTION tollgate.emit(p_account_id uuid, p_topic text, p_payload jsonb)
-RETURNS bigint
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO tollgate.outbox (account_id, topic, payload)
-    VALUES (p_account_id, p_topic, p_payload)
-    RETURNING id
-$$;
+INSERT INTO tollgate.payment_transitions (from_status, to_status)
+SELECT m.f::tollgate.payment_status, t.to_status::tollgate.payment_status
+FROM (VALUES
+    ('requires_payment_method', ARRAY['requires_confirmation', 'requires_action', 'processing',
+                                      'requires_capture', 'succeeded', 'canceled']),
+    ('requires_confirmation',   ARRAY['requires_payment_method', 'requires_action', 'processing',
+                                      'requires_capture', 'succeeded', 'canceled']),
+    ('requires_action',         ARRAY['requires_payment_method', 'requires_confirmation',
+                                      'processing', 'requires_capture', 'succeeded', 'canceled']),
+    ('processing',              ARRAY['requires_payment_method', 'requires_action',
+                                      'requires_capture', 'succeeded', 'canceled']),
+    ('requires_capture',        ARRAY['processing', 'succeeded', 'canceled']),
+    ('succeeded',               ARRAY['refunded'])
+) AS m (f, ts), unnest(m.ts) AS t (to_status);
 
--- Every outbox row wakes listeners of the channel named after its topic (payment.settled ->
--- payment_settled). NOTIFY is delivered on commit, so listeners never see a rolled-back change.
--- The payload carries ids only: anyone can send a NOTIFY statement on any channel, so a
--- listener reads the outbox row it names (id and event id) instead of trusting the message.
--- SECURITY DEFINER: pg_notify is the owner's alone (db/sql/90-grants.sql).
-CREATE OR REPLACE FUNCTION tollgate.outbox_notify() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM pg_notify(
-        replace(NEW.topic, '.', '_'),
-        jsonb_build_object('outbox_id', NEW.id, 'event_id', NEW.event_id, 'topic', NEW.topic,
-                           'account_id', NEW.account_id)::text);
-    RETURN NULL;
-END
-$$;
+-- Domains, so api.begin_payment_v1 can check a request by the very rules the table applies,
+-- before any Stripe call is made.
+CREATE DOMAIN tollgate.payment_amount AS tollgate.amount_minor
+    -- Stripe accepts at most eight digits of minor units per payment.
+    CONSTRAINT payment_amount_max CHECK (VALUE <= 99999999);
+-- The paid action a payment unlocks, e.g. "report.generate".
+CREATE DOMAIN tollgate.purpose AS text
+    CONSTRAINT purpose_format CHECK (VALUE ~ '^[a-z0-9][a-z0-9_.:-]{0,99}$');
+CREATE DOMAIN tollgate.description AS text
+    CONSTRAINT description_length CHECK (length(VALUE) <= 1000);
 
-CREATE OR REPLACE TRIGGER outbox_notify
-    AFTER INSERT ON tollgate.outbox
-    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_notify();
-CREATE OR REPLACE TRIGGER outbox_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.outbox
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER outbox_no_truncate
-    BEFORE TRUNCATE ON tollgate.outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER outbox_written_by_triggers
-    BEFORE INSERT ON tollgate.outbox
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+-- A row is written in the same transaction as the payment it creates, so a request that
+-- failed (Stripe down, crash) leaves nothing and can be retried with the same key.
+CREATE TABLE tollgate.idempotency_keys (
+    account_id      uuid        NOT NULL CONSTRAINT idempotency_keys_account_id_fkey REFERENCES tollgate.accounts,
+    key             text        NOT NULL CONSTRAINT idempotency_keys_key_format CHECK (key ~ '^[\x21-\x7e]{1,255}$'),
+    -- SHA-256 of the normalised request: the same key with another body is refused.
+    request_hash    bytea       NOT NULL,
+    request         jsonb       NOT NULL,
+    -- The id reserved for the payment this request creates (also sent to Stripe as metadata).
+    payment_id      uuid        NOT NULL CONSTRAINT idempotency_keys_payment_id_key UNIQUE,
+    -- The response body first sent; a replay sends it again.
+    response        jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,
+    PRIMARY KEY (account_id, key),
+    CONSTRAINT idempotency_keys_completed_has_response CHECK ((completed_at IS NULL) = (response IS NULL))
+);
 
--- The status machine is reference data: it changes only in migrations.
-CREATE OR REPLACE TRIGGER payment_statuses_reference_data
-    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.payment_statuses
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
-CREATE OR REPLACE TRIGGER payment_statuses_reference_data_truncate
-    BEFORE TRUNCATE ON tollgate.payment_statuses
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
-CREATE OR REPLACE TRIGGER payment_transitions_reference_data
-    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.payment_transitions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
-CREATE OR REPLACE TRIGGER payment_transitions_reference_data_truncate
-    BEFORE TRUNCATE ON tollgate.payment_transitions
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE TABLE tollgate.payment_intents (
+    id              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id      uuid        NOT NULL CONSTRAINT payment_intents_account_id_fkey REFERENCES tollgate.accounts,
+    stripe_id       text        NOT NULL
+                    CONSTRAINT payment_intents_stripe_id_key UNIQUE
+                    CONSTRAINT payment_intents_stripe_id_format CHECK (stripe_id ~ '^pi_[A-Za-z0-9_]{1,250}$'),
+    amount          tollgate.payment_amount NOT NULL,
+    currency        text        NOT NULL CONSTRAINT payment_intents_currency_fkey REFERENCES tollgate.currencies,
+    status          tollgate.payment_status NOT NULL,
+    -- The paid action this payment unlocks; NULL for a general payment.
+    purpose         tollgate.purpose,
+    description     tollgate.description,
+    -- The Stripe event last applied, and its creation time: older events are stale.
+    last_event_id   text,
+    last_event_at   timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- The idempotency key of the request that created it.
+    idempotency_key text,
+    -- What Stripe has refunded of the payment (its charge's amount_refunded, in ISO minor
+    -- units). Only grows; a payment refunded in full has refunded its whole amount.
+    amount_refunded bigint      NOT NULL DEFAULT 0,
+    CONSTRAINT payment_intents_idempotency_key_fkey
+        FOREIGN KEY (account_id, idempotency_key) REFERENCES tollgate.idempotency_keys (account_id, key),
+    CONSTRAINT payment_intents_amount_refunded_range
+        CHECK (amount_refunded >= 0 AND amount_refunded <= amount)
+);
+
+-- can_continue reads the newest payment of an account (optionally for one purpose).
+CREATE INDEX payment_intents_account_latest_idx ON tollgate.payment_intents (account_id, created_at DESC, id DESC);
+CREATE INDEX payment_intents_account_purpose_latest_idx ON tollgate.payment_intents (account_id, purpose, created_at DESC, id DESC);
+
+COMMENT ON TABLE tollgate.payment_intents IS 'Stripe PaymentIntents created through Tollgate, with their current status.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
 
 -- ---------------------------------------------------------------------------------------------
 -- Payment intents
@@ -196,219 +239,285 @@ BEGIN
 END
 $$;
 
+-- How a payment looks to API callers (also the body stored for idempotent replays).
+CREATE OR REPLACE VIEW tollgate.payment_v1 AS
+SELECT p.id,
+       p.stripe_id,
+       a.external_id      AS account_id,
+       p.amount::bigint   AS amount,
+       p.currency,
+       p.status::text     AS status,
+       p.purpose,
+       p.description,
+       p.created_at,
+       p.updated_at
+FROM tollgate.payment_intents p
+JOIN tollgate.accounts a ON a.id = p.account_id;
+
+-- ---------------------------------------------------------------------------------------------
+-- Payments
+-- ---------------------------------------------------------------------------------------------
+
+-- Step 1 of POST /v1/payments, in the transaction that also runs step 2.
+-- Claims the idempotency key for the account, or finds it claimed:
+--   new request          -> replayed = false, and what the Stripe call needs;
+--   same key, same body  -> replayed = true and the stored response;
+--   same key, other body -> SQLSTATE TG020;
+--   same key, still in progress in another transaction -> SQLSTATE TG021 at once (the caller
+--                           retries shortly; nobody holds a connection waiting).
+-- Money is checked before any Stripe call, by the same domain and table the payment row uses.
+CREATE OR REPLACE FUNCTION api.begin_payment_v1(
+    p_api_key text, p_idempotency_key text, p_account text, p_amount bigint,
+    p_currency text, p_purpose text, p_description text, p_payment_method text
+) RETURNS TABLE (replayed boolean, payment_id uuid, account_uuid uuid, amount bigint,
+                 currency text, stripe_idempotency_key text, response jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k        tollgate.api_keys := tollgate.authenticate(p_api_key);
+    acct     tollgate.accounts := tollgate.account_for(k, p_account);
+    req      jsonb;
+    req_hash bytea;
+    claim    tollgate.idempotency_keys;
+BEGIN
+    -- The domains and the currency table the payment row will be checked against.
+    PERFORM p_amount::tollgate.payment_amount, p_purpose::tollgate.purpose,
+            p_description::tollgate.description;
+    IF NOT EXISTS (SELECT FROM tollgate.currencies c WHERE c.code = p_currency) THEN
+        RAISE EXCEPTION 'unknown currency %', p_currency
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'payment_intents_currency_fkey';
+    END IF;
+    -- Held until this transaction ends, i.e. across the Stripe call.
+    IF NOT pg_try_advisory_xact_lock(
+        hashtextextended('tollgate:idempotency:' || acct.id || ':' || p_idempotency_key, 0)
+    ) THEN
+        RAISE EXCEPTION 'a request with idempotency key % is in progress', p_idempotency_key
+            USING ERRCODE = 'TG021', CONSTRAINT = 'idempotency_key_free';
+    END IF;
+    req := jsonb_build_object('amount', p_amount, 'currency', p_currency, 'purpose', p_purpose,
+                              'description', p_description, 'payment_method', p_payment_method);
+    req_hash := sha256(convert_to(req::text, 'UTF8'));
+
+    INSERT INTO tollgate.idempotency_keys (account_id, key, request_hash, request, payment_id)
+    VALUES (acct.id, p_idempotency_key, req_hash, req,
+            -- Derived from (account, key): a retry after a failure reuses the id.
+            encode(substring(sha256(convert_to(acct.id::text || ':' || p_idempotency_key, 'UTF8'))
+                             FROM 1 FOR 16), 'hex')::uuid)
+    ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING
+    RETURNING * INTO claim;
+
+    IF claim.payment_id IS NOT NULL THEN
+        -- A new payment: an amount Stripe can take in this currency, before any Stripe call
+        -- (422 otherwise; the claim rolls back with it). A replay answers what was accepted.
+        PERFORM tollgate.stripe_charge_amount(p_amount, p_currency);
+        RETURN QUERY SELECT false, claim.payment_id, acct.id, p_amount, p_currency,
+                            'tollgate-' || claim.payment_id::text, NULL::jsonb;
+        RETURN;
+    END IF;
+
+    SELECT * INTO STRICT claim FROM tollgate.idempotency_keys i
+    WHERE i.account_id = acct.id AND i.key = p_idempotency_key;
+    IF claim.request_hash <> req_hash THEN
+        RAISE EXCEPTION 'idempotency key % was used with a different request', p_idempotency_key
+            USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+    END IF;
+    RETURN QUERY SELECT true, claim.payment_id, acct.id, p_amount, p_currency,
+                        'tollgate-' || claim.payment_id::text, claim.response;
+END
+$$;
+
+-- Step 2 of POST /v1/payments: record the intent Stripe created and the response to replay.
+CREATE OR REPLACE FUNCTION api.finish_payment_v1(
+    p_api_key text, p_payment_id uuid, p_stripe_id text, p_status text, p_client_secret text
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k      tollgate.api_keys := tollgate.authenticate(p_api_key);
+    claim  tollgate.idempotency_keys;
+    body   jsonb;
+BEGIN
+    SELECT * INTO claim FROM tollgate.idempotency_keys WHERE payment_id = p_payment_id FOR UPDATE;
+    IF NOT FOUND OR NOT (k.is_admin OR claim.account_id = k.account_id) THEN
+        RAISE EXCEPTION 'payment % not found', p_payment_id
+            USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
+    END IF;
+    IF claim.completed_at IS NOT NULL THEN
+        RETURN claim.response;
+    END IF;
+
+    INSERT INTO tollgate.payment_intents
+        (id, account_id, stripe_id, amount, currency, status, purpose, description, idempotency_key)
+    VALUES (claim.payment_id, claim.account_id, p_stripe_id, (claim.request ->> 'amount')::bigint,
+            claim.request ->> 'currency', p_status::tollgate.payment_status,
+            claim.request ->> 'purpose', claim.request ->> 'description', claim.key);
+    -- Buying credits: a transaction linked to the payment settles into the account's balance
+    -- (its credits wallet) when the payment succeeds.
+    IF claim.request ->> 'purpose' = 'credits' THEN
+        PERFORM tollgate.create_transaction(claim.account_id, 'credits-' || p_stripe_id,
+                                            (claim.request ->> 'amount')::bigint,
+                                            claim.request ->> 'currency', claim.payment_id);
+    END IF;
+
+    SELECT to_jsonb(v) || jsonb_build_object('client_secret', p_client_secret)
+    INTO STRICT body
+    FROM tollgate.payment_v1 v WHERE v.id = claim.payment_id;
+
+    UPDATE tollgate.idempotency_keys SET response = body, completed_at = now()
+    WHERE account_id = claim.account_id AND key = claim.key;
+    RETURN body;
+END
+$$;
+
+-- GET /v1/payments/{ref}: by Tollgate id (uuid) or Stripe id (pi_...), within the key's reach.
+CREATE OR REPLACE FUNCTION api.get_payment_v1(p_api_key text, p_ref text)
+RETURNS SETOF tollgate.payment_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k   tollgate.api_keys := tollgate.authenticate(p_api_key);
+    pid uuid;
+BEGIN
+    IF p_ref ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        pid := p_ref::uuid;
+    ELSE
+        SELECT p.id INTO pid FROM tollgate.payment_intents p WHERE p.stripe_id = p_ref;
+    END IF;
+    RETURN QUERY
+    SELECT v.* FROM tollgate.payment_v1 v JOIN tollgate.payment_intents p ON p.id = v.id
+    WHERE v.id = pid AND (k.is_admin OR p.account_id = k.account_id);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'payment % not found', p_ref
+            USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
+    END IF;
+END
+$$;
+
+-- GET /v1/accounts/{id}/can-continue. The seed entitlement rule: an account may continue when
+-- its newest payment (for the purpose, if one is named) has succeeded and no risk review
+-- holds it.
+CREATE OR REPLACE FUNCTION api.can_continue_v1(p_api_key text, p_account text, p_purpose text)
+RETURNS TABLE (allowed boolean, status text, payment_id uuid, account_id text, purpose text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k      tollgate.api_keys := tollgate.authenticate(p_api_key);
+    acct   tollgate.accounts := tollgate.account_for(k, p_account);
+    latest record;
+BEGIN
+    -- Two queries rather than one with "p_purpose IS NULL OR ...", so each uses its index.
+    IF p_purpose IS NULL THEN
+        SELECT p.id, p.status INTO latest FROM tollgate.payment_intents p
+        WHERE p.account_id = acct.id
+        ORDER BY p.created_at DESC, p.id DESC LIMIT 1;
+    ELSE
+        SELECT p.id, p.status INTO latest FROM tollgate.payment_intents p
+        WHERE p.account_id = acct.id AND p.purpose = p_purpose
+        ORDER BY p.created_at DESC, p.id DESC LIMIT 1;
+    END IF;
+    -- As authorize: a payment held by a risk review (open or rejected) entitles nothing, and
+    -- says so in place of its status.
+    IF latest.status = 'succeeded' AND tollgate.payment_under_review(latest.id) THEN
+        RETURN QUERY SELECT false, 'under_review'::text, latest.id, acct.external_id, p_purpose;
+        RETURN;
+    END IF;
+    -- Nor does one with an open dispute (its credits and paid run are frozen).
+    IF latest.status = 'succeeded' AND tollgate.payment_disputed(latest.id) THEN
+        RETURN QUERY SELECT false, 'disputed'::text, latest.id, acct.external_id, p_purpose;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT coalesce(latest.status = 'succeeded', false), latest.status::text,
+                        latest.id, acct.external_id, p_purpose;
+END
+$$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.payment_statuses ---
+
+-- The status machine is reference data: it changes only in migrations.
+CREATE OR REPLACE TRIGGER payment_statuses_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.payment_statuses
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+CREATE OR REPLACE TRIGGER payment_statuses_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.payment_statuses
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+-- --- tollgate.payment_transitions ---
+
+CREATE OR REPLACE TRIGGER payment_transitions_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.payment_transitions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+CREATE OR REPLACE TRIGGER payment_transitions_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.payment_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+-- --- tollgate.payment_intents ---
+
 CREATE OR REPLACE TRIGGER payment_intents_05_lock
     BEFORE INSERT ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.payment_intents_before_insert();
+
 CREATE OR REPLACE TRIGGER payment_intents_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
         'id', 'account_id', 'stripe_id', 'amount', 'currency', 'purpose', 'description',
         'idempotency_key', 'created_at');
+
 CREATE OR REPLACE TRIGGER payment_intents_20_transition
     BEFORE UPDATE ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('payment_transitions', 'payment');
+
 CREATE OR REPLACE TRIGGER payment_intents_25_event_clock
     BEFORE UPDATE ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.payment_event_clock();
+
+CREATE OR REPLACE TRIGGER payment_intents_30_refunded
+    BEFORE UPDATE ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_refunded_guard();
+
+CREATE OR REPLACE TRIGGER payment_intents_40_flag
+    AFTER INSERT ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
+
 CREATE OR REPLACE TRIGGER payment_intents_50_status_changed
     AFTER INSERT OR UPDATE OF status ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.payment_status_changed();
+
 CREATE OR REPLACE TRIGGER payment_intents_60_apply_pending_events
     AFTER INSERT ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.apply_pending_payment_events();
+
+CREATE OR REPLACE TRIGGER payment_intents_70_transactions
+    AFTER UPDATE OF status ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_follow_payment();
+
+-- After payment_intents_70_transactions (which settles the transaction of a payment that just
+-- succeeded, or fails it when refunded before it settled) and before _80_entitlements.
+CREATE OR REPLACE TRIGGER payment_intents_75_take_back
+    AFTER UPDATE OF status, amount_refunded ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_take_back();
+
+CREATE OR REPLACE TRIGGER payment_intents_80_entitlements
+    AFTER UPDATE OF status ON tollgate.payment_intents
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_entitlement_follow();
+
 CREATE OR REPLACE TRIGGER payment_intents_no_delete
     BEFORE DELETE ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
 CREATE OR REPLACE TRIGGER payment_intents_no_truncate
     BEFORE TRUNCATE ON tollgate.payment_intents
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
--- ---------------------------------------------------------------------------------------------
--- Stripe events
--- ---------------------------------------------------------------------------------------------
-
--- Apply one stored event to its payment intent, if the intent exists. Returns the event's
--- state afterwards:
---   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
---   stale    - created before the last event applied, or in the same second and asking for a
---              refused move back in the lifecycle: it never moves the status;
---   applied  - the status moved, or already was the event's;
---   rejected - the move is not in payment_transitions (e.g. canceled -> succeeded).
--- Stripe stamps events to the second, so two events of one second are not ordered: an allowed
--- move between them is applied (a card declined in the second the intent was created).
--- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
--- The caller must hold tollgate.lock_stripe_object for the event's object.
--- Why an event's PaymentIntent or Charge is not the payment's, or NULL when it is: the
--- PaymentIntent's metadata must name the payment, and the money must be the payment's (its
--- currency, its amount and, once it succeeded, amount_received, each read in Stripe's units
--- for the currency: tollgate.from_stripe_amount). A field the event leaves out is not
--- compared.
-CREATE OR REPLACE FUNCTION tollgate.stripe_amount_mismatch(p_object jsonb, p_payment tollgate.payment_intents)
-RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    field text;
-BEGIN
-    -- Stripe sends every PaymentIntent with its metadata, where Tollgate put the payment's id
-    -- when it created it: one that names no payment, or another, is not this payment's (a
-    -- PaymentIntent of another integration cannot be claimed by recording its id).
-    IF p_object ->> 'object' = 'payment_intent' AND p_object ? 'metadata'
-       AND (p_object -> 'metadata' ->> 'tollgate_payment_id') IS DISTINCT FROM p_payment.id::text THEN
-        RETURN format('the PaymentIntent''s metadata names payment %s, not %s',
-                      coalesce(p_object -> 'metadata' ->> 'tollgate_payment_id', 'none'), p_payment.id);
-    END IF;
-    IF jsonb_typeof(p_object -> 'currency') = 'string'
-       AND upper(p_object ->> 'currency') <> p_payment.currency THEN
-        RETURN format('Stripe says currency %s, the payment is in %s',
-                      upper(p_object ->> 'currency'), p_payment.currency);
-    END IF;
-    FOREACH field IN ARRAY ARRAY['amount', 'amount_received'] LOOP
-        CONTINUE WHEN jsonb_typeof(p_object -> field) IS DISTINCT FROM 'number';
-        -- amount_received is 0 until the money arrives.
-        CONTINUE WHEN field = 'amount_received' AND (p_object ->> field)::numeric = 0;
-        IF tollgate.from_stripe_amount((p_object ->> field)::numeric, p_payment.currency)
-           IS DISTINCT FROM p_payment.amount::bigint THEN
-            RETURN format('Stripe says %s %s (its units), the payment is %s %s', field,
-                          p_object ->> field, tollgate.format_minor(p_payment.amount, p_payment.currency),
-                          p_payment.currency);
-        END IF;
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION tollgate.apply_payment_event(p_event_id text)
-RETURNS tollgate.event_state
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    ev          tollgate.payment_events;
-    pi          tollgate.payment_intents;
-    cur_rank    smallint;
-    new_rank    smallint;
-    outcome     tollgate.event_state;
-    why         text;
-    prev_actor  text := current_setting('tollgate.actor', true);
-BEGIN
-    SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id FOR UPDATE;
-    IF ev.state <> 'pending' THEN
-        RETURN ev.state;
-    END IF;
-    SELECT * INTO pi FROM tollgate.payment_intents WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN 'pending';
-    END IF;
-
-    PERFORM tollgate.set_actor('stripe:' || ev.id);
-    SELECT progress INTO cur_rank FROM tollgate.payment_statuses WHERE status = pi.status;
-    SELECT progress INTO new_rank FROM tollgate.payment_statuses WHERE status = ev.target_status;
-
-    why := tollgate.stripe_amount_mismatch(ev.payload -> 'data' -> 'object', pi);
-    IF why IS NOT NULL THEN
-        outcome := 'rejected';
-    ELSIF ev.stripe_created < pi.last_event_at THEN
-        outcome := 'stale';
-        why := format('older than %s (%s), already applied', pi.last_event_id, pi.last_event_at);
-    ELSIF ev.target_status = pi.status
-          OR EXISTS (SELECT FROM tollgate.payment_transitions
-                     WHERE from_status = pi.status AND to_status = ev.target_status) THEN
-        UPDATE tollgate.payment_intents
-        SET status = ev.target_status, last_event_id = ev.id,
-            last_event_at = greatest(ev.stripe_created, pi.last_event_at)
-        WHERE id = pi.id;
-        outcome := 'applied';
-    ELSIF ev.target_status = 'refunded' AND EXISTS (
-        SELECT FROM tollgate.payment_transitions
-        WHERE from_status = pi.status AND to_status = 'succeeded'
-    ) THEN
-        UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = pi.id;
-        UPDATE tollgate.payment_intents
-        SET status = 'refunded', last_event_id = ev.id,
-            last_event_at = greatest(ev.stripe_created, pi.last_event_at)
-        WHERE id = pi.id;
-        outcome := 'applied';
-        why := format('a full refund implies the payment succeeded (was %s)', pi.status);
-    ELSIF ev.stripe_created = pi.last_event_at AND new_rank < cur_rank THEN
-        outcome := 'stale';
-        why := format('same second as %s and earlier in the lifecycle than %s', pi.last_event_id,
-                      pi.status);
-    ELSE
-        outcome := 'rejected';
-        why := format('%s -> %s is not an allowed transition', pi.status, ev.target_status);
-    END IF;
-
-    UPDATE tollgate.payment_events
-    SET state = outcome, note = why, processed_at = now(),
-        account_id = pi.account_id, payment_intent_id = pi.id
-    WHERE id = ev.id;
-    PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
-    RETURN outcome;
-END
-$$;
-
--- The inbox keeps what Stripe sent. An event is stored pending (or ignored); it leaves
--- pending once, linked to the payment its Stripe id names; after that nothing changes.
-CREATE OR REPLACE FUNCTION tollgate.payment_events_guard() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    linked tollgate.payment_intents;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.state NOT IN ('pending', 'ignored') OR NEW.payment_intent_id IS NOT NULL THEN
-            RAISE EXCEPTION 'payment event % must be stored pending or ignored, unlinked', NEW.id
-                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_stored_pending',
-                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
-        END IF;
-        NEW.received_at := now();
-        RETURN NEW;
-    END IF;
-    IF OLD.state <> 'pending' THEN
-        RAISE EXCEPTION 'payment event % is % already', OLD.id, OLD.state
-            USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_state_final',
-                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
-    END IF;
-    IF NEW.state IN ('applied', 'stale', 'rejected') AND NEW.subscription_id IS NOT NULL THEN
-        IF NOT EXISTS (SELECT FROM tollgate.subscriptions s
-                       WHERE s.id = NEW.subscription_id AND s.stripe_id = NEW.stripe_object_id
-                         AND s.account_id = NEW.account_id) THEN
-            RAISE EXCEPTION 'subscription event % must be linked to the subscription % and its account',
-                    OLD.id, OLD.stripe_object_id
-                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
-                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'subscription_id';
-        END IF;
-    ELSIF NEW.state IN ('applied', 'stale', 'rejected') THEN
-        SELECT * INTO linked FROM tollgate.payment_intents WHERE id = NEW.payment_intent_id;
-        IF NOT FOUND OR linked.stripe_id IS DISTINCT FROM NEW.stripe_object_id
-           OR linked.account_id IS DISTINCT FROM NEW.account_id THEN
-            RAISE EXCEPTION 'payment event % must be linked to the payment % and its account',
-                    OLD.id, OLD.stripe_object_id
-                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
-                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'payment_intent_id';
-        END IF;
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
-    BEFORE UPDATE ON tollgate.payment_events
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
-        'received_at', 'account_id?', 'payment_intent_id?', 'subscription_id?', 'processed_at?');
-CREATE OR REPLACE TRIGGER payment_events_20_guard
-    BEFORE INSERT OR UPDATE ON tollgate.payment_events
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_events_guard();
-CREATE OR REPLACE TRIGGER payment_events_no_delete
-    BEFORE DELETE ON tollgate.payment_events
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER payment_events_no_truncate
-    BEFORE TRUNCATE ON tollgate.payment_events
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+-- --- tollgate.idempotency_keys ---
 
 CREATE OR REPLACE TRIGGER idempotency_keys_10_keep_columns
     BEFORE UPDATE ON tollgate.idempotency_keys

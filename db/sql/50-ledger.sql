@@ -1,58 +1,125 @@
--- The double-entry ledger: money conversion, postings, entries, balances.
+-- The double-entry ledger: ledger accounts with a running balance, postings, entries.
 --
 -- A posting is a set of entries that sums to zero per currency (checked at commit by a
 -- deferred constraint trigger), written in one transaction and never changed after. Inserting
 -- an entry is the only way to move a balance: the entry's triggers lock its ledger account,
 -- record the balance before and after and the account's new version, then update the
--- account, whose guard accepts a new balance only if that very entry exists. Ledger accounts
--- are locked in id order before any entry is written, so opposite postings cannot deadlock.
+-- account, whose guard accepts a new balance only if that very entry exists. Every entry
+-- records the balance of its ledger account before and after it, and the account's version,
+-- so any past balance can be recomputed and audited. Ledger accounts are locked in id order
+-- before any entry is written, so opposite postings cannot deadlock.
+--
+-- Money is bounded so no account can push a shared ledger account (revenue, clearing) past
+-- bigint and stop everyone else's postings: an overdraft has a limit, a single entry and every
+-- balance have a ceiling well inside bigint.
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
--- ---------------------------------------------------------------------------------------------
--- Money: decimal amounts at the edge, integer minor units inside
--- ---------------------------------------------------------------------------------------------
+CREATE TABLE tollgate.ledger_accounts (
+    id              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id      uuid        NOT NULL CONSTRAINT ledger_accounts_account_id_fkey REFERENCES tollgate.accounts,
+    -- "main" for an account's own balance; "clearing" for the system's counterpart of money
+    -- that arrived from outside (Stripe, a bank); "revenue", "debt", "disputed": see the
+    -- functions that post to them.
+    name            text        NOT NULL CONSTRAINT ledger_accounts_name_format CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    currency        text        NOT NULL CONSTRAINT ledger_accounts_currency_fkey REFERENCES tollgate.currencies,
+    -- Whether the balance may go below zero: overdraft_limit is not 0.
+    allow_negative  boolean     NOT NULL DEFAULT false,
+    -- Minor units. Changed only by inserting entries.
+    balance         bigint      NOT NULL DEFAULT 0,
+    -- The number of entries posted to this account.
+    version         bigint      NOT NULL DEFAULT 0 CONSTRAINT ledger_accounts_version_non_negative CHECK (version >= 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- A balance below which its owner is told credits are low (credits.low, once per crossing).
+    low_balance     bigint      CONSTRAINT ledger_accounts_low_balance_non_negative CHECK (low_balance >= 0),
+    -- How far below zero the balance may go, in minor units: 0 for a prepaid wallet, at most
+    -- 999999999999 (the largest single amount). NULL (no limit) only for Tollgate's own ledger
+    -- accounts: clearing mirrors what outside parties hold and goes negative by design.
+    overdraft_limit bigint      DEFAULT 0,
+    CONSTRAINT ledger_accounts_account_name_currency_key UNIQUE (account_id, name, currency),
+    -- Lets entries reference (ledger account, currency) so an entry's currency is its account's.
+    CONSTRAINT ledger_accounts_id_currency_key UNIQUE (id, currency),
+    -- Named for what callers know it as (insufficient_funds): not below the overdraft limit.
+    CONSTRAINT ledger_accounts_balance_non_negative
+        CHECK (overdraft_limit IS NULL OR balance >= -overdraft_limit),
+    CONSTRAINT ledger_accounts_overdraft_limit_range
+        CHECK (overdraft_limit BETWEEN 0 AND 999999999999),
+    CONSTRAINT ledger_accounts_overdraft_bounded
+        CHECK (overdraft_limit IS NOT NULL OR account_id = '00000000-0000-0000-0000-000000000000'),
+    CONSTRAINT ledger_accounts_overdraft_flag
+        CHECK (allow_negative = (overdraft_limit IS NULL OR overdraft_limit > 0)),
+    -- 10^18 - 1: far above any real balance, far enough below bigint's 9.2e18 that adding one
+    -- entry (below 10^15) can never overflow before this check refuses it.
+    CONSTRAINT ledger_accounts_balance_range
+        CHECK (balance BETWEEN -999999999999999999 AND 999999999999999999)
+);
 
--- p_amount (e.g. 1250.50) as minor units of p_currency (125050), exactly or not at all:
--- more decimals than the currency has are refused, never rounded.
-CREATE OR REPLACE FUNCTION tollgate.to_minor(p_amount numeric, p_currency text) RETURNS bigint
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    exp    smallint;
-    scaled numeric;
-BEGIN
-    IF p_amount IS NULL THEN
-        RAISE EXCEPTION 'an amount is required'
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_minor_range';
-    END IF;
-    SELECT c.exponent INTO exp FROM tollgate.currencies c WHERE c.code = p_currency;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown currency %', p_currency
-            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'currency_known';
-    END IF;
-    scaled := p_amount * 10::numeric ^ exp;
-    IF scaled <> trunc(scaled) THEN
-        RAISE EXCEPTION '% amounts have at most % decimals: % has more', p_currency, exp, p_amount
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_decimals';
-    END IF;
-    IF scaled < 1 OR scaled > 999999999999 THEN
-        RAISE EXCEPTION 'amount % is not between one minor unit and the maximum', p_amount
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'amount_minor_range';
-    END IF;
-    RETURN scaled::bigint;
-END
-$$;
+COMMENT ON TABLE tollgate.ledger_accounts IS 'Balances, one per (account, name, currency); moved only by ledger entries.';
+COMMENT ON COLUMN tollgate.ledger_accounts.overdraft_limit IS
+    'Minor units the balance may go below zero (0: prepaid); NULL only for Tollgate''s own clearing accounts.';
 
--- Minor units as a decimal string with the currency's decimals: (125050, USD) -> '1250.50'.
-CREATE OR REPLACE FUNCTION tollgate.format_minor(p_amount bigint, p_currency text) RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT round(p_amount::numeric / 10::numeric ^ c.exponent, c.exponent)::text
-    FROM tollgate.currencies c WHERE c.code = p_currency
-$$;
+CREATE TYPE tollgate.posting_kind AS ENUM (
+    'transfer',       -- between two accounts, on a caller's request
+    'settlement',     -- a transaction settled: money arrived for an account
+    'reversal',       -- compensates an earlier posting entry by entry; the original stays
+    'charge',         -- an account pays Tollgate from its credits: captured holds, metered usage
+    'refund',         -- credits a refunded or lost-dispute payment granted, taken back: from the
+                      -- disputed (frozen) credits, the wallet, and as a recorded debt for the rest
+    'dispute',        -- credits frozen while a dispute is open, or released when it is won
+    'debt_repayment'  -- money that arrived for an account pays its recorded debt first
+);
+
+CREATE TABLE tollgate.ledger_postings (
+    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    -- The account on whose behalf the posting was made (a transfer's sender, a transaction's
+    -- account).
+    account_id       uuid        NOT NULL CONSTRAINT ledger_postings_account_id_fkey REFERENCES tollgate.accounts,
+    kind             tollgate.posting_kind NOT NULL,
+    -- Caller-supplied key that makes a transfer idempotent, with the request it stood for.
+    idempotency_key  text        CONSTRAINT ledger_postings_idempotency_key_format CHECK (idempotency_key ~ '^[\x21-\x7e]{1,255}$'),
+    request_hash     bytea,
+    reverses         uuid        CONSTRAINT ledger_postings_reverses_fkey REFERENCES tollgate.ledger_postings
+                                 CONSTRAINT ledger_postings_reverses_once UNIQUE,
+    -- The transaction that wrote the posting (set by the database): entries can be added to a
+    -- posting only in that transaction, so a committed posting never changes.
+    created_xid      xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_postings_idempotency_key UNIQUE (account_id, idempotency_key),
+    CONSTRAINT ledger_postings_key_has_hash CHECK ((idempotency_key IS NULL) = (request_hash IS NULL)),
+    CONSTRAINT ledger_postings_reversal_names_original CHECK ((kind = 'reversal') = (reverses IS NOT NULL))
+);
+
+CREATE TABLE tollgate.ledger_entries (
+    id                bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The owner of the ledger account (set by the database).
+    account_id        uuid        NOT NULL CONSTRAINT ledger_entries_account_id_fkey REFERENCES tollgate.accounts,
+    posting_id        uuid        NOT NULL CONSTRAINT ledger_entries_posting_id_fkey REFERENCES tollgate.ledger_postings,
+    ledger_account_id uuid        NOT NULL,
+    currency          text        NOT NULL,
+    -- Signed minor units: positive raises the ledger account's balance, negative lowers it.
+    amount            bigint      NOT NULL CONSTRAINT ledger_entries_amount_non_zero CHECK (amount <> 0),
+    balance_before    bigint      NOT NULL,
+    balance_after     bigint      NOT NULL,
+    -- The ledger account's version after this entry (1 for its first entry).
+    account_version   bigint      NOT NULL CONSTRAINT ledger_entries_account_version_positive CHECK (account_version > 0),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_entries_ledger_account_fkey FOREIGN KEY (ledger_account_id, currency)
+        REFERENCES tollgate.ledger_accounts (id, currency),
+    CONSTRAINT ledger_entries_balance_arithmetic CHECK (balance_after = balance_before + amount),
+    CONSTRAINT ledger_entries_version_key UNIQUE (ledger_account_id, account_version),
+    -- One entry moves at most 10^15 - 1 minor units: a single amount is below 10^12, and the
+    -- largest posting (a usage batch of 1000 events) below 10^15.
+    CONSTRAINT ledger_entries_amount_range CHECK (amount BETWEEN -999999999999999 AND 999999999999999)
+);
+
+CREATE INDEX ledger_entries_posting_idx ON tollgate.ledger_entries (posting_id);
+CREATE INDEX ledger_entries_account_id_idx ON tollgate.ledger_entries (account_id, id);
+
+COMMENT ON TABLE tollgate.ledger_entries IS 'Append-only entries; each posting''s entries sum to zero per currency.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
 
 -- ---------------------------------------------------------------------------------------------
 -- Ledger accounts
@@ -139,16 +206,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER ledger_accounts_20_guard
-    BEFORE INSERT OR UPDATE ON tollgate.ledger_accounts
-    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_accounts_guard();
-CREATE OR REPLACE TRIGGER ledger_accounts_no_delete
-    BEFORE DELETE ON tollgate.ledger_accounts
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER ledger_accounts_no_truncate
-    BEFORE TRUNCATE ON tollgate.ledger_accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
 -- ---------------------------------------------------------------------------------------------
 -- Entries and postings
@@ -256,37 +313,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER ledger_entries_10_balances
-    BEFORE INSERT ON tollgate.ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_before_insert();
-CREATE OR REPLACE TRIGGER ledger_entries_20_move_account
-    AFTER INSERT ON tollgate.ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_after_insert();
-CREATE OR REPLACE TRIGGER ledger_postings_10_stamp
-    BEFORE INSERT ON tollgate.ledger_postings
-    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_postings_before_insert();
-DROP TRIGGER IF EXISTS ledger_entries_balanced ON tollgate.ledger_entries;
-CREATE CONSTRAINT TRIGGER ledger_entries_balanced
-    AFTER INSERT ON tollgate.ledger_entries DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION tollgate.check_posting_balanced();
-DROP TRIGGER IF EXISTS ledger_postings_balanced ON tollgate.ledger_postings;
-CREATE CONSTRAINT TRIGGER ledger_postings_balanced
-    AFTER INSERT ON tollgate.ledger_postings DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION tollgate.check_posting_balanced();
-
-CREATE OR REPLACE TRIGGER ledger_entries_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER ledger_entries_no_truncate
-    BEFORE TRUNCATE ON tollgate.ledger_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER ledger_postings_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.ledger_postings
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER ledger_postings_no_truncate
-    BEFORE TRUNCATE ON tollgate.ledger_postings
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
 -- Write a posting: lock its ledger accounts in id order (so opposite postings cannot
 -- deadlock), then one entry per (ledger account, amount). Returns the posting id, or NULL
@@ -579,3 +605,85 @@ BEGIN
     FROM tollgate.set_overdraft(k, p_account, p_currency, scaled::bigint) o;
 END
 $$;
+
+-- Where captured credits and metered usage go: Tollgate's revenue, per currency.
+CREATE OR REPLACE FUNCTION tollgate.revenue_account(p_currency text) RETURNS uuid
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT tollgate.ledger_account('00000000-0000-0000-0000-000000000000', 'revenue', p_currency, false)
+$$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.ledger_accounts ---
+
+CREATE OR REPLACE TRIGGER ledger_accounts_20_guard
+    BEFORE INSERT OR UPDATE ON tollgate.ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_accounts_guard();
+
+CREATE OR REPLACE TRIGGER ledger_accounts_30_debt_not_positive
+    BEFORE UPDATE ON tollgate.ledger_accounts
+    FOR EACH ROW WHEN (NEW.name = 'debt' AND NEW.balance > 0)
+    EXECUTE FUNCTION tollgate.debt_not_positive();
+
+CREATE OR REPLACE TRIGGER ledger_accounts_no_delete
+    BEFORE DELETE ON tollgate.ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER ledger_accounts_no_truncate
+    BEFORE TRUNCATE ON tollgate.ledger_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- --- tollgate.ledger_entries ---
+
+CREATE OR REPLACE TRIGGER ledger_entries_10_balances
+    BEFORE INSERT ON tollgate.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_before_insert();
+
+CREATE OR REPLACE TRIGGER ledger_entries_20_move_account
+    AFTER INSERT ON tollgate.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_entries_after_insert();
+
+CREATE OR REPLACE TRIGGER ledger_entries_30_spend
+    AFTER INSERT ON tollgate.ledger_entries
+    FOR EACH ROW WHEN (NEW.amount < 0) EXECUTE FUNCTION tollgate.ledger_entries_spend();
+
+CREATE OR REPLACE TRIGGER ledger_entries_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+DROP TRIGGER IF EXISTS ledger_entries_balanced ON tollgate.ledger_entries;
+
+CREATE CONSTRAINT TRIGGER ledger_entries_balanced
+    AFTER INSERT ON tollgate.ledger_entries DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_posting_balanced();
+
+CREATE OR REPLACE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON tollgate.ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- --- tollgate.ledger_postings ---
+
+CREATE OR REPLACE TRIGGER ledger_postings_10_stamp
+    BEFORE INSERT ON tollgate.ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_postings_before_insert();
+
+CREATE OR REPLACE TRIGGER ledger_postings_50_audit
+    AFTER INSERT ON tollgate.ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_postings_audit();
+
+CREATE OR REPLACE TRIGGER ledger_postings_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+DROP TRIGGER IF EXISTS ledger_postings_balanced ON tollgate.ledger_postings;
+
+CREATE CONSTRAINT TRIGGER ledger_postings_balanced
+    AFTER INSERT ON tollgate.ledger_postings DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_posting_balanced();
+
+CREATE OR REPLACE TRIGGER ledger_postings_no_truncate
+    BEFORE TRUNCATE ON tollgate.ledger_postings
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();

@@ -1,21 +1,59 @@
--- Transactions: recorded pending, then settled (posting to the ledger), failed, or reversed
--- (a compensating posting). A transaction linked to a Stripe payment follows it: the
--- payment's webhook settles, fails or reverses it through the same UPDATE.
---
---   BEFORE INSERT  transactions_05_start          starts pending, nothing posted
---   BEFORE UPDATE  transactions_10_keep_columns   identity and money never change
---   BEFORE UPDATE  transactions_20_transition     only rows of transaction_transitions (TG010)
---   BEFORE UPDATE  transactions_30_post           settled: settlement posting; reversed: reversal
---   AFTER UPDATE   transactions_50_status_changed audit row, outbox row
+-- Transactions: a financial action recorded first (pending), then settled (a settlement posting
+-- credits the account), failed, or reversed (a compensating posting). A transaction linked to a
+-- Stripe payment follows it: the payment's webhook settles, fails or reverses it through the
+-- same UPDATE. The Triggers section lists every trigger on transactions in firing order.
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
-CREATE OR REPLACE TRIGGER transaction_transitions_reference_data
-    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.transaction_transitions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
-CREATE OR REPLACE TRIGGER transaction_transitions_reference_data_truncate
-    BEFORE TRUNCATE ON tollgate.transaction_transitions
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+CREATE TYPE tollgate.transaction_status AS ENUM (
+    'pending',   -- recorded; nothing posted yet
+    'settled',   -- the money arrived: a settlement posting credited the account
+    'failed',    -- terminal: it did not happen; nothing was posted
+    'reversed'   -- terminal: settled, then undone by a compensating posting
+);
+
+CREATE TABLE tollgate.transaction_transitions (
+    from_status tollgate.transaction_status NOT NULL,
+    to_status   tollgate.transaction_status NOT NULL,
+    PRIMARY KEY (from_status, to_status),
+    CONSTRAINT transaction_transitions_not_to_self CHECK (from_status <> to_status),
+    CONSTRAINT transaction_transitions_terminal_is_final CHECK (from_status NOT IN ('failed', 'reversed'))
+);
+
+INSERT INTO tollgate.transaction_transitions (from_status, to_status) VALUES
+    ('pending', 'settled'),
+    ('pending', 'failed'),
+    ('settled', 'reversed');
+
+CREATE TABLE tollgate.transactions (
+    id                    uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id            uuid        NOT NULL CONSTRAINT transactions_account_id_fkey REFERENCES tollgate.accounts,
+    -- The caller's own id for the transaction, unique per account.
+    reference             text        NOT NULL CONSTRAINT transactions_reference_format CHECK (reference ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'),
+    amount                tollgate.amount_minor NOT NULL,
+    currency              text        NOT NULL CONSTRAINT transactions_currency_fkey REFERENCES tollgate.currencies,
+    status                tollgate.transaction_status NOT NULL DEFAULT 'pending',
+    -- The Stripe payment whose webhooks settle, fail or reverse this transaction, if any. One
+    -- payment backs at most one transaction, or it would credit the account more than once.
+    payment_intent_id     uuid        CONSTRAINT transactions_payment_intent_id_fkey REFERENCES tollgate.payment_intents
+                                      CONSTRAINT transactions_payment_intent_id_key UNIQUE,
+    settlement_posting_id uuid        CONSTRAINT transactions_settlement_posting_id_fkey REFERENCES tollgate.ledger_postings,
+    reversal_posting_id   uuid        CONSTRAINT transactions_reversal_posting_id_fkey REFERENCES tollgate.ledger_postings,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT transactions_account_reference_key UNIQUE (account_id, reference),
+    CONSTRAINT transactions_settled_has_posting CHECK ((status IN ('settled', 'reversed')) = (settlement_posting_id IS NOT NULL)),
+    CONSTRAINT transactions_reversed_has_posting CHECK ((status = 'reversed') = (reversal_posting_id IS NOT NULL))
+);
+
+COMMENT ON TABLE tollgate.transactions IS 'Financial actions recorded before they happen; settling one posts to the ledger.';
+
+-- Listing an account's transactions newest first, a page at a time.
+CREATE INDEX transactions_account_created_idx ON tollgate.transactions (account_id, created_at DESC, id DESC);
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
 
 CREATE OR REPLACE FUNCTION tollgate.transactions_start() RETURNS trigger
 LANGUAGE plpgsql
@@ -98,29 +136,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER transactions_05_start
-    BEFORE INSERT ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_start();
-CREATE OR REPLACE TRIGGER transactions_10_keep_columns
-    BEFORE UPDATE ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'account_id', 'reference', 'amount', 'currency', 'payment_intent_id', 'created_at');
-CREATE OR REPLACE TRIGGER transactions_20_transition
-    BEFORE UPDATE ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('transaction_transitions', 'transaction');
-CREATE OR REPLACE TRIGGER transactions_30_post
-    BEFORE UPDATE ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_post();
-CREATE OR REPLACE TRIGGER transactions_50_status_changed
-    AFTER INSERT OR UPDATE OF status ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_status_changed();
-CREATE OR REPLACE TRIGGER transactions_no_delete
-    BEFORE DELETE ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER transactions_no_truncate
-    BEFORE TRUNCATE ON tollgate.transactions
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
-
 -- ---------------------------------------------------------------------------------------------
 -- Following a Stripe payment
 -- ---------------------------------------------------------------------------------------------
@@ -148,10 +163,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER payment_intents_70_transactions
-    AFTER UPDATE OF status ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_follow_payment();
 
 -- ---------------------------------------------------------------------------------------------
 -- api
@@ -346,3 +357,59 @@ BEGIN
     RETURN QUERY SELECT * FROM tollgate.transaction_v1 v WHERE v.id = txn.id;
 END
 $$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.transaction_transitions ---
+
+CREATE OR REPLACE TRIGGER transaction_transitions_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.transaction_transitions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+CREATE OR REPLACE TRIGGER transaction_transitions_reference_data_truncate
+    BEFORE TRUNCATE ON tollgate.transaction_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+-- --- tollgate.transactions ---
+
+CREATE OR REPLACE TRIGGER transactions_05_start
+    BEFORE INSERT ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_start();
+
+CREATE OR REPLACE TRIGGER transactions_10_keep_columns
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'account_id', 'reference', 'amount', 'currency', 'payment_intent_id', 'created_at');
+
+CREATE OR REPLACE TRIGGER transactions_20_transition
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('transaction_transitions', 'transaction');
+
+CREATE OR REPLACE TRIGGER transactions_25_review_gate
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_review_gate();
+
+CREATE OR REPLACE TRIGGER transactions_30_post
+    BEFORE UPDATE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_post();
+
+CREATE OR REPLACE TRIGGER transactions_40_flag
+    AFTER INSERT ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
+
+CREATE OR REPLACE TRIGGER transactions_50_status_changed
+    AFTER INSERT OR UPDATE OF status ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_status_changed();
+
+CREATE OR REPLACE TRIGGER transactions_60_after_settlement
+    AFTER UPDATE OF status ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_after_settlement();
+
+CREATE OR REPLACE TRIGGER transactions_no_delete
+    BEFORE DELETE ON tollgate.transactions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER transactions_no_truncate
+    BEFORE TRUNCATE ON tollgate.transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();

@@ -18,13 +18,116 @@
 -- account's "disputed" ledger account (kind dispute), its paid run cannot be used. Won: released.
 -- Lost: taken back like a refund of the disputed amount.
 --
---   BEFORE INSERT  payment_intents_05_lock             amount_refunded starts at 0 (30-payments.sql)
---   BEFORE UPDATE  payment_intents_30_refunded         amount_refunded only grows; refunded = all of it
---   AFTER UPDATE   payment_intents_75_take_back        take back what the refunds reached
---   AFTER UPDATE   transactions_60_after_settlement    a late settlement: take back, pay the debt
---   BEFORE UPDATE  ledger_accounts_30_debt_not_positive a debt account never holds money
---   BEFORE UPDATE  payment_entitlements_26_dispute_gate a disputed payment's run is not used
+-- Refunds Tollgate asked for and disputes Stripe reported are kept here; payment_intents.
+-- amount_refunded lives with the payment (30-payments.sql).
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
+SET LOCAL ROLE tollgate_owner;
+
+-- Stripe's refund statuses.
+CREATE TYPE tollgate.refund_status AS ENUM (
+    'pending',          -- asked for; Stripe has not finished it
+    'requires_action',  -- Stripe needs the customer (some payment methods)
+    'succeeded',        -- the money went back to the customer
+    'failed',           -- terminal: Stripe could not refund
+    'canceled'          -- terminal: canceled before it went through
+);
+
+-- One row per refund request, written in the transaction that calls Stripe, so a failed call
+-- leaves nothing. It is also the idempotency record: (account, key) once, same body only.
+-- The money is applied from Stripe's events (charge.refunded), not from this row.
+CREATE TABLE tollgate.refunds (
+    -- Derived from (account, idempotency key): a retry after a failure reuses the id.
+    id                 uuid        PRIMARY KEY,
+    -- The payment's account (idempotency keys are per account, as for payments).
+    account_id         uuid        NOT NULL CONSTRAINT refunds_account_id_fkey REFERENCES tollgate.accounts,
+    payment_intent_id  uuid        NOT NULL CONSTRAINT refunds_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
+    amount             tollgate.amount_minor NOT NULL,
+    currency           text        NOT NULL CONSTRAINT refunds_currency_fkey REFERENCES tollgate.currencies,
+    idempotency_key    text        NOT NULL CONSTRAINT refunds_idempotency_key_format CHECK (idempotency_key ~ '^[\x21-\x7e]{1,255}$'),
+    -- SHA-256 of the normalised request (payment and amount): another body is refused.
+    request_hash       bytea       NOT NULL,
+    -- The admin key that asked.
+    requested_by       uuid        NOT NULL CONSTRAINT refunds_requested_by_fkey REFERENCES tollgate.api_keys,
+    -- Stripe's refund (re_...), once Stripe answered.
+    stripe_id          text        CONSTRAINT refunds_stripe_id_key UNIQUE
+                                   CONSTRAINT refunds_stripe_id_format CHECK (stripe_id ~ '^re_[A-Za-z0-9_]{1,250}$'),
+    status             tollgate.refund_status NOT NULL DEFAULT 'pending',
+    -- The creation time of the last refund event applied to this row: older ones are stale.
+    last_event_at      timestamptz,
+    -- The response first sent; a replay sends it again.
+    response           jsonb,
+    completed_at       timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT refunds_account_idempotency_key UNIQUE (account_id, idempotency_key),
+    CONSTRAINT refunds_completed_has_response CHECK ((completed_at IS NULL) = (response IS NULL)),
+    CONSTRAINT refunds_completed_has_stripe_id CHECK (completed_at IS NULL OR stripe_id IS NOT NULL)
+);
+CREATE INDEX refunds_payment_intent_idx ON tollgate.refunds (payment_intent_id);
+COMMENT ON TABLE tollgate.refunds IS 'Refunds asked of Stripe through Tollgate; their money is applied from Stripe''s events.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Disputes (charge.dispute.* events)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE TYPE tollgate.dispute_status AS ENUM (
+    'open',  -- Stripe has withdrawn (or may withdraw) the money: what the payment granted is frozen
+    'won',   -- terminal: the money came back; what was frozen is released
+    'lost'   -- terminal: the money is gone; what the payment granted is taken back like a refund
+);
+
+CREATE TABLE tollgate.disputes (
+    id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id         uuid        NOT NULL CONSTRAINT disputes_account_id_fkey REFERENCES tollgate.accounts,
+    payment_intent_id  uuid        NOT NULL CONSTRAINT disputes_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
+    stripe_id          text        NOT NULL CONSTRAINT disputes_stripe_id_key UNIQUE
+                                   CONSTRAINT disputes_stripe_id_format CHECK (stripe_id ~ '^(dp|du)_[A-Za-z0-9_]{1,250}$'),
+    -- The disputed amount, in ISO minor units.
+    amount             tollgate.amount_minor NOT NULL,
+    currency           text        NOT NULL CONSTRAINT disputes_currency_fkey REFERENCES tollgate.currencies,
+    status             tollgate.dispute_status NOT NULL,
+    -- Stripe's own status (needs_response, under_review, won, lost, ...).
+    stripe_status      text        NOT NULL,
+    -- Credits moved from the wallet to the account's "disputed" ledger account while open.
+    frozen             bigint      NOT NULL DEFAULT 0 CONSTRAINT disputes_frozen_non_negative CHECK (frozen >= 0),
+    last_event_id      text        NOT NULL,
+    last_event_at      timestamptz NOT NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX disputes_payment_intent_idx ON tollgate.disputes (payment_intent_id);
+COMMENT ON TABLE tollgate.disputes IS 'Stripe disputes of payments Tollgate created: open ones freeze what the payment granted.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Taking back what a payment granted
+-- ---------------------------------------------------------------------------------------------
+
+-- One row per taking back (append-only): how much of the payment's credits, from where, and
+-- the posting that did it. Their sum per payment is what has been taken back so far.
+CREATE TABLE tollgate.payment_takebacks (
+    id                 bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id         uuid        NOT NULL CONSTRAINT payment_takebacks_account_id_fkey REFERENCES tollgate.accounts,
+    payment_intent_id  uuid        NOT NULL CONSTRAINT payment_takebacks_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
+    currency           text        NOT NULL CONSTRAINT payment_takebacks_currency_fkey REFERENCES tollgate.currencies,
+    -- refund: Stripe refunded (part of) the payment; dispute_lost: a dispute of it was lost.
+    reason             text        NOT NULL CONSTRAINT payment_takebacks_reason_values CHECK (reason IN ('refund', 'dispute_lost')),
+    amount             tollgate.amount_minor NOT NULL,
+    from_disputed      bigint      NOT NULL
+                       CONSTRAINT payment_takebacks_parts_non_negative
+                       CHECK (from_disputed >= 0 AND from_wallet >= 0 AND as_debt >= 0),
+    from_wallet        bigint      NOT NULL,
+    -- Already spent: recorded as the account's debt.
+    as_debt            bigint      NOT NULL,
+    posting_id         uuid        NOT NULL CONSTRAINT payment_takebacks_posting_id_fkey REFERENCES tollgate.ledger_postings
+                                   CONSTRAINT payment_takebacks_posting_id_key UNIQUE,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT payment_takebacks_parts_sum CHECK (amount = from_disputed + from_wallet + as_debt)
+);
+CREATE INDEX payment_takebacks_payment_intent_idx ON tollgate.payment_takebacks (payment_intent_id);
+COMMENT ON TABLE tollgate.payment_takebacks IS 'Credits taken back because their payment was refunded or lost a dispute.';
+
+-- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
 -- ---------------------------------------------------------------------------------------------
@@ -252,10 +355,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER payment_intents_30_refunded
-    BEFORE UPDATE ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_refunded_guard();
-
 CREATE OR REPLACE FUNCTION tollgate.payment_take_back() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -267,12 +366,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
--- After payment_intents_70_transactions (which settles the transaction of a payment that just
--- succeeded, or fails it when refunded before it settled) and before _80_entitlements.
-CREATE OR REPLACE TRIGGER payment_intents_75_take_back
-    AFTER UPDATE OF status, amount_refunded ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_take_back();
 
 -- A transaction that settles: if its payment was refunded in the meantime (a settlement a
 -- review held), take that back; then pay the account's debt from what arrived.
@@ -296,10 +389,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER transactions_60_after_settlement
-    AFTER UPDATE OF status ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_after_settlement();
-
 -- A debt account holds what the account owes: never money of its own.
 CREATE OR REPLACE FUNCTION tollgate.debt_not_positive() RETURNS trigger
 LANGUAGE plpgsql
@@ -311,11 +400,6 @@ BEGIN
               SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'balance';
 END
 $$;
-
-CREATE OR REPLACE TRIGGER ledger_accounts_30_debt_not_positive
-    BEFORE UPDATE ON tollgate.ledger_accounts
-    FOR EACH ROW WHEN (NEW.name = 'debt' AND NEW.balance > 0)
-    EXECUTE FUNCTION tollgate.debt_not_positive();
 
 -- A disputed payment's paid run is frozen: not used until the dispute is won. (A use stamps
 -- used_at; taking the run back does not.)
@@ -332,10 +416,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER payment_entitlements_26_dispute_gate
-    BEFORE UPDATE ON tollgate.payment_entitlements
-    FOR EACH ROW EXECUTE FUNCTION tollgate.entitlements_dispute_gate();
 
 -- Refunds: the request never changes; Stripe's id and the response are set once.
 CREATE OR REPLACE FUNCTION tollgate.refunds_changed() RETURNS trigger
@@ -364,21 +444,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER refunds_05_changed
-    BEFORE INSERT OR UPDATE ON tollgate.refunds
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refunds_changed();
-CREATE OR REPLACE TRIGGER refunds_10_keep_columns
-    BEFORE UPDATE ON tollgate.refunds
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'account_id', 'payment_intent_id', 'amount', 'currency', 'idempotency_key',
-        'request_hash', 'requested_by', 'created_at', 'stripe_id?', 'response?', 'completed_at?');
-CREATE OR REPLACE TRIGGER refunds_no_delete
-    BEFORE DELETE ON tollgate.refunds
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER refunds_no_truncate
-    BEFORE TRUNCATE ON tollgate.refunds
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
 CREATE OR REPLACE FUNCTION tollgate.disputes_changed() RETURNS trigger
 LANGUAGE plpgsql
@@ -411,10 +476,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER disputes_05_changed
-    BEFORE INSERT OR UPDATE ON tollgate.disputes
-    FOR EACH ROW EXECUTE FUNCTION tollgate.disputes_changed();
-
 -- What a dispute does, whoever writes its row: open freezes, won releases, lost takes back
 -- (then releases what the lost amount did not need); each change is announced.
 CREATE OR REPLACE FUNCTION tollgate.disputes_follow() RETURNS trigger
@@ -442,23 +503,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER disputes_50_follow
-    AFTER INSERT OR UPDATE OF status ON tollgate.disputes
-    FOR EACH ROW EXECUTE FUNCTION tollgate.disputes_follow();
-CREATE OR REPLACE TRIGGER disputes_no_delete
-    BEFORE DELETE ON tollgate.disputes
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER disputes_no_truncate
-    BEFORE TRUNCATE ON tollgate.disputes
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
-
-CREATE OR REPLACE TRIGGER payment_takebacks_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.payment_takebacks
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER payment_takebacks_no_truncate
-    BEFORE TRUNCATE ON tollgate.payment_takebacks
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
 -- ---------------------------------------------------------------------------------------------
 -- Disputes: freeze, release
@@ -869,3 +913,54 @@ BEGIN
     RETURN body;
 END
 $$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.refunds ---
+
+CREATE OR REPLACE TRIGGER refunds_05_changed
+    BEFORE INSERT OR UPDATE ON tollgate.refunds
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refunds_changed();
+
+CREATE OR REPLACE TRIGGER refunds_10_keep_columns
+    BEFORE UPDATE ON tollgate.refunds
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'account_id', 'payment_intent_id', 'amount', 'currency', 'idempotency_key',
+        'request_hash', 'requested_by', 'created_at', 'stripe_id?', 'response?', 'completed_at?');
+
+CREATE OR REPLACE TRIGGER refunds_no_delete
+    BEFORE DELETE ON tollgate.refunds
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER refunds_no_truncate
+    BEFORE TRUNCATE ON tollgate.refunds
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- --- tollgate.disputes ---
+
+CREATE OR REPLACE TRIGGER disputes_05_changed
+    BEFORE INSERT OR UPDATE ON tollgate.disputes
+    FOR EACH ROW EXECUTE FUNCTION tollgate.disputes_changed();
+
+CREATE OR REPLACE TRIGGER disputes_50_follow
+    AFTER INSERT OR UPDATE OF status ON tollgate.disputes
+    FOR EACH ROW EXECUTE FUNCTION tollgate.disputes_follow();
+
+CREATE OR REPLACE TRIGGER disputes_no_delete
+    BEFORE DELETE ON tollgate.disputes
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER disputes_no_truncate
+    BEFORE TRUNCATE ON tollgate.disputes
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- --- tollgate.payment_takebacks ---
+
+CREATE OR REPLACE TRIGGER payment_takebacks_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.payment_takebacks
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER payment_takebacks_no_truncate
+    BEFORE TRUNCATE ON tollgate.payment_takebacks
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();

@@ -1,14 +1,59 @@
--- Metered usage: batches of events, idempotent per account on the caller's id; priced metrics
--- are debited from credits, within spend caps, in the same transaction.
+-- Metered usage: batches of events, idempotent per account on the caller's event id; priced
+-- metrics are debited from credits, within spend caps, in the same transaction. Costs are
+-- exact: each batch charges the whole minor units of what it and the carried fraction add up to.
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
-CREATE OR REPLACE TRIGGER usage_events_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.usage_events
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER usage_events_no_truncate
-    BEFORE TRUNCATE ON tollgate.usage_events
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+CREATE TABLE tollgate.usage_events (
+    account_id   uuid        NOT NULL CONSTRAINT usage_events_account_id_fkey REFERENCES tollgate.accounts,
+    -- The caller's id for the event: a retried batch never counts an event twice.
+    id           text        NOT NULL CONSTRAINT usage_events_id_format CHECK (id ~ '^[\x21-\x7e]{1,128}$'),
+    agent_id     text        NOT NULL DEFAULT '' CONSTRAINT usage_events_agent_id_format CHECK (agent_id ~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})?$'),
+    metric       text        NOT NULL CONSTRAINT usage_events_metric_format CHECK (metric ~ '^[a-z][a-z0-9_.:-]{0,99}$'),
+    quantity     numeric     NOT NULL CONSTRAINT usage_events_quantity_range CHECK (quantity > 0 AND quantity < 1e15),
+    occurred_at  timestamptz NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    -- What it cost, exactly, in minor units (a fraction of one when the unit price is small;
+    -- NULL: unpriced metric). Charged with the batch's posting, whole minor units at a time.
+    cost         numeric     CONSTRAINT usage_events_cost_non_negative CHECK (cost >= 0),
+    currency     text        CONSTRAINT usage_events_currency_fkey REFERENCES tollgate.currencies,
+    posting_id   uuid        CONSTRAINT usage_events_posting_id_fkey REFERENCES tollgate.ledger_postings,
+    PRIMARY KEY (account_id, id),
+    CONSTRAINT usage_events_cost_has_currency CHECK ((cost IS NULL) = (currency IS NULL)),
+    -- A usage event costs at most the largest single amount (exactly; fractions allowed).
+    CONSTRAINT usage_events_cost_range CHECK (cost <= 999999999999)
+);
+
+CREATE INDEX usage_events_metric_time_idx ON tollgate.usage_events (account_id, metric, occurred_at);
+
+-- The part of a minor unit of usage an account owes but has not been charged yet: each batch
+-- charges the whole minor units of (carry + its exact costs) and carries the rest, so many
+-- small events cost what they add up to, never rounded away one by one.
+CREATE TABLE tollgate.usage_carry (
+    account_id  uuid        NOT NULL CONSTRAINT usage_carry_account_id_fkey REFERENCES tollgate.accounts,
+    currency    text        NOT NULL CONSTRAINT usage_carry_currency_fkey REFERENCES tollgate.currencies,
+    fraction    numeric     NOT NULL CONSTRAINT usage_carry_fraction_range CHECK (fraction >= 0 AND fraction < 1),
+    PRIMARY KEY (account_id, currency)
+);
+
+COMMENT ON TABLE tollgate.usage_events IS 'Metered usage; priced metrics are debited from credits in the same transaction.';
+
+-- A usage event, as api.record_usage_v2 takes it. Part of the API: a new shape is a new type
+-- (_v2) beside this one, never an ALTER of it.
+CREATE TYPE api.usage_event_v1 AS (
+    id          text,         -- the caller's id, unique per account
+    account     text,         -- the account's external id; NULL: the key's own account
+    agent       text,         -- the agent that used it; NULL or '': none named
+    metric      text,
+    quantity    numeric,
+    occurred_at timestamptz
+);
+COMMENT ON TYPE api.usage_event_v1 IS
+    'One usage event for api.record_usage_v2; the rules are in its comment.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
 
 -- An exact amount of minor units (possibly fractional) as a decimal in the currency's units,
 -- with at least the currency's decimals: (0.4, USD) -> '0.004', (125, USD) -> '1.25'.
@@ -310,3 +355,16 @@ GROUP BY 1, 2, 3, 4, u.currency;
 
 COMMENT ON VIEW reporting.usage_daily IS
     'Usage per account, agent (NULL: none named), metric, UTC day of occurrence and currency; cost in (possibly fractional) minor units.';
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.usage_events ---
+
+CREATE OR REPLACE TRIGGER usage_events_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.usage_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER usage_events_no_truncate
+    BEFORE TRUNCATE ON tollgate.usage_events
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();

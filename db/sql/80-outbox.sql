@@ -7,8 +7,120 @@
 -- any transaction, and with that token marks them delivered (or failed, with exponential
 -- backoff, then dead). A consumer registered while writers were in flight also gets their
 -- events, added by its claims (outbox_catch_up): registering takes no lock writers wait on.
+--
+-- The outbox row is the durable announcement, written in the transaction that makes the
+-- change (tollgate.emit); NOTIFY is only the wake-up.
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
+
+CREATE TABLE tollgate.outbox (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- Stable id consumers use to recognise a redelivery.
+    event_id    uuid        NOT NULL DEFAULT gen_random_uuid() CONSTRAINT outbox_event_id_key UNIQUE,
+    account_id  uuid        NOT NULL CONSTRAINT outbox_account_id_fkey REFERENCES tollgate.accounts,
+    -- e.g. payment.settled; NOTIFY goes to the channel named like the topic with _ for .
+    topic       text        NOT NULL CONSTRAINT outbox_topic_format CHECK (topic ~ '^[a-z_]+\.[a-z_]+$'),
+    -- Ids, not documents: small enough for a NOTIFY payload (limit 8000 bytes).
+    payload     jsonb       NOT NULL CONSTRAINT outbox_payload_size CHECK (octet_length(payload::text) <= 2000),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The transaction that wrote the row, for a new consumer's catch-up. NULL for rows written
+    -- before consumers recorded their registration (committed before any consumer registered).
+    xact_id     xid8        DEFAULT pg_current_xact_id()
+);
+
+CREATE INDEX outbox_account_id_idx ON tollgate.outbox (account_id, id);
+CREATE INDEX outbox_xact_id_idx ON tollgate.outbox (xact_id);
+
+COMMENT ON TABLE tollgate.outbox IS 'Append-only announcements of settled and refunded payments; NOTIFY is only the wake-up.';
+
+-- A consumer sees every event written after it was registered (or all, if registered
+-- "from the start"), once; several processes of one consumer share its deliveries.
+-- Operator-wide configuration, so it carries no account.
+CREATE TABLE tollgate.outbox_consumers (
+    name                text        PRIMARY KEY CONSTRAINT outbox_consumers_name_format CHECK (name ~ '^[a-z][a-z0-9_.-]{0,62}$'),
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    -- The registering transaction: catch-up starts once it is seen committed.
+    registered_xact     xid8,
+    -- What the registration saw: events of transactions it did not see committed are the
+    -- consumer's, whether or not their fan-out saw it.
+    registered_snapshot pg_snapshot,
+    -- Transactions (virtual ids) running when the registration was first seen committed, and
+    -- the first transaction id not yet assigned then: until all of those have ended, a writer
+    -- may still commit an event fanned out without this consumer.
+    catch_up_waits      text[],
+    catch_up_xmax       xid8,
+    -- Claims still look for such events.
+    catching_up         boolean     NOT NULL DEFAULT false
+);
+
+CREATE TYPE tollgate.delivery_status AS ENUM (
+    'pending',    -- waiting (next_attempt_at) or being handled
+    'delivered',  -- the handler succeeded; committed with this row
+    'dead'        -- the handler failed max-attempts times; an operator may replay it
+);
+
+CREATE TABLE tollgate.outbox_deliveries (
+    consumer        text        NOT NULL CONSTRAINT outbox_deliveries_consumer_fkey REFERENCES tollgate.outbox_consumers,
+    outbox_id       bigint      NOT NULL CONSTRAINT outbox_deliveries_outbox_id_fkey REFERENCES tollgate.outbox,
+    account_id      uuid        NOT NULL CONSTRAINT outbox_deliveries_account_id_fkey REFERENCES tollgate.accounts,
+    status          tollgate.delivery_status NOT NULL DEFAULT 'pending',
+    attempts        integer     NOT NULL DEFAULT 0 CONSTRAINT outbox_deliveries_attempts_non_negative CHECK (attempts >= 0),
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    delivered_at    timestamptz,
+    -- The token of the claim that leased the delivery (NULL: not leased, or handed back).
+    lease_token     uuid,
+    PRIMARY KEY (consumer, outbox_id),
+    CONSTRAINT outbox_deliveries_delivered_when CHECK ((status = 'delivered') = (delivered_at IS NOT NULL))
+);
+
+-- What a consumer should handle next.
+CREATE INDEX outbox_deliveries_due_idx ON tollgate.outbox_deliveries (consumer, next_attempt_at, outbox_id)
+    WHERE status = 'pending';
+CREATE INDEX outbox_deliveries_dead_idx ON tollgate.outbox_deliveries (consumer, outbox_id) WHERE status = 'dead';
+-- Finding a consumer's deliveries that used up their attempts without reading all of its
+-- pending ones: only a leased delivery (attempts > 0) can have used them up.
+CREATE INDEX outbox_deliveries_retrying_idx ON tollgate.outbox_deliveries (consumer, next_attempt_at)
+    WHERE status = 'pending' AND attempts > 0;
+
+COMMENT ON TABLE tollgate.outbox_deliveries IS 'One row per consumer and outbox event: at-least-once delivery state.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
+
+-- ---------------------------------------------------------------------------------------------
+-- Outbox
+-- ---------------------------------------------------------------------------------------------
+
+-- Announce a change: a durable outbox row, in the caller's transaction.
+CREATE OR REPLACE FUNCTION tollgate.emit(p_account_id uuid, p_topic text, p_payload jsonb)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tollgate.outbox (account_id, topic, payload)
+    VALUES (p_account_id, p_topic, p_payload)
+    RETURNING id
+$$;
+
+-- Every outbox row wakes listeners of the channel named after its topic (payment.settled ->
+-- payment_settled). NOTIFY is delivered on commit, so listeners never see a rolled-back change.
+-- The payload carries ids only: anyone can send a NOTIFY statement on any channel, so a
+-- listener reads the outbox row it names (id and event id) instead of trusting the message.
+-- SECURITY DEFINER: pg_notify is the owner's alone (db/sql/90-grants.sql).
+CREATE OR REPLACE FUNCTION tollgate.outbox_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify(
+        replace(NEW.topic, '.', '_'),
+        jsonb_build_object('outbox_id', NEW.id, 'event_id', NEW.event_id, 'topic', NEW.topic,
+                           'account_id', NEW.account_id)::text);
+    RETURN NULL;
+END
+$$;
 
 -- SECURITY DEFINER: pg_notify is the owner's alone (db/sql/90-grants.sql).
 CREATE OR REPLACE FUNCTION tollgate.outbox_fan_out() RETURNS trigger
@@ -23,10 +135,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER outbox_fan_out
-    AFTER INSERT ON tollgate.outbox
-    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_fan_out();
 
 -- Delivery rows keep their identity; a delivered one stays delivered.
 CREATE OR REPLACE FUNCTION tollgate.outbox_deliveries_guard() RETURNS trigger
@@ -45,10 +153,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
-    BEFORE UPDATE ON tollgate.outbox_deliveries
-    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_deliveries_guard();
 
 -- ---------------------------------------------------------------------------------------------
 -- api: for `tollgate listen` (role tollgate_listener)
@@ -368,3 +472,34 @@ BEGIN
     RETURN QUERY SELECT acct.external_id, p_currency, tollgate.format_minor(minor, p_currency);
 END
 $$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.outbox ---
+
+CREATE OR REPLACE TRIGGER outbox_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER outbox_fan_out
+    AFTER INSERT ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_fan_out();
+
+CREATE OR REPLACE TRIGGER outbox_no_truncate
+    BEFORE TRUNCATE ON tollgate.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER outbox_notify
+    AFTER INSERT ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_notify();
+
+CREATE OR REPLACE TRIGGER outbox_written_by_triggers
+    BEFORE INSERT ON tollgate.outbox
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- --- tollgate.outbox_deliveries ---
+
+CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
+    BEFORE UPDATE ON tollgate.outbox_deliveries
+    FOR EACH ROW EXECUTE FUNCTION tollgate.outbox_deliveries_guard();

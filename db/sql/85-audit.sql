@@ -1,5 +1,7 @@
--- The audit trail's hash chains, and the changes audited beyond status changes (postings,
--- entitlements). One chain per account, extended when a transaction commits: the first firing
+-- The audit trail: an append-only row for every change that matters (status changes, keys,
+-- postings, entitlements, reviews, caps), written by triggers, and one hash chain per account.
+--
+-- One chain per account, extended when a transaction commits: the first firing
 -- of a deferred trigger seals all of the transaction's audit rows (tollgate.audit_seals),
 -- account by account in account order, locking each chain's head as it goes. Locking the head
 -- earlier, at the insert, would put it between locks writers take in different orders (a
@@ -10,7 +12,73 @@
 -- A writer at REPEATABLE READ or SERIALIZABLE may fail at COMMIT with a serialization error
 -- when another transaction extended the same chain since its snapshot: retry it.
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
+
+CREATE TABLE tollgate.audit_log (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id  uuid        NOT NULL CONSTRAINT audit_log_account_id_fkey REFERENCES tollgate.accounts,
+    -- What changed: the table's entity name and the row's id.
+    entity      text        NOT NULL,
+    entity_id   text        NOT NULL,
+    action      text        NOT NULL,
+    old_value   text,
+    new_value   text,
+    -- Who: "key:<api key id>", "stripe:<event id>", or the database role for direct SQL.
+    actor       text        NOT NULL,
+    -- The login role of the session, whatever actor it claims: a change made from psql
+    -- shows here even if the session set tollgate.actor itself.
+    db_role     text        NOT NULL DEFAULT session_user,
+    at          timestamptz NOT NULL DEFAULT now(),
+    -- Why, in a person's words (a reviewer's decision, for instance).
+    note        text        CONSTRAINT audit_log_note_length CHECK (length(note) <= 2000),
+    -- The writing transaction (pg_current_xact_id()), so its seal finds its rows at COMMIT.
+    xact        bigint
+);
+
+CREATE INDEX audit_log_entity_idx ON tollgate.audit_log (entity, entity_id, id);
+CREATE INDEX audit_log_account_id_idx ON tollgate.audit_log (account_id, id);
+CREATE INDEX audit_log_xact_idx ON tollgate.audit_log (xact);
+
+COMMENT ON TABLE tollgate.audit_log IS 'Append-only trail of every status change: what, old -> new, when and who.';
+
+CREATE TABLE tollgate.audit_heads (
+    account_id  uuid        PRIMARY KEY CONSTRAINT audit_heads_account_id_fkey REFERENCES tollgate.accounts,
+    rows        bigint      NOT NULL CONSTRAINT audit_heads_rows_non_negative CHECK (rows >= 0),
+    last_hash   bytea       NOT NULL
+);
+
+COMMENT ON TABLE tollgate.audit_heads IS 'The end of each account''s audit hash chain: its length and last hash.';
+
+-- No foreign keys: one to audit_log would lock the row FOR KEY SHARE, which takes UPDATE
+-- privilege, and audit_log has none for anyone; the account is the audit row's, checked there.
+-- verify_audit_chain() pairs seals with rows instead.
+CREATE TABLE tollgate.audit_seals (
+    account_id  uuid        NOT NULL,
+    seq         bigint      NOT NULL CONSTRAINT audit_seals_seq_positive CHECK (seq > 0),
+    audit_id    bigint      NOT NULL CONSTRAINT audit_seals_audit_id_key UNIQUE,
+    prev_hash   bytea       NOT NULL,
+    row_hash    bytea       NOT NULL,
+    CONSTRAINT audit_seals_pkey PRIMARY KEY (account_id, seq)
+);
+
+COMMENT ON TABLE tollgate.audit_seals IS 'Each audit row''s place in its account''s hash chain, written when its transaction commits.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
+
+-- Record one change in the audit trail (sealed into its account's hash chain at COMMIT by
+-- trigger audit_log_90_seal).
+CREATE OR REPLACE FUNCTION tollgate.audit(
+    p_account_id uuid, p_entity text, p_entity_id text, p_action text,
+    p_old_value text DEFAULT NULL, p_new_value text DEFAULT NULL, p_note text DEFAULT NULL
+) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, old_value, new_value, actor, note)
+    VALUES (p_account_id, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor(), p_note)
+$$;
 
 -- Where an account's chain starts.
 CREATE OR REPLACE FUNCTION tollgate.audit_genesis(p_account_id uuid) RETURNS bytea
@@ -42,10 +110,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER audit_log_10_stamp
-    BEFORE INSERT ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.audit_stamp();
 
 -- At COMMIT, once per audit row (SECURITY DEFINER: deferred triggers run as the session's
 -- role). The first firing seals every row of the transaction; the others find theirs sealed.
@@ -96,31 +160,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-DROP TRIGGER IF EXISTS audit_log_90_seal ON tollgate.audit_log;
-CREATE CONSTRAINT TRIGGER audit_log_90_seal
-    AFTER INSERT ON tollgate.audit_log
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION tollgate.audit_seal();
-
-CREATE OR REPLACE TRIGGER audit_heads_written_by_triggers
-    BEFORE INSERT ON tollgate.audit_heads
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
-CREATE OR REPLACE TRIGGER audit_heads_kept
-    BEFORE DELETE ON tollgate.audit_heads
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER audit_heads_no_truncate
-    BEFORE TRUNCATE ON tollgate.audit_heads
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER audit_seals_written_by_triggers
-    BEFORE INSERT ON tollgate.audit_seals
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
-CREATE OR REPLACE TRIGGER audit_seals_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.audit_seals
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
-CREATE OR REPLACE TRIGGER audit_seals_no_truncate
-    BEFORE TRUNCATE ON tollgate.audit_seals
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
 -- Every way the audit trail disagrees with its chains; no rows means none was tampered with:
 --   unsealed     - an audit row without a seal (written around the triggers; or, inside a
@@ -184,10 +223,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER ledger_postings_50_audit
-    AFTER INSERT ON tollgate.ledger_postings
-    FOR EACH ROW EXECUTE FUNCTION tollgate.ledger_postings_audit();
-
 CREATE OR REPLACE FUNCTION tollgate.payment_entitlements_audit() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -200,6 +235,58 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER payment_entitlements_50_audit
-    AFTER INSERT OR UPDATE OF uses_left ON tollgate.payment_entitlements
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_entitlements_audit();
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.audit_log ---
+
+CREATE OR REPLACE TRIGGER audit_log_10_stamp
+    BEFORE INSERT ON tollgate.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tollgate.audit_stamp();
+
+DROP TRIGGER IF EXISTS audit_log_90_seal ON tollgate.audit_log;
+
+CREATE CONSTRAINT TRIGGER audit_log_90_seal
+    AFTER INSERT ON tollgate.audit_log
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tollgate.audit_seal();
+
+CREATE OR REPLACE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER audit_log_written_by_triggers
+    BEFORE INSERT ON tollgate.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- --- tollgate.audit_heads ---
+
+CREATE OR REPLACE TRIGGER audit_heads_kept
+    BEFORE DELETE ON tollgate.audit_heads
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER audit_heads_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER audit_heads_written_by_triggers
+    BEFORE INSERT ON tollgate.audit_heads
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- --- tollgate.audit_seals ---
+
+CREATE OR REPLACE TRIGGER audit_seals_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.audit_seals
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER audit_seals_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_seals
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER audit_seals_written_by_triggers
+    BEFORE INSERT ON tollgate.audit_seals
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();

@@ -4,11 +4,65 @@
 -- run can be used (payment_entitlements_25_review_gate). A rejected review fails the
 -- transaction; a rejected payment's money stays at Stripe until an operator refunds it.
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
-CREATE OR REPLACE TRIGGER review_transitions_reference_data
-    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.review_transitions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+-- Thresholds per currency: the row with account_id NULL applies to every account that has
+-- no row of its own. NULL thresholds are not checked.
+CREATE TABLE tollgate.risk_rules (
+    id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id         uuid        CONSTRAINT risk_rules_account_id_fkey REFERENCES tollgate.accounts,
+    currency           text        NOT NULL CONSTRAINT risk_rules_currency_fkey REFERENCES tollgate.currencies,
+    -- One amount above this is reviewed.
+    max_amount         tollgate.amount_minor,
+    -- More than velocity_count payments or transactions within velocity_window is reviewed.
+    velocity_count     integer     CONSTRAINT risk_rules_velocity_count_positive CHECK (velocity_count > 0),
+    velocity_window    interval    CONSTRAINT risk_rules_velocity_window_positive CHECK (velocity_window > interval '0'),
+    -- The first payment or transaction of an account above this is reviewed.
+    first_amount_max   tollgate.amount_minor,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT risk_rules_scope_key UNIQUE NULLS NOT DISTINCT (account_id, currency),
+    CONSTRAINT risk_rules_velocity_pair CHECK ((velocity_count IS NULL) = (velocity_window IS NULL))
+);
+
+CREATE TYPE tollgate.review_status AS ENUM (
+    'open',      -- waiting for a reviewer; a flagged transaction cannot settle
+    'approved',  -- terminal: may proceed
+    'rejected'   -- terminal: a flagged transaction fails
+);
+
+CREATE TABLE tollgate.review_transitions (
+    from_status tollgate.review_status NOT NULL,
+    to_status   tollgate.review_status NOT NULL,
+    PRIMARY KEY (from_status, to_status),
+    CONSTRAINT review_transitions_terminal_is_final CHECK (from_status = 'open')
+);
+
+INSERT INTO tollgate.review_transitions VALUES ('open', 'approved'), ('open', 'rejected');
+
+CREATE TABLE tollgate.reviews (
+    id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id         uuid        NOT NULL CONSTRAINT reviews_account_id_fkey REFERENCES tollgate.accounts,
+    transaction_id     uuid        CONSTRAINT reviews_transaction_id_fkey REFERENCES tollgate.transactions
+                                   CONSTRAINT reviews_transaction_id_key UNIQUE,
+    payment_intent_id  uuid        CONSTRAINT reviews_payment_intent_id_fkey REFERENCES tollgate.payment_intents
+                                   CONSTRAINT reviews_payment_intent_id_key UNIQUE,
+    -- The rules that flagged it: amount_above_threshold, velocity, first_amount_above_threshold.
+    rules              text[]      NOT NULL CONSTRAINT reviews_rules_not_empty CHECK (cardinality(rules) > 0),
+    detail             text        NOT NULL,
+    status             tollgate.review_status NOT NULL DEFAULT 'open',
+    decided_by         text,
+    note               text        CONSTRAINT reviews_note_length CHECK (length(note) <= 2000),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    decided_at         timestamptz,
+    CONSTRAINT reviews_one_subject CHECK ((transaction_id IS NULL) <> (payment_intent_id IS NULL)),
+    CONSTRAINT reviews_decided_when CHECK ((status = 'open') = (decided_at IS NULL))
+);
+
+CREATE INDEX reviews_open_idx ON tollgate.reviews (created_at) WHERE status = 'open';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
 
 -- The rules p_amount of p_currency breaks for the account: amount_above_threshold, velocity
 -- (more than velocity_count recorded within velocity_window, this one included) and
@@ -78,13 +132,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER transactions_40_flag
-    AFTER INSERT ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
-CREATE OR REPLACE TRIGGER payment_intents_40_flag
-    AFTER INSERT ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.flag_for_review();
-
 -- Is the transaction held by a review (open, or rejected): its own, or the review of the
 -- payment that backs it (a credits top-up: what the payment grants is held with it)?
 CREATE OR REPLACE FUNCTION tollgate.under_review(p_transaction_id uuid) RETURNS boolean
@@ -122,10 +169,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER payment_entitlements_25_review_gate
-    BEFORE UPDATE ON tollgate.payment_entitlements
-    FOR EACH ROW EXECUTE FUNCTION tollgate.entitlements_review_gate();
-
 CREATE OR REPLACE FUNCTION tollgate.transactions_review_gate() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -139,10 +182,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER transactions_25_review_gate
-    BEFORE UPDATE ON tollgate.transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_review_gate();
 
 -- A decision is final, and on the record with its note.
 CREATE OR REPLACE FUNCTION tollgate.reviews_changed() RETURNS trigger
@@ -183,19 +222,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-
-CREATE OR REPLACE TRIGGER reviews_10_guard
-    BEFORE UPDATE ON tollgate.reviews
-    FOR EACH ROW EXECUTE FUNCTION tollgate.reviews_guard();
-CREATE OR REPLACE TRIGGER reviews_20_transition
-    BEFORE UPDATE ON tollgate.reviews
-    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('review_transitions', 'review');
-CREATE OR REPLACE TRIGGER reviews_50_audit
-    AFTER INSERT OR UPDATE OF status ON tollgate.reviews
-    FOR EACH ROW EXECUTE FUNCTION tollgate.reviews_changed();
-CREATE OR REPLACE TRIGGER reviews_no_delete
-    BEFORE DELETE ON tollgate.reviews
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
 
 -- ---------------------------------------------------------------------------------------------
 -- api (admin keys)
@@ -314,3 +340,30 @@ BEGIN
                         p_velocity_seconds, tollgate.format_minor(fst, p_currency);
 END
 $$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.review_transitions ---
+
+CREATE OR REPLACE TRIGGER review_transitions_reference_data
+    BEFORE INSERT OR UPDATE OR DELETE ON tollgate.review_transitions
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('reference_data', 'reference data changes only in a migration');
+
+-- --- tollgate.reviews ---
+
+CREATE OR REPLACE TRIGGER reviews_10_guard
+    BEFORE UPDATE ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.reviews_guard();
+
+CREATE OR REPLACE TRIGGER reviews_20_transition
+    BEFORE UPDATE ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('review_transitions', 'review');
+
+CREATE OR REPLACE TRIGGER reviews_50_audit
+    AFTER INSERT OR UPDATE OF status ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.reviews_changed();
+
+CREATE OR REPLACE TRIGGER reviews_no_delete
+    BEFORE DELETE ON tollgate.reviews
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();

@@ -2,11 +2,57 @@
 -- transactions by reference, amount and currency; settled transactions no line accounts for
 -- show as missing on their side (view reporting.reconciliation_mismatches).
 
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
-CREATE OR REPLACE TRIGGER reconciliation_lines_append_only
-    BEFORE UPDATE OR DELETE ON tollgate.reconciliation_lines
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+CREATE TYPE tollgate.reconciliation_status AS ENUM (
+    'matched',          -- a settled transaction with this reference, amount and currency
+    'missing_ours',     -- no transaction with this reference
+    'amount_mismatch',  -- the transaction's amount or currency differs
+    'status_mismatch'   -- the transaction exists but is not settled (pending, failed, reversed)
+);
+
+-- One import: a file or an API call. Operator-wide (lines from a bank span accounts).
+CREATE TABLE tollgate.reconciliation_batches (
+    id           uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    source       text        NOT NULL CONSTRAINT reconciliation_batches_source_format CHECK (source ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
+    imported_by  text        NOT NULL,
+    imported_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE tollgate.reconciliation_lines (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    batch_id        uuid        NOT NULL CONSTRAINT reconciliation_lines_batch_id_fkey REFERENCES tollgate.reconciliation_batches,
+    line_no         integer     NOT NULL,
+    -- The line's account: the matched transaction's, else the one the line named (else NULL).
+    account_id      uuid        CONSTRAINT reconciliation_lines_account_id_fkey REFERENCES tollgate.accounts,
+    reference       text        NOT NULL CONSTRAINT reconciliation_lines_reference_length CHECK (length(reference) BETWEEN 1 AND 200),
+    amount          tollgate.amount_minor NOT NULL,
+    currency        text        NOT NULL CONSTRAINT reconciliation_lines_currency_fkey REFERENCES tollgate.currencies,
+    happened_on     date        NOT NULL,
+    status          tollgate.reconciliation_status NOT NULL,
+    transaction_id  uuid        CONSTRAINT reconciliation_lines_transaction_id_fkey REFERENCES tollgate.transactions,
+    note            text,
+    CONSTRAINT reconciliation_lines_batch_line_key UNIQUE (batch_id, line_no)
+);
+
+CREATE INDEX reconciliation_lines_transaction_idx ON tollgate.reconciliation_lines (transaction_id);
+CREATE INDEX reconciliation_lines_reference_idx ON tollgate.reconciliation_lines (reference);
+
+-- A line of a settlement file or bank statement, as api.import_reconciliation_v2 takes it. Part
+-- of the API: a new shape is a new type (_v2) beside this one, never an ALTER of it.
+CREATE TYPE api.reconciliation_line_v1 AS (
+    reference   text,         -- the transaction's reference
+    amount      numeric,      -- in the currency's units (12.50), not minor units
+    currency    text,
+    happened_on date,
+    account     text          -- the account's external id; NULL: the reference alone decides
+);
+COMMENT ON TYPE api.reconciliation_line_v1 IS
+    'One reconciliation line for api.import_reconciliation_v2 and tollgate.import_reconciliation.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
 
 -- Import one batch of lines (api.reconciliation_line_v1, migrations/0027; a line's account may
 -- be named, else the reference alone decides). Every line is stored with what it
@@ -17,6 +63,7 @@ CREATE OR REPLACE TRIGGER reconciliation_lines_append_only
 -- refuses the whole batch, naming the line.
 -- Before 0027 this took parallel arrays; that form is gone (only Tollgate's own code called it).
 DROP FUNCTION IF EXISTS tollgate.import_reconciliation(text, text, text[], numeric[], text[], date[], text[]);
+
 CREATE OR REPLACE FUNCTION tollgate.import_reconciliation(
     p_source text, p_imported_by text, p_lines api.reconciliation_line_v1[]
 ) RETURNS TABLE (batch_id uuid, line_no integer, reference text, status text, transaction_id uuid, note text)
@@ -141,3 +188,12 @@ BEGIN
         ORDER BY x.ord));
 END
 $$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.reconciliation_lines ---
+
+CREATE OR REPLACE TRIGGER reconciliation_lines_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.reconciliation_lines
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();

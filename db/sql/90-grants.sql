@@ -3,11 +3,15 @@
 -- tollgate_app: USAGE on schema api and EXECUTE on the functions listed here; nothing on the
 -- tables. A new api function is unusable by the service until it is added to this list.
 
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
+
 -- Nobody gets temporary tables by default (the analyst writes nothing, not even those). A
 -- database's own ACL is not copied from its template, so this runs on every migrate, as the
 -- migrating role (the database's owner or a superuser): earlier files set the role for the
 -- whole migration transaction.
 RESET ROLE;
+
 DO $temp$
 BEGIN
     EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
@@ -47,16 +51,21 @@ BEGIN
     END LOOP;
 END
 $public$;
+
 GRANT EXECUTE ON FUNCTION pg_notify(text, text) TO tollgate_owner;
 
 SET LOCAL ROLE tollgate_owner;
 
 REVOKE ALL ON SCHEMA tollgate, api, reporting FROM PUBLIC;
+
 REVOKE ALL ON ALL TABLES IN SCHEMA tollgate FROM PUBLIC;
+
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA tollgate FROM PUBLIC;
+
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA tollgate, api FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA api TO tollgate_app, tollgate_listener;
+
 GRANT EXECUTE ON FUNCTION
     api.begin_payment_v1(text, text, text, bigint, text, text, text, text),
     api.finish_payment_v1(text, uuid, text, text, text),
@@ -94,6 +103,7 @@ GRANT EXECUTE ON FUNCTION
     api.begin_refund_v1(text, text, text, numeric, bigint),
     api.finish_refund_v1(text, uuid, text, text)
 TO tollgate_app;
+
 -- Stripe events reach the database from the service only with their signature, which
 -- ingest_stripe_webhook_v1 verifies; the unverified entry point is for owner-side callers
 -- (`tollgate reconcile stripe`). Granted to tollgate_app up to migration 0016.
@@ -119,6 +129,7 @@ TO tollgate_listener;
 REVOKE UPDATE, DELETE, TRUNCATE
     ON tollgate.audit_log, tollgate.audit_seals, tollgate.ledger_entries, tollgate.usage_events
     FROM tollgate_owner;
+
 -- Rows other tables reference keep UPDATE: foreign key checks lock them FOR KEY SHARE, which
 -- needs it. Their triggers refuse updates that are not allowed.
 REVOKE DELETE, TRUNCATE
@@ -126,6 +137,8 @@ REVOKE DELETE, TRUNCATE
        tollgate.ledger_accounts, tollgate.ledger_postings, tollgate.holds,
        tollgate.payment_entitlements, tollgate.subscriptions, tollgate.audit_heads
     FROM tollgate_owner;
+
 -- Refunds, disputes and what they took back (db/sql/65-refunds.sql).
 REVOKE UPDATE, DELETE, TRUNCATE ON tollgate.payment_takebacks FROM tollgate_owner;
+
 REVOKE DELETE, TRUNCATE ON tollgate.refunds, tollgate.disputes FROM tollgate_owner;

@@ -5,6 +5,7 @@
 -- raw Stripe payloads. Amounts come in minor units (*_minor) and as
 -- decimals in the currency's units.
 
+-- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
 -- Status changes of payments, from the audit trail.
@@ -135,20 +136,34 @@ FROM tollgate.verify_audit_chain() v LEFT JOIN tollgate.accounts a ON a.id = v.a
 
 -- One line each, for \dv+ in psql; docs/ANALYSTS.md has every column.
 COMMENT ON VIEW reporting.payments IS 'One row per payment (a Stripe PaymentIntent), with its status history.';
+
 COMMENT ON VIEW reporting.payment_status_changes IS 'Every status change of a payment: from, to, who, when.';
+
 COMMENT ON VIEW reporting.refunds IS 'Payments refunded in full.';
+
 COMMENT ON VIEW reporting.daily_revenue IS 'Per UTC day and currency: succeeded, refunded and net, in minor units.';
+
 COMMENT ON VIEW reporting.payment_funnel IS 'Per UTC day of creation: payments created, succeeded, canceled, open; conversion.';
+
 COMMENT ON VIEW reporting.transactions IS 'The ledger of record: one row per transaction, with its status and review hold.';
+
 COMMENT ON VIEW reporting.ledger_balances IS 'Every ledger account with its balance, as the sum of its entries.';
+
 COMMENT ON VIEW reporting.credit_balances IS 'Prepaid credits per account and currency: balance, held, available.';
+
 COMMENT ON VIEW reporting.reconciliation_mismatches IS 'Imported settlement lines that did not match, and settled transactions no line covers.';
+
 COMMENT ON VIEW reporting.open_reviews IS 'Risk reviews waiting for a decision.';
+
 COMMENT ON VIEW reporting.audit_trail IS 'Every audited change, per account in a numbered hash chain.';
+
 COMMENT ON VIEW reporting.audit_chain_problems IS 'Empty when the audit chain is intact; else each broken, altered or missing entry.';
 
 -- The analyst role reads the reporting views, and nothing else.
 REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM PUBLIC;
+
 GRANT USAGE ON SCHEMA reporting TO tollgate_analyst;
+
 GRANT SELECT ON ALL TABLES IN SCHEMA reporting TO tollgate_analyst;
+
 GRANT EXECUTE ON FUNCTION tollgate.verify_audit_chain() TO tollgate_analyst;

@@ -1,0 +1,390 @@
+-- The Stripe webhook inbox: every event received, once per event id, and how it is applied.
+--
+-- An event moves the payment (or subscription) it is about to the status it reports, through
+-- the same UPDATE anyone else would make, so the payment's triggers judge it. An event that
+-- arrives before its payment is recorded waits (pending) and is applied when the payment row
+-- appears; an event older than the last one applied is kept as stale; a move the status
+-- machine refuses is kept as rejected. api.ingest_stripe_webhook_v1 (41-webhook-signatures.sql)
+-- verifies the signature and calls api.ingest_stripe_event_v1.
+
+-- ===== Tables: created once, on a fresh database; a change to them is a migration =====
+SET LOCAL ROLE tollgate_owner;
+
+CREATE TYPE tollgate.event_state AS ENUM (
+    'pending',   -- stored; its payment intent is not known yet. Applied when the row appears.
+    'applied',   -- moved the payment to the event's status (or confirmed it was there)
+    'stale',     -- older than the last event applied to the payment: kept, not applied
+    'rejected',  -- the status change it asks for is not allowed (e.g. canceled -> succeeded)
+    'ignored'    -- a type Tollgate does not act on
+);
+
+CREATE TABLE tollgate.payment_events (
+    id                 text        PRIMARY KEY CONSTRAINT payment_events_id_format CHECK (id ~ '^evt_[A-Za-z0-9_]{1,250}$'),
+    -- NULL until the event is matched to a payment (the account is not known before).
+    account_id         uuid        CONSTRAINT payment_events_account_id_fkey REFERENCES tollgate.accounts,
+    type               text        NOT NULL CONSTRAINT payment_events_type_format CHECK (type ~ '^[a-z_]+(\.[a-z_]+)+$'),
+    -- The PaymentIntent the event is about (pi_...), when it is about one.
+    stripe_object_id   text,
+    -- The status the event reports for that PaymentIntent; NULL for events Tollgate ignores.
+    target_status      tollgate.payment_status,
+    stripe_created     timestamptz NOT NULL,
+    payload            jsonb       NOT NULL,
+    state              tollgate.event_state NOT NULL DEFAULT 'pending',
+    -- Why an event was stale, rejected or ignored.
+    note               text,
+    payment_intent_id  uuid        CONSTRAINT payment_events_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
+    received_at        timestamptz NOT NULL DEFAULT now(),
+    processed_at       timestamptz,
+    -- The subscription a customer.subscription.* event is about.
+    subscription_id    uuid        CONSTRAINT payment_events_subscription_id_fkey REFERENCES tollgate.subscriptions,
+    CONSTRAINT payment_events_processed_when_not_pending CHECK ((state = 'pending') = (processed_at IS NULL)),
+    CONSTRAINT payment_events_matched_has_account
+        CHECK ((payment_intent_id IS NULL AND subscription_id IS NULL) OR account_id IS NOT NULL),
+    CONSTRAINT payment_events_one_subject CHECK (payment_intent_id IS NULL OR subscription_id IS NULL)
+);
+
+-- Early events waiting for their payment intent.
+CREATE INDEX payment_events_pending_idx ON tollgate.payment_events (stripe_object_id) WHERE state = 'pending';
+CREATE INDEX payment_events_payment_intent_idx ON tollgate.payment_events (payment_intent_id);
+
+COMMENT ON TABLE tollgate.payment_events IS 'Every Stripe webhook event received, once per event id.';
+
+-- ===== Functions and views: re-applied by every migrate =====
+SET LOCAL ROLE tollgate_owner;
+
+-- How far ahead of this server's clock a Stripe event's creation time may be.
+CREATE OR REPLACE FUNCTION tollgate.max_clock_skew() RETURNS interval
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT interval '1 hour' $$;
+
+-- Serialises everything about one Stripe PaymentIntent: ingesting its events and inserting its
+-- row. Without it an early event and the row could each commit without seeing the other.
+CREATE OR REPLACE FUNCTION tollgate.lock_stripe_object(p_stripe_id text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended('tollgate:stripe:' || p_stripe_id, 0))
+$$;
+
+-- A Stripe PaymentIntent status as Tollgate's enum; NULL for one Tollgate does not know.
+CREATE OR REPLACE FUNCTION tollgate.payment_status_from_stripe(p_status text)
+RETURNS tollgate.payment_status
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.status FROM tollgate.payment_statuses s WHERE s.status::text = p_status
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Stripe events
+-- ---------------------------------------------------------------------------------------------
+
+-- Apply one stored event to its payment intent, if the intent exists. Returns the event's
+-- state afterwards:
+--   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
+--   stale    - created before the last event applied, or in the same second and asking for a
+--              refused move back in the lifecycle: it never moves the status;
+--   applied  - the status moved, or already was the event's;
+--   rejected - the move is not in payment_transitions (e.g. canceled -> succeeded).
+-- Stripe stamps events to the second, so two events of one second are not ordered: an allowed
+-- move between them is applied (a card declined in the second the intent was created).
+-- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
+-- The caller must hold tollgate.lock_stripe_object for the event's object.
+-- Why an event's PaymentIntent or Charge is not the payment's, or NULL when it is: the
+-- PaymentIntent's metadata must name the payment, and the money must be the payment's (its
+-- currency, its amount and, once it succeeded, amount_received, each read in Stripe's units
+-- for the currency: tollgate.from_stripe_amount). A field the event leaves out is not
+-- compared.
+CREATE OR REPLACE FUNCTION tollgate.stripe_amount_mismatch(p_object jsonb, p_payment tollgate.payment_intents)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    field text;
+BEGIN
+    -- Stripe sends every PaymentIntent with its metadata, where Tollgate put the payment's id
+    -- when it created it: one that names no payment, or another, is not this payment's (a
+    -- PaymentIntent of another integration cannot be claimed by recording its id).
+    IF p_object ->> 'object' = 'payment_intent' AND p_object ? 'metadata'
+       AND (p_object -> 'metadata' ->> 'tollgate_payment_id') IS DISTINCT FROM p_payment.id::text THEN
+        RETURN format('the PaymentIntent''s metadata names payment %s, not %s',
+                      coalesce(p_object -> 'metadata' ->> 'tollgate_payment_id', 'none'), p_payment.id);
+    END IF;
+    IF jsonb_typeof(p_object -> 'currency') = 'string'
+       AND upper(p_object ->> 'currency') <> p_payment.currency THEN
+        RETURN format('Stripe says currency %s, the payment is in %s',
+                      upper(p_object ->> 'currency'), p_payment.currency);
+    END IF;
+    FOREACH field IN ARRAY ARRAY['amount', 'amount_received'] LOOP
+        CONTINUE WHEN jsonb_typeof(p_object -> field) IS DISTINCT FROM 'number';
+        -- amount_received is 0 until the money arrives.
+        CONTINUE WHEN field = 'amount_received' AND (p_object ->> field)::numeric = 0;
+        IF tollgate.from_stripe_amount((p_object ->> field)::numeric, p_payment.currency)
+           IS DISTINCT FROM p_payment.amount::bigint THEN
+            RETURN format('Stripe says %s %s (its units), the payment is %s %s', field,
+                          p_object ->> field, tollgate.format_minor(p_payment.amount, p_payment.currency),
+                          p_payment.currency);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tollgate.apply_payment_event(p_event_id text)
+RETURNS tollgate.event_state
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev          tollgate.payment_events;
+    pi          tollgate.payment_intents;
+    cur_rank    smallint;
+    new_rank    smallint;
+    outcome     tollgate.event_state;
+    why         text;
+    prev_actor  text := current_setting('tollgate.actor', true);
+BEGIN
+    SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id FOR UPDATE;
+    IF ev.state <> 'pending' THEN
+        RETURN ev.state;
+    END IF;
+    SELECT * INTO pi FROM tollgate.payment_intents WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'pending';
+    END IF;
+
+    PERFORM tollgate.set_actor('stripe:' || ev.id);
+    SELECT progress INTO cur_rank FROM tollgate.payment_statuses WHERE status = pi.status;
+    SELECT progress INTO new_rank FROM tollgate.payment_statuses WHERE status = ev.target_status;
+
+    why := tollgate.stripe_amount_mismatch(ev.payload -> 'data' -> 'object', pi);
+    IF why IS NOT NULL THEN
+        outcome := 'rejected';
+    ELSIF ev.stripe_created < pi.last_event_at THEN
+        outcome := 'stale';
+        why := format('older than %s (%s), already applied', pi.last_event_id, pi.last_event_at);
+    ELSIF ev.target_status = pi.status
+          OR EXISTS (SELECT FROM tollgate.payment_transitions
+                     WHERE from_status = pi.status AND to_status = ev.target_status) THEN
+        UPDATE tollgate.payment_intents
+        SET status = ev.target_status, last_event_id = ev.id,
+            last_event_at = greatest(ev.stripe_created, pi.last_event_at)
+        WHERE id = pi.id;
+        outcome := 'applied';
+    ELSIF ev.target_status = 'refunded' AND EXISTS (
+        SELECT FROM tollgate.payment_transitions
+        WHERE from_status = pi.status AND to_status = 'succeeded'
+    ) THEN
+        UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = pi.id;
+        UPDATE tollgate.payment_intents
+        SET status = 'refunded', last_event_id = ev.id,
+            last_event_at = greatest(ev.stripe_created, pi.last_event_at)
+        WHERE id = pi.id;
+        outcome := 'applied';
+        why := format('a full refund implies the payment succeeded (was %s)', pi.status);
+    ELSIF ev.stripe_created = pi.last_event_at AND new_rank < cur_rank THEN
+        outcome := 'stale';
+        why := format('same second as %s and earlier in the lifecycle than %s', pi.last_event_id,
+                      pi.status);
+    ELSE
+        outcome := 'rejected';
+        why := format('%s -> %s is not an allowed transition', pi.status, ev.target_status);
+    END IF;
+
+    UPDATE tollgate.payment_events
+    SET state = outcome, note = why, processed_at = now(),
+        account_id = pi.account_id, payment_intent_id = pi.id
+    WHERE id = ev.id;
+    PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
+    RETURN outcome;
+END
+$$;
+
+-- The inbox keeps what Stripe sent. An event is stored pending (or ignored); it leaves
+-- pending once, linked to the payment its Stripe id names; after that nothing changes.
+CREATE OR REPLACE FUNCTION tollgate.payment_events_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    linked tollgate.payment_intents;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state NOT IN ('pending', 'ignored') OR NEW.payment_intent_id IS NOT NULL THEN
+            RAISE EXCEPTION 'payment event % must be stored pending or ignored, unlinked', NEW.id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_stored_pending',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
+        END IF;
+        NEW.received_at := now();
+        RETURN NEW;
+    END IF;
+    IF OLD.state <> 'pending' THEN
+        RAISE EXCEPTION 'payment event % is % already', OLD.id, OLD.state
+            USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_state_final',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
+    END IF;
+    IF NEW.state IN ('applied', 'stale', 'rejected') AND NEW.subscription_id IS NOT NULL THEN
+        IF NOT EXISTS (SELECT FROM tollgate.subscriptions s
+                       WHERE s.id = NEW.subscription_id AND s.stripe_id = NEW.stripe_object_id
+                         AND s.account_id = NEW.account_id) THEN
+            RAISE EXCEPTION 'subscription event % must be linked to the subscription % and its account',
+                    OLD.id, OLD.stripe_object_id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'subscription_id';
+        END IF;
+    ELSIF NEW.state IN ('applied', 'stale', 'rejected') THEN
+        SELECT * INTO linked FROM tollgate.payment_intents WHERE id = NEW.payment_intent_id;
+        IF NOT FOUND OR linked.stripe_id IS DISTINCT FROM NEW.stripe_object_id
+           OR linked.account_id IS DISTINCT FROM NEW.account_id THEN
+            RAISE EXCEPTION 'payment event % must be linked to the payment % and its account',
+                    OLD.id, OLD.stripe_object_id
+                USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
+                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'payment_intent_id';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Stripe events (webhooks arrive through api.ingest_stripe_webhook_v1, db/sql/41, which verifies
+-- the signature first; only owner-side callers such as `tollgate reconcile stripe` call this directly)
+-- ---------------------------------------------------------------------------------------------
+
+-- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;
+-- nothing happens), ignored (a type Tollgate does not act on), pending (its payment intent is
+-- not known yet), applied, stale, rejected (see tollgate.apply_payment_event and, for
+-- customer.subscription.* events, tollgate.apply_subscription_event; for partial refunds,
+-- refund.* and charge.dispute.* events, tollgate.apply_charge_event).
+CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
+RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    obj        jsonb := p_event -> 'data' -> 'object';
+    ev_id      text;
+    ev_type    text;
+    object_id  text;
+    target     tollgate.payment_status;
+    why        text;
+    stored     tollgate.payment_events;
+    state      tollgate.event_state;
+    is_sub     boolean := false;
+    is_charge  boolean := false;  -- a partial refund, a refund, a dispute: apply_charge_event
+BEGIN
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'
+       OR jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(p_event -> 'type') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(p_event -> 'created') IS DISTINCT FROM 'number'
+       OR jsonb_typeof(obj) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a Stripe event: expected string id and type, numeric created, object data.object'
+            USING ERRCODE = 'TG030', CONSTRAINT = 'stripe_event_shape';
+    END IF;
+    ev_id := p_event ->> 'id';
+    ev_type := p_event ->> 'type';
+
+    IF ev_type LIKE 'payment\_intent.%' AND obj ->> 'object' = 'payment_intent'
+       AND jsonb_typeof(obj -> 'id') = 'string' THEN
+        object_id := obj ->> 'id';
+        target := tollgate.payment_status_from_stripe(obj ->> 'status');
+        IF target IS NULL THEN
+            why := format('unknown PaymentIntent status %L', obj ->> 'status');
+        END IF;
+    ELSIF ev_type = 'charge.refunded' AND obj ->> 'object' = 'charge'
+          AND jsonb_typeof(obj -> 'payment_intent') = 'string' THEN
+        object_id := obj ->> 'payment_intent';
+        IF obj -> 'refunded' = 'true'::jsonb THEN
+            target := 'refunded';
+        ELSE
+            is_charge := true;
+        END IF;
+    ELSIF ev_type IN ('refund.created', 'refund.updated', 'refund.failed', 'charge.refund.updated',
+                      'charge.dispute.created', 'charge.dispute.updated', 'charge.dispute.closed')
+          AND obj ->> 'object' IN ('refund', 'dispute')
+          AND jsonb_typeof(obj -> 'payment_intent') = 'string' THEN
+        object_id := obj ->> 'payment_intent';
+        is_charge := true;
+    ELSIF ev_type LIKE 'customer.subscription.%' AND obj ->> 'object' = 'subscription'
+          AND jsonb_typeof(obj -> 'id') = 'string' AND obj ->> 'id' ~ '^sub_[A-Za-z0-9_]{1,250}$' THEN
+        object_id := obj ->> 'id';
+        is_sub := true;
+    ELSE
+        why := format('Tollgate does not act on %s events', ev_type);
+    END IF;
+    IF is_sub AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
+        is_sub := false;
+        why := 'created in the future: not applied';
+    ELSIF is_charge AND object_id !~ '^pi_[A-Za-z0-9_]{1,250}$' THEN
+        is_charge := false;
+        why := format('%L is not a PaymentIntent id', left(object_id, 300));
+    ELSIF is_charge AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
+        is_charge := false;
+        why := 'created in the future: not applied';
+    ELSIF target IS NOT NULL AND object_id IS NULL THEN
+        target := NULL;
+        why := 'the event names no PaymentIntent';
+    ELSIF target IS NOT NULL AND object_id !~ '^pi_[A-Za-z0-9_]{1,250}$' THEN
+        target := NULL;
+        why := format('%L is not a PaymentIntent id', left(object_id, 300));
+    ELSIF target IS NOT NULL
+          AND to_timestamp((p_event ->> 'created')::double precision) > now() + tollgate.max_clock_skew() THEN
+        target := NULL;
+        why := 'created in the future: not applied';
+    END IF;
+
+    IF object_id IS NOT NULL THEN
+        PERFORM tollgate.lock_stripe_object(object_id);
+    END IF;
+
+    INSERT INTO tollgate.payment_events
+        (id, type, stripe_object_id, target_status, stripe_created, payload, state, note, processed_at)
+    VALUES (ev_id, ev_type, object_id, target,
+            to_timestamp((p_event ->> 'created')::double precision), p_event,
+            CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN 'ignored' ELSE 'pending' END::tollgate.event_state,
+            why, CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN now() END)
+    ON CONFLICT ON CONSTRAINT payment_events_pkey DO NOTHING;
+
+    IF NOT FOUND THEN
+        RETURN QUERY
+        SELECT 'duplicate'::text, e.id, e.payment_intent_id, p.status::text
+        FROM tollgate.payment_events e LEFT JOIN tollgate.payment_intents p ON p.id = e.payment_intent_id
+        WHERE e.id = ev_id;
+        RETURN;
+    END IF;
+
+    state := CASE WHEN is_sub THEN tollgate.apply_subscription_event(ev_id)
+                  WHEN is_charge THEN tollgate.apply_charge_event(ev_id)
+                  WHEN target IS NULL THEN 'ignored'::tollgate.event_state
+                  ELSE tollgate.apply_payment_event(ev_id) END;
+    SELECT * INTO STRICT stored FROM tollgate.payment_events WHERE id = ev_id;
+    RETURN QUERY
+    SELECT state::text, stored.id, stored.payment_intent_id,
+           (SELECT p.status::text FROM tollgate.payment_intents p WHERE p.id = stored.payment_intent_id);
+END
+$$;
+
+-- ===== Triggers: re-applied by every migrate, after every file's functions =====
+SET LOCAL ROLE tollgate_owner;
+
+-- --- tollgate.payment_events ---
+
+CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
+    BEFORE UPDATE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+        'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
+        'received_at', 'account_id?', 'payment_intent_id?', 'subscription_id?', 'processed_at?');
+
+CREATE OR REPLACE TRIGGER payment_events_20_guard
+    BEFORE INSERT OR UPDATE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_events_guard();
+
+CREATE OR REPLACE TRIGGER payment_events_no_delete
+    BEFORE DELETE ON tollgate.payment_events
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change();
+
+CREATE OR REPLACE TRIGGER payment_events_no_truncate
+    BEFORE TRUNCATE ON tollgate.payment_events
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
