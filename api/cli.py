@@ -223,6 +223,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     from api.devstack import database_url
     from db import handlers
+    from db.errors import DomainError
     from db.listener import Handler, Listener, ListenerSettings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
@@ -263,7 +264,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: listener.stop.set())
-        listener.run()
+        try:
+            listener.run()
+        except DomainError as exc:  # refused (not unavailable): reconnecting would not help
+            print(f"tollgate listen: {exc.message}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -274,13 +279,7 @@ def _cmd_outbox_dead(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         rows = listener.dead(database_url(stack, args.data_dir), args.consumer)
     for r in rows:
-        fields = (
-            r["event_id"],
-            r["topic"],
-            r["account_id"],
-            f"attempts={r['attempts']}",
-            r["last_error"],
-        )
+        fields = (r.event_id, r.topic, r.account_id, f"attempts={r.attempts}", r.last_error)
         print("  ".join(str(f) for f in fields))
     return 0
 

@@ -238,7 +238,9 @@ async def authorize(
     )
 
 
-def payment_options(found: queries.Authorization, admin_account: str | None) -> list[PaymentOption]:
+def payment_options(
+    found: queries.AuthorizationRow, admin_account: str | None
+) -> list[PaymentOption]:
     """The requests that would entitle the account: pay for this run, or buy credits. Each asks
     for the price rounded up to what Stripe can charge (``pay``, computed by the database):
     never less than Stripe's minimum charge for the currency."""

@@ -146,7 +146,9 @@ def repair_from_stripe(
     counts: Counter[str] = Counter()
     for chunk in _chunks(objects, 100):
         ids = [o["payment_intent"] if o["object"] == "charge" else o["id"] for o in chunk]
-        known = queries.operator_known_payments(conn, [i for i in ids if isinstance(i, str)])
+        known = queries.operator_known_payments(
+            conn, stripe_ids=[i for i in ids if isinstance(i, str)]
+        )
         for obj, ref in zip(chunk, ids, strict=True):
             if obj["object"] == "subscription":
                 if not _tollgate_subscription(obj):

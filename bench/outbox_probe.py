@@ -12,4 +12,4 @@ _out = open(os.environ.get("TOLLGATE_BENCH_PROBE", os.devnull), "a", buffering=1
 
 
 def record(event: OutboxEvent) -> None:
-    _out.write(f"{event.event_id} {time.time():.6f}\n")
+    _out.write(f"{event.id} {time.time():.6f}\n")

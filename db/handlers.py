@@ -87,7 +87,7 @@ class Webhook:
             headers={
                 "Content-Type": "application/json",
                 "Tollgate-Signature": sign(body, self.secret),
-                "Tollgate-Event-Id": str(event.event_id),
+                "Tollgate-Event-Id": str(event.id),
             },
         )
         if not 200 <= answer.status_code < 300:

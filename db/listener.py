@@ -10,8 +10,13 @@ the last attempt. Each of those calls presents the lease token the claim returne
 whose lease ran out and was claimed by another process since is left to that process. A
 process that dies mid-round leaves its leases to run out: the events are handled again (same
 event ids), and an event whose handler keeps killing the process ends up dead instead of
-looping. Any database error closes the connections and reopens them with
-backoff.
+looping.
+
+Every call goes through the typed wrappers of db/queries.py, so database errors arrive
+translated by db/errors.py, as they do in the service. Any database error closes the
+connections and reopens them with backoff, except a refusal (a consumer name or a setting the
+database does not accept): reconnecting cannot change that answer, so the listener stops with
+it.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
 
-from db.queries import QUERIES
+from db import queries
+from db.errors import DomainError, translate
 
 log = logging.getLogger("tollgate.listen")
 
@@ -42,22 +47,26 @@ CHANNEL = "tollgate_outbox"
 
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
+    """What a handler is given, under the names of the JSON it sends on (``to_json``): the
+    outbox row's event_id is ``id``, its topic ``type``, its payload ``data``, its created_at
+    ``created``. ``outbox_id`` (the row) is the one field the JSON leaves out."""
+
     outbox_id: int
-    event_id: UUID
-    topic: str
+    id: UUID
+    type: str
     account_id: str
-    payload: dict[str, Any]
-    created_at: dt.datetime
+    data: dict[str, Any]
+    created: dt.datetime
     attempt: int
 
     def to_json(self) -> dict[str, Any]:
         """The event as handlers send it on: id, type, created, account_id, data, attempt."""
         return {
-            "id": str(self.event_id),
-            "type": self.topic,
-            "created": self.created_at.isoformat(),
+            "id": str(self.id),
+            "type": self.type,
+            "created": self.created.isoformat(),
             "account_id": self.account_id,
-            "data": self.payload,
+            "data": self.data,
             "attempt": self.attempt,
         }
 
@@ -135,24 +144,27 @@ class Listener:
         return conn
 
     def run(self) -> None:
-        """Deliver until stop is set, reconnecting whenever the database fails us."""
+        """Deliver until stop is set, reconnecting whenever the database fails us. Raises the
+        DomainError of a refusal, which no reconnecting changes."""
         pause = 0.2
         while not self.stop.is_set():
             try:
                 with self._connect(autocommit=True) as wake, self._connect(autocommit=True) as work:
                     wake.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    work.execute(
-                        QUERIES["register_consumer"],
-                        {
-                            "consumer": self.settings.consumer,
-                            "from_start": self.settings.from_start,
-                        },
+                    queries.register_consumer(
+                        work, consumer=self.settings.consumer, from_start=self.settings.from_start
                     )
                     log.info("listening as consumer %s", self.settings.consumer)
                     pause = 0.2
                     self._loop(wake, work)
-            except psycopg.Error as exc:
-                log.warning("database error (%s); reconnecting in %.1f s", exc, pause)
+            except (psycopg.Error, DomainError) as exc:
+                # The wrappers of db/queries.py translate their errors; the connection's own
+                # (connect, SET ROLE, LISTEN, waiting for a notification) are translated here.
+                error = translate(exc) if isinstance(exc, psycopg.Error) else exc
+                if isinstance(error, DomainError) and error.kind != "unavailable":
+                    raise error from exc.__cause__ or exc
+                detail = exc.__cause__ or exc  # psycopg's words: which server, what failed
+                log.warning("database error (%s); reconnecting in %.1f s", detail, pause)
                 self.stop.wait(pause)
                 pause = min(pause * 2, 5.0)
 
@@ -166,10 +178,7 @@ class Listener:
                 pass
 
     def _sleep_seconds(self, work: psycopg.Connection[Any]) -> float:
-        row = work.execute(
-            QUERIES["next_delivery_due"], {"consumer": self.settings.consumer}
-        ).fetchone()
-        due: dt.datetime | None = row[0] if row else None
+        due = queries.next_delivery_due(work, consumer=self.settings.consumer)
         if due is None:
             return self.settings.poll_seconds
         wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
@@ -178,24 +187,29 @@ class Listener:
     def _deliver_round(self, work: psycopg.Connection[Any]) -> int:
         """Lease a batch, handle it outside any transaction, record the outcomes."""
         consumer, settings = self.settings.consumer, self.settings
-        rows = (
-            work.cursor(row_factory=dict_row)
-            .execute(
-                QUERIES["claim_deliveries"],
-                {
-                    "consumer": consumer,
-                    "limit": settings.batch,
-                    "lease": settings.lease,
-                    "max_attempts": settings.max_attempts,
-                },
-            )
-            .fetchall()
+        rows = queries.claim_deliveries(
+            work,
+            consumer=consumer,
+            limit=settings.batch,
+            lease=settings.lease,
+            max_attempts=settings.max_attempts,
         )
         if not rows:
             return 0
         # One token for the whole batch: every outcome below is recorded with it.
-        token = rows[0]["lease_token"]
-        events = [OutboxEvent(**{k: v for k, v in r.items() if k != "lease_token"}) for r in rows]
+        token = rows[0].lease_token
+        events = [
+            OutboxEvent(
+                outbox_id=r.outbox_id,
+                id=r.id,
+                type=r.type,
+                account_id=r.account_id,
+                data=r.data,
+                created=r.created,
+                attempt=r.attempt,
+            )
+            for r in rows
+        ]
         done: list[int] = []
         failed: list[tuple[int, str]] = []
         untried: list[int] = []
@@ -205,44 +219,42 @@ class Listener:
                 untried.append(event.outbox_id)
                 continue
             if time.monotonic() - renewed > settings.lease.total_seconds() / 3:
-                work.execute(
-                    QUERIES["renew_leases"],
-                    {
-                        "consumer": consumer,
-                        "lease_token": token,
-                        "lease": settings.lease,
-                        "outbox_ids": [e.outbox_id for e in events[index:]],
-                    },
+                queries.renew_leases(
+                    work,
+                    consumer=consumer,
+                    lease_token=token,
+                    outbox_ids=[e.outbox_id for e in events[index:]],
+                    lease=settings.lease,
                 )
                 renewed = time.monotonic()
             try:
                 self.handler(event, settings.handler_timeout_seconds)
             except Exception as exc:  # a handler's failure is data: retry, then dead
-                log.warning("handler failed for %s (%s): %r", event.event_id, event.topic, exc)
+                log.warning("handler failed for %s (%s): %r", event.id, event.type, exc)
                 failed.append((event.outbox_id, repr(exc)))
             else:
                 done.append(event.outbox_id)
-        held = {"consumer": consumer, "lease_token": token}
         lost = 0
         with work.transaction():
             if done:
-                row = work.execute(
-                    QUERIES["deliveries_done"], held | {"outbox_ids": done}
-                ).fetchone()
-                lost += len(done) - (row[0] if row else 0)
+                recorded = queries.deliveries_done(
+                    work, consumer=consumer, lease_token=token, outbox_ids=done
+                )
+                lost += len(done) - recorded
             for outbox_id, error in failed:
-                work.execute(
-                    QUERIES["delivery_failed"],
-                    held
-                    | {
-                        "outbox_id": outbox_id,
-                        "error": error,
-                        "max_attempts": settings.max_attempts,
-                        "retry_base": dt.timedelta(seconds=settings.retry_base_seconds),
-                    },
+                queries.delivery_failed(
+                    work,
+                    consumer=consumer,
+                    lease_token=token,
+                    outbox_id=outbox_id,
+                    error=error,
+                    max_attempts=settings.max_attempts,
+                    retry_base=dt.timedelta(seconds=settings.retry_base_seconds),
                 )
             if untried:
-                work.execute(QUERIES["release_deliveries"], held | {"outbox_ids": untried})
+                queries.release_deliveries(
+                    work, consumer=consumer, lease_token=token, outbox_ids=untried
+                )
         if lost:
             # Their lease ran out and another process claimed them: it will deliver them again.
             log.warning("%d deliveries were no longer leased to this process when done", lost)
@@ -250,31 +262,24 @@ class Listener:
         return len(events)
 
 
-def dead(dsn: str, consumer: str) -> list[dict[str, Any]]:
+def dead(dsn: str, consumer: str) -> list[queries.DeadDeliveryRow]:
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(QUERIES["dead_deliveries"], {"consumer": consumer})
-        names = [c.name for c in rows.description or []]
-        return [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
+        return queries.dead_deliveries(conn, consumer=consumer)
 
 
 def replay(dsn: str, consumer: str, event_id: UUID | None) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            QUERIES["replay_deliveries"], {"consumer": consumer, "event_id": event_id}
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return queries.replay_deliveries(conn, consumer=consumer, event_id=event_id)
 
 
 def unregister(dsn: str, consumer: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(QUERIES["unregister_consumer"], {"consumer": consumer}).fetchone()
-        return int(row[0]) if row else 0
+        return queries.unregister_consumer(conn, consumer=consumer)
 
 
 def prune(dsn: str, older_than: dt.timedelta) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(QUERIES["prune_deliveries"], {"older_than": older_than}).fetchone()
-        return int(row[0]) if row else 0
+        return queries.prune_deliveries(conn, older_than=older_than)
 
 
 def event_json(event: OutboxEvent) -> str:

@@ -1,8 +1,10 @@
 """Typed calls of the named queries in ``queries.sql``.
 
 Each helper takes the connection to run on, so a caller can put several calls in one
-transaction, and returns rows as dataclasses. psycopg errors leave as DomainError
-(see db/errors.py) or, for defects, unchanged.
+transaction, and the query's parameters as typed keywords; it returns rows as dataclasses
+named ``...Row`` (the HTTP models of api/models.py have the plain names). psycopg errors leave
+as DomainError (see db/errors.py) or, for defects, unchanged. Nothing else runs these queries
+(tests/test_names.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentClaim:
+class PaymentClaimRow:
     replayed: bool
     payment_id: UUID
     account_uuid: UUID
@@ -56,7 +58,7 @@ class PaymentClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Payment:
+class PaymentRow:
     id: UUID
     stripe_id: str
     account_id: str
@@ -70,7 +72,7 @@ class Payment:
 
 
 @dataclass(frozen=True, slots=True)
-class Continuation:
+class ContinuationRow:
     allowed: bool
     status: str | None
     payment_id: UUID | None
@@ -79,7 +81,7 @@ class Continuation:
 
 
 @dataclass(frozen=True, slots=True)
-class EventOutcome:
+class EventOutcomeRow:
     outcome: str
     event_id: str
     payment_id: UUID | None
@@ -87,13 +89,13 @@ class EventOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class CreatedKey:
+class CreatedKeyRow:
     key_id: UUID
     account_id: UUID
 
 
 @dataclass(frozen=True, slots=True)
-class ApiKeyInfo:
+class ApiKeyRow:
     key_id: UUID
     account_id: str
     key_prefix: str
@@ -104,7 +106,7 @@ class ApiKeyInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Transaction:
+class TransactionRow:
     id: UUID
     account_id: str
     reference: str
@@ -118,7 +120,7 @@ class Transaction:
 
 
 @dataclass(frozen=True, slots=True)
-class Transfer:
+class TransferRow:
     replayed: bool
     posting_id: UUID
     from_account: str
@@ -129,7 +131,7 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
-class Balance:
+class BalanceRow:
     account_id: str
     name: str
     currency: str
@@ -140,12 +142,12 @@ class Balance:
 
 
 @dataclass(frozen=True, slots=True)
-class _Response:
+class _ResponseRow:
     response: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class _Revoked:
+class _RevokedRow:
     revoked: bool
 
 
@@ -184,6 +186,16 @@ def _all_sync(conn: Connection[Any], row: type[T], name: str, params: Mapping[st
         cur = conn.cursor(row_factory=class_row(row))
         cur.execute(QUERIES[name], params)
         return cur.fetchall()
+
+
+def _one_sync(conn: Connection[Any], row: type[T], name: str, params: Mapping[str, Any]) -> T:
+    with _translated():
+        cur = conn.cursor(row_factory=class_row(row))
+        cur.execute(QUERIES[name], params)
+        result = cur.fetchone()
+    if result is None:  # every api function returns a row or raises
+        raise RuntimeError(f"query {name} returned no row")
+    return result
 
 
 # The composite types batches are sent as (migrations/0027), each with its Python type.
@@ -225,7 +237,7 @@ async def begin_payment(
     purpose: str | None,
     description: str | None,
     payment_method: str | None,
-) -> PaymentClaim:
+) -> PaymentClaimRow:
     params = {
         "api_key": api_key,
         "idempotency_key": idempotency_key,
@@ -236,7 +248,7 @@ async def begin_payment(
         "description": description,
         "payment_method": payment_method,
     }
-    return await _one(conn, PaymentClaim, "begin_payment", params)
+    return await _one(conn, PaymentClaimRow, "begin_payment", params)
 
 
 async def finish_payment(
@@ -255,11 +267,11 @@ async def finish_payment(
         "status": status,
         "client_secret": client_secret,
     }
-    return (await _one(conn, _Response, "finish_payment", params)).response
+    return (await _one(conn, _ResponseRow, "finish_payment", params)).response
 
 
 @dataclass(frozen=True, slots=True)
-class RefundClaim:
+class RefundClaimRow:
     replayed: bool
     refund_id: UUID
     payment_stripe_id: str
@@ -279,7 +291,7 @@ async def begin_refund(
     idempotency_key: str,
     amount: Decimal | None,
     amount_minor: int | None,
-) -> RefundClaim:
+) -> RefundClaimRow:
     params = {
         "api_key": api_key,
         "payment": payment,
@@ -287,26 +299,26 @@ async def begin_refund(
         "amount": amount,
         "amount_minor": amount_minor,
     }
-    return await _one(conn, RefundClaim, "begin_refund", params)
+    return await _one(conn, RefundClaimRow, "begin_refund", params)
 
 
 async def finish_refund(
     conn: AsyncConnection[Any], *, api_key: str, refund_id: UUID, stripe_id: str, status: str
 ) -> dict[str, Any]:
     params = {"api_key": api_key, "refund_id": refund_id, "stripe_id": stripe_id, "status": status}
-    return (await _one(conn, _Response, "finish_refund", params)).response
+    return (await _one(conn, _ResponseRow, "finish_refund", params)).response
 
 
-async def get_payment(conn: AsyncConnection[Any], *, api_key: str, ref: str) -> Payment:
-    return await _one(conn, Payment, "get_payment", {"api_key": api_key, "ref": ref})
+async def get_payment(conn: AsyncConnection[Any], *, api_key: str, ref: str) -> PaymentRow:
+    return await _one(conn, PaymentRow, "get_payment", {"api_key": api_key, "ref": ref})
 
 
 async def can_continue(
     conn: AsyncConnection[Any], *, api_key: str, account: str, purpose: str | None
-) -> Continuation:
+) -> ContinuationRow:
     return await _one(
         conn,
-        Continuation,
+        ContinuationRow,
         "can_continue",
         {"api_key": api_key, "account": account, "purpose": purpose},
     )
@@ -314,29 +326,28 @@ async def can_continue(
 
 async def ingest_stripe_webhook(
     conn: AsyncConnection[Any], *, payload: str, signature: str | None
-) -> EventOutcome:
+) -> EventOutcomeRow:
     """Verify a webhook's Stripe-Signature over its raw body, then store and apply the event
     (both in the database; a bad signature raises invalid_signature and writes nothing)."""
     params = {"payload": payload, "signature": signature}
-    return await _one(conn, EventOutcome, "ingest_stripe_webhook", params)
+    return await _one(conn, EventOutcomeRow, "ingest_stripe_webhook", params)
 
 
-def ingest_stripe_event_sync(conn: Connection[Any], *, event: str) -> EventOutcome:
+def ingest_stripe_event_sync(conn: Connection[Any], *, event: str) -> EventOutcomeRow:
     """Store and apply a Stripe event the caller built from Stripe's API itself (`tollgate
     reconcile stripe`); an owner-side call: the service's role may not skip the signature."""
-    (outcome,) = _all_sync(conn, EventOutcome, "ingest_stripe_event", {"event": event})
-    return outcome
+    return _one_sync(conn, EventOutcomeRow, "ingest_stripe_event", {"event": event})
 
 
 @dataclass(frozen=True, slots=True)
-class AddedWebhookSecret:
+class AddedWebhookSecretRow:
     secret_id: UUID
     prefix: str
     added: bool
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookSecretInfo:
+class WebhookSecretRow:
     secret_id: UUID
     prefix: str
     label: str | None
@@ -344,32 +355,36 @@ class WebhookSecretInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class _Removed:
+class _RemovedRow:
     removed: bool
 
 
 def operator_add_webhook_secret(
     conn: Connection[Any], *, secret: str, label: str | None
-) -> AddedWebhookSecret:
+) -> AddedWebhookSecretRow:
     """Register a Stripe webhook signing secret (a no-op, added=False, if it already is)."""
     params = {"secret": secret, "label": label}
-    return _all_sync(conn, AddedWebhookSecret, "operator_add_webhook_secret", params)[0]
+    return _one_sync(conn, AddedWebhookSecretRow, "operator_add_webhook_secret", params)
 
 
-def operator_list_webhook_secrets(conn: Connection[Any]) -> list[WebhookSecretInfo]:
-    return _all_sync(conn, WebhookSecretInfo, "operator_list_webhook_secrets", {})
+def operator_list_webhook_secrets(conn: Connection[Any]) -> list[WebhookSecretRow]:
+    return _all_sync(conn, WebhookSecretRow, "operator_list_webhook_secrets", {})
 
 
 def operator_remove_webhook_secret(conn: Connection[Any], *, secret_id: UUID) -> bool:
     params = {"secret_id": secret_id}
-    return _all_sync(conn, _Removed, "operator_remove_webhook_secret", params)[0].removed
+    return _one_sync(conn, _RemovedRow, "operator_remove_webhook_secret", params).removed
 
 
-def operator_known_payments(conn: Connection[Any], stripe_ids: list[str]) -> set[str]:
+@dataclass(frozen=True, slots=True)
+class _StripeIdRow:
+    stripe_id: str
+
+
+def operator_known_payments(conn: Connection[Any], *, stripe_ids: Sequence[str]) -> set[str]:
     """Which of these PaymentIntent ids Tollgate created."""
-    with _translated():
-        rows = conn.execute(QUERIES["operator_known_payments"], {"stripe_ids": stripe_ids})
-        return {str(r[0]) for r in rows.fetchall()}
+    params = {"stripe_ids": list(stripe_ids)}
+    return {r.stripe_id for r in _all_sync(conn, _StripeIdRow, "operator_known_payments", params)}
 
 
 async def create_transaction(
@@ -381,7 +396,7 @@ async def create_transaction(
     amount: Decimal,
     currency: str,
     payment: str | None,
-) -> Transaction:
+) -> TransactionRow:
     params = {
         "api_key": api_key,
         "account": account,
@@ -390,14 +405,14 @@ async def create_transaction(
         "currency": currency,
         "payment": payment,
     }
-    return await _one(conn, Transaction, "create_transaction", params)
+    return await _one(conn, TransactionRow, "create_transaction", params)
 
 
 async def get_transaction(
     conn: AsyncConnection[Any], *, api_key: str, account: str | None, reference: str
-) -> Transaction:
+) -> TransactionRow:
     params = {"api_key": api_key, "account": account, "reference": reference}
-    return await _one(conn, Transaction, "get_transaction", params)
+    return await _one(conn, TransactionRow, "get_transaction", params)
 
 
 async def list_transactions(
@@ -408,7 +423,7 @@ async def list_transactions(
     status: str | None,
     limit: int,
     before: UUID | None,
-) -> list[Transaction]:
+) -> list[TransactionRow]:
     params = {
         "api_key": api_key,
         "account": account,
@@ -416,14 +431,14 @@ async def list_transactions(
         "limit": limit,
         "before": before,
     }
-    return await _all(conn, Transaction, "list_transactions", params)
+    return await _all(conn, TransactionRow, "list_transactions", params)
 
 
 async def move_transaction(
     conn: AsyncConnection[Any], *, api_key: str, account: str | None, reference: str, status: str
-) -> Transaction:
+) -> TransactionRow:
     params = {"api_key": api_key, "account": account, "reference": reference, "status": status}
-    return await _one(conn, Transaction, "move_transaction", params)
+    return await _one(conn, TransactionRow, "move_transaction", params)
 
 
 async def transfer(
@@ -435,7 +450,7 @@ async def transfer(
     amount: Decimal,
     currency: str,
     idempotency_key: str,
-) -> Transfer:
+) -> TransferRow:
     params = {
         "api_key": api_key,
         "from_account": from_account,
@@ -444,26 +459,26 @@ async def transfer(
         "currency": currency,
         "idempotency_key": idempotency_key,
     }
-    return await _one(conn, Transfer, "transfer", params)
+    return await _one(conn, TransferRow, "transfer", params)
 
 
-async def balances(conn: AsyncConnection[Any], *, api_key: str, account: str) -> list[Balance]:
-    return await _all(conn, Balance, "balances", {"api_key": api_key, "account": account})
+async def balances(conn: AsyncConnection[Any], *, api_key: str, account: str) -> list[BalanceRow]:
+    return await _all(conn, BalanceRow, "balances", {"api_key": api_key, "account": account})
 
 
 def create_api_key(
     conn: Connection[Any], *, account: str, api_key: str, is_admin: bool, label: str | None
-) -> CreatedKey:
+) -> CreatedKeyRow:
     params = {"account": account, "api_key": api_key, "is_admin": is_admin, "label": label}
-    return _all_sync(conn, CreatedKey, "create_api_key", params)[0]
+    return _one_sync(conn, CreatedKeyRow, "create_api_key", params)
 
 
 def revoke_api_key(conn: Connection[Any], *, key_id: UUID) -> bool:
-    return _all_sync(conn, _Revoked, "revoke_api_key", {"key_id": key_id})[0].revoked
+    return _one_sync(conn, _RevokedRow, "revoke_api_key", {"key_id": key_id}).revoked
 
 
-def list_api_keys(conn: Connection[Any], *, account: str | None) -> list[ApiKeyInfo]:
-    return _all_sync(conn, ApiKeyInfo, "list_api_keys", {"account": account})
+def list_api_keys(conn: Connection[Any], *, account: str | None) -> list[ApiKeyRow]:
+    return _all_sync(conn, ApiKeyRow, "list_api_keys", {"account": account})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +487,7 @@ def list_api_keys(conn: Connection[Any], *, account: str | None) -> list[ApiKeyI
 
 
 @dataclass(frozen=True, slots=True)
-class Authorization:
+class AuthorizationRow:
     allowed: bool
     via: str | None
     code: str | None
@@ -491,7 +506,7 @@ class Authorization:
 
 
 @dataclass(frozen=True, slots=True)
-class Hold:
+class HoldRow:
     id: UUID
     account_id: str
     agent_id: str | None
@@ -518,7 +533,7 @@ class UsageEventV1(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class UsageResult:
+class UsageResultRow:
     ord: int
     id: str
     outcome: str
@@ -528,7 +543,7 @@ class UsageResult:
 
 
 @dataclass(frozen=True, slots=True)
-class UsageRow:
+class UsagePeriodRow:
     period_start: dt.datetime
     metric: str
     events: int
@@ -539,7 +554,7 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
-class ActionPrice:
+class ActionPriceRow:
     action: str
     price: str
     currency: str
@@ -547,14 +562,14 @@ class ActionPrice:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricPrice:
+class MetricPriceRow:
     metric: str
     unit_price: Decimal
     currency: str
 
 
 @dataclass(frozen=True, slots=True)
-class SpendCap:
+class SpendCapRow:
     account_id: str
     agent_id: str | None
     period: str
@@ -563,70 +578,139 @@ class SpendCap:
     soft_pct: int
 
 
-async def authorize(conn: AsyncConnection[Any], **params: Any) -> Authorization:
-    """params: api_key, account, action, cost, currency, agent, hold_seconds."""
-    return await _one(conn, Authorization, "authorize", params)
+async def authorize(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    action: str,
+    cost: Decimal | None,
+    currency: str | None,
+    agent: str | None,
+    hold_seconds: int | None,
+) -> AuthorizationRow:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "action": action,
+        "cost": cost,
+        "currency": currency,
+        "agent": agent,
+        "hold_seconds": hold_seconds,
+    }
+    return await _one(conn, AuthorizationRow, "authorize", params)
 
 
 async def capture_hold(
     conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID, amount: Decimal | None
-) -> Hold:
+) -> HoldRow:
     params = {"api_key": api_key, "hold_id": hold_id, "amount": amount}
-    return await _one(conn, Hold, "capture_hold", params)
+    return await _one(conn, HoldRow, "capture_hold", params)
 
 
-async def release_hold(conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID) -> Hold:
-    return await _one(conn, Hold, "release_hold", {"api_key": api_key, "hold_id": hold_id})
+async def release_hold(conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID) -> HoldRow:
+    return await _one(conn, HoldRow, "release_hold", {"api_key": api_key, "hold_id": hold_id})
 
 
-async def get_hold(conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID) -> Hold:
-    return await _one(conn, Hold, "get_hold", {"api_key": api_key, "hold_id": hold_id})
+async def get_hold(conn: AsyncConnection[Any], *, api_key: str, hold_id: UUID) -> HoldRow:
+    return await _one(conn, HoldRow, "get_hold", {"api_key": api_key, "hold_id": hold_id})
 
 
 async def record_usage(
     conn: AsyncConnection[Any], *, api_key: str, events: Sequence[UsageEventV1]
-) -> list[UsageResult]:
+) -> list[UsageResultRow]:
     """One result per event, in the order sent."""
     params = {"api_key": api_key, "events": list(events)}
-    return await _all(conn, UsageResult, "record_usage", params)
+    return await _all(conn, UsageResultRow, "record_usage", params)
 
 
-async def usage(conn: AsyncConnection[Any], **params: Any) -> list[UsageRow]:
-    """params: api_key, account, metric, period, start, end."""
-    return await _all(conn, UsageRow, "usage", params)
+async def usage(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str,
+    metric: str | None,
+    period: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+) -> list[UsagePeriodRow]:
+    """Usage per metric and UTC day or month, from ``start`` (inclusive) to ``end``."""
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "metric": metric,
+        "period": period,
+        "start": start,
+        "end": end,
+    }
+    return await _all(conn, UsagePeriodRow, "usage", params)
 
 
-async def set_action_price(conn: AsyncConnection[Any], **params: Any) -> ActionPrice:
-    """params: api_key, action, price, currency, description."""
-    return await _one(conn, ActionPrice, "set_action_price", params)
+async def set_action_price(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    action: str,
+    price: Decimal,
+    currency: str,
+    description: str | None,
+) -> ActionPriceRow:
+    params = {
+        "api_key": api_key,
+        "action": action,
+        "price": price,
+        "currency": currency,
+        "description": description,
+    }
+    return await _one(conn, ActionPriceRow, "set_action_price", params)
 
 
-async def set_metric_price(conn: AsyncConnection[Any], **params: Any) -> MetricPrice:
-    """params: api_key, metric, unit_price, currency."""
-    return await _one(conn, MetricPrice, "set_metric_price", params)
+async def set_metric_price(
+    conn: AsyncConnection[Any], *, api_key: str, metric: str, unit_price: Decimal, currency: str
+) -> MetricPriceRow:
+    params = {"api_key": api_key, "metric": metric, "unit_price": unit_price, "currency": currency}
+    return await _one(conn, MetricPriceRow, "set_metric_price", params)
 
 
-async def set_spend_cap(conn: AsyncConnection[Any], **params: Any) -> SpendCap:
-    """params: api_key, account, agent, period, currency, hard_limit, soft_pct."""
-    return await _one(conn, SpendCap, "set_spend_cap", params)
+async def set_spend_cap(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str,
+    agent: str | None,
+    period: str,
+    currency: str,
+    hard_limit: Decimal,
+    soft_pct: int,
+) -> SpendCapRow:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "agent": agent,
+        "period": period,
+        "currency": currency,
+        "hard_limit": hard_limit,
+        "soft_pct": soft_pct,
+    }
+    return await _one(conn, SpendCapRow, "set_spend_cap", params)
 
 
 def operator_set_action_price(
     conn: Connection[Any], *, action: str, price: Decimal, currency: str, description: str | None
-) -> ActionPrice:
+) -> ActionPriceRow:
     params = {"action": action, "price": price, "currency": currency, "description": description}
-    return _all_sync(conn, ActionPrice, "operator_set_action_price", params)[0]
+    return _one_sync(conn, ActionPriceRow, "operator_set_action_price", params)
 
 
 @dataclass(frozen=True, slots=True)
-class Overdraft:
+class OverdraftRow:
     account_id: str
     currency: str
     allow_negative: bool
 
 
 @dataclass(frozen=True, slots=True)
-class OverdraftLimit:
+class OverdraftLimitRow:
     account_id: str
     currency: str
     overdraft_limit: str
@@ -635,7 +719,7 @@ class OverdraftLimit:
 
 
 @dataclass(frozen=True, slots=True)
-class LowBalance:
+class LowBalanceRow:
     account_id: str
     currency: str
     low_balance: str | None
@@ -643,16 +727,16 @@ class LowBalance:
 
 async def set_allow_negative(
     conn: AsyncConnection[Any], *, api_key: str, account: str, currency: str, allow: bool
-) -> Overdraft:
+) -> OverdraftRow:
     params = {"api_key": api_key, "account": account, "currency": currency, "allow": allow}
-    return await _one(conn, Overdraft, "set_allow_negative", params)
+    return await _one(conn, OverdraftRow, "set_allow_negative", params)
 
 
 async def set_overdraft_limit(
     conn: AsyncConnection[Any], *, api_key: str, account: str, currency: str, limit: Decimal
-) -> OverdraftLimit:
+) -> OverdraftLimitRow:
     params = {"api_key": api_key, "account": account, "currency": currency, "limit": limit}
-    return await _one(conn, OverdraftLimit, "set_overdraft_limit", params)
+    return await _one(conn, OverdraftLimitRow, "set_overdraft_limit", params)
 
 
 async def set_low_balance(
@@ -662,9 +746,9 @@ async def set_low_balance(
     account: str,
     currency: str,
     threshold: Decimal | None,
-) -> LowBalance:
+) -> LowBalanceRow:
     params = {"api_key": api_key, "account": account, "currency": currency, "threshold": threshold}
-    return await _one(conn, LowBalance, "set_low_balance", params)
+    return await _one(conn, LowBalanceRow, "set_low_balance", params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,7 +757,7 @@ async def set_low_balance(
 
 
 @dataclass(frozen=True, slots=True)
-class Review:
+class ReviewRow:
     id: UUID
     account_id: str
     subject: str
@@ -688,7 +772,7 @@ class Review:
 
 
 @dataclass(frozen=True, slots=True)
-class RiskRule:
+class RiskRuleRow:
     account_id: str | None
     currency: str
     max_amount: str | None
@@ -709,7 +793,7 @@ class ReconciliationLineV1(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class ReconciliationLine:
+class ReconciliationLineRow:
     batch_id: UUID
     line_no: int
     reference: str
@@ -720,36 +804,54 @@ class ReconciliationLine:
 
 async def list_reviews(
     conn: AsyncConnection[Any], *, api_key: str, status: str | None
-) -> list[Review]:
-    return await _all(conn, Review, "list_reviews", {"api_key": api_key, "status": status})
+) -> list[ReviewRow]:
+    return await _all(conn, ReviewRow, "list_reviews", {"api_key": api_key, "status": status})
 
 
 async def decide_review(
     conn: AsyncConnection[Any], *, api_key: str, review_id: UUID, decision: str, note: str | None
-) -> Review:
+) -> ReviewRow:
     params = {"api_key": api_key, "review_id": review_id, "decision": decision, "note": note}
-    return await _one(conn, Review, "decide_review", params)
+    return await _one(conn, ReviewRow, "decide_review", params)
 
 
-async def set_risk_rule(conn: AsyncConnection[Any], **params: Any) -> RiskRule:
-    """params: api_key, account, currency, max_amount, velocity_count, velocity_seconds,
-    first_amount_max."""
-    return await _one(conn, RiskRule, "set_risk_rule", params)
+async def set_risk_rule(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    currency: str,
+    max_amount: Decimal | None,
+    velocity_count: int | None,
+    velocity_seconds: int | None,
+    first_amount_max: Decimal | None,
+) -> RiskRuleRow:
+    """Thresholds that open a review, for one account or (account None) for all."""
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "currency": currency,
+        "max_amount": max_amount,
+        "velocity_count": velocity_count,
+        "velocity_seconds": velocity_seconds,
+        "first_amount_max": first_amount_max,
+    }
+    return await _one(conn, RiskRuleRow, "set_risk_rule", params)
 
 
 async def import_reconciliation(
     conn: AsyncConnection[Any], *, api_key: str, source: str, lines: Sequence[ReconciliationLineV1]
-) -> list[ReconciliationLine]:
+) -> list[ReconciliationLineRow]:
     params = {"api_key": api_key, "source": source, "lines": list(lines)}
-    return await _all(conn, ReconciliationLine, "import_reconciliation", params)
+    return await _all(conn, ReconciliationLineRow, "import_reconciliation", params)
 
 
 def operator_import_reconciliation(
     conn: Connection[Any], *, source: str, lines: Sequence[ReconciliationLineV1]
-) -> list[ReconciliationLine]:
+) -> list[ReconciliationLineRow]:
     """As import_reconciliation, for the CLI (no key: the migrating role)."""
     params = {"source": source, "lines": list(lines)}
-    return _all_sync(conn, ReconciliationLine, "operator_import_reconciliation", params)
+    return _all_sync(conn, ReconciliationLineRow, "operator_import_reconciliation", params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,14 +860,14 @@ def operator_import_reconciliation(
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
+class IdentityRow:
     account_id: str
     is_admin: bool
     key_id: UUID
 
 
-async def whoami(conn: AsyncConnection[Any], *, api_key: str) -> Identity:
-    return await _one(conn, Identity, "whoami", {"api_key": api_key})
+async def whoami(conn: AsyncConnection[Any], *, api_key: str) -> IdentityRow:
+    return await _one(conn, IdentityRow, "whoami", {"api_key": api_key})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -774,11 +876,161 @@ async def whoami(conn: AsyncConnection[Any], *, api_key: str) -> Identity:
 
 
 @dataclass(frozen=True, slots=True)
-class Currency:
+class CurrencyRow:
     code: str
     exponent: int
 
 
-async def currencies(conn: AsyncConnection[Any]) -> list[Currency]:
+async def currencies(conn: AsyncConnection[Any]) -> list[CurrencyRow]:
     """Every currency Tollgate accepts, with its exponent (decimals of the minor unit)."""
-    return await _all(conn, Currency, "currencies", {})
+    return await _all(conn, CurrencyRow, "currencies", {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Outbox delivery: `tollgate listen` and `tollgate outbox` (db/listener.py), on connections of
+# their own, so these are sync
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerRow:
+    consumer: str
+    created: bool
+    backfilled: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A leased delivery: the lease token of its batch and the event, under the names of the
+    JSON handlers send on (queries.sql renames the outbox row's columns)."""
+
+    lease_token: UUID
+    outbox_id: int
+    id: UUID
+    type: str
+    account_id: str
+    data: dict[str, Any]
+    created: dt.datetime
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadDeliveryRow:
+    outbox_id: int
+    event_id: UUID
+    topic: str
+    account_id: str
+    attempts: int
+    last_error: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _CountRow:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusRow:
+    status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _DueRow:
+    due: dt.datetime | None
+
+
+def register_consumer(conn: Connection[Any], *, consumer: str, from_start: bool) -> ConsumerRow:
+    """Register the consumer (a no-op, created=False, if it is already)."""
+    params = {"consumer": consumer, "from_start": from_start}
+    return _one_sync(conn, ConsumerRow, "register_consumer", params)
+
+
+def claim_deliveries(
+    conn: Connection[Any], *, consumer: str, limit: int, lease: dt.timedelta, max_attempts: int
+) -> list[DeliveryRow]:
+    """Lease up to ``limit`` due deliveries, in outbox order, all with one lease token."""
+    params = {"consumer": consumer, "limit": limit, "lease": lease, "max_attempts": max_attempts}
+    return _all_sync(conn, DeliveryRow, "claim_deliveries", params)
+
+
+def renew_leases(
+    conn: Connection[Any],
+    *,
+    consumer: str,
+    lease_token: UUID,
+    outbox_ids: Sequence[int],
+    lease: dt.timedelta,
+) -> int:
+    """How many of the deliveries were still leased with the token, and now are for ``lease``."""
+    params = {
+        "consumer": consumer,
+        "lease_token": lease_token,
+        "outbox_ids": list(outbox_ids),
+        "lease": lease,
+    }
+    return _one_sync(conn, _CountRow, "renew_leases", params).count
+
+
+def deliveries_done(
+    conn: Connection[Any], *, consumer: str, lease_token: UUID, outbox_ids: Sequence[int]
+) -> int:
+    """How many of the deliveries the token still leased, now delivered."""
+    params = {"consumer": consumer, "lease_token": lease_token, "outbox_ids": list(outbox_ids)}
+    return _one_sync(conn, _CountRow, "deliveries_done", params).count
+
+
+def delivery_failed(
+    conn: Connection[Any],
+    *,
+    consumer: str,
+    lease_token: UUID,
+    outbox_id: int,
+    error: str,
+    max_attempts: int,
+    retry_base: dt.timedelta,
+) -> str | None:
+    """The delivery's status after the failure: pending (retried after a backoff) or dead;
+    None: the token no longer leases it (its lease ran out and another claim took it)."""
+    params = {
+        "consumer": consumer,
+        "lease_token": lease_token,
+        "outbox_id": outbox_id,
+        "error": error,
+        "max_attempts": max_attempts,
+        "retry_base": retry_base,
+    }
+    return _one_sync(conn, _StatusRow, "delivery_failed", params).status
+
+
+def release_deliveries(
+    conn: Connection[Any], *, consumer: str, lease_token: UUID, outbox_ids: Sequence[int]
+) -> int:
+    """Hand leased deliveries back untried (due at once, the attempt not counted)."""
+    params = {"consumer": consumer, "lease_token": lease_token, "outbox_ids": list(outbox_ids)}
+    return _one_sync(conn, _CountRow, "release_deliveries", params).count
+
+
+def next_delivery_due(conn: Connection[Any], *, consumer: str) -> dt.datetime | None:
+    """When the consumer's next pending delivery is due; None: none is pending."""
+    return _one_sync(conn, _DueRow, "next_delivery_due", {"consumer": consumer}).due
+
+
+def dead_deliveries(conn: Connection[Any], *, consumer: str) -> list[DeadDeliveryRow]:
+    return _all_sync(conn, DeadDeliveryRow, "dead_deliveries", {"consumer": consumer})
+
+
+def replay_deliveries(conn: Connection[Any], *, consumer: str, event_id: UUID | None) -> int:
+    """Make dead deliveries pending again (one event's, or all); how many."""
+    params = {"consumer": consumer, "event_id": event_id}
+    return _one_sync(conn, _CountRow, "replay_deliveries", params).count
+
+
+def unregister_consumer(conn: Connection[Any], *, consumer: str) -> int:
+    """Remove the consumer; how many of its deliveries went with it."""
+    return _one_sync(conn, _CountRow, "unregister_consumer", {"consumer": consumer}).count
+
+
+def prune_deliveries(conn: Connection[Any], *, older_than: dt.timedelta) -> int:
+    """Forget deliveries done more than ``older_than`` ago; how many."""
+    return _one_sync(conn, _CountRow, "prune_deliveries", {"older_than": older_than}).count

@@ -240,12 +240,22 @@ SELECT * FROM api.set_overdraft_limit_v1(
 SELECT * FROM api.register_consumer_v1(p_consumer => %(consumer)s::text, p_from_start => %(from_start)s::boolean);
 
 -- name: claim_deliveries
-SELECT * FROM api.claim_deliveries_v2(
+-- The event under the names of the JSON handlers send on (db/listener.py's OutboxEvent).
+SELECT
+    d.lease_token,
+    d.outbox_id,
+    d.event_id AS id,
+    d.topic AS type,
+    d.account_id,
+    d.payload AS data,
+    d.created_at AS created,
+    d.attempt
+FROM api.claim_deliveries_v2(
     p_consumer     => %(consumer)s::text,
     p_limit        => %(limit)s::integer,
     p_lease        => %(lease)s::interval,
     p_max_attempts => %(max_attempts)s::integer
-);
+) AS d;
 
 -- name: renew_leases
 SELECT api.renew_leases_v2(

@@ -23,8 +23,8 @@ def _flag(name: str) -> bool:
 
 def _note(event: OutboxEvent, outcome: str) -> None:
     line = {
-        "event_id": str(event.event_id),
-        "topic": event.topic,
+        "id": str(event.id),
+        "type": event.type,
         "attempt": event.attempt,
         "pid": os.getpid(),
         "outcome": outcome,

@@ -147,7 +147,7 @@ def wait_until(
 
 
 def handled(path: Path) -> set[str]:
-    return {r["event_id"] for r in records(path)}
+    return {r["id"] for r in records(path)}
 
 
 def test_every_event_reaches_the_handler_once(
@@ -157,7 +157,7 @@ def test_every_event_reaches_the_handler_once(
     listeners.recorder("billing", record)
     sent = produce(db_dsn, 30)
     wait_until(lambda: handled(record) >= set(sent), "30 events", listeners)
-    assert sorted(r["event_id"] for r in records(record)) == sorted(sent), "each exactly once"
+    assert sorted(r["id"] for r in records(record)) == sorted(sent), "each exactly once"
 
     def states() -> list[tuple[Any, ...]]:
         with psycopg.connect(db_dsn) as db:
@@ -189,7 +189,7 @@ def test_kill_9_mid_flow_loses_nothing(listeners: Listeners, db_dsn: str, tmp_pa
         listeners,
         timeout=120,
     )
-    seen = [r["event_id"] for r in records(record)]
+    seen = [r["id"] for r in records(record)]
     assert set(seen) == set(sent), "none lost, none invented"
     duplicates = len(seen) - len(set(seen))
     assert duplicates <= 10, "at most the batch in flight when killed is handled twice"
@@ -221,9 +221,7 @@ def test_two_processes_of_one_consumer_share_without_double_delivery(
     sent = [e for _ in range(6) for e in produce(db_dsn, 50)]
     wait_until(lambda: handled(record) >= set(sent), "300 events", listeners)
     seen = records(record)
-    assert sorted(r["event_id"] for r in seen) == sorted(sent), (
-        "each event exactly once between them"
-    )
+    assert sorted(r["id"] for r in seen) == sorted(sent), "each event exactly once between them"
     assert len({r["pid"] for r in seen}) == 2, "both processes did some of the work"
 
 
@@ -261,7 +259,7 @@ def test_a_failing_handler_retries_then_dead_letters_and_replay_delivers(
     assert all("told to fail" in error for _, _, error in dead())
     assert records(record) == []
     for event in sent:
-        tries = sorted(x["at"] for x in records(record, "failed") if x["event_id"] == event)
+        tries = sorted(x["at"] for x in records(record, "failed") if x["id"] == event)
         assert len(tries) == 3
         gaps = [b - a for a, b in itertools.pairwise(tries)]
         assert gaps[0] >= 0.2 and gaps[1] >= 0.4, f"backoff 0.2 s, then doubled: {gaps}"
@@ -425,6 +423,15 @@ def test_a_hanging_handler_times_out_and_is_retried(
     )
     hang.unlink()
     wait_until(lambda: handled(record) == set(sent), "the retry to succeed", listeners)
+
+
+def test_a_consumer_name_the_database_refuses_stops_the_listener_with_the_reason(
+    listeners: Listeners,
+) -> None:
+    """A refusal, translated like the service's, is an answer no reconnecting changes."""
+    process = listeners.start("Not-A-Consumer-Name")
+    assert process.wait(timeout=60) == 2, listeners.logs()
+    assert "tollgate listen: consumer names are 1-63 characters" in listeners.logs()
 
 
 def test_sigterm_stops_between_events_and_hands_the_rest_back(

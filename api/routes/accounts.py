@@ -140,7 +140,7 @@ async def set_spend_cap(
             agent=ask.agent_id,
             period=ask.period,
             currency=ask.currency.upper(),
-            hard_limit=await money.as_decimal(
+            hard_limit=await money.required_decimal(
                 conn, ask.currency, ask.hard_limit, ask.hard_limit_minor
             ),
             soft_pct=ask.soft_pct,

@@ -36,7 +36,7 @@ async def set_action_price(
             conn,
             api_key=api_key,
             action=action,
-            price=await money.as_decimal(conn, ask.currency, ask.price, ask.price_minor),
+            price=await money.required_decimal(conn, ask.currency, ask.price, ask.price_minor),
             currency=ask.currency.upper(),
             description=ask.description,
         )
