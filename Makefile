@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint example bench clean
+.PHONY: dev test lint example record-examples bench clean
 
 # The server with its dev tools (embedded PostgreSQL, Stripe emulator, test tools) and the
 # client, a distribution of its own in client/ (`pip install ./client` installs it alone).
@@ -29,11 +29,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/sqlfluff lint db/sql db/queries.sql migrations
+	$(BIN)/sqlfluff lint db/sql db/queries.sql migrations examples/sql
 
 ## The example agent (examples/paid_action.py), against a running `make dev`.
 example: $(STAMP)
 	$(BIN)/python examples/paid_action.py
+
+## README's SQL examples (examples/sql/*.sql): run them on a fresh database and record their
+## output in *.sql.out, which the tests compare (tests/test_sql_examples.py). Review the diff.
+record-examples: $(STAMP)
+	UPDATE_EXAMPLES=1 $(BIN)/pytest -q tests/test_sql_examples.py
 
 ## Benchmarks (not part of the tests): results in bench/results/.
 bench: $(STAMP)

@@ -1,37 +1,129 @@
 """Every named rule of the schema has a code and a message of its own, and no error body names
-the schema's tables or constraints."""
+the schema's tables or constraints.
+
+The schema's SQL is read wherever it lives (every ``.sql`` file under ``db/`` and
+``migrations/``), so these tests follow the files when they move. Each ``RAISE`` of an error
+either gives a SQLSTATE of class TG that ``RULES`` maps, or a standard SQLSTATE with a
+``CONSTRAINT`` that ``CONSTRAINTS`` or ``INVARIANTS`` maps, or is caught by an exception
+handler of a block around it (which raises a mapped error in its place). Every TG
+SQLSTATE of ``RULES`` is raised somewhere. That the codes of the map are in README's error table
+is tests/test_doc_maps.py's part.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from db.errors import CONSTRAINTS, INVARIANTS
+from db.errors import CONSTRAINTS, INVARIANTS, RULES
 from tests.conftest import Api
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "db" / "sql"
-# A rule raised with a standard SQLSTATE (a TG one is mapped by its SQLSTATE) and a name.
-RAISED = re.compile(r"ERRCODE\s*=\s*'(?!TG)(\w+)'\s*,\s*CONSTRAINT\s*=\s*'(\w+)'")
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_SQL = sorted([*ROOT.glob("db/**/*.sql"), *ROOT.glob("migrations/*.sql")])
+
+# An error-level RAISE: not a bare re-raise (`RAISE;`), not a lower level.
+_RAISE = re.compile(r"\bRAISE\b(?!\s*;)(?!\s+(?:DEBUG|LOG|INFO|NOTICE|WARNING)\b)", re.I)
+_ERRCODE = re.compile(r"\bERRCODE\s*=\s*'(\w+)'|\bRAISE\s+SQLSTATE\s+'(\w+)'", re.I)
+_CONSTRAINT = re.compile(r"\bCONSTRAINT\s*=\s*'(\w+)'", re.I)
+# What nests in a PL/pgSQL body: blocks (BEGIN ... END) and CASE ... END; END IF and END LOOP
+# close nothing counted; an exception handler; the end of the body.
+_STRUCTURE = re.compile(
+    r"\b(?P<open>BEGIN|(?<!END )CASE)\b|\bEND\b(?!\s+(?:IF|LOOP)\b)(?:\s+CASE\b)?"
+    r"|\b(?P<handler>EXCEPTION\s+WHEN)\b|(?P<body_end>\$\w*\$)",
+    re.I,
+)
 
 
-def schema_constraints(db: psycopg.Connection[Any]) -> set[str]:
-    rows = db.execute(
-        "SELECT c.conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
-        " WHERE n.nspname IN ('tollgate', 'api', 'reporting')"
-        " AND c.contype <> 'n'"  # NOT NULL (a constraint row since PostgreSQL 18): no name to map
-    ).fetchall()
-    return {name for (name,) in rows}
+@dataclass(frozen=True)
+class Raise:
+    where: str  # path:line
+    errcode: str | None
+    constraint: str | None
+    caught: bool  # a handler of a block around it catches it
+
+
+def _without_comments(text: str) -> str:
+    """The SQL with its ``--`` comments blanked (a ``--`` inside a string literal is kept)."""
+    lines = []
+    for line in text.split("\n"):
+        quoted = False
+        for i, char in enumerate(line):
+            if char == "'":
+                quoted = not quoted
+            elif line.startswith("--", i) and not quoted:
+                line = line[:i]
+                break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _blank_strings(text: str) -> str:
+    """The SQL with the insides of its string literals blanked (positions kept)."""
+    return re.sub(r"'[^']*'", lambda m: "'" + " " * (len(m.group()) - 2) + "'", text)
+
+
+def _caught(structure: str, end: int) -> bool:
+    """Whether an exception handler of a block enclosing position ``end`` follows it before
+    the function body ends (blocks opened after ``end`` do not count)."""
+    depth = 0
+    for match in _STRUCTURE.finditer(structure, end):
+        if match.group("body_end"):
+            return False
+        if match.group("handler"):
+            if depth == 0:
+                return True
+        elif match.group("open"):
+            depth += 1
+        else:
+            depth = max(depth - 1, 0)  # a block closing: the next enclosing one is still open
+    return False
+
+
+def _statement_end(text: str, start: int) -> int:
+    """Where the statement starting at ``start`` ends: its first ``;`` outside a string."""
+    quoted = False
+    for i in range(start, len(text)):
+        if text[i] == "'":
+            quoted = not quoted
+        elif text[i] == ";" and not quoted:
+            return i
+    return len(text)
+
+
+def raises() -> list[Raise]:
+    found = []
+    for path in SCHEMA_SQL:
+        text = _without_comments(path.read_text(encoding="utf-8"))
+        structure = _blank_strings(text)
+        for match in _RAISE.finditer(text):
+            end = _statement_end(text, match.start())
+            statement = text[match.start() : end]
+            errcode = next((a or b for a, b in _ERRCODE.findall(statement)), None)
+            constraint = next(iter(_CONSTRAINT.findall(statement)), None)
+            caught = _caught(structure, end)
+            line = text.count("\n", 0, match.start()) + 1
+            where = f"{path.relative_to(ROOT)}:{line}"
+            found.append(Raise(where, errcode, constraint, caught))
+    return found
 
 
 def raised_constraints() -> set[str]:
-    names = set()
-    for path in SQL_DIR.glob("*.sql"):
-        names |= {name for _, name in RAISED.findall(path.read_text(encoding="utf-8"))}
-    return names
+    """The rules raised by name with a standard SQLSTATE (a TG one is mapped by its SQLSTATE)."""
+    return {
+        r.constraint
+        for r in raises()
+        if r.constraint and r.errcode and not r.errcode.startswith("TG")
+    }
+
+
+def test_the_schema_sql_is_found() -> None:
+    assert any(path.parent.name == "migrations" for path in SCHEMA_SQL)
+    assert len(raises()) > 100, "the scan finds the schema's RAISE statements"
 
 
 def test_every_constraint_of_the_schema_is_mapped(db: psycopg.Connection[Any]) -> None:
@@ -44,11 +136,44 @@ def test_every_constraint_of_the_schema_is_mapped(db: psycopg.Connection[Any]) -
     assert unworded == []
 
 
+def schema_constraints(db: psycopg.Connection[Any]) -> set[str]:
+    rows = db.execute(
+        "SELECT c.conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
+        " WHERE n.nspname IN ('tollgate', 'api', 'reporting')"
+        " AND c.contype <> 'n'"  # NOT NULL (a constraint row since PostgreSQL 18): no name to map
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
 def test_every_rule_raised_by_name_is_mapped() -> None:
     found = raised_constraints()
     assert "stripe_minimum_charge" in found, "the scan finds the rules raised by name"
     unmapped = sorted(found - set(CONSTRAINTS) - INVARIANTS)
     assert unmapped == [], "map these in db/errors.py (CONSTRAINTS or INVARIANTS)"
+
+
+def test_every_raised_error_is_one_the_map_knows() -> None:
+    """A RAISE without a SQLSTATE raises P0001 and one with an unmapped TG code or no
+    constraint falls through db/errors.py: the API would answer 500 for a refusal."""
+    unmapped = []
+    for r in raises():
+        if r.caught:
+            continue
+        if r.errcode is None:
+            unmapped.append(f"{r.where}: no ERRCODE")
+        elif r.errcode.startswith("TG"):
+            if r.errcode not in RULES:
+                unmapped.append(f"{r.where}: {r.errcode} is not in RULES")
+        elif r.constraint is None:
+            unmapped.append(f"{r.where}: {r.errcode} without a CONSTRAINT naming the rule")
+    assert unmapped == [], "give these a mapped SQLSTATE or CONSTRAINT (db/errors.py)"
+
+
+def test_every_tollgate_sqlstate_is_raised() -> None:
+    raised = {r.errcode for r in raises() if r.errcode and r.errcode.startswith("TG")}
+    assert "TG031" in raised, "the scan finds the TG SQLSTATEs"
+    assert sorted(set(RULES) - raised) == [], "RULES maps SQLSTATEs the schema never raises"
+    assert sorted(raised - set(RULES)) == [], "map these SQLSTATEs in db/errors.py RULES"
 
 
 def test_the_two_maps_do_not_overlap() -> None:
