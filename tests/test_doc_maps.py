@@ -426,6 +426,7 @@ def test_paths_named_in_the_documents_exist(document: Path) -> None:
 
 def test_the_path_scan_reads_the_rule_table() -> None:
     paths = named_paths(section(ARCHITECTURE.read_text(encoding="utf-8"), "Where each rule lives"))
-    assert {"migrations/0019", "api/models.py"} <= paths
+    assert {"db/sql/72-holds.sql", "api/models.py"} <= paths
+    assert exists("migrations/0019") and exists("tests/sql/41")
     assert any(p.endswith(".sql") and p.startswith("db/") for p in paths)
     assert not exists("migrations/9999") and not exists("db/nowhere.sql")
