@@ -80,17 +80,6 @@ $$;
 -- Stripe events
 -- ---------------------------------------------------------------------------------------------
 
--- Apply one stored event to its payment intent, if the intent exists. Returns the event's
--- state afterwards:
---   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
---   stale    - created before the last event applied, or in the same second and asking for a
---              refused move back in the lifecycle: it never moves the status;
---   applied  - the status moved, or already was the event's;
---   rejected - the move is not in payment_transitions (e.g. canceled -> succeeded).
--- Stripe stamps events to the second, so two events of one second are not ordered: an allowed
--- move between them is applied (a card declined in the second the intent was created).
--- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
--- The caller must hold tollgate.lock_stripe_object for the event's object.
 -- Why an event's PaymentIntent or Charge is not the payment's, or NULL when it is: the
 -- PaymentIntent's metadata must name the payment, and the money must be the payment's (its
 -- currency, its amount and, once it succeeded, amount_received, each read in Stripe's units
@@ -132,6 +121,17 @@ BEGIN
 END
 $$;
 
+-- Apply one stored event to its payment intent, if the intent exists. Returns the event's
+-- state afterwards:
+--   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
+--   stale    - created before the last event applied, or in the same second and asking for a
+--              refused move back in the lifecycle: it never moves the status;
+--   applied  - the status moved, or already was the event's;
+--   rejected - the move is not in payment_transitions (e.g. canceled -> succeeded).
+-- Stripe stamps events to the second, so two events of one second are not ordered: an allowed
+-- move between them is applied (a card declined in the second the intent was created).
+-- A full refund of a payment not yet seen as succeeded implies the success: both are applied.
+-- The caller must hold tollgate.lock_stripe_object for the event's object.
 CREATE OR REPLACE FUNCTION tollgate.apply_payment_event(p_event_id text)
 RETURNS tollgate.event_state
 LANGUAGE plpgsql
@@ -253,39 +253,25 @@ $$;
 -- the signature first; only owner-side callers such as `tollgate reconcile stripe` call this directly)
 -- ---------------------------------------------------------------------------------------------
 
--- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;
--- nothing happens), ignored (a type Tollgate does not act on), pending (its payment intent is
--- not known yet), applied, stale, rejected (see tollgate.apply_payment_event and, for
--- customer.subscription.* events, tollgate.apply_subscription_event; for partial refunds,
--- refund.* and charge.dispute.* events, tollgate.apply_charge_event).
-CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
-RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
-LANGUAGE plpgsql SECURITY DEFINER
+-- What a Stripe event is about, for api.ingest_stripe_event_v1 (its shape checked already):
+-- object_id, the Stripe object whose lock it takes and that it is about (a PaymentIntent, or a
+-- subscription), and how it is applied: target, the PaymentIntent status it reports
+-- (tollgate.apply_payment_event); is_sub (tollgate.apply_subscription_event); is_charge, a
+-- partial refund, a refund or a dispute (tollgate.apply_charge_event). None of them: it is
+-- ignored, and why says why.
+CREATE OR REPLACE FUNCTION tollgate.classify_stripe_event(
+    p_event jsonb, OUT object_id text, OUT target tollgate.payment_status,
+    OUT is_sub boolean, OUT is_charge boolean, OUT why text
+)
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    obj        jsonb := p_event -> 'data' -> 'object';
-    ev_id      text;
-    ev_type    text;
-    object_id  text;
-    target     tollgate.payment_status;
-    why        text;
-    stored     tollgate.payment_events;
-    state      tollgate.event_state;
-    is_sub     boolean := false;
-    is_charge  boolean := false;  -- a partial refund, a refund, a dispute: apply_charge_event
+    obj     jsonb := p_event -> 'data' -> 'object';
+    ev_type text := p_event ->> 'type';
 BEGIN
-    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'
-       OR jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
-       OR jsonb_typeof(p_event -> 'type') IS DISTINCT FROM 'string'
-       OR jsonb_typeof(p_event -> 'created') IS DISTINCT FROM 'number'
-       OR jsonb_typeof(obj) IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'not a Stripe event: expected string id and type, numeric created, object data.object'
-            USING ERRCODE = 'TG030', CONSTRAINT = 'stripe_event_shape';
-    END IF;
-    ev_id := p_event ->> 'id';
-    ev_type := p_event ->> 'type';
-
+    is_sub := false;
+    is_charge := false;
     IF ev_type LIKE 'payment\_intent.%' AND obj ->> 'object' = 'payment_intent'
        AND jsonb_typeof(obj -> 'id') = 'string' THEN
         object_id := obj ->> 'id';
@@ -334,6 +320,42 @@ BEGIN
         target := NULL;
         why := 'created in the future: not applied';
     END IF;
+END
+$$;
+
+-- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;
+-- nothing happens), ignored (a type Tollgate does not act on), pending (its payment intent is
+-- not known yet), applied, stale, rejected (see tollgate.apply_payment_event and, for
+-- customer.subscription.* events, tollgate.apply_subscription_event; for partial refunds,
+-- refund.* and charge.dispute.* events, tollgate.apply_charge_event).
+CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
+RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    obj        jsonb := p_event -> 'data' -> 'object';
+    ev_id      text;
+    ev_type    text;
+    object_id  text;
+    target     tollgate.payment_status;
+    why        text;
+    stored     tollgate.payment_events;
+    state      tollgate.event_state;
+    is_sub     boolean;
+    is_charge  boolean;  -- a partial refund, a refund, a dispute: apply_charge_event
+BEGIN
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'
+       OR jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(p_event -> 'type') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(p_event -> 'created') IS DISTINCT FROM 'number'
+       OR jsonb_typeof(obj) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'not a Stripe event: expected string id and type, numeric created, object data.object'
+            USING ERRCODE = 'TG030', CONSTRAINT = 'stripe_event_shape';
+    END IF;
+    ev_id := p_event ->> 'id';
+    ev_type := p_event ->> 'type';
+    SELECT * INTO object_id, target, is_sub, is_charge, why FROM tollgate.classify_stripe_event(p_event);
 
     IF object_id IS NOT NULL THEN
         PERFORM tollgate.lock_stripe_object(object_id);

@@ -185,6 +185,85 @@ $$;
 -- Taking back
 -- ---------------------------------------------------------------------------------------------
 
+-- The part of a take back that comes from what disputes of the payment froze: up to p_amount,
+-- the oldest dispute first (their rows locked in that order), each one's frozen lowered by
+-- what it gives. Returns how much they gave.
+CREATE OR REPLACE FUNCTION tollgate.take_back_frozen(p_payment_intent_id uuid, p_amount bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d      record;
+    part   bigint;
+    frozen bigint := 0;
+BEGIN
+    FOR d IN SELECT x.id, x.frozen FROM tollgate.disputes x
+             WHERE x.payment_intent_id = p_payment_intent_id AND x.frozen > 0
+             ORDER BY x.created_at, x.id FOR UPDATE LOOP
+        part := least(p_amount - frozen, d.frozen);
+        EXIT WHEN part = 0;
+        UPDATE tollgate.disputes SET frozen = disputes.frozen - part WHERE id = d.id;
+        frozen := frozen + part;
+    END LOOP;
+    RETURN frozen;
+END
+$$;
+
+-- Record a take back of the payment's credits: one posting (kind refund) that gives the
+-- payment's clearing account all of it and takes p_frozen from the account's disputed
+-- credits, p_spare from its wallet (p_wallet) and p_debt as debt; its payment_takebacks row;
+-- its audit row; and the announcements: credits.taken_back, and debt.recorded when there is
+-- debt. p_reason: refund or dispute_lost.
+CREATE OR REPLACE FUNCTION tollgate.record_takeback(
+    p_payment tollgate.payment_intents, p_reason text, p_wallet uuid,
+    p_frozen bigint, p_spare bigint, p_debt bigint
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    step     bigint := p_frozen + p_spare + p_debt;
+    accts    uuid[] := ARRAY[tollgate.clearing_account(p_payment.currency)];
+    amounts  bigint[] := ARRAY[step];
+    posting  uuid;
+BEGIN
+    IF p_frozen > 0 THEN
+        accts := accts || tollgate.ledger_account(p_payment.account_id, 'disputed', p_payment.currency);
+        amounts := amounts || -p_frozen;
+    END IF;
+    IF p_spare > 0 THEN
+        accts := accts || p_wallet;
+        amounts := amounts || -p_spare;
+    END IF;
+    IF p_debt > 0 THEN
+        accts := accts || tollgate.ledger_account(p_payment.account_id, 'debt', p_payment.currency, true);
+        amounts := amounts || -p_debt;
+    END IF;
+    posting := tollgate.post(p_payment.account_id, 'refund', accts, amounts);
+    INSERT INTO tollgate.payment_takebacks
+        (account_id, payment_intent_id, currency, reason, amount, from_disputed, from_wallet, as_debt, posting_id)
+    VALUES (p_payment.account_id, p_payment.id, p_payment.currency, p_reason, step, p_frozen, p_spare, p_debt, posting);
+    PERFORM tollgate.audit(p_payment.account_id, 'payment_intent', p_payment.id::text, 'credits_taken_back', NULL,
+                           tollgate.format_minor(step, p_payment.currency),
+                           format('%s: %s from disputed credits, %s from the wallet, %s as debt', p_reason,
+                                  tollgate.format_minor(p_frozen, p_payment.currency),
+                                  tollgate.format_minor(p_spare, p_payment.currency),
+                                  tollgate.format_minor(p_debt, p_payment.currency)));
+    PERFORM tollgate.emit(p_payment.account_id, 'credits.taken_back',
+        jsonb_build_object('payment_id', p_payment.id, 'stripe_id', p_payment.stripe_id, 'reason', p_reason,
+                           'currency', p_payment.currency, 'amount', step, 'from_disputed', p_frozen,
+                           'from_wallet', p_spare, 'as_debt', p_debt, 'posting_id', posting));
+    IF p_debt > 0 THEN
+        PERFORM tollgate.emit(p_payment.account_id, 'debt.recorded',
+            jsonb_build_object('payment_id', p_payment.id, 'currency', p_payment.currency, 'amount', p_debt,
+                               'owed', -(SELECT la.balance FROM tollgate.ledger_accounts la
+                                         WHERE la.account_id = p_payment.account_id AND la.name = 'debt'
+                                           AND la.currency = p_payment.currency)));
+    END IF;
+END
+$$;
+
 -- Bring what was taken back from a payment up to what Stripe took back (idempotent: a second
 -- call finds nothing left to do). p_reason names what moved it: refund or dispute_lost.
 CREATE OR REPLACE FUNCTION tollgate.take_back(p_payment_intent_id uuid, p_reason text)
@@ -199,14 +278,8 @@ DECLARE
     done     bigint;
     step     bigint;
     wallet   uuid;
-    d        record;
-    part     bigint;
-    frozen   bigint := 0;
+    frozen   bigint;
     spare    bigint;
-    debt     bigint;
-    accts    uuid[];
-    amounts  bigint[];
-    posting  uuid;
 BEGIN
     SELECT * INTO STRICT pay FROM tollgate.payment_intents WHERE id = p_payment_intent_id;
     clawed := tollgate.payment_clawed(pay);
@@ -238,52 +311,10 @@ BEGIN
 
     wallet := tollgate.locked_wallet(pay.account_id, pay.currency);
     -- 1. What a dispute of this payment froze.
-    FOR d IN SELECT x.id, x.frozen FROM tollgate.disputes x
-             WHERE x.payment_intent_id = pay.id AND x.frozen > 0 ORDER BY x.created_at, x.id FOR UPDATE LOOP
-        part := least(step - frozen, d.frozen);
-        EXIT WHEN part = 0;
-        UPDATE tollgate.disputes SET frozen = disputes.frozen - part WHERE id = d.id;
-        frozen := frozen + part;
-    END LOOP;
+    frozen := tollgate.take_back_frozen(pay.id, step);
     -- 2. What the wallet can spare; 3. the rest was spent: a debt.
     spare := least(step - frozen, tollgate.spare_credits(wallet));
-    debt := step - frozen - spare;
-
-    accts := ARRAY[tollgate.clearing_account(pay.currency)];
-    amounts := ARRAY[step];
-    IF frozen > 0 THEN
-        accts := accts || tollgate.ledger_account(pay.account_id, 'disputed', pay.currency);
-        amounts := amounts || -frozen;
-    END IF;
-    IF spare > 0 THEN
-        accts := accts || wallet;
-        amounts := amounts || -spare;
-    END IF;
-    IF debt > 0 THEN
-        accts := accts || tollgate.ledger_account(pay.account_id, 'debt', pay.currency, true);
-        amounts := amounts || -debt;
-    END IF;
-    posting := tollgate.post(pay.account_id, 'refund', accts, amounts);
-    INSERT INTO tollgate.payment_takebacks
-        (account_id, payment_intent_id, currency, reason, amount, from_disputed, from_wallet, as_debt, posting_id)
-    VALUES (pay.account_id, pay.id, pay.currency, p_reason, step, frozen, spare, debt, posting);
-    PERFORM tollgate.audit(pay.account_id, 'payment_intent', pay.id::text, 'credits_taken_back', NULL,
-                           tollgate.format_minor(step, pay.currency),
-                           format('%s: %s from disputed credits, %s from the wallet, %s as debt', p_reason,
-                                  tollgate.format_minor(frozen, pay.currency),
-                                  tollgate.format_minor(spare, pay.currency),
-                                  tollgate.format_minor(debt, pay.currency)));
-    PERFORM tollgate.emit(pay.account_id, 'credits.taken_back',
-        jsonb_build_object('payment_id', pay.id, 'stripe_id', pay.stripe_id, 'reason', p_reason,
-                           'currency', pay.currency, 'amount', step, 'from_disputed', frozen,
-                           'from_wallet', spare, 'as_debt', debt, 'posting_id', posting));
-    IF debt > 0 THEN
-        PERFORM tollgate.emit(pay.account_id, 'debt.recorded',
-            jsonb_build_object('payment_id', pay.id, 'currency', pay.currency, 'amount', debt,
-                               'owed', -(SELECT la.balance FROM tollgate.ledger_accounts la
-                                         WHERE la.account_id = pay.account_id AND la.name = 'debt'
-                                           AND la.currency = pay.currency)));
-    END IF;
+    PERFORM tollgate.record_takeback(pay, p_reason, wallet, frozen, spare, step - frozen - spare);
     -- All of it taken back: the transaction is reversed (by these postings).
     IF done + step = txn.amount THEN
         UPDATE tollgate.transactions SET status = 'reversed' WHERE id = txn.id;
@@ -572,6 +603,153 @@ $$;
 -- Stripe events about a payment's charge: partial refunds, refunds, disputes
 -- ---------------------------------------------------------------------------------------------
 
+-- A partial refund (charge.refunded, not in full) of p_payment, locked: amount_refunded is
+-- what Stripe refunded of it so far, in its units. Applied: the payment's amount_refunded
+-- grows to it (a refund implies the payment succeeded, as for a full refund); stale when it
+-- was counted already; rejected when its money is not the payment's or the payment cannot
+-- have been refunded. why: the note for the event.
+CREATE OR REPLACE FUNCTION tollgate.apply_partial_refund(
+    p_object jsonb, p_payment tollgate.payment_intents,
+    OUT outcome tollgate.event_state, OUT why text
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    refunded bigint;
+BEGIN
+    outcome := 'applied';
+    why := tollgate.stripe_amount_mismatch(p_object, p_payment);
+    IF jsonb_typeof(p_object -> 'amount_refunded') = 'number' THEN
+        refunded := tollgate.from_stripe_amount((p_object ->> 'amount_refunded')::numeric, p_payment.currency);
+    END IF;
+    IF why IS NULL AND (refunded IS NULL OR refunded > p_payment.amount) THEN
+        why := format('amount_refunded %s (Stripe''s units) is not a part of %s %s',
+                      coalesce(p_object ->> 'amount_refunded', 'missing'),
+                      tollgate.format_minor(p_payment.amount, p_payment.currency), p_payment.currency);
+    END IF;
+    IF why IS NOT NULL THEN
+        outcome := 'rejected';
+    ELSIF p_payment.status = 'refunded' OR refunded <= p_payment.amount_refunded THEN
+        outcome := 'stale';
+        why := format('%s refunded already counted', tollgate.format_minor(p_payment.amount_refunded, p_payment.currency));
+    ELSIF p_payment.status <> 'succeeded' AND NOT EXISTS (
+        SELECT FROM tollgate.payment_transitions WHERE from_status = p_payment.status AND to_status = 'succeeded') THEN
+        outcome := 'rejected';
+        why := format('a %s payment cannot have been refunded', p_payment.status);
+    ELSE
+        IF p_payment.status <> 'succeeded' THEN
+            -- A refund implies the payment succeeded, as for a full refund.
+            UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = p_payment.id;
+            why := format('a refund implies the payment succeeded (was %s)', p_payment.status);
+        END IF;
+        UPDATE tollgate.payment_intents
+        SET amount_refunded = refunded,
+            status = CASE WHEN refunded = p_payment.amount THEN 'refunded' ELSE 'succeeded' END::tollgate.payment_status
+        WHERE id = p_payment.id;
+    END IF;
+END
+$$;
+
+-- A refund.* or charge.refund.updated event (p_event, its object p_object) of p_payment,
+-- locked: a refund Tollgate asked for takes the event's status unless the event is older than
+-- the last one applied or the refund is final (stale); a succeeded one is counted
+-- (tollgate.count_refunds). Another refund is ignored: charge.refunded counts its money.
+CREATE OR REPLACE FUNCTION tollgate.apply_refund_event(
+    p_event tollgate.payment_events, p_object jsonb, p_payment tollgate.payment_intents,
+    OUT outcome tollgate.event_state, OUT why text
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r_status tollgate.refund_status;
+BEGIN
+    outcome := 'applied';
+    SELECT s.enumlabel::tollgate.refund_status INTO r_status FROM pg_enum s
+    WHERE s.enumtypid = 'tollgate.refund_status'::regtype AND s.enumlabel = p_object ->> 'status';
+    UPDATE tollgate.refunds r
+    SET status = coalesce(r_status, r.status), last_event_at = p_event.stripe_created
+    WHERE r.stripe_id = p_object ->> 'id' AND r.payment_intent_id = p_payment.id
+      AND (r.last_event_at IS NULL OR r.last_event_at <= p_event.stripe_created)
+      AND r.status NOT IN ('failed', 'canceled');
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT FROM tollgate.refunds r WHERE r.stripe_id = p_object ->> 'id' AND r.payment_intent_id = p_payment.id) THEN
+            outcome := 'stale';
+            why := 'an older event of the refund, or the refund is final';
+        ELSE
+            outcome := 'ignored';
+            why := 'not a refund Tollgate asked for: charge.refunded counts its money';
+        END IF;
+    ELSIF r_status = 'succeeded' THEN
+        PERFORM tollgate.count_refunds(p_payment);
+    END IF;
+END
+$$;
+
+-- A charge.dispute.* event (p_event, its object p_object) of p_payment, locked: the dispute's
+-- row is created, or moved to the event's status (warning_closed and won give the money back;
+-- lost keeps it; any other status means it is, or may be, withdrawn), and its trigger does
+-- the rest. Stale: older than the last event applied to it; rejected: its amount is not a
+-- part of the payment's, it names no dispute or another payment's, the payment cannot be
+-- disputed, or the dispute is final.
+CREATE OR REPLACE FUNCTION tollgate.apply_dispute_event(
+    p_event tollgate.payment_events, p_object jsonb, p_payment tollgate.payment_intents,
+    OUT outcome tollgate.event_state, OUT why text
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    amount   bigint;
+    d_status tollgate.dispute_status;
+    d        tollgate.disputes;
+BEGIN
+    outcome := 'applied';
+    d_status := CASE p_object ->> 'status' WHEN 'won' THEN 'won' WHEN 'warning_closed' THEN 'won'
+                                           WHEN 'lost' THEN 'lost' ELSE 'open' END;
+    IF jsonb_typeof(p_object -> 'amount') = 'number' THEN
+        amount := tollgate.from_stripe_amount((p_object ->> 'amount')::numeric, p_payment.currency);
+    END IF;
+    IF amount IS NULL OR amount <= 0 OR amount > p_payment.amount THEN
+        outcome := 'rejected';
+        why := format('disputed amount %s (Stripe''s units) is not a part of %s %s',
+                      coalesce(p_object ->> 'amount', 'missing'),
+                      tollgate.format_minor(p_payment.amount, p_payment.currency), p_payment.currency);
+    ELSIF jsonb_typeof(p_object -> 'id') IS DISTINCT FROM 'string' OR p_object ->> 'id' !~ '^(dp|du)_[A-Za-z0-9_]{1,250}$' THEN
+        outcome := 'rejected';
+        why := 'the event names no dispute';
+    ELSIF p_payment.status NOT IN ('succeeded', 'refunded') THEN
+        outcome := 'rejected';
+        why := format('a %s payment cannot be disputed', p_payment.status);
+    ELSE
+        SELECT * INTO d FROM tollgate.disputes x WHERE x.stripe_id = p_object ->> 'id' FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO tollgate.disputes (account_id, payment_intent_id, stripe_id, amount, currency, status,
+                                           stripe_status, last_event_id, last_event_at)
+            VALUES (p_payment.account_id, p_payment.id, p_object ->> 'id', amount, p_payment.currency, d_status,
+                    coalesce(p_object ->> 'status', ''), p_event.id, p_event.stripe_created)
+            RETURNING * INTO d;
+        ELSIF d.payment_intent_id <> p_payment.id THEN
+            outcome := 'rejected';
+            why := format('dispute %s is about another payment', d.stripe_id);
+        ELSIF p_event.stripe_created < d.last_event_at
+              OR (p_event.stripe_created = d.last_event_at AND d_status = 'open' AND d.status <> 'open') THEN
+            outcome := 'stale';
+            why := format('older than %s (%s), already applied', d.last_event_id, d.last_event_at);
+        ELSIF d.status <> 'open' AND d_status <> d.status THEN
+            outcome := 'rejected';
+            why := format('dispute %s is %s: final', d.stripe_id, d.status);
+        ELSE
+            UPDATE tollgate.disputes
+            SET status = d_status, stripe_status = coalesce(p_object ->> 'status', disputes.stripe_status),
+                last_event_id = p_event.id, last_event_at = p_event.stripe_created
+            WHERE id = d.id;
+        END IF;
+    END IF;
+END
+$$;
+
 -- Apply a stored charge.refunded (partial), refund.* / charge.refund.updated or
 -- charge.dispute.* event to its payment. Returns the event's state (as apply_payment_event):
 -- pending while the payment is unknown; applied; stale (nothing new: an amount already
@@ -587,13 +765,8 @@ DECLARE
     ev          tollgate.payment_events;
     obj         jsonb;
     pi          tollgate.payment_intents;
-    outcome     tollgate.event_state := 'applied';
+    outcome     tollgate.event_state;
     why         text;
-    refunded    bigint;
-    amount      bigint;
-    r_status    tollgate.refund_status;
-    d_status    tollgate.dispute_status;
-    d           tollgate.disputes;
     prev_actor  text := current_setting('tollgate.actor', true);
 BEGIN
     SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id FOR UPDATE;
@@ -610,102 +783,12 @@ BEGIN
     IF jsonb_typeof(obj -> 'currency') = 'string' AND upper(obj ->> 'currency') <> pi.currency THEN
         outcome := 'rejected';
         why := format('Stripe says currency %s, the payment is in %s', upper(obj ->> 'currency'), pi.currency);
-
     ELSIF obj ->> 'object' = 'charge' THEN
-        -- A partial refund: amount_refunded is what Stripe refunded so far, in its units.
-        why := tollgate.stripe_amount_mismatch(obj, pi);
-        IF jsonb_typeof(obj -> 'amount_refunded') = 'number' THEN
-            refunded := tollgate.from_stripe_amount((obj ->> 'amount_refunded')::numeric, pi.currency);
-        END IF;
-        IF why IS NULL AND (refunded IS NULL OR refunded > pi.amount) THEN
-            why := format('amount_refunded %s (Stripe''s units) is not a part of %s %s',
-                          coalesce(obj ->> 'amount_refunded', 'missing'),
-                          tollgate.format_minor(pi.amount, pi.currency), pi.currency);
-        END IF;
-        IF why IS NOT NULL THEN
-            outcome := 'rejected';
-        ELSIF pi.status = 'refunded' OR refunded <= pi.amount_refunded THEN
-            outcome := 'stale';
-            why := format('%s refunded already counted', tollgate.format_minor(pi.amount_refunded, pi.currency));
-        ELSIF pi.status <> 'succeeded' AND NOT EXISTS (
-            SELECT FROM tollgate.payment_transitions WHERE from_status = pi.status AND to_status = 'succeeded') THEN
-            outcome := 'rejected';
-            why := format('a %s payment cannot have been refunded', pi.status);
-        ELSE
-            IF pi.status <> 'succeeded' THEN
-                -- A refund implies the payment succeeded, as for a full refund.
-                UPDATE tollgate.payment_intents SET status = 'succeeded' WHERE id = pi.id;
-                why := format('a refund implies the payment succeeded (was %s)', pi.status);
-            END IF;
-            UPDATE tollgate.payment_intents
-            SET amount_refunded = refunded,
-                status = CASE WHEN refunded = pi.amount THEN 'refunded' ELSE 'succeeded' END::tollgate.payment_status
-            WHERE id = pi.id;
-        END IF;
-
+        SELECT * INTO outcome, why FROM tollgate.apply_partial_refund(obj, pi);
     ELSIF obj ->> 'object' = 'refund' THEN
-        SELECT s.enumlabel::tollgate.refund_status INTO r_status FROM pg_enum s
-        WHERE s.enumtypid = 'tollgate.refund_status'::regtype AND s.enumlabel = obj ->> 'status';
-        UPDATE tollgate.refunds r
-        SET status = coalesce(r_status, r.status), last_event_at = ev.stripe_created
-        WHERE r.stripe_id = obj ->> 'id' AND r.payment_intent_id = pi.id
-          AND (r.last_event_at IS NULL OR r.last_event_at <= ev.stripe_created)
-          AND r.status NOT IN ('failed', 'canceled');
-        IF NOT FOUND THEN
-            IF EXISTS (SELECT FROM tollgate.refunds r WHERE r.stripe_id = obj ->> 'id' AND r.payment_intent_id = pi.id) THEN
-                outcome := 'stale';
-                why := 'an older event of the refund, or the refund is final';
-            ELSE
-                outcome := 'ignored';
-                why := 'not a refund Tollgate asked for: charge.refunded counts its money';
-            END IF;
-        ELSIF r_status = 'succeeded' THEN
-            PERFORM tollgate.count_refunds(pi);
-        END IF;
-
+        SELECT * INTO outcome, why FROM tollgate.apply_refund_event(ev, obj, pi);
     ELSE
-        -- A dispute: warning_closed and won give the money back; lost keeps it; any other
-        -- status means it is (or may be) withdrawn.
-        d_status := CASE obj ->> 'status' WHEN 'won' THEN 'won' WHEN 'warning_closed' THEN 'won'
-                                          WHEN 'lost' THEN 'lost' ELSE 'open' END;
-        IF jsonb_typeof(obj -> 'amount') = 'number' THEN
-            amount := tollgate.from_stripe_amount((obj ->> 'amount')::numeric, pi.currency);
-        END IF;
-        IF amount IS NULL OR amount <= 0 OR amount > pi.amount THEN
-            outcome := 'rejected';
-            why := format('disputed amount %s (Stripe''s units) is not a part of %s %s',
-                          coalesce(obj ->> 'amount', 'missing'), tollgate.format_minor(pi.amount, pi.currency), pi.currency);
-        ELSIF jsonb_typeof(obj -> 'id') IS DISTINCT FROM 'string' OR obj ->> 'id' !~ '^(dp|du)_[A-Za-z0-9_]{1,250}$' THEN
-            outcome := 'rejected';
-            why := 'the event names no dispute';
-        ELSIF pi.status NOT IN ('succeeded', 'refunded') THEN
-            outcome := 'rejected';
-            why := format('a %s payment cannot be disputed', pi.status);
-        ELSE
-            SELECT * INTO d FROM tollgate.disputes x WHERE x.stripe_id = obj ->> 'id' FOR UPDATE;
-            IF NOT FOUND THEN
-                INSERT INTO tollgate.disputes (account_id, payment_intent_id, stripe_id, amount, currency, status,
-                                               stripe_status, last_event_id, last_event_at)
-                VALUES (pi.account_id, pi.id, obj ->> 'id', amount, pi.currency, d_status,
-                        coalesce(obj ->> 'status', ''), ev.id, ev.stripe_created)
-                RETURNING * INTO d;
-            ELSIF d.payment_intent_id <> pi.id THEN
-                outcome := 'rejected';
-                why := format('dispute %s is about another payment', d.stripe_id);
-            ELSIF ev.stripe_created < d.last_event_at
-                  OR (ev.stripe_created = d.last_event_at AND d_status = 'open' AND d.status <> 'open') THEN
-                outcome := 'stale';
-                why := format('older than %s (%s), already applied', d.last_event_id, d.last_event_at);
-            ELSIF d.status <> 'open' AND d_status <> d.status THEN
-                outcome := 'rejected';
-                why := format('dispute %s is %s: final', d.stripe_id, d.status);
-            ELSE
-                UPDATE tollgate.disputes
-                SET status = d_status, stripe_status = coalesce(obj ->> 'status', disputes.stripe_status),
-                    last_event_id = ev.id, last_event_at = ev.stripe_created
-                WHERE id = d.id;
-            END IF;
-        END IF;
+        SELECT * INTO outcome, why FROM tollgate.apply_dispute_event(ev, obj, pi);
     END IF;
 
     UPDATE tollgate.payment_events
@@ -738,6 +821,44 @@ FROM tollgate.refunds r
 JOIN tollgate.payment_intents p ON p.id = r.payment_intent_id
 JOIN tollgate.accounts a ON a.id = r.account_id;
 
+-- What a refund of p_payment (read again under its refund lock) takes: p_minor, or (NULL)
+-- all that is not refunded yet; refunds asked for but not yet seen in an event count as
+-- refunded. Refused: a payment that is not succeeded or was refunded in full
+-- (refund_refundable), one with an open dispute (refund_payment_disputed), more than is not
+-- yet refunded (refund_within_payment).
+CREATE OR REPLACE FUNCTION tollgate.refund_amount(p_payment tollgate.payment_intents, p_minor bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unrefunded bigint;
+BEGIN
+    IF p_payment.status <> 'succeeded' THEN
+        RAISE EXCEPTION 'payment % is %: only a succeeded payment can be refunded', p_payment.stripe_id, p_payment.status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_refundable';
+    END IF;
+    IF tollgate.payment_disputed(p_payment.id) THEN
+        RAISE EXCEPTION 'payment % is disputed: the dispute decides what goes back', p_payment.stripe_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_payment_disputed';
+    END IF;
+    unrefunded := p_payment.amount - greatest(p_payment.amount_refunded,
+        (SELECT coalesce(sum(r.amount), 0) FROM tollgate.refunds r
+         WHERE r.payment_intent_id = p_payment.id AND r.status IN ('pending', 'requires_action', 'succeeded')));
+    IF unrefunded <= 0 THEN
+        RAISE EXCEPTION 'payment % was refunded in full', p_payment.stripe_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_refundable';
+    END IF;
+    IF coalesce(p_minor, unrefunded) > unrefunded THEN
+        RAISE EXCEPTION 'refunding % % is more than the % % of payment % not yet refunded',
+                tollgate.format_minor(p_minor, p_payment.currency), p_payment.currency,
+                tollgate.format_minor(unrefunded, p_payment.currency), p_payment.currency, p_payment.stripe_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_within_payment';
+    END IF;
+    RETURN coalesce(p_minor, unrefunded);
+END
+$$;
+
 -- Step 1 of POST /v1/payments/{ref}/refunds, in the transaction that also calls Stripe and runs
 -- step 2. Admin keys only. The amount is p_amount (a decimal in the payment's currency) or
 -- p_amount_minor, not both; neither: all that is not refunded yet. Claims the idempotency key
@@ -761,7 +882,6 @@ DECLARE
     k          tollgate.api_keys := tollgate.authenticate(p_api_key);
     pay        tollgate.payment_intents;
     minor      bigint;
-    unrefunded bigint;
     req_hash   bytea;
     claim      tollgate.refunds;
     rid        uuid;
@@ -810,29 +930,8 @@ BEGIN
             USING ERRCODE = 'TG021', CONSTRAINT = 'refund_free';
     END IF;
     SELECT * INTO STRICT pay FROM tollgate.payment_intents p WHERE p.id = pay.id;
-    IF pay.status <> 'succeeded' THEN
-        RAISE EXCEPTION 'payment % is %: only a succeeded payment can be refunded', pay.stripe_id, pay.status
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_refundable';
-    END IF;
-    IF tollgate.payment_disputed(pay.id) THEN
-        RAISE EXCEPTION 'payment % is disputed: the dispute decides what goes back', pay.stripe_id
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_payment_disputed';
-    END IF;
-    -- Refunds asked for but not yet seen in an event count too.
-    unrefunded := pay.amount - greatest(pay.amount_refunded,
-        (SELECT coalesce(sum(r.amount), 0) FROM tollgate.refunds r
-         WHERE r.payment_intent_id = pay.id AND r.status IN ('pending', 'requires_action', 'succeeded')));
-    IF unrefunded <= 0 THEN
-        RAISE EXCEPTION 'payment % was refunded in full', pay.stripe_id
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_refundable';
-    END IF;
-    minor := coalesce(minor, unrefunded);
-    IF minor > unrefunded THEN
-        RAISE EXCEPTION 'refunding % % is more than the % % of payment % not yet refunded',
-                tollgate.format_minor(minor, pay.currency), pay.currency,
-                tollgate.format_minor(unrefunded, pay.currency), pay.currency, pay.stripe_id
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_within_payment';
-    END IF;
+    -- Refundable, and how much (all that is left when no amount was given).
+    minor := tollgate.refund_amount(pay, minor);
     rid := encode(substring(sha256(convert_to('refund:' || pay.account_id::text || ':' || p_idempotency_key, 'UTF8'))
                             FROM 1 FOR 16), 'hex')::uuid;
     INSERT INTO tollgate.refunds (id, account_id, payment_intent_id, amount, currency, idempotency_key,

@@ -67,66 +67,23 @@ AS $$
     WHERE c.code = p_currency
 $$;
 
--- Record up to 1000 usage events (api.usage_event_v1, migrations/0027). Each
--- event is answered on its own: accepted, duplicate (its id was recorded before for the
--- account, or accepted earlier in this batch) or rejected with a reason (unknown_account,
--- invalid_id, invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at,
--- cost_out_of_range, insufficient_credits, spend_cap_exceeded, repeated_in_batch).
--- A priced event costs quantity x unit price, exactly (numeric; above 999999999999 minor units,
--- the largest single amount, it is cost_out_of_range); events are taken in batch order while
--- credits (with any overdraft) and caps last, and what they cost counts toward the caps exactly,
--- fractions of a minor unit included. Each account's charges go in one posting of whole minor units, the
--- fraction left is carried to its next batch (tollgate.usage_carry).
--- Batches for one account are serialised (an advisory lock per account, then the wallets in
--- id order), so a concurrent retry sees this batch's events and never charges them twice.
-CREATE OR REPLACE FUNCTION api.record_usage_v2(p_api_key text, p_events api.usage_event_v1[])
-RETURNS TABLE (ord integer, id text, outcome text, reason text, cost text, currency text)
-LANGUAGE plpgsql SECURITY DEFINER
+-- Step 1 of api.record_usage_v2: every event of the batch resolved, checked and priced, one
+-- array per field, by position. Its account is one the key may act for (NULL: unknown);
+-- reason is NULL for a valid event, the rejection otherwise, 'repeat' for a later occurrence
+-- of an (account, id) in the batch (first: the position of its first occurrence); cost is
+-- what a valid event costs exactly (NULL: unpriced metric) and currency the metric's.
+CREATE OR REPLACE FUNCTION tollgate.check_usage_events(
+    p_key tollgate.api_keys, p_events api.usage_event_v1[],
+    OUT e_id text[], OUT e_metric text[], OUT e_quantity numeric[], OUT e_occurred timestamptz[],
+    OUT e_account uuid[], OUT e_agent text[], OUT e_cost numeric[], OUT e_currency text[],
+    OUT e_reason text[], OUT e_first integer[]
+)
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
-    k          tollgate.api_keys := tollgate.authenticate(p_api_key);
-    own        text := (SELECT a.external_id FROM tollgate.accounts a WHERE a.id = k.account_id);
-    n          integer := coalesce(cardinality(p_events), 0);
-    e_id       text[];      -- the events' fields, one array each, by position
-    e_metric   text[];
-    e_quantity numeric[];
-    e_occurred timestamptz[];
-    e_account  uuid[];
-    e_agent    text[];
-    e_cost     numeric[];
-    e_currency text[];
-    e_wallet   uuid[];
-    e_reason   text[];
-    e_first    integer[];   -- the first position of the same (account, id) in the batch
-    wallets    uuid[];
-    avail      jsonb := '{}';   -- wallet -> credits still available (absent: no limit)
-    caps       record;
-    cap_id     uuid[] := '{}';
-    cap_acct   uuid[] := '{}';
-    cap_agent  text[] := '{}';
-    cap_cur    text[] := '{}';
-    cap_room   numeric[] := '{}';
-    w          uuid;
-    i          integer;
-    j          integer;
-    ok         boolean;
-    charged    record;
-    carry      numeric;
-    whole      bigint;
-    postings   jsonb := '{}';   -- wallet -> the posting that charged it
+    own text := (SELECT a.external_id FROM tollgate.accounts a WHERE a.id = p_key.account_id);
 BEGIN
-    IF n > 1000 THEN
-        RAISE EXCEPTION 'a batch holds at most 1000 events, not %', n
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
-    END IF;
-    IF n = 0 THEN
-        RAISE EXCEPTION 'a batch needs at least one event'
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
-    END IF;
-
-    -- Resolve and check every event; price the valid ones.
     SELECT array_agg(r.id ORDER BY r.ord), array_agg(r.metric ORDER BY r.ord),
            array_agg(r.quantity ORDER BY r.ord), array_agg(r.occurred_at ORDER BY r.ord),
            array_agg(r.account ORDER BY r.ord), array_agg(r.agent ORDER BY r.ord),
@@ -152,17 +109,34 @@ BEGIN
         FROM unnest(p_events) WITH ORDINALITY AS i (id, account, agent, metric, quantity, occurred_at, ord)
         LEFT JOIN tollgate.accounts a
                ON a.external_id = coalesce(i.account, own)
-              AND (k.is_admin OR a.id = k.account_id)
+              AND (p_key.is_admin OR a.id = p_key.account_id)
               AND a.id <> '00000000-0000-0000-0000-000000000000'
         LEFT JOIN tollgate.metric_prices p ON p.metric = i.metric
     ) r;
+END
+$$;
 
-    -- One batch at a time per account, then the credit wallets in id order.
+-- Step 2 of api.record_usage_v2: one batch at a time per account (an advisory lock each, in
+-- account order), then the accounts' credit wallets in the batch's currencies, locked in id
+-- order, their expired holds marked so. Returns what each wallet can still spend (wallet ->
+-- its available credits less the fraction carried; absent: no limit) and each event's wallet,
+-- by position (NULL: none).
+CREATE OR REPLACE FUNCTION tollgate.lock_usage_wallets(
+    p_accounts uuid[], p_currencies text[], OUT avail jsonb, OUT e_wallet uuid[]
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wallets uuid[];
+    w       uuid;
+BEGIN
+    avail := '{}';
     PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:usage:' || x.account, 0))
-    FROM (SELECT DISTINCT unnest(e_account) AS account) x WHERE x.account IS NOT NULL ORDER BY x.account;
+    FROM (SELECT DISTINCT unnest(p_accounts) AS account) x WHERE x.account IS NOT NULL ORDER BY x.account;
     SELECT array_agg(la.id ORDER BY la.id) INTO wallets
     FROM (SELECT la.id FROM tollgate.ledger_accounts la
-          JOIN (SELECT DISTINCT a, c FROM unnest(e_account, e_currency) AS x (a, c) WHERE c IS NOT NULL) x
+          JOIN (SELECT DISTINCT a, c FROM unnest(p_accounts, p_currencies) AS x (a, c) WHERE c IS NOT NULL) x
             ON la.account_id = x.a AND la.currency = x.c AND la.name = 'main'
           ORDER BY la.id FOR UPDATE OF la) la;
     FOREACH w IN ARRAY coalesce(wallets, '{}') LOOP
@@ -176,40 +150,58 @@ BEGIN
         END IF;
     END LOOP;
     SELECT array_agg(la.id ORDER BY x.ord) INTO e_wallet
-    FROM unnest(e_account, e_currency) WITH ORDINALITY AS x (a, c, ord)
+    FROM unnest(p_accounts, p_currencies) WITH ORDINALITY AS x (a, c, ord)
     LEFT JOIN tollgate.ledger_accounts la ON la.account_id = x.a AND la.currency = x.c AND la.name = 'main';
+END
+$$;
 
-    -- Ids recorded before (the account's batches are serialised now, so this is final).
-    SELECT array_agg(CASE WHEN x.reason IS NULL AND EXISTS (
-                              SELECT FROM tollgate.usage_events u WHERE u.account_id = x.a AND u.id = x.id)
-                          THEN 'duplicate' ELSE x.reason END ORDER BY x.ord)
-    INTO e_reason
-    FROM unnest(e_account, e_id, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
-
+-- Step 3 of api.record_usage_v2: the priced events, in batch order, while credits (p_avail, as
+-- tollgate.lock_usage_wallets gives it) and spend caps last; the others become
+-- insufficient_credits or spend_cap_exceeded. What each costs counts toward every cap that
+-- applies (the account's, its agent's), exactly. Returns the events' reasons.
+CREATE OR REPLACE FUNCTION tollgate.usage_within_limits(
+    p_accounts uuid[], p_agents text[], p_currencies text[], p_wallets uuid[], p_costs numeric[],
+    p_reasons text[], p_avail jsonb
+) RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    e_reason  text[] := p_reasons;
+    avail     jsonb := p_avail;   -- wallet -> credits still available (absent: no limit)
+    caps      record;
+    cap_id    uuid[] := '{}';
+    cap_acct  uuid[] := '{}';
+    cap_agent text[] := '{}';
+    cap_cur   text[] := '{}';
+    cap_room  numeric[] := '{}';
+    i         integer;
+    j         integer;
+    ok        boolean;
+BEGIN
     -- Headroom under every cap that applies.
     FOR caps IN
         SELECT c.id, c.account_id, c.agent_id, c.currency,
                c.hard_limit - tollgate.spent_since(c.account_id, nullif(c.agent_id, ''), c.currency,
                                                    tollgate.period_start(c.period)) AS room
         FROM tollgate.spend_caps c
-        WHERE (c.account_id, c.currency) IN (SELECT DISTINCT a, cu FROM unnest(e_account, e_currency) AS x (a, cu))
+        WHERE (c.account_id, c.currency) IN (SELECT DISTINCT a, cu FROM unnest(p_accounts, p_currencies) AS x (a, cu))
     LOOP
         cap_id := cap_id || caps.id; cap_acct := cap_acct || caps.account_id;
         cap_agent := cap_agent || caps.agent_id; cap_cur := cap_cur || caps.currency;
         cap_room := cap_room || caps.room::numeric;
     END LOOP;
 
-    -- Priced events, in order, while credits and caps last.
-    FOR i IN 1 .. n LOOP
-        CONTINUE WHEN e_reason[i] IS NOT NULL OR e_cost[i] IS NULL OR e_cost[i] = 0;
-        IF e_wallet[i] IS NULL OR (avail ? e_wallet[i]::text AND (avail ->> e_wallet[i]::text)::numeric < e_cost[i]) THEN
+    FOR i IN 1 .. coalesce(cardinality(e_reason), 0) LOOP
+        CONTINUE WHEN e_reason[i] IS NOT NULL OR p_costs[i] IS NULL OR p_costs[i] = 0;
+        IF p_wallets[i] IS NULL OR (avail ? p_wallets[i]::text AND (avail ->> p_wallets[i]::text)::numeric < p_costs[i]) THEN
             e_reason[i] := 'insufficient_credits';
             CONTINUE;
         END IF;
         ok := true;
         FOR j IN 1 .. coalesce(cardinality(cap_id), 0) LOOP
-            IF cap_acct[j] = e_account[i] AND cap_cur[j] = e_currency[i] AND cap_agent[j] IN ('', e_agent[i])
-               AND cap_room[j] < e_cost[i] THEN
+            IF cap_acct[j] = p_accounts[i] AND cap_cur[j] = p_currencies[i] AND cap_agent[j] IN ('', p_agents[i])
+               AND cap_room[j] < p_costs[i] THEN
                 ok := false;
             END IF;
         END LOOP;
@@ -218,28 +210,39 @@ BEGIN
             CONTINUE;
         END IF;
         FOR j IN 1 .. coalesce(cardinality(cap_id), 0) LOOP
-            IF cap_acct[j] = e_account[i] AND cap_cur[j] = e_currency[i] AND cap_agent[j] IN ('', e_agent[i]) THEN
-                cap_room[j] := cap_room[j] - e_cost[i];
+            IF cap_acct[j] = p_accounts[i] AND cap_cur[j] = p_currencies[i] AND cap_agent[j] IN ('', p_agents[i]) THEN
+                cap_room[j] := cap_room[j] - p_costs[i];
             END IF;
         END LOOP;
-        IF avail ? e_wallet[i]::text THEN
-            avail := jsonb_set(avail, ARRAY[e_wallet[i]::text],
-                               to_jsonb((avail ->> e_wallet[i]::text)::numeric - e_cost[i]));
+        IF avail ? p_wallets[i]::text THEN
+            avail := jsonb_set(avail, ARRAY[p_wallets[i]::text],
+                               to_jsonb((avail ->> p_wallets[i]::text)::numeric - p_costs[i]));
         END IF;
     END LOOP;
+    RETURN e_reason;
+END
+$$;
 
-    -- A repeat of an id answers like its first occurrence did: duplicate if that was accepted.
-    FOR i IN 1 .. n LOOP
-        IF e_reason[i] = 'repeat' THEN
-            e_reason[i] := CASE WHEN e_reason[e_first[i]] IS NULL OR e_reason[e_first[i]] = 'duplicate'
-                                THEN 'duplicate' ELSE 'repeated_in_batch' END;
-        END IF;
-    END LOOP;
-
-    -- Per wallet: charge the whole minor units of carry + costs, carry the rest.
+-- Step 4 of api.record_usage_v2: per wallet, the whole minor units of the fraction carried plus
+-- what its accepted events cost are charged in one posting (kind charge, to revenue) and the
+-- rest is carried (tollgate.usage_carry); what each agent spent is recorded, exactly. Returns
+-- wallet -> the posting that charged it (absent: nothing whole to charge).
+CREATE OR REPLACE FUNCTION tollgate.charge_usage(
+    p_wallets uuid[], p_accounts uuid[], p_currencies text[], p_agents text[], p_costs numeric[],
+    p_reasons text[]
+) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    charged  record;
+    carry    numeric;
+    whole    bigint;
+    postings jsonb := '{}';
+BEGIN
     FOR charged IN
         SELECT x.wallet, x.a AS account, x.c AS cur, x.agent, sum(x.cost) AS total
-        FROM unnest(e_wallet, e_account, e_currency, e_agent, e_cost, e_reason) AS x (wallet, a, c, agent, cost, reason)
+        FROM unnest(p_wallets, p_accounts, p_currencies, p_agents, p_costs, p_reasons) AS x (wallet, a, c, agent, cost, reason)
         WHERE x.reason IS NULL AND x.cost > 0
         GROUP BY GROUPING SETS ((x.wallet, x.a, x.c), (x.wallet, x.a, x.c, x.agent))
         ORDER BY x.wallet, x.agent NULLS FIRST
@@ -263,6 +266,82 @@ BEGIN
                                        charged.total);
         END IF;
     END LOOP;
+    RETURN postings;
+END
+$$;
+
+-- Record up to 1000 usage events (api.usage_event_v1, migrations/0027). Each
+-- event is answered on its own: accepted, duplicate (its id was recorded before for the
+-- account, or accepted earlier in this batch) or rejected with a reason (unknown_account,
+-- invalid_id, invalid_agent, invalid_metric, invalid_quantity, invalid_occurred_at,
+-- cost_out_of_range, insufficient_credits, spend_cap_exceeded, repeated_in_batch).
+-- A priced event costs quantity x unit price, exactly (numeric; above 999999999999 minor units,
+-- the largest single amount, it is cost_out_of_range); events are taken in batch order while
+-- credits (with any overdraft) and caps last, and what they cost counts toward the caps exactly,
+-- fractions of a minor unit included. Each account's charges go in one posting of whole minor units, the
+-- fraction left is carried to its next batch (tollgate.usage_carry).
+-- Batches for one account are serialised (an advisory lock per account, then the wallets in
+-- id order), so a concurrent retry sees this batch's events and never charges them twice.
+CREATE OR REPLACE FUNCTION api.record_usage_v2(p_api_key text, p_events api.usage_event_v1[])
+RETURNS TABLE (ord integer, id text, outcome text, reason text, cost text, currency text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    k          tollgate.api_keys := tollgate.authenticate(p_api_key);
+    n          integer := coalesce(cardinality(p_events), 0);
+    e_id       text[];      -- the events' fields, one array each, by position
+    e_metric   text[];
+    e_quantity numeric[];
+    e_occurred timestamptz[];
+    e_account  uuid[];
+    e_agent    text[];
+    e_cost     numeric[];
+    e_currency text[];
+    e_wallet   uuid[];
+    e_reason   text[];
+    e_first    integer[];   -- the first position of the same (account, id) in the batch
+    avail      jsonb;       -- wallet -> credits still available (absent: no limit)
+    postings   jsonb;       -- wallet -> the posting that charged it
+    i          integer;
+BEGIN
+    IF n > 1000 THEN
+        RAISE EXCEPTION 'a batch holds at most 1000 events, not %', n
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
+    END IF;
+    IF n = 0 THEN
+        RAISE EXCEPTION 'a batch needs at least one event'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'usage_batch_size';
+    END IF;
+
+    -- 1. Resolve and check every event; price the valid ones.
+    SELECT * INTO e_id, e_metric, e_quantity, e_occurred, e_account, e_agent, e_cost, e_currency, e_reason, e_first
+    FROM tollgate.check_usage_events(k, p_events);
+
+    -- 2. One batch at a time per account, then the credit wallets in id order.
+    SELECT * INTO avail, e_wallet FROM tollgate.lock_usage_wallets(e_account, e_currency);
+
+    -- Ids recorded before (the account's batches are serialised now, so this is final).
+    SELECT array_agg(CASE WHEN x.reason IS NULL AND EXISTS (
+                              SELECT FROM tollgate.usage_events u WHERE u.account_id = x.a AND u.id = x.id)
+                          THEN 'duplicate' ELSE x.reason END ORDER BY x.ord)
+    INTO e_reason
+    FROM unnest(e_account, e_id, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
+
+    -- 3. Priced events, in order, while credits and caps last.
+    e_reason := tollgate.usage_within_limits(e_account, e_agent, e_currency, e_wallet, e_cost, e_reason, avail);
+
+    -- A repeat of an id answers like its first occurrence did: duplicate if that was accepted.
+    FOR i IN 1 .. n LOOP
+        IF e_reason[i] = 'repeat' THEN
+            e_reason[i] := CASE WHEN e_reason[e_first[i]] IS NULL OR e_reason[e_first[i]] = 'duplicate'
+                                THEN 'duplicate' ELSE 'repeated_in_batch' END;
+        END IF;
+    END LOOP;
+
+    -- 4. Per wallet: charge the whole minor units of carry + costs, carry the rest.
+    postings := tollgate.charge_usage(e_wallet, e_account, e_currency, e_agent, e_cost, e_reason);
 
     INSERT INTO tollgate.usage_events (account_id, id, agent_id, metric, quantity, occurred_at, cost, currency, posting_id)
     SELECT x.a, x.id, x.agent, x.metric, x.quantity, x.occurred_at, x.cost, x.c,
