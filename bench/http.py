@@ -227,7 +227,7 @@ def seed(dsn: str, accounts: int, payments: int, awaiting: int) -> str:
         with conn.transaction():  # written as Stripe created them, triggers off (as above)
             conn.execute("ALTER TABLE tollgate.payment_intents DISABLE TRIGGER USER")
             conn.execute(
-                "INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency,"
+                "INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency,"
                 " status, purpose)"
                 " SELECT a.id, 'pi_hook_' || g, 1000, 'USD', 'requires_payment_method', 'credits'"
                 " FROM generate_series(1, %s) g"

@@ -73,7 +73,7 @@ def wait_for(probe: Path, count: int, timeout: float = 300) -> dict[str, float]:
 def settle(conn: psycopg.Connection[Any], reference: str) -> str:
     with conn.transaction():
         conn.execute(
-            "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+            "INSERT INTO tollgate.transactions (account_uuid, reference, amount, currency)"
             " SELECT id, %s, 100, 'USD' FROM tollgate.accounts WHERE external_id = 'bench_outbox'",
             (reference,),
         )
@@ -128,7 +128,7 @@ def run(admin_dsn: str, *, events: int = 200, backlog: int = 20_000) -> dict[str
                     " SELECT 'drain_' || g FROM generate_series(1, 2000) g"
                 )
                 conn.execute(
-                    "INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount,"
+                    "INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount,"
                     " currency, status, purpose)"
                     " SELECT a.id, 'pi_drain_' || g, 100, 'USD', 'requires_payment_method',"
                     " 'report.generate' FROM generate_series(1, %s) g"

@@ -385,7 +385,7 @@ INVARIANTS: frozenset[str] = frozenset(
         ),
         # every row's account, and references between Tollgate's own rows
         *(
-            f"{table}_account_id_fkey"
+            f"{table}_account_uuid_fkey"
             for table in (
                 "api_keys",
                 "audit_heads",
@@ -495,14 +495,14 @@ INVARIANTS: frozenset[str] = frozenset(
         "usage_carry_fraction_range",
         "usage_events_cost_has_currency",
         # refunds, disputes and what they took back: written by their functions and events
-        "disputes_account_id_fkey",
+        "disputes_account_uuid_fkey",
         "disputes_currency_fkey",
         "disputes_frozen_non_negative",
         "disputes_payment_intent_id_fkey",
         "disputes_pkey",
         "disputes_stripe_id_format",
         "disputes_stripe_id_key",
-        "payment_takebacks_account_id_fkey",
+        "payment_takebacks_account_uuid_fkey",
         "payment_takebacks_currency_fkey",
         "payment_takebacks_parts_non_negative",
         "payment_takebacks_parts_sum",
@@ -511,7 +511,7 @@ INVARIANTS: frozenset[str] = frozenset(
         "payment_takebacks_posting_id_fkey",
         "payment_takebacks_posting_id_key",
         "payment_takebacks_reason_values",
-        "refunds_account_id_fkey",
+        "refunds_account_uuid_fkey",
         "refunds_account_idempotency_key",
         "refunds_completed_has_response",
         "refunds_completed_has_stripe_id",

@@ -18,7 +18,7 @@ PREFIX = "tg_"
 class NewKey:
     key: str
     key_id: UUID
-    account_id: UUID
+    account_id: str
 
 
 def create(

@@ -91,7 +91,7 @@ class EventOutcomeRow:
 @dataclass(frozen=True, slots=True)
 class CreatedKeyRow:
     key_id: UUID
-    account_id: UUID
+    account_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ SELECT * FROM tollgate.list_stripe_webhook_secrets();
 SELECT tollgate.remove_stripe_webhook_secret(p_secret_id => %(secret_id)s::uuid) AS removed;
 
 -- name: create_api_key
-SELECT * FROM api.create_api_key_v1(
+SELECT * FROM api.create_api_key_v2(
     p_account  => %(account)s::text,
     p_api_key  => %(api_key)s::text,
     p_is_admin => %(is_admin)s::boolean,

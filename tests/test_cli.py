@@ -160,7 +160,7 @@ def test_audit_rows_from_before_the_chain_are_sealed(cluster: Cluster) -> None:
             chains = conn.execute(
                 "SELECT a.external_id, array_agg(l.entity_id ORDER BY s.seq)"
                 " FROM tollgate.audit_seals s JOIN tollgate.audit_log l ON l.id = s.audit_id"
-                " JOIN tollgate.accounts a ON a.id = s.account_id GROUP BY 1 ORDER BY 1"
+                " JOIN tollgate.accounts a ON a.id = s.account_uuid GROUP BY 1 ORDER BY 1"
             ).fetchall()
             assert chains == [("acc_a", ["t1", "t2", "t3"]), ("acc_b", ["t1", "t2", "t3"])]
     finally:

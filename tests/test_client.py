@@ -182,7 +182,7 @@ def test_a_payment_whose_answer_is_lost_is_created_once(
     assert posts == [("POST", "/v1/payments")] * 2, "sent twice: the answer was lost once"
     rows = db.execute(
         "SELECT p.id FROM tollgate.payment_intents p"
-        " JOIN tollgate.accounts a ON a.id = p.account_id WHERE a.external_id = 'agent_4'"
+        " JOIN tollgate.accounts a ON a.id = p.account_uuid WHERE a.external_id = 'agent_4'"
     ).fetchall()
     assert rows == [(payment.id,)]
     assert len(stripe_intents_with(stripe_client(emulator.base), str(payment.id))) == 1

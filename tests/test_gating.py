@@ -402,7 +402,7 @@ def test_usage_cannot_overflow_the_shared_revenue_account(
     assert used.json()["results"][0]["outcome"] == "accepted", used.text
     revenue = db.execute(
         "SELECT la.balance FROM tollgate.ledger_accounts la"
-        " WHERE la.account_id = '00000000-0000-0000-0000-000000000000'"
+        " WHERE la.account_uuid = '00000000-0000-0000-0000-000000000000'"
         " AND la.name = 'revenue' AND la.currency = 'USD'"
     ).fetchone()
     assert revenue == (52,), "0.50 captured and 0.02 of usage, nothing else"

@@ -191,7 +191,7 @@ def test_concurrent_opposite_transfers_keep_every_invariant(
     )
     total = db.execute(
         "SELECT sum(la.balance), min(la.balance) FROM tollgate.ledger_accounts la"
-        " JOIN tollgate.accounts a ON a.id = la.account_id WHERE a.external_id LIKE 'acct_%'"
+        " JOIN tollgate.accounts a ON a.id = la.account_uuid WHERE a.external_id LIKE 'acct_%'"
     ).fetchone()
     assert total == (80000, total[1]) and total[1] >= 0, (
         "money moved, none created, no wallet below zero"
@@ -267,7 +267,7 @@ def test_random_transfers_match_a_model_and_keep_the_ledger_sound(
     found = dict(
         db.execute(
             "SELECT a.external_id, la.balance FROM tollgate.ledger_accounts la"
-            " JOIN tollgate.accounts a ON a.id = la.account_id WHERE a.external_id = ANY(%s)",
+            " JOIN tollgate.accounts a ON a.id = la.account_uuid WHERE a.external_id = ANY(%s)",
             (names,),
         ).fetchall()
     )
@@ -287,7 +287,7 @@ def test_an_unbalanced_posting_is_refused_at_commit(
     before = row_counts(db)
     with pytest.raises(psycopg.Error) as refused, db.transaction():
         posting = db.execute(
-            "INSERT INTO tollgate.ledger_postings (account_id, kind)"
+            "INSERT INTO tollgate.ledger_postings (account_uuid, kind)"
             " SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'solo' RETURNING id"
         ).fetchone()
         assert posting is not None

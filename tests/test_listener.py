@@ -105,7 +105,7 @@ def produce(dsn: str, n: int, tag: str | None = None) -> list[str]:
         )
         with conn.transaction():
             conn.execute(
-                "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+                "INSERT INTO tollgate.transactions (account_uuid, reference, amount, currency)"
                 " SELECT a.id, %s || '-' || g, 100, 'USD' FROM tollgate.accounts a,"
                 " generate_series(1, %s) g WHERE a.external_id = %s",
                 (tag, n, ACCOUNT),
@@ -455,7 +455,7 @@ def write_event(conn: psycopg.Connection[Any], reference: str) -> None:
     """In the connection's open transaction, fail a new transaction of the account named like
     its reference: one transaction.failed outbox event, and no row shared with other writers."""
     conn.execute(
-        "INSERT INTO tollgate.transactions (account_id, reference, amount, currency)"
+        "INSERT INTO tollgate.transactions (account_uuid, reference, amount, currency)"
         " SELECT id, %s, 100, 'USD' FROM tollgate.accounts WHERE external_id = %s",
         (reference, reference),
     )

@@ -220,7 +220,7 @@ def test_audit_chain_under_writers_of_one_account(db_dsn: str, db: psycopg.Conne
     assert db.execute("SELECT * FROM tollgate.verify_audit_chain()").fetchall() == []
     sealed = db.execute(
         "SELECT count(*), max(s.seq) FROM tollgate.audit_seals s"
-        " JOIN tollgate.accounts a ON a.id = s.account_id WHERE a.external_id = 'busy'"
+        " JOIN tollgate.accounts a ON a.id = s.account_uuid WHERE a.external_id = 'busy'"
     ).fetchone()
     assert sealed is not None and sealed[0] == sealed[1] > 3 * rounds, "one unbroken sequence"
     assert ledger_problems(db) == []

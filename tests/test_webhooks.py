@@ -80,8 +80,8 @@ def test_an_event_before_its_payment_is_applied_when_the_payment_appears(
     early = deliver(api, event("evt_early", "pi_not_yet_recorded", "succeeded"))
     assert early.status_code == 200 and early.json()["outcome"] == "pending"
     db.execute(
-        "INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status) "
-        "SELECT account_id, 'pi_not_yet_recorded', 100, 'EUR', 'requires_payment_method' "
+        "INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status) "
+        "SELECT account_uuid, 'pi_not_yet_recorded', 100, 'EUR', 'requires_payment_method' "
         "FROM tollgate.payment_intents WHERE id = %s",
         (created["id"],),
     )

@@ -26,8 +26,8 @@ VALUES ('00000000-0000-0000-0000-000000000000', '$system');
 -- strings, so a fast hash is enough and lets a request authenticate with one index lookup.
 CREATE TABLE tollgate.api_keys (
     id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id  uuid        NOT NULL CONSTRAINT api_keys_account_id_fkey REFERENCES tollgate.accounts,
-    -- An admin key may act for every account; any other key only for account_id.
+    account_uuid  uuid        NOT NULL CONSTRAINT api_keys_account_uuid_fkey REFERENCES tollgate.accounts,
+    -- An admin key may act for every account; any other key only for account_uuid.
     is_admin    boolean     NOT NULL DEFAULT false,
     key_hash    bytea       NOT NULL
                 CONSTRAINT api_keys_key_hash_key UNIQUE
@@ -40,7 +40,7 @@ CREATE TABLE tollgate.api_keys (
     CONSTRAINT api_keys_revoked_after_created CHECK (revoked_at IS NULL OR revoked_at >= created_at)
 );
 
-CREATE INDEX api_keys_account_id_idx ON tollgate.api_keys (account_id);
+CREATE INDEX api_keys_account_uuid_idx ON tollgate.api_keys (account_uuid);
 
 COMMENT ON TABLE tollgate.api_keys IS 'Agent API keys; only a SHA-256 hash of each key is kept.';
 
@@ -88,11 +88,11 @@ DECLARE
     a tollgate.accounts;
 BEGIN
     IF p_external_id IS NULL THEN
-        SELECT * INTO STRICT a FROM tollgate.accounts WHERE id = p_key.account_id;
+        SELECT * INTO STRICT a FROM tollgate.accounts WHERE id = p_key.account_uuid;
         RETURN a;
     END IF;
     SELECT * INTO a FROM tollgate.accounts WHERE external_id = p_external_id;
-    IF NOT FOUND OR NOT (p_key.is_admin OR a.id = p_key.account_id) THEN
+    IF NOT FOUND OR NOT (p_key.is_admin OR a.id = p_key.account_uuid) THEN
         RAISE EXCEPTION 'account % not found', p_external_id
             USING ERRCODE = 'TG003', CONSTRAINT = 'account_visible';
     END IF;
@@ -107,7 +107,7 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT a.external_id, k.is_admin, k.id
-    FROM tollgate.authenticate(p_api_key) k JOIN tollgate.accounts a ON a.id = k.account_id
+    FROM tollgate.authenticate(p_api_key) k JOIN tollgate.accounts a ON a.id = k.account_uuid
 $$;
 
 CREATE OR REPLACE FUNCTION tollgate.api_keys_audit() RETURNS trigger
@@ -116,10 +116,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM tollgate.audit(NEW.account_id, 'api_key', NEW.id::text, 'created', NULL,
+        PERFORM tollgate.audit(NEW.account_uuid, 'api_key', NEW.id::text, 'created', NULL,
                                CASE WHEN NEW.is_admin THEN 'admin' ELSE 'account' END);
     ELSIF OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL THEN
-        PERFORM tollgate.audit(NEW.account_id, 'api_key', NEW.id::text, 'revoked', 'active', 'revoked');
+        PERFORM tollgate.audit(NEW.account_uuid, 'api_key', NEW.id::text, 'revoked', 'active', 'revoked');
     END IF;
     RETURN NULL;
 END
@@ -130,9 +130,9 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Only the hash of p_api_key and its first 11 characters (to tell keys apart) are kept.
-CREATE OR REPLACE FUNCTION api.create_api_key_v1(
+CREATE OR REPLACE FUNCTION api.create_api_key_v2(
     p_account text, p_api_key text, p_is_admin boolean, p_label text
-) RETURNS TABLE (key_id uuid, account_id uuid)
+) RETURNS TABLE (key_id uuid, account_id text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -145,10 +145,26 @@ BEGIN
     IF acct IS NULL THEN
         SELECT id INTO STRICT acct FROM tollgate.accounts WHERE external_id = p_account;
     END IF;
-    RETURN QUERY
-    INSERT INTO tollgate.api_keys (account_id, is_admin, key_hash, key_prefix, label)
+    INSERT INTO tollgate.api_keys (account_uuid, is_admin, key_hash, key_prefix, label)
     VALUES (acct, p_is_admin, tollgate.key_hash(p_api_key), left(p_api_key, 11), p_label)
-    RETURNING api_keys.id, api_keys.account_id;
+    RETURNING api_keys.id INTO key_id;
+    account_id := p_account;
+    RETURN NEXT;
+END
+$$;
+
+-- The previous release's signature, whose account_id was the account's uuid: kept for its
+-- callers during an upgrade, dropped in the next release.
+CREATE OR REPLACE FUNCTION api.create_api_key_v1(
+    p_account text, p_api_key text, p_is_admin boolean, p_label text
+) RETURNS TABLE (key_id uuid, account_id uuid)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT k.key_id INTO key_id FROM api.create_api_key_v2(p_account, p_api_key, p_is_admin, p_label) k;
+    SELECT a.id INTO STRICT account_id FROM tollgate.accounts a WHERE a.external_id = p_account;
+    RETURN NEXT;
 END
 $$;
 
@@ -171,7 +187,7 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT k.id, a.external_id, k.key_prefix, k.is_admin, k.label, k.created_at, k.revoked_at
-    FROM tollgate.api_keys k JOIN tollgate.accounts a ON a.id = k.account_id
+    FROM tollgate.api_keys k JOIN tollgate.accounts a ON a.id = k.account_uuid
     WHERE p_account IS NULL OR a.external_id = p_account
     ORDER BY k.created_at, k.id
 $$;
@@ -203,7 +219,7 @@ SET LOCAL ROLE tollgate_owner;
 CREATE OR REPLACE TRIGGER api_keys_10_keep_columns
     BEFORE UPDATE ON tollgate.api_keys
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'account_id', 'is_admin', 'key_hash', 'key_prefix', 'created_at', 'revoked_at?');
+        'id', 'account_uuid', 'is_admin', 'key_hash', 'key_prefix', 'created_at', 'revoked_at?');
 
 CREATE OR REPLACE TRIGGER api_keys_20_audit
     AFTER INSERT OR UPDATE ON tollgate.api_keys

@@ -85,7 +85,7 @@ CREATE DOMAIN tollgate.description AS text
 -- A row is written in the same transaction as the payment it creates, so a request that
 -- failed (Stripe down, crash) leaves nothing and can be retried with the same key.
 CREATE TABLE tollgate.idempotency_keys (
-    account_id      uuid        NOT NULL CONSTRAINT idempotency_keys_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid      uuid        NOT NULL CONSTRAINT idempotency_keys_account_uuid_fkey REFERENCES tollgate.accounts,
     key             text        NOT NULL CONSTRAINT idempotency_keys_key_format CHECK (key ~ '^[\x21-\x7e]{1,255}$'),
     -- SHA-256 of the normalised request: the same key with another body is refused.
     request_hash    bytea       NOT NULL,
@@ -96,13 +96,13 @@ CREATE TABLE tollgate.idempotency_keys (
     response        jsonb,
     created_at      timestamptz NOT NULL DEFAULT now(),
     completed_at    timestamptz,
-    PRIMARY KEY (account_id, key),
+    PRIMARY KEY (account_uuid, key),
     CONSTRAINT idempotency_keys_completed_has_response CHECK ((completed_at IS NULL) = (response IS NULL))
 );
 
 CREATE TABLE tollgate.payment_intents (
     id              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id      uuid        NOT NULL CONSTRAINT payment_intents_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid      uuid        NOT NULL CONSTRAINT payment_intents_account_uuid_fkey REFERENCES tollgate.accounts,
     stripe_id       text        NOT NULL
                     CONSTRAINT payment_intents_stripe_id_key UNIQUE
                     CONSTRAINT payment_intents_stripe_id_format CHECK (stripe_id ~ '^pi_[A-Za-z0-9_]{1,250}$'),
@@ -123,14 +123,14 @@ CREATE TABLE tollgate.payment_intents (
     -- units). Only grows; a payment refunded in full has refunded its whole amount.
     amount_refunded bigint      NOT NULL DEFAULT 0,
     CONSTRAINT payment_intents_idempotency_key_fkey
-        FOREIGN KEY (account_id, idempotency_key) REFERENCES tollgate.idempotency_keys (account_id, key),
+        FOREIGN KEY (account_uuid, idempotency_key) REFERENCES tollgate.idempotency_keys (account_uuid, key),
     CONSTRAINT payment_intents_amount_refunded_range
         CHECK (amount_refunded >= 0 AND amount_refunded <= amount)
 );
 
 -- can_continue reads the newest payment of an account (optionally for one purpose).
-CREATE INDEX payment_intents_account_latest_idx ON tollgate.payment_intents (account_id, created_at DESC, id DESC);
-CREATE INDEX payment_intents_account_purpose_latest_idx ON tollgate.payment_intents (account_id, purpose, created_at DESC, id DESC);
+CREATE INDEX payment_intents_account_latest_idx ON tollgate.payment_intents (account_uuid, created_at DESC, id DESC);
+CREATE INDEX payment_intents_account_purpose_latest_idx ON tollgate.payment_intents (account_uuid, purpose, created_at DESC, id DESC);
 
 COMMENT ON TABLE tollgate.payment_intents IS 'Stripe PaymentIntents created through Tollgate, with their current status.';
 
@@ -194,12 +194,12 @@ BEGIN
         END IF;
         old_status := OLD.status::text;
     END IF;
-    PERFORM tollgate.audit(NEW.account_id, 'payment_intent', NEW.id::text,
+    PERFORM tollgate.audit(NEW.account_uuid, 'payment_intent', NEW.id::text,
                            CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'status_changed' END,
                            old_status, NEW.status::text);
     IF NEW.status IN ('succeeded', 'refunded') THEN
         PERFORM tollgate.emit(
-            NEW.account_id,
+            NEW.account_uuid,
             CASE NEW.status WHEN 'succeeded' THEN 'payment.settled' ELSE 'payment.refunded' END,
             jsonb_build_object('payment_id', NEW.id, 'stripe_id', NEW.stripe_id,
                                'amount', NEW.amount, 'currency', NEW.currency,
@@ -252,7 +252,7 @@ SELECT p.id,
        p.created_at,
        p.updated_at
 FROM tollgate.payment_intents p
-JOIN tollgate.accounts a ON a.id = p.account_id;
+JOIN tollgate.accounts a ON a.id = p.account_uuid;
 
 -- ---------------------------------------------------------------------------------------------
 -- Payments
@@ -299,7 +299,7 @@ BEGIN
                               'description', p_description, 'payment_method', p_payment_method);
     req_hash := sha256(convert_to(req::text, 'UTF8'));
 
-    INSERT INTO tollgate.idempotency_keys (account_id, key, request_hash, request, payment_id)
+    INSERT INTO tollgate.idempotency_keys (account_uuid, key, request_hash, request, payment_id)
     VALUES (acct.id, p_idempotency_key, req_hash, req,
             -- Derived from (account, key): a retry after a failure reuses the id.
             encode(substring(sha256(convert_to(acct.id::text || ':' || p_idempotency_key, 'UTF8'))
@@ -317,7 +317,7 @@ BEGIN
     END IF;
 
     SELECT * INTO STRICT claim FROM tollgate.idempotency_keys i
-    WHERE i.account_id = acct.id AND i.key = p_idempotency_key;
+    WHERE i.account_uuid = acct.id AND i.key = p_idempotency_key;
     IF claim.request_hash <> req_hash THEN
         RAISE EXCEPTION 'idempotency key % was used with a different request', p_idempotency_key
             USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
@@ -340,7 +340,7 @@ DECLARE
     body   jsonb;
 BEGIN
     SELECT * INTO claim FROM tollgate.idempotency_keys WHERE payment_id = p_payment_id FOR UPDATE;
-    IF NOT FOUND OR NOT (k.is_admin OR claim.account_id = k.account_id) THEN
+    IF NOT FOUND OR NOT (k.is_admin OR claim.account_uuid = k.account_uuid) THEN
         RAISE EXCEPTION 'payment % not found', p_payment_id
             USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
     END IF;
@@ -349,14 +349,14 @@ BEGIN
     END IF;
 
     INSERT INTO tollgate.payment_intents
-        (id, account_id, stripe_id, amount, currency, status, purpose, description, idempotency_key)
-    VALUES (claim.payment_id, claim.account_id, p_stripe_id, (claim.request ->> 'amount')::bigint,
+        (id, account_uuid, stripe_id, amount, currency, status, purpose, description, idempotency_key)
+    VALUES (claim.payment_id, claim.account_uuid, p_stripe_id, (claim.request ->> 'amount')::bigint,
             claim.request ->> 'currency', p_status::tollgate.payment_status,
             claim.request ->> 'purpose', claim.request ->> 'description', claim.key);
     -- Buying credits: a transaction linked to the payment settles into the account's balance
     -- (its credits wallet) when the payment succeeds.
     IF claim.request ->> 'purpose' = 'credits' THEN
-        PERFORM tollgate.create_transaction(claim.account_id, 'credits-' || p_stripe_id,
+        PERFORM tollgate.create_transaction(claim.account_uuid, 'credits-' || p_stripe_id,
                                             (claim.request ->> 'amount')::bigint,
                                             claim.request ->> 'currency', claim.payment_id);
     END IF;
@@ -366,7 +366,7 @@ BEGIN
     FROM tollgate.payment_v1 v WHERE v.id = claim.payment_id;
 
     UPDATE tollgate.idempotency_keys SET response = body, completed_at = now()
-    WHERE account_id = claim.account_id AND key = claim.key;
+    WHERE account_uuid = claim.account_uuid AND key = claim.key;
     RETURN body;
 END
 $$;
@@ -388,7 +388,7 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT v.* FROM tollgate.payment_v1 v JOIN tollgate.payment_intents p ON p.id = v.id
-    WHERE v.id = pid AND (k.is_admin OR p.account_id = k.account_id);
+    WHERE v.id = pid AND (k.is_admin OR p.account_uuid = k.account_uuid);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'payment % not found', p_ref
             USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
@@ -412,11 +412,11 @@ BEGIN
     -- Two queries rather than one with "p_purpose IS NULL OR ...", so each uses its index.
     IF p_purpose IS NULL THEN
         SELECT p.id, p.status INTO latest FROM tollgate.payment_intents p
-        WHERE p.account_id = acct.id
+        WHERE p.account_uuid = acct.id
         ORDER BY p.created_at DESC, p.id DESC LIMIT 1;
     ELSE
         SELECT p.id, p.status INTO latest FROM tollgate.payment_intents p
-        WHERE p.account_id = acct.id AND p.purpose = p_purpose
+        WHERE p.account_uuid = acct.id AND p.purpose = p_purpose
         ORDER BY p.created_at DESC, p.id DESC LIMIT 1;
     END IF;
     -- As authorize: a payment held by a risk review (open or rejected) entitles nothing, and
@@ -468,7 +468,7 @@ CREATE OR REPLACE TRIGGER payment_intents_05_lock
 CREATE OR REPLACE TRIGGER payment_intents_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'account_id', 'stripe_id', 'amount', 'currency', 'purpose', 'description',
+        'id', 'account_uuid', 'stripe_id', 'amount', 'currency', 'purpose', 'description',
         'idempotency_key', 'created_at');
 
 CREATE OR REPLACE TRIGGER payment_intents_20_transition
@@ -522,5 +522,5 @@ CREATE OR REPLACE TRIGGER payment_intents_no_truncate
 CREATE OR REPLACE TRIGGER idempotency_keys_10_keep_columns
     BEFORE UPDATE ON tollgate.idempotency_keys
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'account_id', 'key', 'request_hash', 'request', 'payment_id', 'created_at',
+        'account_uuid', 'key', 'request_hash', 'request', 'payment_id', 'created_at',
         'response?', 'completed_at?');

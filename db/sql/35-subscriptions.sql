@@ -14,7 +14,7 @@ CREATE TYPE tollgate.subscription_status AS ENUM (
 -- that is active or trialing, within its current period, entitles every action.
 CREATE TABLE tollgate.subscriptions (
     id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id         uuid        NOT NULL CONSTRAINT subscriptions_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        NOT NULL CONSTRAINT subscriptions_account_uuid_fkey REFERENCES tollgate.accounts,
     stripe_id          text        NOT NULL CONSTRAINT subscriptions_stripe_id_key UNIQUE
                                    CONSTRAINT subscriptions_stripe_id_format CHECK (stripe_id ~ '^sub_[A-Za-z0-9_]{1,250}$'),
     status             tollgate.subscription_status NOT NULL,
@@ -27,7 +27,7 @@ CREATE TABLE tollgate.subscriptions (
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX subscriptions_account_idx ON tollgate.subscriptions (account_id, current_period_end DESC);
+CREATE INDEX subscriptions_account_idx ON tollgate.subscriptions (account_uuid, current_period_end DESC);
 
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
@@ -80,7 +80,7 @@ BEGIN
 
     SELECT * INTO sub FROM tollgate.subscriptions WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
     IF FOUND THEN
-        acct := sub.account_id;
+        acct := sub.account_uuid;
     ELSE
         SELECT a.id INTO acct FROM tollgate.accounts a
         WHERE a.external_id = obj #>> '{metadata,tollgate_account}'
@@ -98,7 +98,7 @@ BEGIN
 
     PERFORM tollgate.set_actor('stripe:' || ev.id);
     IF sub.id IS NULL THEN
-        INSERT INTO tollgate.subscriptions (account_id, stripe_id, status, plan, current_period_end,
+        INSERT INTO tollgate.subscriptions (account_uuid, stripe_id, status, plan, current_period_end,
                                             last_event_id, last_event_at)
         VALUES (acct, ev.stripe_object_id, v_status, v_plan, v_ends, ev.id, ev.stripe_created)
         RETURNING * INTO sub;
@@ -120,7 +120,7 @@ BEGIN
         WHERE id = sub.id;
     END IF;
     UPDATE tollgate.payment_events
-    SET state = outcome, note = why, processed_at = now(), account_id = acct, subscription_id = sub.id
+    SET state = outcome, note = why, processed_at = now(), account_uuid = acct, subscription_id = sub.id
     WHERE id = ev.id;
     RETURN outcome;
 END
@@ -132,8 +132,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        IF (NEW.id, NEW.account_id, NEW.stripe_id, NEW.created_at)
-           IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.stripe_id, OLD.created_at) THEN
+        IF (NEW.id, NEW.account_uuid, NEW.stripe_id, NEW.created_at)
+           IS DISTINCT FROM (OLD.id, OLD.account_uuid, OLD.stripe_id, OLD.created_at) THEN
             RAISE EXCEPTION 'subscription %: its identity never changes', OLD.stripe_id
                 USING ERRCODE = 'TG011', CONSTRAINT = 'subscriptions_identity_immutable';
         END IF;
@@ -143,13 +143,13 @@ BEGIN
         END IF;
         NEW.updated_at := now();
         IF NEW.status IS DISTINCT FROM OLD.status THEN
-            PERFORM tollgate.audit(NEW.account_id, 'subscription', NEW.stripe_id, 'status_changed',
+            PERFORM tollgate.audit(NEW.account_uuid, 'subscription', NEW.stripe_id, 'status_changed',
                                    OLD.status::text, NEW.status::text);
         END IF;
     ELSE
         NEW.created_at := now();
         NEW.updated_at := now();
-        PERFORM tollgate.audit(NEW.account_id, 'subscription', NEW.stripe_id, 'created', NULL,
+        PERFORM tollgate.audit(NEW.account_uuid, 'subscription', NEW.stripe_id, 'created', NULL,
                                NEW.status::text);
     END IF;
     RETURN NEW;

@@ -21,7 +21,7 @@ CREATE TYPE tollgate.event_state AS ENUM (
 CREATE TABLE tollgate.payment_events (
     id                 text        PRIMARY KEY CONSTRAINT payment_events_id_format CHECK (id ~ '^evt_[A-Za-z0-9_]{1,250}$'),
     -- NULL until the event is matched to a payment (the account is not known before).
-    account_id         uuid        CONSTRAINT payment_events_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        CONSTRAINT payment_events_account_uuid_fkey REFERENCES tollgate.accounts,
     type               text        NOT NULL CONSTRAINT payment_events_type_format CHECK (type ~ '^[a-z_]+(\.[a-z_]+)+$'),
     -- The PaymentIntent the event is about (pi_...), when it is about one.
     stripe_object_id   text,
@@ -39,7 +39,7 @@ CREATE TABLE tollgate.payment_events (
     subscription_id    uuid        CONSTRAINT payment_events_subscription_id_fkey REFERENCES tollgate.subscriptions,
     CONSTRAINT payment_events_processed_when_not_pending CHECK ((state = 'pending') = (processed_at IS NULL)),
     CONSTRAINT payment_events_matched_has_account
-        CHECK ((payment_intent_id IS NULL AND subscription_id IS NULL) OR account_id IS NOT NULL),
+        CHECK ((payment_intent_id IS NULL AND subscription_id IS NULL) OR account_uuid IS NOT NULL),
     CONSTRAINT payment_events_one_subject CHECK (payment_intent_id IS NULL OR subscription_id IS NULL)
 );
 
@@ -195,7 +195,7 @@ BEGIN
 
     UPDATE tollgate.payment_events
     SET state = outcome, note = why, processed_at = now(),
-        account_id = pi.account_id, payment_intent_id = pi.id
+        account_uuid = pi.account_uuid, payment_intent_id = pi.id
     WHERE id = ev.id;
     PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
     RETURN outcome;
@@ -228,7 +228,7 @@ BEGIN
     IF NEW.state IN ('applied', 'stale', 'rejected') AND NEW.subscription_id IS NOT NULL THEN
         IF NOT EXISTS (SELECT FROM tollgate.subscriptions s
                        WHERE s.id = NEW.subscription_id AND s.stripe_id = NEW.stripe_object_id
-                         AND s.account_id = NEW.account_id) THEN
+                         AND s.account_uuid = NEW.account_uuid) THEN
             RAISE EXCEPTION 'subscription event % must be linked to the subscription % and its account',
                     OLD.id, OLD.stripe_object_id
                 USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
@@ -237,7 +237,7 @@ BEGIN
     ELSIF NEW.state IN ('applied', 'stale', 'rejected') THEN
         SELECT * INTO linked FROM tollgate.payment_intents WHERE id = NEW.payment_intent_id;
         IF NOT FOUND OR linked.stripe_id IS DISTINCT FROM NEW.stripe_object_id
-           OR linked.account_id IS DISTINCT FROM NEW.account_id THEN
+           OR linked.account_uuid IS DISTINCT FROM NEW.account_uuid THEN
             RAISE EXCEPTION 'payment event % must be linked to the payment % and its account',
                     OLD.id, OLD.stripe_object_id
                 USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_linked',
@@ -397,7 +397,7 @@ CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_events
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
         'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
-        'received_at', 'account_id?', 'payment_intent_id?', 'subscription_id?', 'processed_at?');
+        'received_at', 'account_uuid?', 'payment_intent_id?', 'subscription_id?', 'processed_at?');
 
 CREATE OR REPLACE TRIGGER payment_events_20_guard
     BEFORE INSERT OR UPDATE ON tollgate.payment_events

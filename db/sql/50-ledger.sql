@@ -18,7 +18,7 @@ SET LOCAL ROLE tollgate_owner;
 
 CREATE TABLE tollgate.ledger_accounts (
     id              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id      uuid        NOT NULL CONSTRAINT ledger_accounts_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid      uuid        NOT NULL CONSTRAINT ledger_accounts_account_uuid_fkey REFERENCES tollgate.accounts,
     -- "main" for an account's own balance; "clearing" for the system's counterpart of money
     -- that arrived from outside (Stripe, a bank); "revenue", "debt", "disputed": see the
     -- functions that post to them.
@@ -37,7 +37,7 @@ CREATE TABLE tollgate.ledger_accounts (
     -- 999999999999 (the largest single amount). NULL (no limit) only for Tollgate's own ledger
     -- accounts: clearing mirrors what outside parties hold and goes negative by design.
     overdraft_limit bigint      DEFAULT 0,
-    CONSTRAINT ledger_accounts_account_name_currency_key UNIQUE (account_id, name, currency),
+    CONSTRAINT ledger_accounts_account_name_currency_key UNIQUE (account_uuid, name, currency),
     -- Lets entries reference (ledger account, currency) so an entry's currency is its account's.
     CONSTRAINT ledger_accounts_id_currency_key UNIQUE (id, currency),
     -- Named for what callers know it as (insufficient_funds): not below the overdraft limit.
@@ -46,7 +46,7 @@ CREATE TABLE tollgate.ledger_accounts (
     CONSTRAINT ledger_accounts_overdraft_limit_range
         CHECK (overdraft_limit BETWEEN 0 AND 999999999999),
     CONSTRAINT ledger_accounts_overdraft_bounded
-        CHECK (overdraft_limit IS NOT NULL OR account_id = '00000000-0000-0000-0000-000000000000'),
+        CHECK (overdraft_limit IS NOT NULL OR account_uuid = '00000000-0000-0000-0000-000000000000'),
     CONSTRAINT ledger_accounts_overdraft_flag
         CHECK (allow_negative = (overdraft_limit IS NULL OR overdraft_limit > 0)),
     -- 10^18 - 1: far above any real balance, far enough below bigint's 9.2e18 that adding one
@@ -74,7 +74,7 @@ CREATE TABLE tollgate.ledger_postings (
     id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     -- The account on whose behalf the posting was made (a transfer's sender, a transaction's
     -- account).
-    account_id       uuid        NOT NULL CONSTRAINT ledger_postings_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid       uuid        NOT NULL CONSTRAINT ledger_postings_account_uuid_fkey REFERENCES tollgate.accounts,
     kind             tollgate.posting_kind NOT NULL,
     -- Caller-supplied key that makes a transfer idempotent, with the request it stood for.
     idempotency_key  text        CONSTRAINT ledger_postings_idempotency_key_format CHECK (idempotency_key ~ '^[\x21-\x7e]{1,255}$'),
@@ -85,7 +85,7 @@ CREATE TABLE tollgate.ledger_postings (
     -- posting only in that transaction, so a committed posting never changes.
     created_xid      xid8        NOT NULL DEFAULT pg_current_xact_id(),
     created_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT ledger_postings_idempotency_key UNIQUE (account_id, idempotency_key),
+    CONSTRAINT ledger_postings_idempotency_key UNIQUE (account_uuid, idempotency_key),
     CONSTRAINT ledger_postings_key_has_hash CHECK ((idempotency_key IS NULL) = (request_hash IS NULL)),
     CONSTRAINT ledger_postings_reversal_names_original CHECK ((kind = 'reversal') = (reverses IS NOT NULL))
 );
@@ -93,7 +93,7 @@ CREATE TABLE tollgate.ledger_postings (
 CREATE TABLE tollgate.ledger_entries (
     id                bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- The owner of the ledger account (set by the database).
-    account_id        uuid        NOT NULL CONSTRAINT ledger_entries_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid        uuid        NOT NULL CONSTRAINT ledger_entries_account_uuid_fkey REFERENCES tollgate.accounts,
     posting_id        uuid        NOT NULL CONSTRAINT ledger_entries_posting_id_fkey REFERENCES tollgate.ledger_postings,
     ledger_account_id uuid        NOT NULL,
     currency          text        NOT NULL,
@@ -114,7 +114,7 @@ CREATE TABLE tollgate.ledger_entries (
 );
 
 CREATE INDEX ledger_entries_posting_idx ON tollgate.ledger_entries (posting_id);
-CREATE INDEX ledger_entries_account_id_idx ON tollgate.ledger_entries (account_id, id);
+CREATE INDEX ledger_entries_account_uuid_idx ON tollgate.ledger_entries (account_uuid, id);
 
 COMMENT ON TABLE tollgate.ledger_entries IS 'Append-only entries; each posting''s entries sum to zero per currency.';
 
@@ -127,7 +127,7 @@ SET LOCAL ROLE tollgate_owner;
 
 -- The ledger account (account, name, currency), created on first use.
 CREATE OR REPLACE FUNCTION tollgate.ledger_account(
-    p_account_id uuid, p_name text, p_currency text, p_allow_negative boolean DEFAULT false
+    p_account_uuid uuid, p_name text, p_currency text, p_allow_negative boolean DEFAULT false
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -136,22 +136,22 @@ DECLARE
     found uuid;
 BEGIN
     SELECT la.id INTO found FROM tollgate.ledger_accounts la
-    WHERE la.account_id = p_account_id AND la.name = p_name AND la.currency = p_currency;
+    WHERE la.account_uuid = p_account_uuid AND la.name = p_name AND la.currency = p_currency;
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
     -- p_allow_negative: no overdraft limit for Tollgate's own clearing accounts
     -- (ledger_accounts_overdraft_bounded), the largest one for an account's (its debt); an
     -- account's wallet starts prepaid.
-    INSERT INTO tollgate.ledger_accounts (account_id, name, currency, allow_negative, overdraft_limit)
-    VALUES (p_account_id, p_name, p_currency, p_allow_negative,
+    INSERT INTO tollgate.ledger_accounts (account_uuid, name, currency, allow_negative, overdraft_limit)
+    VALUES (p_account_uuid, p_name, p_currency, p_allow_negative,
             CASE WHEN NOT p_allow_negative THEN 0
-                 WHEN p_account_id <> '00000000-0000-0000-0000-000000000000' THEN 999999999999 END)
+                 WHEN p_account_uuid <> '00000000-0000-0000-0000-000000000000' THEN 999999999999 END)
     ON CONFLICT ON CONSTRAINT ledger_accounts_account_name_currency_key DO NOTHING
     RETURNING id INTO found;
     IF found IS NULL THEN  -- created concurrently
         SELECT la.id INTO STRICT found FROM tollgate.ledger_accounts la
-        WHERE la.account_id = p_account_id AND la.name = p_name AND la.currency = p_currency;
+        WHERE la.account_uuid = p_account_uuid AND la.name = p_name AND la.currency = p_currency;
     END IF;
     RETURN found;
 END
@@ -180,8 +180,8 @@ BEGIN
         NEW.created_at := now();
         RETURN NEW;
     END IF;
-    IF (NEW.id, NEW.account_id, NEW.name, NEW.currency, NEW.created_at)
-       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.name, OLD.currency, OLD.created_at) THEN
+    IF (NEW.id, NEW.account_uuid, NEW.name, NEW.currency, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.account_uuid, OLD.name, OLD.currency, OLD.created_at) THEN
         RAISE EXCEPTION 'ledger account %: only its settings (overdraft, low balance) may change', OLD.id
             USING ERRCODE = 'TG011', CONSTRAINT = 'ledger_accounts_identity_immutable',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
@@ -196,11 +196,11 @@ BEGIN
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'balance';
     END IF;
     IF NEW.allow_negative IS DISTINCT FROM OLD.allow_negative THEN
-        PERFORM tollgate.audit(NEW.account_id, 'ledger_account', NEW.id::text, 'allow_negative',
+        PERFORM tollgate.audit(NEW.account_uuid, 'ledger_account', NEW.id::text, 'allow_negative',
                                OLD.allow_negative::text, NEW.allow_negative::text);
     END IF;
     IF NEW.overdraft_limit IS DISTINCT FROM OLD.overdraft_limit THEN
-        PERFORM tollgate.audit(NEW.account_id, 'ledger_account', NEW.id::text, 'overdraft_limit',
+        PERFORM tollgate.audit(NEW.account_uuid, 'ledger_account', NEW.id::text, 'overdraft_limit',
                                OLD.overdraft_limit::text, NEW.overdraft_limit::text);
     END IF;
     RETURN NEW;
@@ -236,7 +236,7 @@ BEGIN
         RAISE EXCEPTION 'ledger account % does not exist', NEW.ledger_account_id
             USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'ledger_entries_ledger_account_fkey';
     END IF;
-    NEW.account_id := la.account_id;
+    NEW.account_uuid := la.account_uuid;
     NEW.currency := la.currency;
     NEW.balance_before := la.balance;
     NEW.balance_after := la.balance + NEW.amount;
@@ -261,7 +261,7 @@ BEGIN
     WHERE id = NEW.ledger_account_id
     RETURNING low_balance INTO low;
     IF NEW.balance_before >= low AND NEW.balance_after < low THEN
-        PERFORM tollgate.emit(NEW.account_id, 'credits.low',
+        PERFORM tollgate.emit(NEW.account_uuid, 'credits.low',
             jsonb_build_object('currency', NEW.currency, 'balance', NEW.balance_after, 'low_balance', low,
                                'ledger_account_id', NEW.ledger_account_id));
     END IF;
@@ -318,7 +318,7 @@ $$;
 -- deadlock), then one entry per (ledger account, amount). Returns the posting id, or NULL
 -- when p_idempotency_key was used before by the account (the caller looks that posting up).
 CREATE OR REPLACE FUNCTION tollgate.post(
-    p_account_id uuid, p_kind tollgate.posting_kind, p_ledger_accounts uuid[], p_amounts bigint[],
+    p_account_uuid uuid, p_kind tollgate.posting_kind, p_ledger_accounts uuid[], p_amounts bigint[],
     p_idempotency_key text DEFAULT NULL, p_request_hash bytea DEFAULT NULL, p_reverses uuid DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql
@@ -327,8 +327,8 @@ AS $$
 DECLARE
     posting uuid;
 BEGIN
-    INSERT INTO tollgate.ledger_postings (account_id, kind, idempotency_key, request_hash, reverses)
-    VALUES (p_account_id, p_kind, p_idempotency_key, p_request_hash, p_reverses)
+    INSERT INTO tollgate.ledger_postings (account_uuid, kind, idempotency_key, request_hash, reverses)
+    VALUES (p_account_uuid, p_kind, p_idempotency_key, p_request_hash, p_reverses)
     ON CONFLICT ON CONSTRAINT ledger_postings_idempotency_key DO NOTHING
     RETURNING id INTO posting;
     IF posting IS NULL THEN
@@ -347,11 +347,11 @@ $$;
 
 -- Undo a posting with its mirror image: the same ledger accounts, negated amounts. A posting
 -- is reversed at most once (ledger_postings_reverses_once).
-CREATE OR REPLACE FUNCTION tollgate.reverse_posting(p_posting_id uuid, p_account_id uuid) RETURNS uuid
+CREATE OR REPLACE FUNCTION tollgate.reverse_posting(p_posting_id uuid, p_account_uuid uuid) RETURNS uuid
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT tollgate.post(p_account_id, 'reversal', array_agg(e.ledger_account_id ORDER BY e.id),
+    SELECT tollgate.post(p_account_uuid, 'reversal', array_agg(e.ledger_account_id ORDER BY e.id),
                          array_agg(-e.amount ORDER BY e.id), p_reverses => p_posting_id)
     FROM tollgate.ledger_entries e WHERE e.posting_id = p_posting_id
 $$;
@@ -437,10 +437,10 @@ BEGIN
     END IF;
     -- A transfer already made with this key answers as it did, whatever the wallet holds now.
     SELECT * INTO posting FROM tollgate.ledger_postings lp
-    WHERE lp.account_id = sender.id AND lp.idempotency_key = p_idempotency_key;
+    WHERE lp.account_uuid = sender.id AND lp.idempotency_key = p_idempotency_key;
     IF posting.id IS NULL THEN
         SELECT la.id INTO wallet FROM tollgate.ledger_accounts la
-        WHERE la.account_id = sender.id AND la.name = 'main' AND la.currency = p_currency;
+        WHERE la.account_uuid = sender.id AND la.name = 'main' AND la.currency = p_currency;
         avail := CASE WHEN wallet IS NULL THEN 0 ELSE tollgate.available_credits(wallet) END;
         IF avail < minor AND avail + (SELECT coalesce(sum(h.amount), 0) FROM tollgate.holds h
                                       WHERE h.ledger_account_id = wallet AND h.status = 'active'
@@ -485,7 +485,7 @@ BEGIN
         END IF;
         -- A concurrent request with the same key committed first.
         SELECT * INTO STRICT posting FROM tollgate.ledger_postings lp
-        WHERE lp.account_id = sender.id AND lp.idempotency_key = p_idempotency_key;
+        WHERE lp.account_uuid = sender.id AND lp.idempotency_key = p_idempotency_key;
     END IF;
     IF posting.request_hash <> req_hash THEN
         RAISE EXCEPTION 'idempotency key % was used with a different transfer', p_idempotency_key
@@ -510,7 +510,7 @@ BEGIN
     RETURN QUERY
     SELECT acct.external_id, la.name, la.currency, tollgate.format_minor(la.balance, la.currency),
            la.balance, la.version, la.allow_negative
-    FROM tollgate.ledger_accounts la WHERE la.account_id = acct.id
+    FROM tollgate.ledger_accounts la WHERE la.account_uuid = acct.id
     ORDER BY la.currency, la.name;
 END
 $$;

@@ -28,7 +28,7 @@ INSERT INTO tollgate.transaction_transitions (from_status, to_status) VALUES
 
 CREATE TABLE tollgate.transactions (
     id                    uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id            uuid        NOT NULL CONSTRAINT transactions_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid            uuid        NOT NULL CONSTRAINT transactions_account_uuid_fkey REFERENCES tollgate.accounts,
     -- The caller's own id for the transaction, unique per account.
     reference             text        NOT NULL CONSTRAINT transactions_reference_format CHECK (reference ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'),
     amount                tollgate.amount_minor NOT NULL,
@@ -42,7 +42,7 @@ CREATE TABLE tollgate.transactions (
     reversal_posting_id   uuid        CONSTRAINT transactions_reversal_posting_id_fkey REFERENCES tollgate.ledger_postings,
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT transactions_account_reference_key UNIQUE (account_id, reference),
+    CONSTRAINT transactions_account_reference_key UNIQUE (account_uuid, reference),
     CONSTRAINT transactions_settled_has_posting CHECK ((status IN ('settled', 'reversed')) = (settlement_posting_id IS NOT NULL)),
     CONSTRAINT transactions_reversed_has_posting CHECK ((status = 'reversed') = (reversal_posting_id IS NOT NULL))
 );
@@ -50,7 +50,7 @@ CREATE TABLE tollgate.transactions (
 COMMENT ON TABLE tollgate.transactions IS 'Financial actions recorded before they happen; settling one posts to the ledger.';
 
 -- Listing an account's transactions newest first, a page at a time.
-CREATE INDEX transactions_account_created_idx ON tollgate.transactions (account_id, created_at DESC, id DESC);
+CREATE INDEX transactions_account_created_idx ON tollgate.transactions (account_uuid, created_at DESC, id DESC);
 
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
@@ -93,8 +93,8 @@ BEGIN
     NEW.reversal_posting_id := OLD.reversal_posting_id;
     IF NEW.status = 'settled' THEN
         NEW.settlement_posting_id := tollgate.post(
-            NEW.account_id, 'settlement',
-            ARRAY[tollgate.ledger_account(NEW.account_id, 'main', NEW.currency),
+            NEW.account_uuid, 'settlement',
+            ARRAY[tollgate.ledger_account(NEW.account_uuid, 'main', NEW.currency),
                   tollgate.clearing_account(NEW.currency)],
             ARRAY[NEW.amount::bigint, -NEW.amount::bigint]);
     ELSIF NEW.status = 'reversed' AND NEW.payment_intent_id IS NOT NULL THEN
@@ -108,8 +108,8 @@ BEGIN
                       SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME;
         END IF;
     ELSIF NEW.status = 'reversed' THEN
-        NEW.reversal_posting_id := tollgate.reverse_posting(OLD.settlement_posting_id, NEW.account_id);
-        PERFORM tollgate.check_holds_covered(tollgate.ledger_account(NEW.account_id, 'main', NEW.currency));
+        NEW.reversal_posting_id := tollgate.reverse_posting(OLD.settlement_posting_id, NEW.account_uuid);
+        PERFORM tollgate.check_holds_covered(tollgate.ledger_account(NEW.account_uuid, 'main', NEW.currency));
     END IF;
     NEW.updated_at := now();
     RETURN NEW;
@@ -124,11 +124,11 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.status = NEW.status THEN
         RETURN NULL;
     END IF;
-    PERFORM tollgate.audit(NEW.account_id, 'transaction', NEW.id::text,
+    PERFORM tollgate.audit(NEW.account_uuid, 'transaction', NEW.id::text,
                            CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'status_changed' END,
                            CASE TG_OP WHEN 'UPDATE' THEN OLD.status::text END, NEW.status::text);
     IF TG_OP = 'UPDATE' THEN
-        PERFORM tollgate.emit(NEW.account_id, 'transaction.' || NEW.status::text,
+        PERFORM tollgate.emit(NEW.account_uuid, 'transaction.' || NEW.status::text,
                               jsonb_build_object('transaction_id', NEW.id, 'reference', NEW.reference,
                                                  'amount', NEW.amount, 'currency', NEW.currency));
     END IF;
@@ -181,7 +181,7 @@ SELECT t.id,
        t.created_at,
        t.updated_at
 FROM tollgate.transactions t
-JOIN tollgate.accounts a ON a.id = t.account_id;
+JOIN tollgate.accounts a ON a.id = t.account_uuid;
 
 -- Record a pending transaction for an account, linked to a payment if p_payment_id is set: a
 -- payment backs one transaction only (transactions_payment_intent_id_key), amounts must match,
@@ -189,7 +189,7 @@ JOIN tollgate.accounts a ON a.id = t.account_id;
 -- payment row is locked FOR SHARE, so its webhook waits for this transaction to commit (and
 -- then moves the new row) or this waits for the webhook (and sees its status).
 CREATE OR REPLACE FUNCTION tollgate.create_transaction(
-    p_account_id uuid, p_reference text, p_amount bigint, p_currency text, p_payment_id uuid
+    p_account_uuid uuid, p_reference text, p_amount bigint, p_currency text, p_payment_id uuid
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -216,8 +216,8 @@ BEGIN
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'transaction_matches_payment';
         END IF;
     END IF;
-    INSERT INTO tollgate.transactions (account_id, reference, amount, currency, payment_intent_id)
-    VALUES (p_account_id, p_reference, p_amount, p_currency, pay.id)
+    INSERT INTO tollgate.transactions (account_uuid, reference, amount, currency, payment_intent_id)
+    VALUES (p_account_uuid, p_reference, p_amount, p_currency, pay.id)
     RETURNING id INTO txn;
     -- Linked to a payment that already finished: follow it now, unless a risk review holds the
     -- transaction (approving it settles it then).
@@ -249,7 +249,7 @@ DECLARE
 BEGIN
     IF p_payment IS NOT NULL THEN
         SELECT p.id INTO pay FROM tollgate.payment_intents p
-        WHERE p.account_id = acct.id AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment));
+        WHERE p.account_uuid = acct.id AND (p.stripe_id = p_payment OR p.id::text = lower(p_payment));
         IF NOT FOUND THEN
             RAISE EXCEPTION 'payment % not found', p_payment
                 USING ERRCODE = 'TG003', CONSTRAINT = 'payment_visible';
@@ -270,7 +270,7 @@ DECLARE
     txn  uuid;
 BEGIN
     SELECT t.id INTO txn FROM tollgate.transactions t
-    WHERE t.account_id = acct.id AND t.reference = p_reference;
+    WHERE t.account_uuid = acct.id AND t.reference = p_reference;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'transaction % not found', p_reference
             USING ERRCODE = 'TG003', CONSTRAINT = 'transaction_visible';
@@ -313,7 +313,7 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'page_limit';
     END IF;
     IF p_before IS NOT NULL THEN
-        SELECT * INTO after FROM tollgate.transactions t WHERE t.id = p_before AND t.account_id = acct.id;
+        SELECT * INTO after FROM tollgate.transactions t WHERE t.id = p_before AND t.account_uuid = acct.id;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'transaction % not found', p_before USING ERRCODE = 'TG003', CONSTRAINT = 'transaction_visible';
         END IF;
@@ -321,7 +321,7 @@ BEGIN
     RETURN QUERY
     SELECT v.* FROM tollgate.transaction_v1 v
     WHERE v.id IN (SELECT t.id FROM tollgate.transactions t
-                   WHERE t.account_id = acct.id
+                   WHERE t.account_uuid = acct.id
                      AND (wanted IS NULL OR t.status = wanted)
                      AND (after.id IS NULL OR (t.created_at, t.id) < (after.created_at, after.id))
                    ORDER BY t.created_at DESC, t.id DESC
@@ -380,7 +380,7 @@ CREATE OR REPLACE TRIGGER transactions_05_start
 CREATE OR REPLACE TRIGGER transactions_10_keep_columns
     BEFORE UPDATE ON tollgate.transactions
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'account_id', 'reference', 'amount', 'currency', 'payment_intent_id', 'created_at');
+        'id', 'account_uuid', 'reference', 'amount', 'currency', 'payment_intent_id', 'created_at');
 
 CREATE OR REPLACE TRIGGER transactions_20_transition
     BEFORE UPDATE ON tollgate.transactions

@@ -40,7 +40,7 @@ CREATE TABLE tollgate.refunds (
     -- Derived from (account, idempotency key): a retry after a failure reuses the id.
     id                 uuid        PRIMARY KEY,
     -- The payment's account (idempotency keys are per account, as for payments).
-    account_id         uuid        NOT NULL CONSTRAINT refunds_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        NOT NULL CONSTRAINT refunds_account_uuid_fkey REFERENCES tollgate.accounts,
     payment_intent_id  uuid        NOT NULL CONSTRAINT refunds_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
     amount             tollgate.amount_minor NOT NULL,
     currency           text        NOT NULL CONSTRAINT refunds_currency_fkey REFERENCES tollgate.currencies,
@@ -60,7 +60,7 @@ CREATE TABLE tollgate.refunds (
     completed_at       timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT refunds_account_idempotency_key UNIQUE (account_id, idempotency_key),
+    CONSTRAINT refunds_account_idempotency_key UNIQUE (account_uuid, idempotency_key),
     CONSTRAINT refunds_completed_has_response CHECK ((completed_at IS NULL) = (response IS NULL)),
     CONSTRAINT refunds_completed_has_stripe_id CHECK (completed_at IS NULL OR stripe_id IS NOT NULL)
 );
@@ -79,7 +79,7 @@ CREATE TYPE tollgate.dispute_status AS ENUM (
 
 CREATE TABLE tollgate.disputes (
     id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id         uuid        NOT NULL CONSTRAINT disputes_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        NOT NULL CONSTRAINT disputes_account_uuid_fkey REFERENCES tollgate.accounts,
     payment_intent_id  uuid        NOT NULL CONSTRAINT disputes_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
     stripe_id          text        NOT NULL CONSTRAINT disputes_stripe_id_key UNIQUE
                                    CONSTRAINT disputes_stripe_id_format CHECK (stripe_id ~ '^(dp|du)_[A-Za-z0-9_]{1,250}$'),
@@ -107,7 +107,7 @@ COMMENT ON TABLE tollgate.disputes IS 'Stripe disputes of payments Tollgate crea
 -- the posting that did it. Their sum per payment is what has been taken back so far.
 CREATE TABLE tollgate.payment_takebacks (
     id                 bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    account_id         uuid        NOT NULL CONSTRAINT payment_takebacks_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        NOT NULL CONSTRAINT payment_takebacks_account_uuid_fkey REFERENCES tollgate.accounts,
     payment_intent_id  uuid        NOT NULL CONSTRAINT payment_takebacks_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
     currency           text        NOT NULL CONSTRAINT payment_takebacks_currency_fkey REFERENCES tollgate.currencies,
     -- refund: Stripe refunded (part of) the payment; dispute_lost: a dispute of it was lost.
@@ -168,12 +168,12 @@ AS $$
 $$;
 
 -- The account's wallet in the currency, locked (every credit path locks the wallet first).
-CREATE OR REPLACE FUNCTION tollgate.locked_wallet(p_account_id uuid, p_currency text) RETURNS uuid
+CREATE OR REPLACE FUNCTION tollgate.locked_wallet(p_account_uuid uuid, p_currency text) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    wallet uuid := tollgate.ledger_account(p_account_id, 'main', p_currency);
+    wallet uuid := tollgate.ledger_account(p_account_uuid, 'main', p_currency);
 BEGIN
     PERFORM FROM tollgate.ledger_accounts WHERE id = wallet FOR UPDATE;
     PERFORM tollgate.expire_holds(wallet);
@@ -229,7 +229,7 @@ DECLARE
     posting  uuid;
 BEGIN
     IF p_frozen > 0 THEN
-        accts := accts || tollgate.ledger_account(p_payment.account_id, 'disputed', p_payment.currency);
+        accts := accts || tollgate.ledger_account(p_payment.account_uuid, 'disputed', p_payment.currency);
         amounts := amounts || -p_frozen;
     END IF;
     IF p_spare > 0 THEN
@@ -237,28 +237,28 @@ BEGIN
         amounts := amounts || -p_spare;
     END IF;
     IF p_debt > 0 THEN
-        accts := accts || tollgate.ledger_account(p_payment.account_id, 'debt', p_payment.currency, true);
+        accts := accts || tollgate.ledger_account(p_payment.account_uuid, 'debt', p_payment.currency, true);
         amounts := amounts || -p_debt;
     END IF;
-    posting := tollgate.post(p_payment.account_id, 'refund', accts, amounts);
+    posting := tollgate.post(p_payment.account_uuid, 'refund', accts, amounts);
     INSERT INTO tollgate.payment_takebacks
-        (account_id, payment_intent_id, currency, reason, amount, from_disputed, from_wallet, as_debt, posting_id)
-    VALUES (p_payment.account_id, p_payment.id, p_payment.currency, p_reason, step, p_frozen, p_spare, p_debt, posting);
-    PERFORM tollgate.audit(p_payment.account_id, 'payment_intent', p_payment.id::text, 'credits_taken_back', NULL,
+        (account_uuid, payment_intent_id, currency, reason, amount, from_disputed, from_wallet, as_debt, posting_id)
+    VALUES (p_payment.account_uuid, p_payment.id, p_payment.currency, p_reason, step, p_frozen, p_spare, p_debt, posting);
+    PERFORM tollgate.audit(p_payment.account_uuid, 'payment_intent', p_payment.id::text, 'credits_taken_back', NULL,
                            tollgate.format_minor(step, p_payment.currency),
                            format('%s: %s from disputed credits, %s from the wallet, %s as debt', p_reason,
                                   tollgate.format_minor(p_frozen, p_payment.currency),
                                   tollgate.format_minor(p_spare, p_payment.currency),
                                   tollgate.format_minor(p_debt, p_payment.currency)));
-    PERFORM tollgate.emit(p_payment.account_id, 'credits.taken_back',
+    PERFORM tollgate.emit(p_payment.account_uuid, 'credits.taken_back',
         jsonb_build_object('payment_id', p_payment.id, 'stripe_id', p_payment.stripe_id, 'reason', p_reason,
                            'currency', p_payment.currency, 'amount', step, 'from_disputed', p_frozen,
                            'from_wallet', p_spare, 'as_debt', p_debt, 'posting_id', posting));
     IF p_debt > 0 THEN
-        PERFORM tollgate.emit(p_payment.account_id, 'debt.recorded',
+        PERFORM tollgate.emit(p_payment.account_uuid, 'debt.recorded',
             jsonb_build_object('payment_id', p_payment.id, 'currency', p_payment.currency, 'amount', p_debt,
                                'owed', -(SELECT la.balance FROM tollgate.ledger_accounts la
-                                         WHERE la.account_id = p_payment.account_id AND la.name = 'debt'
+                                         WHERE la.account_uuid = p_payment.account_uuid AND la.name = 'debt'
                                            AND la.currency = p_payment.currency)));
     END IF;
 END
@@ -309,7 +309,7 @@ BEGIN
         RETURN 0;
     END IF;
 
-    wallet := tollgate.locked_wallet(pay.account_id, pay.currency);
+    wallet := tollgate.locked_wallet(pay.account_uuid, pay.currency);
     -- 1. What a dispute of this payment froze.
     frozen := tollgate.take_back_frozen(pay.id, step);
     -- 2. What the wallet can spare; 3. the rest was spent: a debt.
@@ -337,7 +337,7 @@ AS $$
 $$;
 
 -- Money settled for an account pays its debt in the currency first.
-CREATE OR REPLACE FUNCTION tollgate.repay_debt(p_account_id uuid, p_currency text, p_available bigint)
+CREATE OR REPLACE FUNCTION tollgate.repay_debt(p_account_uuid uuid, p_currency text, p_available bigint)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -348,17 +348,17 @@ DECLARE
     paid      bigint;
 BEGIN
     SELECT * INTO debt_acct FROM tollgate.ledger_accounts la
-    WHERE la.account_id = p_account_id AND la.name = 'debt' AND la.currency = p_currency;
+    WHERE la.account_uuid = p_account_uuid AND la.name = 'debt' AND la.currency = p_currency;
     IF NOT FOUND OR debt_acct.balance >= 0 THEN
         RETURN 0;
     END IF;
-    wallet := tollgate.locked_wallet(p_account_id, p_currency);
+    wallet := tollgate.locked_wallet(p_account_uuid, p_currency);
     paid := least(-debt_acct.balance, p_available, tollgate.spare_credits(wallet));
     IF paid <= 0 THEN
         RETURN 0;
     END IF;
-    PERFORM tollgate.post(p_account_id, 'debt_repayment', ARRAY[wallet, debt_acct.id], ARRAY[-paid, paid]);
-    PERFORM tollgate.emit(p_account_id, 'debt.repaid',
+    PERFORM tollgate.post(p_account_uuid, 'debt_repayment', ARRAY[wallet, debt_acct.id], ARRAY[-paid, paid]);
+    PERFORM tollgate.emit(p_account_uuid, 'debt.repaid',
         jsonb_build_object('currency', p_currency, 'amount', paid, 'owed', -debt_acct.balance - paid));
     RETURN paid;
 END
@@ -414,7 +414,7 @@ BEGIN
         taken := tollgate.take_back(NEW.payment_intent_id, 'refund');
     END IF;
     IF taken < NEW.amount THEN
-        PERFORM tollgate.repay_debt(NEW.account_id, NEW.currency, NEW.amount - taken);
+        PERFORM tollgate.repay_debt(NEW.account_uuid, NEW.currency, NEW.amount - taken);
     END IF;
     RETURN NULL;
 END
@@ -462,13 +462,13 @@ BEGIN
         NEW.last_event_at := NULL;
         NEW.created_at := now();
         NEW.updated_at := now();
-        PERFORM tollgate.audit(NEW.account_id, 'refund', NEW.id::text, 'created', NULL,
+        PERFORM tollgate.audit(NEW.account_uuid, 'refund', NEW.id::text, 'created', NULL,
                                tollgate.format_minor(NEW.amount, NEW.currency),
                                format('payment %s', NEW.payment_intent_id));
         RETURN NEW;
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
-        PERFORM tollgate.audit(NEW.account_id, 'refund', NEW.id::text, 'status_changed',
+        PERFORM tollgate.audit(NEW.account_uuid, 'refund', NEW.id::text, 'status_changed',
                                OLD.status::text, NEW.status::text);
     END IF;
     NEW.updated_at := now();
@@ -484,13 +484,13 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         NEW.created_at := now();
         NEW.updated_at := now();
-        PERFORM tollgate.audit(NEW.account_id, 'dispute', NEW.stripe_id, 'created', NULL, NEW.status::text,
+        PERFORM tollgate.audit(NEW.account_uuid, 'dispute', NEW.stripe_id, 'created', NULL, NEW.status::text,
                                format('payment %s, %s %s', NEW.payment_intent_id,
                                       tollgate.format_minor(NEW.amount, NEW.currency), NEW.currency));
         RETURN NEW;
     END IF;
-    IF (NEW.id, NEW.account_id, NEW.payment_intent_id, NEW.stripe_id, NEW.amount, NEW.currency, NEW.created_at)
-       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.payment_intent_id, OLD.stripe_id, OLD.amount, OLD.currency, OLD.created_at) THEN
+    IF (NEW.id, NEW.account_uuid, NEW.payment_intent_id, NEW.stripe_id, NEW.amount, NEW.currency, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.account_uuid, OLD.payment_intent_id, OLD.stripe_id, OLD.amount, OLD.currency, OLD.created_at) THEN
         RAISE EXCEPTION 'dispute %: only its status and what it froze change', OLD.stripe_id
             USING ERRCODE = 'TG011', CONSTRAINT = 'disputes_identity_immutable';
     END IF;
@@ -499,7 +499,7 @@ BEGIN
             USING ERRCODE = 'TG010', CONSTRAINT = 'dispute_transition_allowed';
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
-        PERFORM tollgate.audit(NEW.account_id, 'dispute', NEW.stripe_id, 'status_changed',
+        PERFORM tollgate.audit(NEW.account_uuid, 'dispute', NEW.stripe_id, 'status_changed',
                                OLD.status::text, NEW.status::text);
     END IF;
     NEW.updated_at := now();
@@ -528,7 +528,7 @@ BEGIN
         PERFORM tollgate.release_dispute(NEW.id);
     END IF;
     SELECT d.frozen INTO STRICT frozen FROM tollgate.disputes d WHERE d.id = NEW.id;
-    PERFORM tollgate.emit(NEW.account_id, 'payment.dispute_' || NEW.status::text,
+    PERFORM tollgate.emit(NEW.account_uuid, 'payment.dispute_' || NEW.status::text,
         jsonb_build_object('payment_id', NEW.payment_intent_id, 'dispute_id', NEW.stripe_id,
                            'amount', NEW.amount, 'currency', NEW.currency, 'frozen', frozen));
     RETURN NULL;
@@ -564,13 +564,13 @@ BEGIN
                     WHERE tb.payment_intent_id = d.payment_intent_id), 0)
         - coalesce((SELECT sum(x.frozen) FROM tollgate.disputes x
                     WHERE x.payment_intent_id = d.payment_intent_id AND x.id <> d.id), 0);
-    wallet := tollgate.locked_wallet(d.account_id, d.currency);
+    wallet := tollgate.locked_wallet(d.account_uuid, d.currency);
     part := least(granted, d.amount, tollgate.spare_credits(wallet));
     IF part <= 0 THEN
         RETURN 0;
     END IF;
-    PERFORM tollgate.post(d.account_id, 'dispute',
-                          ARRAY[wallet, tollgate.ledger_account(d.account_id, 'disputed', d.currency)],
+    PERFORM tollgate.post(d.account_uuid, 'dispute',
+                          ARRAY[wallet, tollgate.ledger_account(d.account_uuid, 'disputed', d.currency)],
                           ARRAY[-part, part]);
     UPDATE tollgate.disputes SET frozen = disputes.frozen + part WHERE id = d.id;
     RETURN part;
@@ -590,9 +590,9 @@ BEGIN
     IF d.frozen = 0 THEN
         RETURN 0;
     END IF;
-    wallet := tollgate.locked_wallet(d.account_id, d.currency);
-    PERFORM tollgate.post(d.account_id, 'dispute',
-                          ARRAY[tollgate.ledger_account(d.account_id, 'disputed', d.currency), wallet],
+    wallet := tollgate.locked_wallet(d.account_uuid, d.currency);
+    PERFORM tollgate.post(d.account_uuid, 'dispute',
+                          ARRAY[tollgate.ledger_account(d.account_uuid, 'disputed', d.currency), wallet],
                           ARRAY[-d.frozen, d.frozen]);
     UPDATE tollgate.disputes SET frozen = 0 WHERE id = d.id;
     RETURN d.frozen;
@@ -725,9 +725,9 @@ BEGIN
     ELSE
         SELECT * INTO d FROM tollgate.disputes x WHERE x.stripe_id = p_object ->> 'id' FOR UPDATE;
         IF NOT FOUND THEN
-            INSERT INTO tollgate.disputes (account_id, payment_intent_id, stripe_id, amount, currency, status,
+            INSERT INTO tollgate.disputes (account_uuid, payment_intent_id, stripe_id, amount, currency, status,
                                            stripe_status, last_event_id, last_event_at)
-            VALUES (p_payment.account_id, p_payment.id, p_object ->> 'id', amount, p_payment.currency, d_status,
+            VALUES (p_payment.account_uuid, p_payment.id, p_object ->> 'id', amount, p_payment.currency, d_status,
                     coalesce(p_object ->> 'status', ''), p_event.id, p_event.stripe_created)
             RETURNING * INTO d;
         ELSIF d.payment_intent_id <> p_payment.id THEN
@@ -793,7 +793,7 @@ BEGIN
 
     UPDATE tollgate.payment_events
     SET state = outcome, note = why, processed_at = now(),
-        account_id = pi.account_id, payment_intent_id = pi.id
+        account_uuid = pi.account_uuid, payment_intent_id = pi.id
     WHERE id = ev.id;
     PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
     RETURN outcome;
@@ -819,7 +819,7 @@ SELECT r.id,
        r.updated_at
 FROM tollgate.refunds r
 JOIN tollgate.payment_intents p ON p.id = r.payment_intent_id
-JOIN tollgate.accounts a ON a.id = r.account_id;
+JOIN tollgate.accounts a ON a.id = r.account_uuid;
 
 -- What a refund of p_payment (read again under its refund lock) takes: p_minor, or (NULL)
 -- all that is not refunded yet; refunds asked for but not yet seen in an event count as
@@ -907,14 +907,14 @@ BEGIN
                   WHEN p_amount_minor IS NOT NULL THEN p_amount_minor::tollgate.amount_minor END;
     -- Held until this transaction ends, i.e. across the Stripe call.
     IF NOT pg_try_advisory_xact_lock(
-        hashtextextended('tollgate:idempotency:' || pay.account_id || ':' || p_idempotency_key, 0)
+        hashtextextended('tollgate:idempotency:' || pay.account_uuid || ':' || p_idempotency_key, 0)
     ) THEN
         RAISE EXCEPTION 'a request with idempotency key % is in progress', p_idempotency_key
             USING ERRCODE = 'TG021', CONSTRAINT = 'idempotency_key_free';
     END IF;
     req_hash := sha256(convert_to(jsonb_build_object('payment_id', pay.id, 'amount_minor', minor)::text, 'UTF8'));
     SELECT * INTO claim FROM tollgate.refunds r
-    WHERE r.account_id = pay.account_id AND r.idempotency_key = p_idempotency_key;
+    WHERE r.account_uuid = pay.account_uuid AND r.idempotency_key = p_idempotency_key;
     IF FOUND THEN
         IF claim.request_hash <> req_hash THEN
             RAISE EXCEPTION 'idempotency key % was used with a different request', p_idempotency_key
@@ -932,11 +932,11 @@ BEGIN
     SELECT * INTO STRICT pay FROM tollgate.payment_intents p WHERE p.id = pay.id;
     -- Refundable, and how much (all that is left when no amount was given).
     minor := tollgate.refund_amount(pay, minor);
-    rid := encode(substring(sha256(convert_to('refund:' || pay.account_id::text || ':' || p_idempotency_key, 'UTF8'))
+    rid := encode(substring(sha256(convert_to('refund:' || pay.account_uuid::text || ':' || p_idempotency_key, 'UTF8'))
                             FROM 1 FOR 16), 'hex')::uuid;
-    INSERT INTO tollgate.refunds (id, account_id, payment_intent_id, amount, currency, idempotency_key,
+    INSERT INTO tollgate.refunds (id, account_uuid, payment_intent_id, amount, currency, idempotency_key,
                                   request_hash, requested_by)
-    VALUES (rid, pay.account_id, pay.id, minor, pay.currency, p_idempotency_key, req_hash, k.id);
+    VALUES (rid, pay.account_uuid, pay.id, minor, pay.currency, p_idempotency_key, req_hash, k.id);
     RETURN QUERY SELECT false, rid, pay.stripe_id, minor, pay.currency,
                         tollgate.to_stripe_amount(minor, pay.currency), 'tollgate-refund-' || rid::text,
                         NULL::jsonb;
@@ -1025,7 +1025,7 @@ CREATE OR REPLACE TRIGGER refunds_05_changed
 CREATE OR REPLACE TRIGGER refunds_10_keep_columns
     BEFORE UPDATE ON tollgate.refunds
     FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
-        'id', 'account_id', 'payment_intent_id', 'amount', 'currency', 'idempotency_key',
+        'id', 'account_uuid', 'payment_intent_id', 'amount', 'currency', 'idempotency_key',
         'request_hash', 'requested_by', 'created_at', 'stripe_id?', 'response?', 'completed_at?');
 
 CREATE OR REPLACE TRIGGER refunds_no_delete

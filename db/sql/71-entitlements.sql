@@ -8,14 +8,14 @@ SET LOCAL ROLE tollgate_owner;
 
 CREATE TABLE tollgate.payment_entitlements (
     payment_intent_id uuid        PRIMARY KEY CONSTRAINT payment_entitlements_payment_intent_id_fkey REFERENCES tollgate.payment_intents,
-    account_id        uuid        NOT NULL CONSTRAINT payment_entitlements_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid        uuid        NOT NULL CONSTRAINT payment_entitlements_account_uuid_fkey REFERENCES tollgate.accounts,
     action            tollgate.purpose NOT NULL,
     uses_left         integer     NOT NULL CONSTRAINT payment_entitlements_uses_left_range CHECK (uses_left >= 0),
     created_at        timestamptz NOT NULL DEFAULT now(),
     used_at           timestamptz
 );
 
-CREATE INDEX payment_entitlements_usable_idx ON tollgate.payment_entitlements (account_id, action, created_at)
+CREATE INDEX payment_entitlements_usable_idx ON tollgate.payment_entitlements (account_uuid, action, created_at)
     WHERE uses_left > 0;
 
 -- ===== Functions and views: re-applied by every migrate =====
@@ -37,8 +37,8 @@ BEGIN
         RETURN NULL;
     END IF;
     IF NEW.status = 'succeeded' THEN
-        INSERT INTO tollgate.payment_entitlements (payment_intent_id, account_id, action, uses_left)
-        SELECT NEW.id, NEW.account_id, NEW.purpose, 1
+        INSERT INTO tollgate.payment_entitlements (payment_intent_id, account_uuid, action, uses_left)
+        SELECT NEW.id, NEW.account_uuid, NEW.purpose, 1
         WHERE NOT EXISTS (SELECT FROM tollgate.actions a
                           WHERE a.name = NEW.purpose AND (a.currency <> NEW.currency OR a.price > NEW.amount))
         ON CONFLICT ON CONSTRAINT payment_entitlements_pkey DO NOTHING;
@@ -55,8 +55,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF (NEW.payment_intent_id, NEW.account_id, NEW.action, NEW.created_at)
-       IS DISTINCT FROM (OLD.payment_intent_id, OLD.account_id, OLD.action, OLD.created_at)
+    IF (NEW.payment_intent_id, NEW.account_uuid, NEW.action, NEW.created_at)
+       IS DISTINCT FROM (OLD.payment_intent_id, OLD.account_uuid, OLD.action, OLD.created_at)
        OR NEW.uses_left > OLD.uses_left THEN
         RAISE EXCEPTION 'entitlement from payment %: only uses_left may change, and only down', OLD.payment_intent_id
             USING ERRCODE = 'TG011', CONSTRAINT = 'payment_entitlements_only_used_up',

@@ -24,7 +24,7 @@ INSERT INTO tollgate.hold_transitions VALUES ('active', 'captured'), ('active', 
 
 CREATE TABLE tollgate.holds (
     id                uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id        uuid        NOT NULL CONSTRAINT holds_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid        uuid        NOT NULL CONSTRAINT holds_account_uuid_fkey REFERENCES tollgate.accounts,
     -- The agent that asked, for per-agent spend caps; '' when none was named.
     agent_id          text        NOT NULL DEFAULT '' CONSTRAINT holds_agent_id_format CHECK (agent_id ~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})?$'),
     action            tollgate.purpose NOT NULL,
@@ -100,14 +100,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM tollgate.add_spend(NEW.account_id, NEW.agent_id, NEW.currency,
+        PERFORM tollgate.add_spend(NEW.account_uuid, NEW.agent_id, NEW.currency,
                                    (NEW.created_at AT TIME ZONE 'UTC')::date, NEW.amount);
-        PERFORM tollgate.audit(NEW.account_id, 'hold', NEW.id::text, 'created', NULL, 'active');
+        PERFORM tollgate.audit(NEW.account_uuid, 'hold', NEW.id::text, 'created', NULL, 'active');
     ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
-        PERFORM tollgate.add_spend(NEW.account_id, NEW.agent_id, NEW.currency,
+        PERFORM tollgate.add_spend(NEW.account_uuid, NEW.agent_id, NEW.currency,
                                    (NEW.created_at AT TIME ZONE 'UTC')::date,
                                    coalesce(NEW.captured_amount, 0) - NEW.amount);
-        PERFORM tollgate.audit(NEW.account_id, 'hold', NEW.id::text, 'status_changed',
+        PERFORM tollgate.audit(NEW.account_uuid, 'hold', NEW.id::text, 'status_changed',
                                OLD.status::text, NEW.status::text);
     END IF;
     RETURN NULL;
@@ -128,9 +128,9 @@ BEGIN
         NEW.updated_at := now();
         RETURN NEW;
     END IF;
-    IF (NEW.id, NEW.account_id, NEW.agent_id, NEW.action, NEW.ledger_account_id, NEW.currency,
+    IF (NEW.id, NEW.account_uuid, NEW.agent_id, NEW.action, NEW.ledger_account_id, NEW.currency,
         NEW.amount, NEW.expires_at, NEW.created_at)
-       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.agent_id, OLD.action, OLD.ledger_account_id,
+       IS DISTINCT FROM (OLD.id, OLD.account_uuid, OLD.agent_id, OLD.action, OLD.ledger_account_id,
                          OLD.currency, OLD.amount, OLD.expires_at, OLD.created_at) THEN
         RAISE EXCEPTION 'hold %: only its outcome may change', OLD.id
             USING ERRCODE = 'TG011', CONSTRAINT = 'holds_terms_immutable';
@@ -161,7 +161,7 @@ SELECT h.id, a.external_id AS account_id, nullif(h.agent_id, '') AS agent_id, h.
        h.currency,
        CASE WHEN h.status = 'active' AND h.expires_at <= now() THEN 'expired' ELSE h.status::text END AS status,
        h.expires_at, h.created_at, h.updated_at
-FROM tollgate.holds h JOIN tollgate.accounts a ON a.id = h.account_id;
+FROM tollgate.holds h JOIN tollgate.accounts a ON a.id = h.account_uuid;
 
 -- The hold, locked, with its wallet locked first (the lock order every credit path uses),
 -- for a key that may act for its account.
@@ -173,7 +173,7 @@ DECLARE
     h tollgate.holds;
 BEGIN
     SELECT * INTO h FROM tollgate.holds WHERE id = p_hold_id;
-    IF NOT FOUND OR NOT (p_key.is_admin OR h.account_id = p_key.account_id) THEN
+    IF NOT FOUND OR NOT (p_key.is_admin OR h.account_uuid = p_key.account_uuid) THEN
         RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'TG003', CONSTRAINT = 'hold_visible';
     END IF;
     PERFORM FROM tollgate.ledger_accounts WHERE id = h.ledger_account_id FOR UPDATE;
@@ -217,13 +217,13 @@ BEGIN
                     tollgate.format_minor(take, h.currency), tollgate.format_minor(h.amount, h.currency)
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'hold_capture_within_hold';
         END IF;
-        IF EXISTS (SELECT FROM tollgate.cap_exceeded(h.account_id, h.agent_id, h.currency, take - h.amount)) THEN
+        IF EXISTS (SELECT FROM tollgate.cap_exceeded(h.account_uuid, h.agent_id, h.currency, take - h.amount)) THEN
             RAISE EXCEPTION 'capturing % would pass a spend cap', tollgate.format_minor(take, h.currency)
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'spend_cap';
         END IF;
     END IF;
     IF take > 0 THEN
-        posting := tollgate.post(h.account_id, 'charge',
+        posting := tollgate.post(h.account_uuid, 'charge',
                                  ARRAY[h.ledger_account_id, tollgate.revenue_account(h.currency)],
                                  ARRAY[-take, take]);
     END IF;
@@ -267,7 +267,7 @@ DECLARE
     h tollgate.holds;
 BEGIN
     SELECT * INTO h FROM tollgate.holds WHERE id = p_hold_id;
-    IF NOT FOUND OR NOT (k.is_admin OR h.account_id = k.account_id) THEN
+    IF NOT FOUND OR NOT (k.is_admin OR h.account_uuid = k.account_uuid) THEN
         RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'TG003', CONSTRAINT = 'hold_visible';
     END IF;
     RETURN QUERY SELECT * FROM tollgate.hold_v1 v WHERE v.id = p_hold_id;

@@ -15,7 +15,7 @@ CREATE TYPE tollgate.spend_period AS ENUM ('day', 'month');
 -- announces spend.threshold_reached once per period.
 CREATE TABLE tollgate.spend_caps (
     id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id  uuid        NOT NULL CONSTRAINT spend_caps_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid  uuid        NOT NULL CONSTRAINT spend_caps_account_uuid_fkey REFERENCES tollgate.accounts,
     agent_id    text        NOT NULL DEFAULT '' CONSTRAINT spend_caps_agent_id_format CHECK (agent_id ~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})?$'),
     period      tollgate.spend_period NOT NULL,
     currency    text        NOT NULL CONSTRAINT spend_caps_currency_fkey REFERENCES tollgate.currencies,
@@ -23,25 +23,25 @@ CREATE TABLE tollgate.spend_caps (
     soft_pct    smallint    NOT NULL DEFAULT 80 CONSTRAINT spend_caps_soft_pct_range CHECK (soft_pct BETWEEN 1 AND 100),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT spend_caps_scope_key UNIQUE (account_id, agent_id, period, currency)
+    CONSTRAINT spend_caps_scope_key UNIQUE (account_uuid, agent_id, period, currency)
 );
 
 -- What was spent, per account, agent, currency and UTC day, in minor units: held credits (the
 -- whole hold while active, the captured amount after) and metered usage (exact, so possibly
 -- fractional). Maintained by the hold triggers and the usage function; caps read it.
 CREATE TABLE tollgate.spend_daily (
-    account_id  uuid        NOT NULL CONSTRAINT spend_daily_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid  uuid        NOT NULL CONSTRAINT spend_daily_account_uuid_fkey REFERENCES tollgate.accounts,
     agent_id    text        NOT NULL,
     currency    text        NOT NULL CONSTRAINT spend_daily_currency_fkey REFERENCES tollgate.currencies,
     day         date        NOT NULL,
     spent       numeric     NOT NULL DEFAULT 0 CONSTRAINT spend_daily_spent_non_negative CHECK (spent >= 0),
-    PRIMARY KEY (account_id, currency, day, agent_id)
+    PRIMARY KEY (account_uuid, currency, day, agent_id)
 );
 
 -- One row per cap and period whose soft threshold was crossed: the notice goes out once.
 CREATE TABLE tollgate.spend_notices (
     cap_id       uuid        NOT NULL CONSTRAINT spend_notices_cap_id_fkey REFERENCES tollgate.spend_caps,
-    account_id   uuid        NOT NULL CONSTRAINT spend_notices_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid   uuid        NOT NULL CONSTRAINT spend_notices_account_uuid_fkey REFERENCES tollgate.accounts,
     period_start timestamptz NOT NULL,
     spent        numeric     NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -74,7 +74,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM tollgate.audit(NEW.account_id, 'spend_cap', NEW.id::text,
+    PERFORM tollgate.audit(NEW.account_uuid, 'spend_cap', NEW.id::text,
                            CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'changed' END,
                            CASE TG_OP WHEN 'UPDATE' THEN tollgate.format_minor(OLD.hard_limit, OLD.currency) END,
                            tollgate.format_minor(NEW.hard_limit, NEW.currency));
@@ -83,19 +83,19 @@ END
 $$;
 
 -- What the account (p_agent NULL: all its agents) spent in p_currency since p_since.
-CREATE OR REPLACE FUNCTION tollgate.spent_since(p_account_id uuid, p_agent text, p_currency text, p_since date)
+CREATE OR REPLACE FUNCTION tollgate.spent_since(p_account_uuid uuid, p_agent text, p_currency text, p_since date)
 RETURNS numeric
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(sum(d.spent), 0) FROM tollgate.spend_daily d
-    WHERE d.account_id = p_account_id AND d.currency = p_currency AND d.day >= p_since
+    WHERE d.account_uuid = p_account_uuid AND d.currency = p_currency AND d.day >= p_since
       AND (p_agent IS NULL OR d.agent_id = p_agent)
 $$;
 
 -- The first cap that spending p_amount more would break, or no row. Caps of the account
 -- (agent_id '') count all its agents; an agent's cap counts that agent.
-CREATE OR REPLACE FUNCTION tollgate.cap_exceeded(p_account_id uuid, p_agent text, p_currency text, p_amount numeric)
+CREATE OR REPLACE FUNCTION tollgate.cap_exceeded(p_account_uuid uuid, p_agent text, p_currency text, p_amount numeric)
 RETURNS TABLE (cap_id uuid, agent_id text, period tollgate.spend_period, hard_limit bigint, spent numeric)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -103,10 +103,10 @@ AS $$
     SELECT c.id, c.agent_id, c.period, c.hard_limit::bigint, s.spent
     FROM tollgate.spend_caps c
     CROSS JOIN LATERAL (
-        SELECT tollgate.spent_since(c.account_id, nullif(c.agent_id, ''), c.currency,
+        SELECT tollgate.spent_since(c.account_uuid, nullif(c.agent_id, ''), c.currency,
                                     tollgate.period_start(c.period)) AS spent
     ) s
-    WHERE c.account_id = p_account_id AND c.currency = p_currency AND c.agent_id IN ('', p_agent)
+    WHERE c.account_uuid = p_account_uuid AND c.currency = p_currency AND c.agent_id IN ('', p_agent)
       AND s.spent + p_amount > c.hard_limit
     ORDER BY c.agent_id DESC, c.period
     LIMIT 1
@@ -114,7 +114,7 @@ $$;
 
 -- Refuse (23514 spend_cap) spending p_amount more if it would pass a cap of the account, or of
 -- the agent p_agent ('' for none).
-CREATE OR REPLACE FUNCTION tollgate.check_spend_cap(p_account_id uuid, p_agent text, p_currency text, p_amount numeric)
+CREATE OR REPLACE FUNCTION tollgate.check_spend_cap(p_account_uuid uuid, p_agent text, p_currency text, p_amount numeric)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -122,7 +122,7 @@ AS $$
 DECLARE
     cap record;
 BEGIN
-    SELECT * INTO cap FROM tollgate.cap_exceeded(p_account_id, p_agent, p_currency, p_amount);
+    SELECT * INTO cap FROM tollgate.cap_exceeded(p_account_uuid, p_agent, p_currency, p_amount);
     IF FOUND THEN
         RAISE EXCEPTION '%', format('the %s cap of %s %s%s is reached: %s spent, %s more would pass it',
                 cap.period, tollgate.format_minor(cap.hard_limit, p_currency), p_currency,
@@ -136,7 +136,7 @@ $$;
 -- Record spending (negative: money freed again) and, when a cap's soft threshold is crossed,
 -- announce spend.threshold_reached once per cap and period.
 CREATE OR REPLACE FUNCTION tollgate.add_spend(
-    p_account_id uuid, p_agent text, p_currency text, p_day date, p_delta numeric
+    p_account_uuid uuid, p_agent text, p_currency text, p_day date, p_delta numeric
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -147,24 +147,24 @@ BEGIN
     IF p_delta = 0 THEN
         RETURN;
     END IF;
-    INSERT INTO tollgate.spend_daily AS d (account_id, agent_id, currency, day, spent)
-    VALUES (p_account_id, p_agent, p_currency, p_day, greatest(p_delta, 0))
-    ON CONFLICT (account_id, currency, day, agent_id)
+    INSERT INTO tollgate.spend_daily AS d (account_uuid, agent_id, currency, day, spent)
+    VALUES (p_account_uuid, p_agent, p_currency, p_day, greatest(p_delta, 0))
+    ON CONFLICT (account_uuid, currency, day, agent_id)
     DO UPDATE SET spent = d.spent + p_delta;
     IF p_delta < 0 THEN
         RETURN;
     END IF;
     FOR cap IN
         SELECT c.id, c.agent_id, c.period, c.hard_limit, c.soft_pct, tollgate.period_start(c.period) AS since,
-               tollgate.spent_since(c.account_id, nullif(c.agent_id, ''), c.currency,
+               tollgate.spent_since(c.account_uuid, nullif(c.agent_id, ''), c.currency,
                                     tollgate.period_start(c.period)) AS spent
         FROM tollgate.spend_caps c
-        WHERE c.account_id = p_account_id AND c.currency = p_currency AND c.agent_id IN ('', p_agent)
+        WHERE c.account_uuid = p_account_uuid AND c.currency = p_currency AND c.agent_id IN ('', p_agent)
     LOOP
         IF cap.spent * 100 >= cap.hard_limit * cap.soft_pct THEN
             -- Its trigger announces it; the key makes it once per cap and period.
-            INSERT INTO tollgate.spend_notices (cap_id, account_id, period_start, spent)
-            VALUES (cap.id, p_account_id, cap.since, cap.spent)
+            INSERT INTO tollgate.spend_notices (cap_id, account_uuid, period_start, spent)
+            VALUES (cap.id, p_account_uuid, cap.since, cap.spent)
             ON CONFLICT ON CONSTRAINT spend_notices_pkey DO NOTHING;
         END IF;
     END LOOP;
@@ -179,7 +179,7 @@ DECLARE
     cap tollgate.spend_caps;
 BEGIN
     SELECT * INTO STRICT cap FROM tollgate.spend_caps WHERE id = NEW.cap_id;
-    PERFORM tollgate.emit(NEW.account_id, 'spend.threshold_reached',
+    PERFORM tollgate.emit(NEW.account_uuid, 'spend.threshold_reached',
         jsonb_build_object('cap_id', cap.id, 'agent_id', nullif(cap.agent_id, ''), 'period', cap.period,
                            'period_start', NEW.period_start, 'currency', cap.currency, 'spent', NEW.spent,
                            'hard_limit', cap.hard_limit, 'soft_pct', cap.soft_pct));
@@ -198,13 +198,13 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.account_id = '00000000-0000-0000-0000-000000000000'
+    IF NEW.account_uuid = '00000000-0000-0000-0000-000000000000'
        OR (SELECT p.kind FROM tollgate.ledger_postings p WHERE p.id = NEW.posting_id) <> 'transfer'
        OR (SELECT la.name FROM tollgate.ledger_accounts la WHERE la.id = NEW.ledger_account_id) <> 'main' THEN
         RETURN NULL;
     END IF;
-    PERFORM tollgate.check_spend_cap(NEW.account_id, '', NEW.currency, -NEW.amount);
-    PERFORM tollgate.add_spend(NEW.account_id, '', NEW.currency, tollgate.utc_day(), -NEW.amount);
+    PERFORM tollgate.check_spend_cap(NEW.account_uuid, '', NEW.currency, -NEW.amount);
+    PERFORM tollgate.add_spend(NEW.account_uuid, '', NEW.currency, tollgate.utc_day(), -NEW.amount);
     RETURN NULL;
 END
 $$;
@@ -223,7 +223,7 @@ DECLARE
     acct  tollgate.accounts := tollgate.account_for(k, p_account);
     limit_minor bigint := tollgate.to_minor(p_hard_limit, p_currency);
 BEGIN
-    INSERT INTO tollgate.spend_caps AS c (account_id, agent_id, period, currency, hard_limit, soft_pct)
+    INSERT INTO tollgate.spend_caps AS c (account_uuid, agent_id, period, currency, hard_limit, soft_pct)
     VALUES (acct.id, coalesce(p_agent, ''), p_period::tollgate.spend_period, p_currency, limit_minor,
             coalesce(p_soft_pct, 80))
     ON CONFLICT ON CONSTRAINT spend_caps_scope_key DO UPDATE

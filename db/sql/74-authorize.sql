@@ -70,7 +70,7 @@ $$;
 -- review nor disputed, the oldest first (SKIP LOCKED: concurrent callers take different
 -- payments, never the same one twice). Returns the runs left for the action afterwards, or
 -- NULL when there was none to use.
-CREATE OR REPLACE FUNCTION tollgate.use_paid_run(p_account_id uuid, p_action text) RETURNS integer
+CREATE OR REPLACE FUNCTION tollgate.use_paid_run(p_account_uuid uuid, p_action text) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -80,7 +80,7 @@ BEGIN
     UPDATE tollgate.payment_entitlements e SET uses_left = e.uses_left - 1, used_at = now()
     WHERE e.payment_intent_id = (
         SELECT x.payment_intent_id FROM tollgate.payment_entitlements x
-        WHERE x.account_id = p_account_id AND x.action = p_action AND x.uses_left > 0
+        WHERE x.account_uuid = p_account_uuid AND x.action = p_action AND x.uses_left > 0
           AND NOT tollgate.payment_under_review(x.payment_intent_id)
           AND NOT tollgate.payment_disputed(x.payment_intent_id)
         ORDER BY x.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -90,7 +90,7 @@ BEGIN
     END IF;
     -- uses_left > 0: the partial index payment_entitlements_usable_idx
     RETURN (SELECT coalesce(sum(x.uses_left), 0)::integer FROM tollgate.payment_entitlements x
-            WHERE x.account_id = p_account_id AND x.action = p_action AND x.uses_left > 0);
+            WHERE x.account_uuid = p_account_uuid AND x.action = p_action AND x.uses_left > 0);
 END
 $$;
 
@@ -99,7 +99,7 @@ $$;
 -- would be passed: returns the hold and remaining, the credits left. Otherwise no hold, and
 -- code (payment_required, spend_cap_exceeded) and message say why; remaining: what there is.
 CREATE OR REPLACE FUNCTION tollgate.hold_credits(
-    p_account_id uuid, p_agent text, p_action text, p_cost bigint, p_currency text, p_hold_seconds integer,
+    p_account_uuid uuid, p_agent text, p_action text, p_cost bigint, p_currency text, p_hold_seconds integer,
     OUT hold tollgate.holds, OUT code text, OUT message text, OUT remaining text
 )
 LANGUAGE plpgsql
@@ -111,7 +111,7 @@ DECLARE
     cap    record;
 BEGIN
     SELECT la.id INTO wallet FROM tollgate.ledger_accounts la
-    WHERE la.account_id = p_account_id AND la.name = 'main' AND la.currency = p_currency
+    WHERE la.account_uuid = p_account_uuid AND la.name = 'main' AND la.currency = p_currency
     FOR UPDATE;
     IF wallet IS NOT NULL THEN
         PERFORM tollgate.expire_holds(wallet);
@@ -127,7 +127,7 @@ BEGIN
         remaining := tollgate.format_minor(greatest(coalesce(avail, 0), 0), p_currency);
         RETURN;
     END IF;
-    SELECT * INTO cap FROM tollgate.cap_exceeded(p_account_id, p_agent, p_currency, p_cost);
+    SELECT * INTO cap FROM tollgate.cap_exceeded(p_account_uuid, p_agent, p_currency, p_cost);
     IF FOUND THEN
         code := 'spend_cap_exceeded';
         message := format('the %s cap of %s %s%s is reached: %s spent, %s more would pass it',
@@ -137,8 +137,8 @@ BEGIN
         remaining := CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail, p_currency) END;
         RETURN;
     END IF;
-    INSERT INTO tollgate.holds (account_id, agent_id, action, ledger_account_id, currency, amount, expires_at)
-    VALUES (p_account_id, p_agent, p_action, wallet, p_currency, p_cost,
+    INSERT INTO tollgate.holds (account_uuid, agent_id, action, ledger_account_id, currency, amount, expires_at)
+    VALUES (p_account_uuid, p_agent, p_action, wallet, p_currency, p_cost,
             now() + make_interval(secs => coalesce(p_hold_seconds, 900)))
     RETURNING * INTO hold;
     remaining := CASE WHEN avail IS NOT NULL THEN tollgate.format_minor(avail - p_cost, p_currency) END;
@@ -186,7 +186,7 @@ BEGIN
 
     -- 1. A current subscription covers every action (one without a period end does not).
     IF EXISTS (SELECT FROM tollgate.subscriptions s
-               WHERE s.account_id = acct.id AND s.status IN ('active', 'trialing')
+               WHERE s.account_uuid = acct.id AND s.status IN ('active', 'trialing')
                  AND s.current_period_end > now()) THEN
         RETURN QUERY SELECT * FROM tollgate.authorization_row(acct.external_id, p_action, cost, cur,
                                                               p_via => 'subscription');

@@ -6,7 +6,7 @@
 SET LOCAL ROLE tollgate_owner;
 
 CREATE TABLE tollgate.usage_events (
-    account_id   uuid        NOT NULL CONSTRAINT usage_events_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid   uuid        NOT NULL CONSTRAINT usage_events_account_uuid_fkey REFERENCES tollgate.accounts,
     -- The caller's id for the event: a retried batch never counts an event twice.
     id           text        NOT NULL CONSTRAINT usage_events_id_format CHECK (id ~ '^[\x21-\x7e]{1,128}$'),
     agent_id     text        NOT NULL DEFAULT '' CONSTRAINT usage_events_agent_id_format CHECK (agent_id ~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})?$'),
@@ -19,22 +19,22 @@ CREATE TABLE tollgate.usage_events (
     cost         numeric     CONSTRAINT usage_events_cost_non_negative CHECK (cost >= 0),
     currency     text        CONSTRAINT usage_events_currency_fkey REFERENCES tollgate.currencies,
     posting_id   uuid        CONSTRAINT usage_events_posting_id_fkey REFERENCES tollgate.ledger_postings,
-    PRIMARY KEY (account_id, id),
+    PRIMARY KEY (account_uuid, id),
     CONSTRAINT usage_events_cost_has_currency CHECK ((cost IS NULL) = (currency IS NULL)),
     -- A usage event costs at most the largest single amount (exactly; fractions allowed).
     CONSTRAINT usage_events_cost_range CHECK (cost <= 999999999999)
 );
 
-CREATE INDEX usage_events_metric_time_idx ON tollgate.usage_events (account_id, metric, occurred_at);
+CREATE INDEX usage_events_metric_time_idx ON tollgate.usage_events (account_uuid, metric, occurred_at);
 
 -- The part of a minor unit of usage an account owes but has not been charged yet: each batch
 -- charges the whole minor units of (carry + its exact costs) and carries the rest, so many
 -- small events cost what they add up to, never rounded away one by one.
 CREATE TABLE tollgate.usage_carry (
-    account_id  uuid        NOT NULL CONSTRAINT usage_carry_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid  uuid        NOT NULL CONSTRAINT usage_carry_account_uuid_fkey REFERENCES tollgate.accounts,
     currency    text        NOT NULL CONSTRAINT usage_carry_currency_fkey REFERENCES tollgate.currencies,
     fraction    numeric     NOT NULL CONSTRAINT usage_carry_fraction_range CHECK (fraction >= 0 AND fraction < 1),
-    PRIMARY KEY (account_id, currency)
+    PRIMARY KEY (account_uuid, currency)
 );
 
 COMMENT ON TABLE tollgate.usage_events IS 'Metered usage; priced metrics are debited from credits in the same transaction.';
@@ -82,7 +82,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    own text := (SELECT a.external_id FROM tollgate.accounts a WHERE a.id = p_key.account_id);
+    own text := (SELECT a.external_id FROM tollgate.accounts a WHERE a.id = p_key.account_uuid);
 BEGIN
     SELECT array_agg(r.id ORDER BY r.ord), array_agg(r.metric ORDER BY r.ord),
            array_agg(r.quantity ORDER BY r.ord), array_agg(r.occurred_at ORDER BY r.ord),
@@ -109,7 +109,7 @@ BEGIN
         FROM unnest(p_events) WITH ORDINALITY AS i (id, account, agent, metric, quantity, occurred_at, ord)
         LEFT JOIN tollgate.accounts a
                ON a.external_id = coalesce(i.account, own)
-              AND (p_key.is_admin OR a.id = p_key.account_id)
+              AND (p_key.is_admin OR a.id = p_key.account_uuid)
               AND a.id <> '00000000-0000-0000-0000-000000000000'
         LEFT JOIN tollgate.metric_prices p ON p.metric = i.metric
     ) r;
@@ -137,7 +137,7 @@ BEGIN
     SELECT array_agg(la.id ORDER BY la.id) INTO wallets
     FROM (SELECT la.id FROM tollgate.ledger_accounts la
           JOIN (SELECT DISTINCT a, c FROM unnest(p_accounts, p_currencies) AS x (a, c) WHERE c IS NOT NULL) x
-            ON la.account_id = x.a AND la.currency = x.c AND la.name = 'main'
+            ON la.account_uuid = x.a AND la.currency = x.c AND la.name = 'main'
           ORDER BY la.id FOR UPDATE OF la) la;
     FOREACH w IN ARRAY coalesce(wallets, '{}') LOOP
         PERFORM tollgate.expire_holds(w);
@@ -145,13 +145,13 @@ BEGIN
             avail := avail || jsonb_build_object(w::text, tollgate.available_credits(w)
                                                           - coalesce((SELECT c.fraction FROM tollgate.usage_carry c
                                                                       JOIN tollgate.ledger_accounts la ON la.id = w
-                                                                      WHERE c.account_id = la.account_id
+                                                                      WHERE c.account_uuid = la.account_uuid
                                                                         AND c.currency = la.currency), 0));
         END IF;
     END LOOP;
     SELECT array_agg(la.id ORDER BY x.ord) INTO e_wallet
     FROM unnest(p_accounts, p_currencies) WITH ORDINALITY AS x (a, c, ord)
-    LEFT JOIN tollgate.ledger_accounts la ON la.account_id = x.a AND la.currency = x.c AND la.name = 'main';
+    LEFT JOIN tollgate.ledger_accounts la ON la.account_uuid = x.a AND la.currency = x.c AND la.name = 'main';
 END
 $$;
 
@@ -181,13 +181,13 @@ DECLARE
 BEGIN
     -- Headroom under every cap that applies.
     FOR caps IN
-        SELECT c.id, c.account_id, c.agent_id, c.currency,
-               c.hard_limit - tollgate.spent_since(c.account_id, nullif(c.agent_id, ''), c.currency,
+        SELECT c.id, c.account_uuid, c.agent_id, c.currency,
+               c.hard_limit - tollgate.spent_since(c.account_uuid, nullif(c.agent_id, ''), c.currency,
                                                    tollgate.period_start(c.period)) AS room
         FROM tollgate.spend_caps c
-        WHERE (c.account_id, c.currency) IN (SELECT DISTINCT a, cu FROM unnest(p_accounts, p_currencies) AS x (a, cu))
+        WHERE (c.account_uuid, c.currency) IN (SELECT DISTINCT a, cu FROM unnest(p_accounts, p_currencies) AS x (a, cu))
     LOOP
-        cap_id := cap_id || caps.id; cap_acct := cap_acct || caps.account_id;
+        cap_id := cap_id || caps.id; cap_acct := cap_acct || caps.account_uuid;
         cap_agent := cap_agent || caps.agent_id; cap_cur := cap_cur || caps.currency;
         cap_room := cap_room || caps.room::numeric;
     END LOOP;
@@ -249,12 +249,12 @@ BEGIN
     LOOP
         IF charged.agent IS NULL THEN
             SELECT c.fraction INTO carry FROM tollgate.usage_carry c
-            WHERE c.account_id = charged.account AND c.currency = charged.cur FOR UPDATE;
+            WHERE c.account_uuid = charged.account AND c.currency = charged.cur FOR UPDATE;
             carry := coalesce(carry, 0) + charged.total;
             whole := floor(carry)::bigint;
-            INSERT INTO tollgate.usage_carry AS c (account_id, currency, fraction)
+            INSERT INTO tollgate.usage_carry AS c (account_uuid, currency, fraction)
             VALUES (charged.account, charged.cur, carry - whole)
-            ON CONFLICT (account_id, currency) DO UPDATE SET fraction = excluded.fraction;
+            ON CONFLICT (account_uuid, currency) DO UPDATE SET fraction = excluded.fraction;
             IF whole > 0 THEN
                 postings := postings || jsonb_build_object(charged.wallet::text, tollgate.post(
                     charged.account, 'charge',
@@ -324,7 +324,7 @@ BEGIN
 
     -- Ids recorded before (the account's batches are serialised now, so this is final).
     SELECT array_agg(CASE WHEN x.reason IS NULL AND EXISTS (
-                              SELECT FROM tollgate.usage_events u WHERE u.account_id = x.a AND u.id = x.id)
+                              SELECT FROM tollgate.usage_events u WHERE u.account_uuid = x.a AND u.id = x.id)
                           THEN 'duplicate' ELSE x.reason END ORDER BY x.ord)
     INTO e_reason
     FROM unnest(e_account, e_id, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
@@ -343,7 +343,7 @@ BEGIN
     -- 4. Per wallet: charge the whole minor units of carry + costs, carry the rest.
     postings := tollgate.charge_usage(e_wallet, e_account, e_currency, e_agent, e_cost, e_reason);
 
-    INSERT INTO tollgate.usage_events (account_id, id, agent_id, metric, quantity, occurred_at, cost, currency, posting_id)
+    INSERT INTO tollgate.usage_events (account_uuid, id, agent_id, metric, quantity, occurred_at, cost, currency, posting_id)
     SELECT x.a, x.id, x.agent, x.metric, x.quantity, x.occurred_at, x.cost, x.c,
            (postings ->> x.wallet::text)::uuid
     FROM unnest(e_account, e_id, e_agent, e_metric, e_quantity, e_occurred, e_cost, e_currency, e_wallet, e_reason)
@@ -410,7 +410,7 @@ BEGIN
            CASE WHEN u.currency IS NOT NULL THEN tollgate.format_exact(sum(u.cost), u.currency) END,
            u.currency
     FROM tollgate.usage_events u
-    WHERE u.account_id = acct.id AND (p_metric IS NULL OR u.metric = p_metric)
+    WHERE u.account_uuid = acct.id AND (p_metric IS NULL OR u.metric = p_metric)
       AND u.occurred_at >= coalesce(p_from, '-infinity') AND u.occurred_at < coalesce(p_to, 'infinity')
     GROUP BY 1, 2, u.currency
     ORDER BY 1, 2, u.currency;
@@ -429,7 +429,7 @@ SELECT a.external_id                             AS account_id,
        sum(u.cost)                               AS cost_minor,
        u.currency
 FROM tollgate.usage_events u
-JOIN tollgate.accounts a ON a.id = u.account_id
+JOIN tollgate.accounts a ON a.id = u.account_uuid
 GROUP BY 1, 2, 3, 4, u.currency;
 
 COMMENT ON VIEW reporting.usage_daily IS

@@ -18,7 +18,7 @@ CREATE TABLE tollgate.outbox (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- Stable id consumers use to recognise a redelivery.
     event_id    uuid        NOT NULL DEFAULT gen_random_uuid() CONSTRAINT outbox_event_id_key UNIQUE,
-    account_id  uuid        NOT NULL CONSTRAINT outbox_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid  uuid        NOT NULL CONSTRAINT outbox_account_uuid_fkey REFERENCES tollgate.accounts,
     -- e.g. payment.settled; NOTIFY goes to the channel named like the topic with _ for .
     topic       text        NOT NULL CONSTRAINT outbox_topic_format CHECK (topic ~ '^[a-z_]+\.[a-z_]+$'),
     -- Ids, not documents: small enough for a NOTIFY payload (limit 8000 bytes).
@@ -29,7 +29,7 @@ CREATE TABLE tollgate.outbox (
     xact_id     xid8        DEFAULT pg_current_xact_id()
 );
 
-CREATE INDEX outbox_account_id_idx ON tollgate.outbox (account_id, id);
+CREATE INDEX outbox_account_uuid_idx ON tollgate.outbox (account_uuid, id);
 CREATE INDEX outbox_xact_id_idx ON tollgate.outbox (xact_id);
 
 COMMENT ON TABLE tollgate.outbox IS 'Append-only announcements of settled and refunded payments; NOTIFY is only the wake-up.';
@@ -63,7 +63,7 @@ CREATE TYPE tollgate.delivery_status AS ENUM (
 CREATE TABLE tollgate.outbox_deliveries (
     consumer        text        NOT NULL CONSTRAINT outbox_deliveries_consumer_fkey REFERENCES tollgate.outbox_consumers,
     outbox_id       bigint      NOT NULL CONSTRAINT outbox_deliveries_outbox_id_fkey REFERENCES tollgate.outbox,
-    account_id      uuid        NOT NULL CONSTRAINT outbox_deliveries_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid      uuid        NOT NULL CONSTRAINT outbox_deliveries_account_uuid_fkey REFERENCES tollgate.accounts,
     status          tollgate.delivery_status NOT NULL DEFAULT 'pending',
     attempts        integer     NOT NULL DEFAULT 0 CONSTRAINT outbox_deliveries_attempts_non_negative CHECK (attempts >= 0),
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
@@ -94,13 +94,13 @@ SET LOCAL ROLE tollgate_owner;
 -- ---------------------------------------------------------------------------------------------
 
 -- Announce a change: a durable outbox row, in the caller's transaction.
-CREATE OR REPLACE FUNCTION tollgate.emit(p_account_id uuid, p_topic text, p_payload jsonb)
+CREATE OR REPLACE FUNCTION tollgate.emit(p_account_uuid uuid, p_topic text, p_payload jsonb)
 RETURNS bigint
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO tollgate.outbox (account_id, topic, payload)
-    VALUES (p_account_id, p_topic, p_payload)
+    INSERT INTO tollgate.outbox (account_uuid, topic, payload)
+    VALUES (p_account_uuid, p_topic, p_payload)
     RETURNING id
 $$;
 
@@ -108,6 +108,7 @@ $$;
 -- payment_settled). NOTIFY is delivered on commit, so listeners never see a rolled-back change.
 -- The payload carries ids only: anyone can send a NOTIFY statement on any channel, so a
 -- listener reads the outbox row it names (id and event id) instead of trusting the message.
+-- account_id is the account's external id, as everywhere outside the tables.
 -- SECURITY DEFINER: pg_notify is the owner's alone (db/sql/90-grants.sql).
 CREATE OR REPLACE FUNCTION tollgate.outbox_notify() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -117,7 +118,8 @@ BEGIN
     PERFORM pg_notify(
         replace(NEW.topic, '.', '_'),
         jsonb_build_object('outbox_id', NEW.id, 'event_id', NEW.event_id, 'topic', NEW.topic,
-                           'account_id', NEW.account_id)::text);
+                           'account_id', (SELECT a.external_id FROM tollgate.accounts a
+                                          WHERE a.id = NEW.account_uuid))::text);
     RETURN NULL;
 END
 $$;
@@ -128,8 +130,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
-    SELECT c.name, NEW.id, NEW.account_id FROM tollgate.outbox_consumers c;
+    INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_uuid)
+    SELECT c.name, NEW.id, NEW.account_uuid FROM tollgate.outbox_consumers c;
     -- A constant payload: one wake-up per transaction, however many events it wrote.
     PERFORM pg_notify('tollgate_outbox', '');
     RETURN NULL;
@@ -142,7 +144,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF (NEW.consumer, NEW.outbox_id, NEW.account_id) IS DISTINCT FROM (OLD.consumer, OLD.outbox_id, OLD.account_id) THEN
+    IF (NEW.consumer, NEW.outbox_id, NEW.account_uuid) IS DISTINCT FROM (OLD.consumer, OLD.outbox_id, OLD.account_uuid) THEN
         RAISE EXCEPTION 'delivery %/%: its identity never changes', OLD.consumer, OLD.outbox_id
             USING ERRCODE = 'TG011', CONSTRAINT = 'outbox_deliveries_identity';
     END IF;
@@ -185,8 +187,8 @@ BEGIN
         RETURN;
     END IF;
     IF p_from_start THEN
-        INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
-        SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o;
+        INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_uuid)
+        SELECT p_consumer, o.id, o.account_uuid FROM tollgate.outbox o;
         GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
     RETURN QUERY SELECT p_consumer, true, n;
@@ -241,8 +243,8 @@ BEGIN
                 AND pg_snapshot_xmin(pg_current_snapshot()) >= next_xid
                 AND current_setting('transaction_isolation') = 'read committed';
     -- A statement of its own, so a snapshot taken after the look above.
-    INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_id)
-    SELECT p_consumer, o.id, o.account_id FROM tollgate.outbox o
+    INSERT INTO tollgate.outbox_deliveries (consumer, outbox_id, account_uuid)
+    SELECT p_consumer, o.id, o.account_uuid FROM tollgate.outbox o
     WHERE o.xact_id >= pg_snapshot_xmin(c.registered_snapshot)
       AND NOT pg_visible_in_snapshot(o.xact_id, c.registered_snapshot)
     ON CONFLICT (consumer, outbox_id) DO NOTHING;
@@ -326,7 +328,7 @@ BEGIN
     SELECT token, o.id, o.event_id, o.topic, a.external_id, o.payload, o.created_at, l.attempts
     FROM leased l
     JOIN tollgate.outbox o ON o.id = l.outbox_id
-    JOIN tollgate.accounts a ON a.id = o.account_id
+    JOIN tollgate.accounts a ON a.id = o.account_uuid
     ORDER BY o.id;
 END
 $$;
@@ -421,7 +423,7 @@ AS $$
     SELECT o.id, o.event_id, o.topic, a.external_id, d.attempts, d.last_error, o.created_at
     FROM tollgate.outbox_deliveries d
     JOIN tollgate.outbox o ON o.id = d.outbox_id
-    JOIN tollgate.accounts a ON a.id = o.account_id
+    JOIN tollgate.accounts a ON a.id = o.account_uuid
     WHERE d.consumer = p_consumer AND d.status = 'dead'
     ORDER BY o.id
 $$;

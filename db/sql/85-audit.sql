@@ -17,7 +17,7 @@ SET LOCAL ROLE tollgate_owner;
 
 CREATE TABLE tollgate.audit_log (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    account_id  uuid        NOT NULL CONSTRAINT audit_log_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid  uuid        NOT NULL CONSTRAINT audit_log_account_uuid_fkey REFERENCES tollgate.accounts,
     -- What changed: the table's entity name and the row's id.
     entity      text        NOT NULL,
     entity_id   text        NOT NULL,
@@ -37,13 +37,13 @@ CREATE TABLE tollgate.audit_log (
 );
 
 CREATE INDEX audit_log_entity_idx ON tollgate.audit_log (entity, entity_id, id);
-CREATE INDEX audit_log_account_id_idx ON tollgate.audit_log (account_id, id);
+CREATE INDEX audit_log_account_uuid_idx ON tollgate.audit_log (account_uuid, id);
 CREATE INDEX audit_log_xact_idx ON tollgate.audit_log (xact);
 
 COMMENT ON TABLE tollgate.audit_log IS 'Append-only trail of every status change: what, old -> new, when and who.';
 
 CREATE TABLE tollgate.audit_heads (
-    account_id  uuid        PRIMARY KEY CONSTRAINT audit_heads_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid  uuid        PRIMARY KEY CONSTRAINT audit_heads_account_uuid_fkey REFERENCES tollgate.accounts,
     rows        bigint      NOT NULL CONSTRAINT audit_heads_rows_non_negative CHECK (rows >= 0),
     last_hash   bytea       NOT NULL
 );
@@ -54,12 +54,12 @@ COMMENT ON TABLE tollgate.audit_heads IS 'The end of each account''s audit hash 
 -- privilege, and audit_log has none for anyone; the account is the audit row's, checked there.
 -- verify_audit_chain() pairs seals with rows instead.
 CREATE TABLE tollgate.audit_seals (
-    account_id  uuid        NOT NULL,
+    account_uuid  uuid        NOT NULL,
     seq         bigint      NOT NULL CONSTRAINT audit_seals_seq_positive CHECK (seq > 0),
     audit_id    bigint      NOT NULL CONSTRAINT audit_seals_audit_id_key UNIQUE,
     prev_hash   bytea       NOT NULL,
     row_hash    bytea       NOT NULL,
-    CONSTRAINT audit_seals_pkey PRIMARY KEY (account_id, seq)
+    CONSTRAINT audit_seals_pkey PRIMARY KEY (account_uuid, seq)
 );
 
 COMMENT ON TABLE tollgate.audit_seals IS 'Each audit row''s place in its account''s hash chain, written when its transaction commits.';
@@ -70,21 +70,21 @@ SET LOCAL ROLE tollgate_owner;
 -- Record one change in the audit trail (sealed into its account's hash chain at COMMIT by
 -- trigger audit_log_90_seal).
 CREATE OR REPLACE FUNCTION tollgate.audit(
-    p_account_id uuid, p_entity text, p_entity_id text, p_action text,
+    p_account_uuid uuid, p_entity text, p_entity_id text, p_action text,
     p_old_value text DEFAULT NULL, p_new_value text DEFAULT NULL, p_note text DEFAULT NULL
 ) RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, old_value, new_value, actor, note)
-    VALUES (p_account_id, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor(), p_note)
+    INSERT INTO tollgate.audit_log (account_uuid, entity, entity_id, action, old_value, new_value, actor, note)
+    VALUES (p_account_uuid, p_entity, p_entity_id, p_action, p_old_value, p_new_value, tollgate.actor(), p_note)
 $$;
 
 -- Where an account's chain starts.
-CREATE OR REPLACE FUNCTION tollgate.audit_genesis(p_account_id uuid) RETURNS bytea
+CREATE OR REPLACE FUNCTION tollgate.audit_genesis(p_account_uuid uuid) RETURNS bytea
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT sha256(convert_to('tollgate audit chain ' || p_account_id, 'UTF8')) $$;
+AS $$ SELECT sha256(convert_to('tollgate audit chain ' || p_account_uuid, 'UTF8')) $$;
 
 -- A sealed row's hash: the previous hash, the row's place and its content (a JSON array:
 -- unambiguous, and the time as microseconds since the epoch, whatever the session's time zone
@@ -94,7 +94,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT sha256(p_prev || convert_to(jsonb_build_array(
-        p_seq, r.id, r.account_id, r.entity, r.entity_id, r.action, r.old_value, r.new_value,
+        p_seq, r.id, r.account_uuid, r.entity, r.entity_id, r.action, r.old_value, r.new_value,
         r.actor, r.db_role, (extract(epoch FROM r.at) * 1000000)::bigint, r.note)::text, 'UTF8'))
 $$;
 
@@ -129,32 +129,32 @@ BEGIN
     IF EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = NEW.id) THEN
         RETURN NULL;
     END IF;
-    FOR acct IN SELECT DISTINCT l.account_id FROM tollgate.audit_log l WHERE l.xact = me ORDER BY 1 LOOP
-        SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_id = acct FOR UPDATE;
+    FOR acct IN SELECT DISTINCT l.account_uuid FROM tollgate.audit_log l WHERE l.xact = me ORDER BY 1 LOOP
+        SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
         IF NOT FOUND THEN  -- the account's first audit row
-            INSERT INTO tollgate.audit_heads AS h (account_id, rows, last_hash)
+            INSERT INTO tollgate.audit_heads AS h (account_uuid, rows, last_hash)
             VALUES (acct, 0, tollgate.audit_genesis(acct))
-            ON CONFLICT (account_id) DO NOTHING;
-            SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_id = acct FOR UPDATE;
+            ON CONFLICT (account_uuid) DO NOTHING;
+            SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
         END IF;
-        IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_id = acct) THEN
+        IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_uuid = acct) THEN
             RAISE EXCEPTION 'the audit chain of account % has seals but lost its head: restore audit_heads', acct
                 USING ERRCODE = 'TG012', CONSTRAINT = 'audit_heads_kept';
         END IF;
         n := head.rows;
         hash := head.last_hash;
         FOR r IN SELECT l.* FROM tollgate.audit_log l
-                 WHERE l.xact = me AND l.account_id = acct
+                 WHERE l.xact = me AND l.account_uuid = acct
                    AND NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
                  ORDER BY l.id LOOP
             n := n + 1;
             next := tollgate.audit_row_hash(hash, n, r);
-            INSERT INTO tollgate.audit_seals (account_id, seq, audit_id, prev_hash, row_hash)
+            INSERT INTO tollgate.audit_seals (account_uuid, seq, audit_id, prev_hash, row_hash)
             VALUES (acct, n, r.id, hash, next);
             hash := next;
         END LOOP;
         IF n > head.rows THEN
-            UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_id = acct;
+            UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
         END IF;
     END LOOP;
     RETURN NULL;
@@ -174,36 +174,36 @@ $$;
 -- A superuser who rewrites a whole chain and its head consistently is not caught: keep a copy
 -- of audit_heads.last_hash elsewhere (e.g. in the daily report) to compare against.
 CREATE OR REPLACE FUNCTION tollgate.verify_audit_chain()
-RETURNS TABLE (account_id uuid, problem text, seq bigint, audit_id bigint)
+RETURNS TABLE (account_uuid uuid, problem text, seq bigint, audit_id bigint)
 LANGUAGE sql STABLE SECURITY DEFINER  -- reporting.audit_chain_problems calls it for analysts
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH chained AS (
-        SELECT s.account_id, s.seq, s.audit_id, s.prev_hash, s.row_hash, l AS r, l.id AS found,
+        SELECT s.account_uuid, s.seq, s.audit_id, s.prev_hash, s.row_hash, l AS r, l.id AS found,
                lag(s.row_hash) OVER w AS before_hash, lag(s.seq) OVER w AS before_seq,
-               row_number() OVER (PARTITION BY s.account_id ORDER BY s.seq DESC) AS from_end
+               row_number() OVER (PARTITION BY s.account_uuid ORDER BY s.seq DESC) AS from_end
         FROM tollgate.audit_seals s LEFT JOIN tollgate.audit_log l ON l.id = s.audit_id
-        WINDOW w AS (PARTITION BY s.account_id ORDER BY s.seq)
+        WINDOW w AS (PARTITION BY s.account_uuid ORDER BY s.seq)
     )
-    SELECT l.account_id, 'unsealed', NULL::bigint, l.id FROM tollgate.audit_log l
+    SELECT l.account_uuid, 'unsealed', NULL::bigint, l.id FROM tollgate.audit_log l
     WHERE NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
     UNION ALL
-    SELECT c.account_id, 'missing', c.seq, c.audit_id FROM chained c WHERE c.found IS NULL
+    SELECT c.account_uuid, 'missing', c.seq, c.audit_id FROM chained c WHERE c.found IS NULL
     UNION ALL
-    SELECT c.account_id, 'altered', c.seq, c.audit_id FROM chained c
+    SELECT c.account_uuid, 'altered', c.seq, c.audit_id FROM chained c
     WHERE c.found IS NOT NULL
-      AND (c.row_hash <> tollgate.audit_row_hash(c.prev_hash, c.seq, c.r) OR (c.r).account_id <> c.account_id)
+      AND (c.row_hash <> tollgate.audit_row_hash(c.prev_hash, c.seq, c.r) OR (c.r).account_uuid <> c.account_uuid)
     UNION ALL
-    SELECT c.account_id, 'broken_link', c.seq, c.audit_id FROM chained c
-    WHERE c.prev_hash <> coalesce(c.before_hash, tollgate.audit_genesis(c.account_id))
+    SELECT c.account_uuid, 'broken_link', c.seq, c.audit_id FROM chained c
+    WHERE c.prev_hash <> coalesce(c.before_hash, tollgate.audit_genesis(c.account_uuid))
     UNION ALL
-    SELECT c.account_id, 'gap', c.seq, c.audit_id FROM chained c
+    SELECT c.account_uuid, 'gap', c.seq, c.audit_id FROM chained c
     WHERE c.seq <> coalesce(c.before_seq, 0) + 1
     UNION ALL
-    SELECT coalesce(h.account_id, e.account_id), 'head', coalesce(h.rows, e.seq), e.audit_id
+    SELECT coalesce(h.account_uuid, e.account_uuid), 'head', coalesce(h.rows, e.seq), e.audit_id
     FROM tollgate.audit_heads h
-    FULL JOIN (SELECT * FROM chained c WHERE c.from_end = 1) e ON e.account_id = h.account_id
-    WHERE h.account_id IS NULL  -- a chain whose head was deleted
+    FULL JOIN (SELECT * FROM chained c WHERE c.from_end = 1) e ON e.account_uuid = h.account_uuid
+    WHERE h.account_uuid IS NULL  -- a chain whose head was deleted
        OR e.seq IS DISTINCT FROM nullif(h.rows, 0)
        OR e.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
 $$;
@@ -218,7 +218,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM tollgate.audit(NEW.account_id, 'ledger_posting', NEW.id::text, 'posted', NULL, NEW.kind::text);
+    PERFORM tollgate.audit(NEW.account_uuid, 'ledger_posting', NEW.id::text, 'posted', NULL, NEW.kind::text);
     RETURN NULL;
 END
 $$;
@@ -228,7 +228,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM tollgate.audit(NEW.account_id, 'entitlement', NEW.payment_intent_id::text,
+    PERFORM tollgate.audit(NEW.account_uuid, 'entitlement', NEW.payment_intent_id::text,
                            CASE TG_OP WHEN 'INSERT' THEN 'granted' ELSE 'used' END,
                            CASE TG_OP WHEN 'UPDATE' THEN OLD.uses_left::text END, NEW.uses_left::text);
     RETURN NULL;

@@ -7,11 +7,11 @@
 -- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
--- Thresholds per currency: the row with account_id NULL applies to every account that has
+-- Thresholds per currency: the row with account_uuid NULL applies to every account that has
 -- no row of its own. NULL thresholds are not checked.
 CREATE TABLE tollgate.risk_rules (
     id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id         uuid        CONSTRAINT risk_rules_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        CONSTRAINT risk_rules_account_uuid_fkey REFERENCES tollgate.accounts,
     currency           text        NOT NULL CONSTRAINT risk_rules_currency_fkey REFERENCES tollgate.currencies,
     -- One amount above this is reviewed.
     max_amount         tollgate.amount_minor,
@@ -21,7 +21,7 @@ CREATE TABLE tollgate.risk_rules (
     -- The first payment or transaction of an account above this is reviewed.
     first_amount_max   tollgate.amount_minor,
     updated_at         timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT risk_rules_scope_key UNIQUE NULLS NOT DISTINCT (account_id, currency),
+    CONSTRAINT risk_rules_scope_key UNIQUE NULLS NOT DISTINCT (account_uuid, currency),
     CONSTRAINT risk_rules_velocity_pair CHECK ((velocity_count IS NULL) = (velocity_window IS NULL))
 );
 
@@ -42,7 +42,7 @@ INSERT INTO tollgate.review_transitions VALUES ('open', 'approved'), ('open', 'r
 
 CREATE TABLE tollgate.reviews (
     id                 uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id         uuid        NOT NULL CONSTRAINT reviews_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid         uuid        NOT NULL CONSTRAINT reviews_account_uuid_fkey REFERENCES tollgate.accounts,
     transaction_id     uuid        CONSTRAINT reviews_transaction_id_fkey REFERENCES tollgate.transactions
                                    CONSTRAINT reviews_transaction_id_key UNIQUE,
     payment_intent_id  uuid        CONSTRAINT reviews_payment_intent_id_fkey REFERENCES tollgate.payment_intents
@@ -68,7 +68,7 @@ SET LOCAL ROLE tollgate_owner;
 -- (more than velocity_count recorded within velocity_window, this one included) and
 -- first_amount_above_threshold (its first, above first_amount_max). p_kind: transaction or
 -- payment, whose records are counted.
-CREATE OR REPLACE FUNCTION tollgate.risk_flags(p_account_id uuid, p_kind text, p_amount bigint, p_currency text)
+CREATE OR REPLACE FUNCTION tollgate.risk_flags(p_account_uuid uuid, p_kind text, p_amount bigint, p_currency text)
 RETURNS text[]
 LANGUAGE plpgsql VOLATILE  -- not STABLE: the counts must see what committed while it waited
 SET search_path = pg_catalog, pg_temp
@@ -79,15 +79,15 @@ DECLARE
     seen  bigint;
 BEGIN
     SELECT * INTO rule FROM tollgate.risk_rules r
-    WHERE r.currency = p_currency AND (r.account_id = p_account_id OR r.account_id IS NULL)
-    ORDER BY r.account_id NULLS LAST LIMIT 1;
+    WHERE r.currency = p_currency AND (r.account_uuid = p_account_uuid OR r.account_uuid IS NULL)
+    ORDER BY r.account_uuid NULLS LAST LIMIT 1;
     IF NOT FOUND THEN
         RETURN flags;
     END IF;
     -- Counting what came before races with concurrent inserts for the account: they take turns
     -- here (until commit), so each counts the others.
     IF rule.velocity_count IS NOT NULL OR rule.first_amount_max IS NOT NULL THEN
-        PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:risk:' || p_kind || ':' || p_account_id, 0));
+        PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:risk:' || p_kind || ':' || p_account_uuid, 0));
     END IF;
     IF p_amount > rule.max_amount THEN
         flags := array_append(flags, 'amount_above_threshold');
@@ -95,16 +95,16 @@ BEGIN
     IF rule.velocity_count IS NOT NULL THEN
         seen := CASE p_kind
             WHEN 'transaction' THEN (SELECT count(*) FROM tollgate.transactions t
-                                     WHERE t.account_id = p_account_id AND t.created_at > now() - rule.velocity_window)
+                                     WHERE t.account_uuid = p_account_uuid AND t.created_at > now() - rule.velocity_window)
             ELSE (SELECT count(*) FROM tollgate.payment_intents p
-                  WHERE p.account_id = p_account_id AND p.created_at > now() - rule.velocity_window) END;
+                  WHERE p.account_uuid = p_account_uuid AND p.created_at > now() - rule.velocity_window) END;
         IF seen > rule.velocity_count THEN
             flags := array_append(flags, 'velocity');
         END IF;
     END IF;
     seen := CASE p_kind
-        WHEN 'transaction' THEN (SELECT count(*) FROM tollgate.transactions t WHERE t.account_id = p_account_id)
-        ELSE (SELECT count(*) FROM tollgate.payment_intents p WHERE p.account_id = p_account_id) END;
+        WHEN 'transaction' THEN (SELECT count(*) FROM tollgate.transactions t WHERE t.account_uuid = p_account_uuid)
+        ELSE (SELECT count(*) FROM tollgate.payment_intents p WHERE p.account_uuid = p_account_uuid) END;
     IF p_amount > rule.first_amount_max AND seen = 1 THEN
         flags := array_append(flags, 'first_amount_above_threshold');
     END IF;
@@ -118,11 +118,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     kind  text := CASE TG_TABLE_NAME WHEN 'transactions' THEN 'transaction' ELSE 'payment' END;
-    flags text[] := tollgate.risk_flags(NEW.account_id, kind, NEW.amount, NEW.currency);
+    flags text[] := tollgate.risk_flags(NEW.account_uuid, kind, NEW.amount, NEW.currency);
 BEGIN
     IF cardinality(flags) > 0 THEN
-        INSERT INTO tollgate.reviews (account_id, transaction_id, payment_intent_id, rules, detail)
-        VALUES (NEW.account_id,
+        INSERT INTO tollgate.reviews (account_uuid, transaction_id, payment_intent_id, rules, detail)
+        VALUES (NEW.account_uuid,
                 CASE kind WHEN 'transaction' THEN NEW.id END,
                 CASE kind WHEN 'payment' THEN NEW.id END,
                 flags,
@@ -190,10 +190,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM tollgate.audit(NEW.account_id, 'review', NEW.id::text, 'opened', NULL, 'open',
+        PERFORM tollgate.audit(NEW.account_uuid, 'review', NEW.id::text, 'opened', NULL, 'open',
                                array_to_string(NEW.rules, ', ') || ': ' || NEW.detail);
     ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
-        PERFORM tollgate.audit(NEW.account_id, 'review', NEW.id::text, 'decided', OLD.status::text,
+        PERFORM tollgate.audit(NEW.account_uuid, 'review', NEW.id::text, 'decided', OLD.status::text,
                                NEW.status::text, NEW.note);
         -- Credits a flagged payment bought before its review could hold them (settled before
         -- this rule existed): recorded and announced for the operator to refund.
@@ -211,8 +211,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF (NEW.id, NEW.account_id, NEW.transaction_id, NEW.payment_intent_id, NEW.rules, NEW.detail, NEW.created_at)
-       IS DISTINCT FROM (OLD.id, OLD.account_id, OLD.transaction_id, OLD.payment_intent_id, OLD.rules,
+    IF (NEW.id, NEW.account_uuid, NEW.transaction_id, NEW.payment_intent_id, NEW.rules, NEW.detail, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.account_uuid, OLD.transaction_id, OLD.payment_intent_id, OLD.rules,
                          OLD.detail, OLD.created_at)
        OR (OLD.status <> 'open' AND (NEW.note, NEW.decided_by, NEW.decided_at)
            IS DISTINCT FROM (OLD.note, OLD.decided_by, OLD.decided_at)) THEN
@@ -233,7 +233,7 @@ SELECT r.id, a.external_id AS account_id,
        coalesce(t.reference, p.stripe_id) AS subject_ref,
        r.rules, r.detail, r.status::text AS status, r.decided_by, r.note, r.created_at, r.decided_at
 FROM tollgate.reviews r
-JOIN tollgate.accounts a ON a.id = r.account_id
+JOIN tollgate.accounts a ON a.id = r.account_uuid
 LEFT JOIN tollgate.transactions t ON t.id = r.transaction_id
 LEFT JOIN tollgate.payment_intents p ON p.id = r.payment_intent_id;
 
@@ -300,9 +300,9 @@ DECLARE
     txn tollgate.transactions;
 BEGIN
     SELECT * INTO STRICT txn FROM tollgate.transactions WHERE id = p_transaction_id;
-    PERFORM tollgate.audit(txn.account_id, 'transaction', txn.id::text, 'review_rejected',
+    PERFORM tollgate.audit(txn.account_uuid, 'transaction', txn.id::text, 'review_rejected',
                            'settled', 'settled', 'its payment''s review was rejected after it settled: refund the payment');
-    PERFORM tollgate.emit(txn.account_id, 'transaction.review_rejected',
+    PERFORM tollgate.emit(txn.account_uuid, 'transaction.review_rejected',
                           jsonb_build_object('transaction_id', txn.id, 'reference', txn.reference,
                                              'payment_id', txn.payment_intent_id));
 END
@@ -330,7 +330,7 @@ BEGIN
     PERFORM tollgate.to_minor(1, p_currency);
     IF p_max_amount IS NOT NULL THEN mx := tollgate.to_minor(p_max_amount, p_currency); END IF;
     IF p_first_amount_max IS NOT NULL THEN fst := tollgate.to_minor(p_first_amount_max, p_currency); END IF;
-    INSERT INTO tollgate.risk_rules AS r (account_id, currency, max_amount, velocity_count, velocity_window, first_amount_max)
+    INSERT INTO tollgate.risk_rules AS r (account_uuid, currency, max_amount, velocity_count, velocity_window, first_amount_max)
     VALUES (acct, p_currency, mx, p_velocity_count, make_interval(secs => p_velocity_seconds), fst)
     ON CONFLICT ON CONSTRAINT risk_rules_scope_key DO UPDATE
     SET max_amount = excluded.max_amount, velocity_count = excluded.velocity_count,

@@ -25,7 +25,7 @@ CREATE TABLE tollgate.reconciliation_lines (
     batch_id        uuid        NOT NULL CONSTRAINT reconciliation_lines_batch_id_fkey REFERENCES tollgate.reconciliation_batches,
     line_no         integer     NOT NULL,
     -- The line's account: the matched transaction's, else the one the line named (else NULL).
-    account_id      uuid        CONSTRAINT reconciliation_lines_account_id_fkey REFERENCES tollgate.accounts,
+    account_uuid      uuid        CONSTRAINT reconciliation_lines_account_uuid_fkey REFERENCES tollgate.accounts,
     reference       text        NOT NULL CONSTRAINT reconciliation_lines_reference_length CHECK (length(reference) BETWEEN 1 AND 200),
     amount          tollgate.amount_minor NOT NULL,
     currency        text        NOT NULL CONSTRAINT reconciliation_lines_currency_fkey REFERENCES tollgate.currencies,
@@ -117,12 +117,12 @@ BEGIN
             RETURN QUERY SELECT batch, i, line.reference, 'duplicate'::text, NULL::uuid, why;
             CONTINUE;
         END IF;
-        SELECT count(*) INTO found FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
+        SELECT count(*) INTO found FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_uuid
         WHERE t.reference = line.reference AND (line.account IS NULL OR a.external_id = line.account);
         txn := NULL;
         why := NULL;
         IF found = 1 THEN
-            SELECT t.* INTO txn FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_id
+            SELECT t.* INTO txn FROM tollgate.transactions t JOIN tollgate.accounts a ON a.id = t.account_uuid
             WHERE t.reference = line.reference AND (line.account IS NULL OR a.external_id = line.account);
             IF (txn.amount, txn.currency) IS DISTINCT FROM (minor, line.currency) THEN
                 result := 'amount_mismatch';
@@ -138,9 +138,9 @@ BEGIN
             why := CASE WHEN found > 1 THEN format('%s accounts have this reference: name the account', found) END;
         END IF;
         INSERT INTO tollgate.reconciliation_lines
-            (batch_id, line_no, account_id, reference, amount, currency, happened_on, status, transaction_id, note)
+            (batch_id, line_no, account_uuid, reference, amount, currency, happened_on, status, transaction_id, note)
         VALUES (batch, i,
-                coalesce(txn.account_id, (SELECT a.id FROM tollgate.accounts a WHERE a.external_id = line.account)),
+                coalesce(txn.account_uuid, (SELECT a.id FROM tollgate.accounts a WHERE a.external_id = line.account)),
                 line.reference, minor, line.currency, line.happened_on, result, txn.id, why);
         RETURN QUERY SELECT batch, i, line.reference, result::text, txn.id, why;
     END LOOP;

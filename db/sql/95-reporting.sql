@@ -12,7 +12,7 @@ SET LOCAL ROLE tollgate_owner;
 CREATE OR REPLACE VIEW reporting.payment_status_changes AS
 SELECT l.entity_id::uuid AS payment_id, a.external_id AS account_id, l.old_value AS from_status,
        l.new_value AS to_status, l.actor, l.at
-FROM tollgate.audit_log l JOIN tollgate.accounts a ON a.id = l.account_id
+FROM tollgate.audit_log l JOIN tollgate.accounts a ON a.id = l.account_uuid
 WHERE l.entity = 'payment_intent';
 
 CREATE OR REPLACE VIEW reporting.payments AS
@@ -33,7 +33,7 @@ SELECT p.id AS payment_id,
        (SELECT jsonb_agg(jsonb_build_object('status', c.to_status, 'at', c.at, 'by', c.actor) ORDER BY c.at)
         FROM reporting.payment_status_changes c WHERE c.payment_id = p.id) AS status_history
 FROM tollgate.payment_intents p
-JOIN tollgate.accounts a ON a.id = p.account_id
+JOIN tollgate.accounts a ON a.id = p.account_uuid
 JOIN tollgate.currencies cur ON cur.code = p.currency;
 
 CREATE OR REPLACE VIEW reporting.refunds AS
@@ -72,7 +72,7 @@ SELECT t.id AS transaction_id, a.external_id AS account_id, t.reference, t.amoun
                  AND r.status IN ('open', 'rejected')) AS held_for_review,
        t.created_at, t.updated_at
 FROM tollgate.transactions t
-JOIN tollgate.accounts a ON a.id = t.account_id
+JOIN tollgate.accounts a ON a.id = t.account_uuid
 JOIN tollgate.currencies cur ON cur.code = t.currency;
 
 CREATE OR REPLACE VIEW reporting.ledger_balances AS
@@ -81,7 +81,7 @@ SELECT a.external_id AS account_id, la.name AS ledger_account, la.currency, la.b
        la.allow_negative,
        (SELECT max(e.created_at) FROM tollgate.ledger_entries e WHERE e.ledger_account_id = la.id) AS last_entry_at
 FROM tollgate.ledger_accounts la
-JOIN tollgate.accounts a ON a.id = la.account_id
+JOIN tollgate.accounts a ON a.id = la.account_uuid
 JOIN tollgate.currencies cur ON cur.code = la.currency;
 
 -- Credits: an account's main balance, what holds keep for authorized work, what is left.
@@ -90,10 +90,10 @@ SELECT a.external_id AS account_id, la.currency, la.balance AS balance_minor,
        coalesce(h.held, 0)::bigint AS held_minor, (la.balance - coalesce(h.held, 0))::bigint AS available_minor,
        la.allow_negative, la.low_balance AS low_balance_minor
 FROM tollgate.ledger_accounts la
-JOIN tollgate.accounts a ON a.id = la.account_id
+JOIN tollgate.accounts a ON a.id = la.account_uuid
 LEFT JOIN LATERAL (SELECT sum(x.amount) AS held FROM tollgate.holds x
                    WHERE x.ledger_account_id = la.id AND x.status = 'active' AND x.expires_at > now()) h ON true
-WHERE la.name = 'main' AND la.account_id <> '00000000-0000-0000-0000-000000000000';
+WHERE la.name = 'main' AND la.account_uuid <> '00000000-0000-0000-0000-000000000000';
 
 CREATE OR REPLACE VIEW reporting.reconciliation_mismatches AS
 WITH coverage AS (  -- the days each source's lines cover
@@ -104,13 +104,13 @@ SELECT b.source, l.batch_id, l.line_no, l.reference, a.external_id AS account_id
        l.currency, l.happened_on AS day, l.status::text AS status, l.note
 FROM tollgate.reconciliation_lines l
 JOIN tollgate.reconciliation_batches b ON b.id = l.batch_id
-LEFT JOIN tollgate.accounts a ON a.id = l.account_id
+LEFT JOIN tollgate.accounts a ON a.id = l.account_uuid
 WHERE l.status <> 'matched'
 UNION ALL
 SELECT c.source, NULL, NULL, t.reference, a.external_id, t.amount::bigint, t.currency,
        (p.created_at AT TIME ZONE 'UTC')::date, 'missing_theirs', 'settled here, on no line of ' || c.source
 FROM tollgate.transactions t
-JOIN tollgate.accounts a ON a.id = t.account_id
+JOIN tollgate.accounts a ON a.id = t.account_uuid
 JOIN tollgate.ledger_postings p ON p.id = t.settlement_posting_id
 JOIN coverage c ON c.day = (p.created_at AT TIME ZONE 'UTC')::date
 WHERE t.status = 'settled'
@@ -127,12 +127,12 @@ CREATE OR REPLACE VIEW reporting.audit_trail AS
 SELECT l.id AS audit_id, a.external_id AS account_id, s.seq, l.entity, l.entity_id, l.action,
        l.old_value, l.new_value, l.actor, l.db_role, l.at, l.note
 FROM tollgate.audit_log l
-JOIN tollgate.accounts a ON a.id = l.account_id
+JOIN tollgate.accounts a ON a.id = l.account_uuid
 LEFT JOIN tollgate.audit_seals s ON s.audit_id = l.id;
 
 CREATE OR REPLACE VIEW reporting.audit_chain_problems AS
 SELECT a.external_id AS account_id, v.problem, v.seq, v.audit_id
-FROM tollgate.verify_audit_chain() v LEFT JOIN tollgate.accounts a ON a.id = v.account_id;
+FROM tollgate.verify_audit_chain() v LEFT JOIN tollgate.accounts a ON a.id = v.account_uuid;
 
 -- One line each, for \dv+ in psql; docs/ANALYSTS.md has every column.
 COMMENT ON VIEW reporting.payments IS 'One row per payment (a Stripe PaymentIntent), with its status history.';

@@ -17,7 +17,7 @@ FROM (
     ('user_1', 'tg_example_user_1', FALSE),
     ('user_2', 'tg_example_user_2', FALSE)
 ) AS k (account_id, api_key, is_admin)
-CROSS JOIN LATERAL api.create_api_key_v1(k.account_id, k.api_key, k.is_admin, 'example') AS new_key;
+CROSS JOIN LATERAL api.create_api_key_v2(k.account_id, k.api_key, k.is_admin, 'example') AS new_key;
 
 -- From here on, as the service: the role `tollgate_app` may execute the functions of schema
 -- `api` and nothing else (the service's pool sets the same role).

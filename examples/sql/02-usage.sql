@@ -13,7 +13,7 @@ FROM (
     ('ops', 'tg_example_ops', TRUE),
     ('shop', 'tg_example_shop', FALSE)
 ) AS k (account_id, api_key, is_admin)
-CROSS JOIN LATERAL api.create_api_key_v1(k.account_id, k.api_key, k.is_admin, 'example') AS new_key;
+CROSS JOIN LATERAL api.create_api_key_v2(k.account_id, k.api_key, k.is_admin, 'example') AS new_key;
 
 SET ROLE tollgate_app;
 

@@ -15,7 +15,7 @@ FROM (
     ('user_1', 'tg_example_user_1', FALSE),
     ('user_2', 'tg_example_user_2', FALSE)
 ) AS k (account_id, api_key, is_admin)
-CROSS JOIN LATERAL api.create_api_key_v1(k.account_id, k.api_key, k.is_admin, 'example') AS new_key;
+CROSS JOIN LATERAL api.create_api_key_v2(k.account_id, k.api_key, k.is_admin, 'example') AS new_key;
 
 SET ROLE tollgate_app;
 
@@ -49,7 +49,7 @@ SELECT
     l.balance AS balance_minor,
     l.version
 FROM tollgate.ledger_accounts AS l
-INNER JOIN tollgate.accounts AS a ON l.account_id = a.id
+INNER JOIN tollgate.accounts AS a ON l.account_uuid = a.id
 ORDER BY l.name, a.external_id;
 
 -- The outbox, written in the same transactions: what `tollgate listen` delivers, and what a
@@ -59,5 +59,5 @@ SELECT
     o.topic,
     o.payload
 FROM tollgate.outbox AS o
-INNER JOIN tollgate.accounts AS a ON o.account_id = a.id
+INNER JOIN tollgate.accounts AS a ON o.account_uuid = a.id
 ORDER BY o.id;

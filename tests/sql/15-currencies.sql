@@ -23,14 +23,14 @@ INSERT INTO attempt VALUES
     (1250,       'usd', '23503', 'currency codes are upper case in storage');
 
 SELECT throws_ok(
-    format($$INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
+    format($$INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status)
              VALUES ('00000000-0000-0000-0000-0000000000a1', 'pi_money_%s', %s, %L, 'requires_payment_method')$$,
            md5(a.why), a.amount, a.currency),
     a.sqlstate, NULL, 'table: ' || a.why)
 FROM attempt a;
 
 SELECT lives_ok(
-    $$INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
+    $$INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status)
       VALUES ('00000000-0000-0000-0000-0000000000a1', 'pi_money_min', 1, 'USD', 'requires_payment_method'),
              ('00000000-0000-0000-0000-0000000000a1', 'pi_money_max', 99999999, 'JPY', 'requires_payment_method'),
              ('00000000-0000-0000-0000-0000000000a1', 'pi_money_kwd', 1250, 'KWD', 'requires_payment_method')$$,

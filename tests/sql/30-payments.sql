@@ -17,7 +17,7 @@ SELECT f.status AS from_status, t.status AS to_status,
 FROM tollgate.payment_statuses f CROSS JOIN tollgate.payment_statuses t
 WHERE f.status <> t.status;
 
-INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
+INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status)
 SELECT '00000000-0000-0000-0000-0000000000b1', p.stripe_id, 1000, 'USD', 'requires_payment_method' FROM pair p;
 UPDATE tollgate.payment_intents pi SET status = 'succeeded'
 FROM pair p WHERE p.stripe_id = pi.stripe_id AND p.from_status = 'refunded';
@@ -38,10 +38,10 @@ FROM pair p WHERE p.allowed ORDER BY p.from_status, p.to_status;
 
 -- A payment starts as Stripe creates it.
 SELECT throws_ok(
-    $$INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
+    $$INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status)
       VALUES ('00000000-0000-0000-0000-0000000000b1', 'pi_born_paid', 1000, 'USD', 'succeeded')$$,
     'TG010', NULL, 'a payment cannot be recorded as succeeded');
-INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status, created_at, last_event_at)
+INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status, created_at, last_event_at)
 VALUES ('00000000-0000-0000-0000-0000000000b1', 'pi_backdated', 1000, 'USD', 'requires_confirmation',
         now() + interval '10 years', 'infinity');
 SELECT results_eq($$SELECT created_at = now(), last_event_at IS NULL FROM tollgate.payment_intents WHERE stripe_id = 'pi_backdated'$$,
@@ -69,7 +69,7 @@ SELECT throws_ok($$UPDATE tollgate.payment_statuses SET is_initial = true$$, 'TG
 
 SELECT throws_ok($$UPDATE tollgate.payment_intents SET amount = 1 WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
                  'TG011', NULL, 'the amount of a payment never changes');
-SELECT throws_ok($$UPDATE tollgate.payment_intents SET account_id = gen_random_uuid() WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
+SELECT throws_ok($$UPDATE tollgate.payment_intents SET account_uuid = gen_random_uuid() WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
                  'TG011', NULL, 'nor its account');
 SELECT throws_ok($$DELETE FROM tollgate.payment_intents WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
                  'TG012', NULL, 'payments are never deleted');
@@ -83,7 +83,7 @@ SELECT is((SELECT count(*)::int FROM tollgate.audit_log
           48, 'every status change (27 tested, 21 to set up) is audited with its actor and login role');
 SELECT throws_ok($$UPDATE tollgate.audit_log SET actor = 'someone else'$$, 'TG012', NULL, 'the audit trail cannot be edited');
 SELECT throws_ok($$DELETE FROM tollgate.audit_log$$, 'TG012', NULL, 'nor emptied');
-SELECT throws_ok($$INSERT INTO tollgate.audit_log (account_id, entity, entity_id, action, actor)
+SELECT throws_ok($$INSERT INTO tollgate.audit_log (account_uuid, entity, entity_id, action, actor)
                    VALUES ('00000000-0000-0000-0000-0000000000b1', 'payment_intent', 'x', 'forged', 'me')$$,
                  'TG012', NULL, 'nor written to directly');
 

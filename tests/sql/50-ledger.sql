@@ -69,7 +69,7 @@ SELECT throws_ok($$UPDATE tollgate.ledger_accounts SET balance = balance + 100$$
                  'a balance moves only through entries');
 SELECT throws_ok($$UPDATE tollgate.ledger_accounts SET balance = balance + 100, version = version + 1$$, 'TG012', NULL,
                  'even with its version stepped: no entry explains it');
-INSERT INTO tollgate.ledger_accounts (account_id, name, currency, balance, version)
+INSERT INTO tollgate.ledger_accounts (account_uuid, name, currency, balance, version)
 SELECT id, 'stash', 'USD', 50000, 7 FROM tollgate.accounts WHERE external_id = 'ann';
 SELECT results_eq($$SELECT balance, version FROM tollgate.ledger_accounts WHERE name = 'stash'$$,
                   $$VALUES (0::bigint, 0::bigint)$$, 'a ledger account is born empty, whatever the INSERT says');
@@ -78,9 +78,9 @@ SELECT throws_ok($$DELETE FROM tollgate.ledger_entries$$, 'TG012', NULL, 'nor de
 SELECT throws_ok($$DELETE FROM tollgate.ledger_postings$$, 'TG012', NULL, 'postings cannot be deleted');
 SET CONSTRAINTS ALL IMMEDIATE;
 SELECT throws_ok(
-    $$WITH p AS (INSERT INTO tollgate.ledger_postings (account_id, kind) SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'ann' RETURNING id)
+    $$WITH p AS (INSERT INTO tollgate.ledger_postings (account_uuid, kind) SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'ann' RETURNING id)
       INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
-      SELECT p.id, la.id, 500 FROM p, tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id WHERE a.external_id = 'ann'$$,
+      SELECT p.id, la.id, 500 FROM p, tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid WHERE a.external_id = 'ann'$$,
     'TG040', NULL, 'an unbalanced posting is refused');
 SET CONSTRAINTS ALL DEFERRED;
 

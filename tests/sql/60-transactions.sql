@@ -39,7 +39,7 @@ SELECT throws_ok(
     'TG010', NULL, format('%s -> %s is refused', m.from_status, m.to_status))
 FROM move m;
 
-SELECT throws_ok($$INSERT INTO tollgate.transactions (account_id, reference, amount, currency, status)
+SELECT throws_ok($$INSERT INTO tollgate.transactions (account_uuid, reference, amount, currency, status)
                    SELECT id, 'born-settled', 100, 'USD', 'settled' FROM tollgate.accounts WHERE external_id = 'tia'$$,
                  'TG010', NULL, 'a transaction starts pending');
 
@@ -61,7 +61,7 @@ SELECT results_eq($$SELECT p.kind::text, count(e.*)::int FROM tollgate.transacti
                       JOIN tollgate.ledger_entries e ON e.posting_id = p.id
                     WHERE t.reference = 'direct' GROUP BY p.kind ORDER BY 1$$,
                   $$VALUES ('reversal', 2), ('settlement', 2)$$, 'the original posting stays; the reversal mirrors it');
-SELECT throws_ok($$SELECT tollgate.reverse_posting(settlement_posting_id, account_id) FROM tollgate.transactions WHERE reference = 'direct'$$,
+SELECT throws_ok($$SELECT tollgate.reverse_posting(settlement_posting_id, account_uuid) FROM tollgate.transactions WHERE reference = 'direct'$$,
                  '23505', NULL, 'a posting is reversed at most once');
 SELECT results_eq($$SELECT topic FROM tollgate.outbox WHERE payload ->> 'reference' = 'direct' ORDER BY id$$,
                   ARRAY['transaction.settled', 'transaction.reversed'], 'each move is announced');

@@ -44,7 +44,7 @@ LANGUAGE sql AS $$
 $$;
 CREATE FUNCTION pg_temp.bal(p_account text, p_name text DEFAULT 'main') RETURNS bigint
 LANGUAGE sql AS $$
-    SELECT la.balance FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id
+    SELECT la.balance FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid
     WHERE a.external_id = p_account AND la.name = p_name AND la.currency = 'USD'
 $$;
 CREATE FUNCTION pg_temp.txn(p_pi text) RETURNS text
@@ -90,7 +90,7 @@ SELECT ok(EXISTS (SELECT FROM tollgate.outbox WHERE topic = 'debt.recorded' AND 
 SELECT ok(NOT EXISTS (SELECT FROM tollgate.outbox WHERE topic = 'transaction.reversal_refused'),
           'no refund is refused any more');
 SELECT is_empty($$SELECT la.id FROM tollgate.ledger_accounts la WHERE la.name <> 'debt' AND la.balance < 0
-                  AND la.account_id <> '00000000-0000-0000-0000-000000000000'$$,
+                  AND la.account_uuid <> '00000000-0000-0000-0000-000000000000'$$,
                 'no account balance went negative but the recorded debt');
 SELECT is(pg_temp.buy('rae-key', 'pi_rae2', 500), 'applied', 'rae tops up 5.00');
 SELECT results_eq($$SELECT pg_temp.bal('rae'), pg_temp.bal('rae', 'debt')$$, $$VALUES (0::bigint, -100::bigint)$$,

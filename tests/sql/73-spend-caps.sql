@@ -46,12 +46,12 @@ END
 $$;
 CREATE FUNCTION pg_temp.balance(p_account text) RETURNS bigint
 LANGUAGE sql AS $$
-    SELECT la.balance FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id
+    SELECT la.balance FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid
     WHERE a.external_id = p_account AND la.name = 'main' AND la.currency = 'USD'
 $$;
 CREATE FUNCTION pg_temp.notices(p_account text) RETURNS integer
 LANGUAGE sql AS $$
-    SELECT count(*)::integer FROM tollgate.outbox o JOIN tollgate.accounts a ON a.id = o.account_id
+    SELECT count(*)::integer FROM tollgate.outbox o JOIN tollgate.accounts a ON a.id = o.account_uuid
     WHERE a.external_id = p_account AND o.topic = 'spend.threshold_reached'
 $$;
 
@@ -130,7 +130,7 @@ SELECT is(pg_temp.refusal($$SELECT * FROM api.transfer_v1('ben-key', NULL, 'nobo
 -- ---------------------------------------------------------------------------------------------
 SELECT results_eq($$SELECT allow_negative FROM api.set_allow_negative_v1('ops-key', 'ovi', 'USD', true)$$, ARRAY[true],
                   'the old switch still allows an overdraft');
-SELECT is((SELECT la.overdraft_limit FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id
+SELECT is((SELECT la.overdraft_limit FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid
            WHERE a.external_id = 'ovi' AND la.name = 'main'), 999999999999::bigint,
           'bounded: at most the largest single amount');
 SELECT results_eq($$SELECT metric FROM api.set_metric_price_v1('ops-key', 'gpu.year', 9999999999, 'USD')$$,
@@ -176,7 +176,7 @@ SELECT is(pg_temp.refusal($$SELECT * FROM api.set_overdraft_limit_v1('ops-key', 
 SELECT is(pg_temp.refusal($$SELECT * FROM api.set_overdraft_limit_v1('ops-key', 'zed', 'USD', 10000000000)$$),
           '23514 overdraft_limit_range', 'nor rise above the largest single amount');
 SELECT is(pg_temp.refusal($$UPDATE tollgate.ledger_accounts SET overdraft_limit = NULL, allow_negative = true
-                            WHERE account_id = (SELECT id FROM tollgate.accounts WHERE external_id = 'zed')$$),
+                            WHERE account_uuid = (SELECT id FROM tollgate.accounts WHERE external_id = 'zed')$$),
           '23514 ledger_accounts_overdraft_bounded', 'only Tollgate''s own clearing accounts are unbounded');
 SELECT is(pg_temp.refusal($$SELECT tollgate.post(a.id, 'transfer',
                                 ARRAY[tollgate.ledger_account(a.id, 'main', 'USD'), tollgate.ledger_account(b.id, 'main', 'USD')],
@@ -207,9 +207,9 @@ SELECT is(pg_temp.refusal($$SELECT * FROM api.authorize_v1('ben-key', NULL, 'wor
           '23514 holds_expiry_range', 'and one of no time at all');
 SELECT is((SELECT expires_at - now() FROM api.authorize_v1('ops-key', 'ben', 'work.any', 0.01, 'USD', NULL, 86400)),
           interval '1 day', 'a day is the longest');
-SELECT is(pg_temp.refusal($$INSERT INTO tollgate.holds (account_id, action, ledger_account_id, currency, amount, expires_at)
-                            SELECT la.account_id, 'work.any', la.id, 'USD', 1, now() + interval '30 days'
-                            FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_id
+SELECT is(pg_temp.refusal($$INSERT INTO tollgate.holds (account_uuid, action, ledger_account_id, currency, amount, expires_at)
+                            SELECT la.account_uuid, 'work.any', la.id, 'USD', 1, now() + interval '30 days'
+                            FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid
                             WHERE a.external_id = 'ben' AND la.name = 'main'$$),
           '23514 holds_expiry_range', 'a hold written by direct SQL is bounded too');
 

@@ -4,7 +4,7 @@ SELECT plan(31);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('grants_account', 'gr-key', false, NULL)) IS NOT NULL,
           'an account and key');
-INSERT INTO tollgate.payment_intents (account_id, stripe_id, amount, currency, status)
+INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status)
 SELECT id, 'pi_grants', 500, 'USD', 'requires_payment_method' FROM tollgate.accounts WHERE external_id = 'grants_account';
 UPDATE tollgate.payment_intents SET status = 'processing' WHERE stripe_id = 'pi_grants';
 SELECT is((SELECT count(*)::int FROM tollgate.outbox), 0, 'no announcement before success');
@@ -15,8 +15,8 @@ SELECT results_eq($$SELECT topic, payload ->> 'stripe_id' FROM tollgate.outbox$$
 SELECT throws_ok($$UPDATE tollgate.outbox SET topic = 'payment.refunded'$$, 'TG012', NULL, 'outbox rows cannot change');
 SELECT throws_ok($$DELETE FROM tollgate.outbox$$, 'TG012', NULL, 'nor be deleted');
 SELECT throws_ok($$TRUNCATE tollgate.outbox CASCADE$$, 'TG012', NULL, 'nor truncated');
-SELECT throws_ok($$INSERT INTO tollgate.outbox (account_id, topic, payload)
-                   SELECT account_id, 'payment.settled', '{}' FROM tollgate.outbox$$,
+SELECT throws_ok($$INSERT INTO tollgate.outbox (account_uuid, topic, payload)
+                   SELECT account_uuid, 'payment.settled', '{}' FROM tollgate.outbox$$,
                  'TG012', NULL, 'and only triggers write outbox rows');
 
 SELECT schema_privs_are('api', 'tollgate_app', ARRAY['USAGE']);
@@ -44,7 +44,7 @@ SELECT ok(has_function_privilege('tollgate_owner', 'pg_notify(text, text)', 'EXE
 SET LOCAL ROLE tollgate_app;
 SELECT throws_ok($$SELECT * FROM tollgate.payment_intents$$, '42501', NULL, 'the service cannot read tables');
 SELECT throws_ok($$UPDATE tollgate.payment_intents SET status = 'refunded'$$, '42501', NULL, 'nor update them');
-SELECT throws_ok($$INSERT INTO tollgate.outbox (account_id, topic, payload) VALUES (gen_random_uuid(), 'a.b', '{}')$$,
+SELECT throws_ok($$INSERT INTO tollgate.outbox (account_uuid, topic, payload) VALUES (gen_random_uuid(), 'a.b', '{}')$$,
                  '42501', NULL, 'nor insert');
 SELECT throws_ok($$DELETE FROM tollgate.audit_log$$, '42501', NULL, 'nor delete');
 SELECT throws_ok($$SELECT tollgate.emit(gen_random_uuid(), 'a.b', '{}')$$, '42501', NULL, 'nor call internal functions');
