@@ -9,7 +9,17 @@ from psycopg.conninfo import conninfo_to_dict
 
 from db.schema import fresh_install_sql, replaceable_sql
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_dir() -> Path:
+    """The yoyo migrations: ``db/migrations/`` where Tollgate is installed from its wheel
+    (pyproject.toml installs the repository's top-level ``migrations/`` there), else
+    ``migrations/`` beside ``db/`` (a checkout, or an editable install)."""
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "migrations", here.parent / "migrations"
+    return installed if installed.is_dir() else checkout
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def yoyo_uri(dsn: str) -> str:
@@ -49,6 +59,8 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
     backend = get_backend(yoyo_uri(dsn))
     try:
         migrations = read_migrations(str(migrations_dir))
+        if not migrations:  # a fresh install would record no history: refuse, say where
+            raise FileNotFoundError(f"no migrations in {migrations_dir}")
         with backend.lock():
             pending = backend.to_apply(migrations)
             if len(pending) == len(migrations) and not _has_schema(backend):
