@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from api import pages
+
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
@@ -216,9 +218,21 @@ class Identity(BaseModel):
 
 class TransactionPage(BaseModel):
     transactions: list[Transaction] = Field(description="newest first")
-    next_before: UUID | None = Field(
-        description="pass as `before` for the next page; null on the last page"
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass as `cursor` for the next page; null once a page is not full",
     )
+    next_before: UUID | None = Field(
+        description="the same place as next_cursor, as the id of the page's last transaction: "
+        "pass as `before` (the parameter before cursors, kept working)"
+    )
+
+    @model_validator(mode="after")
+    def _cursor(self) -> TransactionPage:
+        # Wherever a page is built (the route, the MCP tool), its cursor is next_before's.
+        if self.next_cursor is None and self.next_before is not None:
+            self.next_cursor = pages.encode("transactions", self.next_before)
+        return self
 
 
 TransactionStatus = Literal["pending", "settled", "failed", "reversed"]
@@ -662,3 +676,117 @@ class Refund(BaseModel):
     )
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back what was set: every list is a page (api/pages.py) of at most `limit` rows, with
+# `next_cursor` to pass as `cursor` for the next page (null once a page is not full)
+# ---------------------------------------------------------------------------------------------
+
+NEXT_CURSOR = "pass as `cursor` for the next page; null once a page is not full"
+
+
+class ActionPage(BaseModel):
+    actions: list[ActionPriceOut] = Field(description="by name")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class MetricPricePage(BaseModel):
+    metrics: list[MetricPriceOut] = Field(description="by name")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class SpendCapPage(BaseModel):
+    spend_caps: list[SpendCapOut] = Field(
+        description="the account's own caps (agent_id null) first, then each agent's"
+    )
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class Wallet(BaseModel):
+    account_id: str
+    currency: str
+    balance: str = Field(examples=["12.50"])
+    balance_minor: int
+    held: str = Field(description="reserved by active holds", examples=["0.50"])
+    held_minor: int
+    available: str | None = Field(
+        description="what can still be held or spent: balance + overdraft_limit - held",
+        examples=["12.00"],
+    )
+    available_minor: int | None
+    overdraft_limit: str | None = Field(description="how far below zero the balance may go")
+    overdraft_limit_minor: int | None
+    allow_negative: bool
+    low_balance: str | None = Field(description="below this, credits.low is announced")
+    low_balance_minor: int | None
+    version: int = Field(description="number of ledger entries posted to this balance")
+
+
+class WalletPage(BaseModel):
+    wallets: list[Wallet] = Field(description="one per currency, by currency")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+HoldStatus = Literal["active", "captured", "released", "expired"]
+
+
+class HoldPage(BaseModel):
+    holds: list[HoldOut] = Field(description="newest first")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class RiskRulePage(BaseModel):
+    risk_rules: list[RiskRuleOut] = Field(
+        description="the defaults (account_id null) first, then by account and currency"
+    )
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as it can be read back: never the key itself, nor its hash."""
+
+    key_id: UUID
+    account_id: str
+    key_prefix: str = Field(description="the key's first characters", examples=["tg_3kQ9xZ2b"])
+    is_admin: bool
+    label: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class ApiKeyPage(BaseModel):
+    keys: list[ApiKeyOut] = Field(description="oldest first, revoked ones too")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+PaymentStatus = Literal[
+    "requires_payment_method",
+    "requires_confirmation",
+    "requires_action",
+    "processing",
+    "requires_capture",
+    "succeeded",
+    "canceled",
+    "refunded",
+]
+
+
+class PaymentPage(BaseModel):
+    payments: list[Payment] = Field(description="newest first")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+
+
+class Event(BaseModel):
+    """An outbox event of the account, as `tollgate listen` delivers it (without `attempt`)."""
+
+    id: UUID = Field(description="stable: a redelivery has the same id")
+    type: str = Field(examples=["payment.settled"])
+    created: dt.datetime
+    account_id: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[Event] = Field(description="newest first")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)

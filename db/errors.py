@@ -335,6 +335,7 @@ CONSTRAINTS |= {
     "usage_events_pkey": ("conflict", "duplicate_event", "this usage event was recorded already"),
     "outbox_consumers_pkey": ("conflict", "consumer_exists", "this consumer is registered already"),
     "page_limit": ("invalid", "invalid_request", None),
+    "page_cursor": ("invalid", "invalid_cursor", None),
 }
 
 # Named constraints no request can break through the API: invariants between Tollgate's own

@@ -887,6 +887,196 @@ async def currencies(conn: AsyncConnection[Any]) -> list[CurrencyRow]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading back what was set: every list is a page of at most ``limit`` rows after ``after``, the
+# key of the last row of the previous page (None: the first page)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListedActionRow:
+    action: str
+    price: str
+    price_minor: int
+    currency: str
+    description: str | None
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ListedMetricPriceRow:
+    metric: str
+    unit_price: Decimal
+    currency: str
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ListedSpendCapRow:
+    id: UUID
+    account_id: str
+    agent_id: str | None
+    period: str
+    currency: str
+    hard_limit: str
+    hard_limit_minor: int
+    soft_pct: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WalletRow:
+    account_id: str
+    currency: str
+    balance: str
+    balance_minor: int
+    held: str
+    held_minor: int
+    available: str | None  # None: no limit (only Tollgate's own accounts)
+    available_minor: int | None
+    overdraft_limit: str | None
+    overdraft_limit_minor: int | None
+    allow_negative: bool
+    low_balance: str | None
+    low_balance_minor: int | None
+    version: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ListedRiskRuleRow:
+    id: UUID
+    account_id: str | None
+    currency: str
+    max_amount: str | None
+    max_amount_minor: int | None
+    velocity_count: int | None
+    velocity_seconds: int | None
+    first_amount_max: str | None
+    first_amount_max_minor: int | None
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEventRow:
+    """An outbox event of an account, under the names of the JSON listeners receive."""
+
+    outbox_id: int
+    id: UUID
+    type: str
+    account_id: str
+    data: dict[str, Any]
+    created: dt.datetime
+
+
+async def list_actions(
+    conn: AsyncConnection[Any], *, api_key: str, limit: int, after: str | None
+) -> list[ListedActionRow]:
+    params = {"api_key": api_key, "limit": limit, "after": after}
+    return await _all(conn, ListedActionRow, "list_actions", params)
+
+
+async def list_metric_prices(
+    conn: AsyncConnection[Any], *, api_key: str, limit: int, after: str | None
+) -> list[ListedMetricPriceRow]:
+    params = {"api_key": api_key, "limit": limit, "after": after}
+    return await _all(conn, ListedMetricPriceRow, "list_metric_prices", params)
+
+
+async def list_spend_caps(
+    conn: AsyncConnection[Any], *, api_key: str, account: str, limit: int, after: UUID | None
+) -> list[ListedSpendCapRow]:
+    params = {"api_key": api_key, "account": account, "limit": limit, "after": after}
+    return await _all(conn, ListedSpendCapRow, "list_spend_caps", params)
+
+
+async def list_wallets(
+    conn: AsyncConnection[Any], *, api_key: str, account: str, limit: int, after: str | None
+) -> list[WalletRow]:
+    params = {"api_key": api_key, "account": account, "limit": limit, "after": after}
+    return await _all(conn, WalletRow, "list_wallets", params)
+
+
+async def list_holds(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    status: str | None,
+    action: str | None,
+    agent: str | None,
+    limit: int,
+    after: UUID | None,
+) -> list[HoldRow]:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "status": status,
+        "action": action,
+        "agent": agent,
+        "limit": limit,
+        "after": after,
+    }
+    return await _all(conn, HoldRow, "list_holds", params)
+
+
+async def list_risk_rules(
+    conn: AsyncConnection[Any], *, api_key: str, account: str | None, limit: int, after: UUID | None
+) -> list[ListedRiskRuleRow]:
+    params = {"api_key": api_key, "account": account, "limit": limit, "after": after}
+    return await _all(conn, ListedRiskRuleRow, "list_risk_rules", params)
+
+
+async def list_account_keys(
+    conn: AsyncConnection[Any], *, api_key: str, account: str, limit: int, after: UUID | None
+) -> list[ApiKeyRow]:
+    """The account's keys by id and prefix: never a key, nor its hash."""
+    params = {"api_key": api_key, "account": account, "limit": limit, "after": after}
+    return await _all(conn, ApiKeyRow, "list_account_keys", params)
+
+
+async def list_payments(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    status: str | None,
+    purpose: str | None,
+    limit: int,
+    after: UUID | None,
+) -> list[PaymentRow]:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "status": status,
+        "purpose": purpose,
+        "limit": limit,
+        "after": after,
+    }
+    return await _all(conn, PaymentRow, "list_payments", params)
+
+
+async def list_events(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str,
+    topic: str | None,
+    limit: int,
+    after: int | None,
+) -> list[AccountEventRow]:
+    """Newest first; ``after`` is the ``outbox_id`` of the last event of the previous page."""
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "topic": topic,
+        "limit": limit,
+        "after": after,
+    }
+    return await _all(conn, AccountEventRow, "list_events", params)
+
+
+# ---------------------------------------------------------------------------------------------
 # Outbox delivery: `tollgate listen` and `tollgate outbox` (db/listener.py), on connections of
 # their own, so these are sync
 # ---------------------------------------------------------------------------------------------

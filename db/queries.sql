@@ -344,3 +344,79 @@ SELECT * FROM api.whoami_v1(p_api_key => %(api_key)s::text);
 
 -- name: currencies
 SELECT * FROM api.currencies_v1();
+
+-- name: list_actions
+-- Every list: a page of at most limit rows after the key of the last row of the previous page
+-- (NULL: from the start).
+SELECT * FROM api.list_actions_v1(
+    p_api_key => %(api_key)s::text, p_limit => %(limit)s::integer, p_after => %(after)s::text
+);
+
+-- name: list_metric_prices
+SELECT * FROM api.list_metric_prices_v1(
+    p_api_key => %(api_key)s::text, p_limit => %(limit)s::integer, p_after => %(after)s::text
+);
+
+-- name: list_spend_caps
+SELECT * FROM api.list_spend_caps_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::uuid
+);
+
+-- name: list_wallets
+SELECT * FROM api.list_wallets_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::text
+);
+
+-- name: list_holds
+SELECT * FROM api.list_holds_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_status  => %(status)s::text,
+    p_action  => %(action)s::text,
+    p_agent   => %(agent)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::uuid
+);
+
+-- name: list_risk_rules
+SELECT * FROM api.list_risk_rules_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::uuid
+);
+
+-- name: list_account_keys
+SELECT * FROM api.list_account_keys_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::uuid
+);
+
+-- name: list_payments
+SELECT * FROM api.list_payments_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_status  => %(status)s::text,
+    p_purpose => %(purpose)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::uuid
+);
+
+-- name: list_events
+-- The event under the names of the JSON listeners receive (db/listener.py's OutboxEvent).
+SELECT e.outbox_id, e.event_id AS id, e.topic AS type, e.account_id, e.payload AS data, e.created_at AS created
+FROM api.list_events_v1(
+    p_api_key => %(api_key)s::text,
+    p_account => %(account)s::text,
+    p_topic   => %(topic)s::text,
+    p_limit   => %(limit)s::integer,
+    p_after   => %(after)s::bigint
+) AS e;

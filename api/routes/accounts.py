@@ -1,4 +1,4 @@
-"""Accounts: who a key is, can-continue, balances, usage, spend caps, wallet settings."""
+"""Accounts: who a key is, can-continue, balances, usage, spend caps, wallets, keys, events."""
 
 from __future__ import annotations
 
@@ -9,20 +9,27 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api import body, money, operations
+from api import body, money, operations, pages
 from api.deps import ApiKey, Pool
 from api.models import (
     ApiError,
+    ApiKeyOut,
+    ApiKeyPage,
     Balances,
     Continuation,
     ErrorBody,
+    Event,
+    EventPage,
     Identity,
     SpendCapIn,
     SpendCapOut,
+    SpendCapPage,
     UsageReport,
     UsageRow,
+    Wallet,
     WalletIn,
     WalletOut,
+    WalletPage,
 )
 from db import queries
 
@@ -30,6 +37,9 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 me_router = APIRouter(prefix="/v1", tags=["accounts"])
 
 AccountId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+READ_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 422, 503)
+}
 
 
 @me_router.get("/me", response_model=Identity, responses={401: {"model": ErrorBody}})
@@ -211,4 +221,105 @@ async def set_wallet(
         low_balance_minor=low_minor,
         overdraft_limit=limit,
         overdraft_limit_minor=limit_minor,
+    )
+
+
+@router.get("/{account_id}/spend-caps", response_model=SpendCapPage, responses=READ_ERRORS)
+async def list_spend_caps(
+    account_id: AccountId,
+    api_key: ApiKey,
+    pool: Pool,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> SpendCapPage:
+    """The account's spend caps (its own key, or an admin key): the account's own first, then
+    each agent's, by period and currency."""
+    async with pool.connection() as conn:
+        rows = await queries.list_spend_caps(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            limit=limit,
+            after=pages.uuid_key("spend-caps", cursor),
+        )
+    return SpendCapPage(
+        spend_caps=[SpendCapOut.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("spend-caps", rows, limit, lambda r: r.id),
+    )
+
+
+@router.get("/{account_id}/wallets", response_model=WalletPage, responses=READ_ERRORS)
+async def list_wallets(
+    account_id: AccountId,
+    api_key: ApiKey,
+    pool: Pool,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> WalletPage:
+    """The account's credits, one wallet per currency: the balance, what active holds reserve
+    of it (`held`), what can still be held or spent (`available`: the balance plus the
+    overdraft limit, less `held`), and the wallet's settings."""
+    async with pool.connection() as conn:
+        rows = await queries.list_wallets(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            limit=limit,
+            after=pages.key("wallets", cursor),
+        )
+    return WalletPage(
+        wallets=[Wallet.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("wallets", rows, limit, lambda r: r.currency),
+    )
+
+
+@router.get("/{account_id}/keys", response_model=ApiKeyPage, responses=READ_ERRORS)
+async def list_keys(
+    account_id: AccountId,
+    api_key: ApiKey,
+    pool: Pool,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> ApiKeyPage:
+    """The account's API keys, oldest first, revoked ones too: id, prefix, admin or not, label,
+    dates. Never a key, nor its hash (Tollgate keeps only the hash)."""
+    async with pool.connection() as conn:
+        rows = await queries.list_account_keys(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            limit=limit,
+            after=pages.uuid_key("keys", cursor),
+        )
+    return ApiKeyPage(
+        keys=[ApiKeyOut.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("keys", rows, limit, lambda r: r.key_id),
+    )
+
+
+@router.get("/{account_id}/events", response_model=EventPage, responses=READ_ERRORS)
+async def list_events(
+    account_id: AccountId,
+    api_key: ApiKey,
+    pool: Pool,
+    type: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[a-z_]+\.[a-z_]+$", examples=["credits.low"])
+    ] = None,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> EventPage:
+    """The account's events, newest first (of one `type` if given): what `tollgate listen`
+    delivers, `{id, type, created, account_id, data}`."""
+    async with pool.connection() as conn:
+        rows = await queries.list_events(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            topic=type,
+            limit=limit,
+            after=pages.int_key("events", cursor),
+        )
+    return EventPage(
+        events=[Event.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("events", rows, limit, lambda r: r.outbox_id),
     )

@@ -1,4 +1,4 @@
-"""Prices of actions and metered metrics (admin keys)."""
+"""Prices of actions and metered metrics: set by admin keys, read by every key."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from api import body, money
+from api import body, money, pages
 from api.deps import ApiKey, Pool
-from api.models import ActionPriceIn, ActionPriceOut, ErrorBody, MetricPriceIn, MetricPriceOut
+from api.models import (
+    ActionPage,
+    ActionPriceIn,
+    ActionPriceOut,
+    ErrorBody,
+    MetricPriceIn,
+    MetricPriceOut,
+    MetricPricePage,
+)
 from db import queries
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -17,7 +25,47 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)
 }
+READ_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 422, 503)
+}
 Name = Annotated[str, Path(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
+
+
+@router.get("/actions", response_model=ActionPage, responses=READ_ERRORS)
+async def list_actions(
+    api_key: ApiKey,
+    pool: Pool,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> ActionPage:
+    """Every priced action, by name: what one run costs. Any key may read prices."""
+    async with pool.connection() as conn:
+        rows = await queries.list_actions(
+            conn, api_key=api_key, limit=limit, after=pages.key("actions", cursor)
+        )
+    return ActionPage(
+        actions=[ActionPriceOut.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("actions", rows, limit, lambda r: r.action),
+    )
+
+
+@router.get("/metrics", response_model=MetricPricePage, responses=READ_ERRORS)
+async def list_metric_prices(
+    api_key: ApiKey,
+    pool: Pool,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> MetricPricePage:
+    """Every metered metric with a price, by name: its price per unit, exactly (it may be a
+    fraction of a minor unit). Any key may read prices."""
+    async with pool.connection() as conn:
+        rows = await queries.list_metric_prices(
+            conn, api_key=api_key, limit=limit, after=pages.key("metrics", cursor)
+        )
+    return MetricPricePage(
+        metrics=[MetricPriceOut.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("metrics", rows, limit, lambda r: r.metric),
+    )
 
 
 @router.put(

@@ -1,20 +1,34 @@
-"""POST /v1/payments, GET /v1/payments/{ref} and POST /v1/payments/{ref}/refunds."""
+"""POST and GET /v1/payments, GET /v1/payments/{ref} and POST /v1/payments/{ref}/refunds."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from api import body, operations
+from api import body, money, operations, pages
 from api.deps import ApiKey, Pool, SettingsDep, Stripe
-from api.models import ErrorBody, Payment, PaymentCreate, PaymentCreated, Refund, RefundCreate
+from api.models import (
+    ErrorBody,
+    Payment,
+    PaymentCreate,
+    PaymentCreated,
+    PaymentPage,
+    PaymentStatus,
+    Refund,
+    RefundCreate,
+)
+from db import queries
 from db.errors import DomainError
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 422, 502, 503)
+}
+LIST_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 422, 503)
 }
 PaymentRef = Annotated[str, Path(max_length=255, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -60,6 +74,40 @@ async def create_payment(
     if paid.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return paid.payment
+
+
+@router.get("", response_model=PaymentPage, responses=LIST_ERRORS)
+async def list_payments(
+    api_key: ApiKey,
+    pool: Pool,
+    account_id: Annotated[
+        str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
+    ] = None,
+    status: PaymentStatus | None = None,
+    purpose: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")
+    ] = None,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> PaymentPage:
+    """The account's payments (the key's own; admin keys name one with `account_id`), newest
+    first, optionally of one `status` or `purpose`."""
+    async with pool.connection() as conn:
+        rows = await queries.list_payments(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            status=status,
+            purpose=purpose,
+            limit=limit,
+            after=pages.uuid_key("payments", cursor),
+        )
+        payments = [
+            Payment.model_validate(await money.payment_fields(conn, asdict(r))) for r in rows
+        ]
+    return PaymentPage(
+        payments=payments, next_cursor=pages.next_cursor("payments", rows, limit, lambda r: r.id)
+    )
 
 
 @router.get("/{ref}", response_model=Payment, responses=ERRORS)

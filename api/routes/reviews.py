@@ -8,15 +8,18 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api import body, money
+from api import body, money, pages
 from api.deps import ApiKey, Pool
-from api.models import DecisionIn, ErrorBody, ReviewOut, RiskRuleIn, RiskRuleOut
+from api.models import DecisionIn, ErrorBody, ReviewOut, RiskRuleIn, RiskRuleOut, RiskRulePage
 from db import queries
 
 router = APIRouter(prefix="/v1", tags=["risk"])
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
+}
+LIST_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 422, 503)
 }
 
 
@@ -61,6 +64,30 @@ async def approve(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool
 async def reject(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> ReviewOut:
     """The flagged transaction fails."""
     return await _decide(review_id, "rejected", request, api_key, pool)
+
+
+@router.get("/risk-rules", response_model=RiskRulePage, responses=LIST_ERRORS)
+async def list_risk_rules(
+    api_key: ApiKey,
+    pool: Pool,
+    account_id: Annotated[str | None, Query(max_length=200)] = None,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+) -> RiskRulePage:
+    """Admin keys: the review thresholds, the defaults (`account_id` null) first, then each
+    account's own, by currency; with `account_id`, that account's own rules only."""
+    async with pool.connection() as conn:
+        rows = await queries.list_risk_rules(
+            conn,
+            api_key=api_key,
+            account=account_id,
+            limit=limit,
+            after=pages.uuid_key("risk-rules", cursor),
+        )
+    return RiskRulePage(
+        risk_rules=[RiskRuleOut.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=pages.next_cursor("risk-rules", rows, limit, lambda r: r.id),
+    )
 
 
 @router.put(

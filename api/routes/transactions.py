@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api import body, money
+from api import body, money, pages
 from api.deps import ApiKey, Pool
 from api.models import (
     ErrorBody,
@@ -17,6 +17,7 @@ from api.models import (
     TransactionStatus,
 )
 from db import queries
+from db.errors import DomainError
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
 
@@ -60,14 +61,22 @@ async def list_transactions(
     pool: Pool,
     account_id: AccountQuery = None,
     status: TransactionStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: UUID | None = None,
+    limit: pages.Limit = pages.DEFAULT_LIMIT,
+    cursor: pages.Cursor = None,
+    before: Annotated[
+        UUID | None,
+        Query(description="the parameter before cursors: next_before of the previous page"),
+    ] = None,
 ) -> TransactionPage:
-    """An account's transactions, newest first, `limit` at a time; `before` continues from the
-    last transaction of the previous page."""
+    """An account's transactions, newest first, `limit` at a time; `cursor` (the previous
+    page's `next_cursor`) continues from the last transaction of the previous page, as `before`
+    (its `next_before`) does."""
+    if cursor is not None and before is not None:
+        raise DomainError("invalid", "invalid_cursor", "give cursor or before, not both")
+    after = pages.uuid_key("transactions", cursor) or before
     async with pool.connection() as conn:
         found = await queries.list_transactions(
-            conn, api_key=api_key, account=account_id, status=status, limit=limit, before=before
+            conn, api_key=api_key, account=account_id, status=status, limit=limit, before=after
         )
     return TransactionPage(
         transactions=[Transaction.model_validate(t, from_attributes=True) for t in found],

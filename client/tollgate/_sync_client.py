@@ -179,6 +179,28 @@ class Client:
     def get_hold(self, hold_id: uuid.UUID | str) -> models.HoldOut:
         return self.send(Call("GET", f"/v1/holds/{hold_id}", models.HoldOut, idempotent=True))
 
+    def list_holds(
+        self,
+        *,
+        account_id: str | None = None,
+        status: models.HoldStatus | None = None,
+        action: str | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> models.HoldPage:
+        """One page of the account's holds, newest first; pass ``next_cursor`` back as
+        ``cursor`` for the next."""
+        params = _query(
+            account_id=account_id,
+            status=status,
+            action=action,
+            agent_id=agent_id,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self.send(Call("GET", "/v1/holds", models.HoldPage, params=params, idempotent=True))
+
     def capture_hold(
         self,
         hold_id: uuid.UUID | str,
@@ -245,6 +267,24 @@ class Client:
         """A payment by Tollgate id or Stripe PaymentIntent id."""
         return self.send(Call("GET", f"/v1/payments/{ref}", models.Payment, idempotent=True))
 
+    def list_payments(
+        self,
+        *,
+        account_id: str | None = None,
+        status: models.PaymentStatus | None = None,
+        purpose: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> models.PaymentPage:
+        """One page of the account's payments, newest first; pass ``next_cursor`` back as
+        ``cursor`` for the next."""
+        params = _query(
+            account_id=account_id, status=status, purpose=purpose, limit=limit, cursor=cursor
+        )
+        return self.send(
+            Call("GET", "/v1/payments", models.PaymentPage, params=params, idempotent=True)
+        )
+
     # Balances, transfers and transactions
 
     def balances(self, account_id: str | None = None) -> models.Balances:
@@ -252,6 +292,58 @@ class Client:
         account = account_id or self._own_account()
         return self.send(
             Call("GET", f"/v1/accounts/{account}/balances", models.Balances, idempotent=True)
+        )
+
+    def list_wallets(
+        self, account_id: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> models.WalletPage:
+        """The account's wallets (this key's account when not given), one per currency: the
+        balance, what holds reserve (``held``) and what can still be spent (``available``)."""
+        account = account_id or self._own_account()
+        return self.send(
+            Call(
+                "GET",
+                f"/v1/accounts/{account}/wallets",
+                models.WalletPage,
+                params=_query(limit=limit, cursor=cursor),
+                idempotent=True,
+            )
+        )
+
+    def list_events(
+        self,
+        account_id: str | None = None,
+        *,
+        type: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> models.EventPage:
+        """One page of the account's events (what ``tollgate listen`` delivers), newest
+        first, of one ``type`` if given."""
+        account = account_id or self._own_account()
+        return self.send(
+            Call(
+                "GET",
+                f"/v1/accounts/{account}/events",
+                models.EventPage,
+                params=_query(type=type, limit=limit, cursor=cursor),
+                idempotent=True,
+            )
+        )
+
+    def list_keys(
+        self, account_id: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> models.ApiKeyPage:
+        """The account's API keys by id and prefix, oldest first (never the keys)."""
+        account = account_id or self._own_account()
+        return self.send(
+            Call(
+                "GET",
+                f"/v1/accounts/{account}/keys",
+                models.ApiKeyPage,
+                params=_query(limit=limit, cursor=cursor),
+                idempotent=True,
+            )
         )
 
     def transfer(
@@ -326,10 +418,14 @@ class Client:
         account_id: str | None = None,
         status: models.TransactionStatus | None = None,
         limit: int = 50,
+        cursor: str | None = None,
         before: uuid.UUID | str | None = None,
     ) -> models.TransactionPage:
-        """One page, newest first; pass ``next_before`` back as ``before`` for the next."""
-        params = _query(account_id=account_id, status=status, limit=limit, before=before)
+        """One page, newest first; pass ``next_cursor`` back as ``cursor`` for the next (or,
+        as before cursors, ``next_before`` as ``before``)."""
+        params = _query(
+            account_id=account_id, status=status, limit=limit, cursor=cursor, before=before
+        )
         return self.send(
             Call("GET", "/v1/transactions", models.TransactionPage, params=params, idempotent=True)
         )
@@ -342,15 +438,15 @@ class Client:
         page_size: int = 200,
     ) -> Iterator[models.Transaction]:
         """Every transaction, newest first, a page at a time."""
-        before: uuid.UUID | None = None
+        cursor: str | None = None
         while True:
             page = self.list_transactions(
-                account_id=account_id, status=status, limit=page_size, before=before
+                account_id=account_id, status=status, limit=page_size, cursor=cursor
             )
             yield from page.transactions
-            if page.next_before is None:
+            if page.next_cursor is None:
                 return
-            before = page.next_before
+            cursor = page.next_cursor
 
     def settle_transaction(
         self, reference: str, *, account_id: str | None = None
@@ -395,6 +491,47 @@ class Client:
                 f"/v1/accounts/{account_id}/usage",
                 models.UsageReport,
                 params=params,
+                idempotent=True,
+            )
+        )
+
+    def list_actions(self, *, limit: int = 50, cursor: str | None = None) -> models.ActionPage:
+        """Every priced action, by name."""
+        return self.send(
+            Call(
+                "GET",
+                "/v1/actions",
+                models.ActionPage,
+                params=_query(limit=limit, cursor=cursor),
+                idempotent=True,
+            )
+        )
+
+    def list_metric_prices(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> models.MetricPricePage:
+        """Every metered metric with a price, by name."""
+        return self.send(
+            Call(
+                "GET",
+                "/v1/metrics",
+                models.MetricPricePage,
+                params=_query(limit=limit, cursor=cursor),
+                idempotent=True,
+            )
+        )
+
+    def list_spend_caps(
+        self, account_id: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> models.SpendCapPage:
+        """The account's spend caps (this key's account when not given)."""
+        account = account_id or self._own_account()
+        return self.send(
+            Call(
+                "GET",
+                f"/v1/accounts/{account}/spend-caps",
+                models.SpendCapPage,
+                params=_query(limit=limit, cursor=cursor),
                 idempotent=True,
             )
         )
@@ -512,6 +649,20 @@ class Client:
         ask = models.DecisionIn(note=note)
         return self.send(
             Call("POST", f"/v1/reviews/{review_id}/{decision}", models.ReviewOut, _json(ask))
+        )
+
+    def list_risk_rules(
+        self, *, account_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> models.RiskRulePage:
+        """Admin keys: the review thresholds (one account's own, with ``account_id``)."""
+        return self.send(
+            Call(
+                "GET",
+                "/v1/risk-rules",
+                models.RiskRulePage,
+                params=_query(account_id=account_id, limit=limit, cursor=cursor),
+                idempotent=True,
+            )
         )
 
     def set_risk_rule(

@@ -33,6 +33,17 @@ def _exact(value: Any) -> Any:
 DecimalAmount = Annotated[Decimal, BeforeValidator(_exact)]
 
 TransactionStatus = Literal["pending", "settled", "failed", "reversed"]
+HoldStatus = Literal["active", "captured", "released", "expired"]
+PaymentStatus = Literal[
+    "requires_payment_method",
+    "requires_confirmation",
+    "requires_action",
+    "processing",
+    "requires_capture",
+    "succeeded",
+    "canceled",
+    "refunded",
+]
 
 
 class Request(BaseModel):
@@ -321,7 +332,8 @@ class Transaction(BaseModel):
 
 class TransactionPage(BaseModel):
     transactions: list[Transaction]  # newest first
-    next_before: UUID | None  # pass as ``before`` for the next page; None on the last
+    next_cursor: str | None = None  # pass as ``cursor`` for the next page; None once not full
+    next_before: UUID | None  # the same place, as the last id: pass as ``before``
 
 
 class UsageRow(BaseModel):
@@ -413,3 +425,93 @@ class ReconciliationOut(BaseModel):
     mismatched: int
     duplicates: int
     lines: list[ReconciliationLineOut]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists: a page of at most ``limit`` rows; pass ``next_cursor`` as ``cursor`` for the next one
+# (None once a page is not full)
+# ---------------------------------------------------------------------------------------------
+
+
+class ActionPage(BaseModel):
+    actions: list[ActionPriceOut]  # by name
+    next_cursor: str | None
+
+
+class MetricPricePage(BaseModel):
+    metrics: list[MetricPriceOut]  # by name
+    next_cursor: str | None
+
+
+class SpendCapPage(BaseModel):
+    spend_caps: list[SpendCapOut]  # the account's own (agent_id None) first, then each agent's
+    next_cursor: str | None
+
+
+class Wallet(BaseModel):
+    account_id: str
+    currency: str
+    balance: str
+    balance_minor: int
+    held: str  # reserved by active holds
+    held_minor: int
+    available: str | None  # what can still be held or spent: balance + overdraft_limit - held
+    available_minor: int | None
+    overdraft_limit: str | None
+    overdraft_limit_minor: int | None
+    allow_negative: bool
+    low_balance: str | None
+    low_balance_minor: int | None
+    version: int  # number of ledger entries posted to this balance
+
+
+class WalletPage(BaseModel):
+    wallets: list[Wallet]  # one per currency, by currency
+    next_cursor: str | None
+
+
+class HoldPage(BaseModel):
+    holds: list[HoldOut]  # newest first
+    next_cursor: str | None
+
+
+class RiskRulePage(BaseModel):
+    risk_rules: list[RiskRuleOut]  # the defaults (account_id None) first
+    next_cursor: str | None
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as it can be read back: never the key itself, nor its hash."""
+
+    key_id: UUID
+    account_id: str
+    key_prefix: str  # the key's first characters
+    is_admin: bool
+    label: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class ApiKeyPage(BaseModel):
+    keys: list[ApiKeyOut]  # oldest first, revoked ones too
+    next_cursor: str | None
+
+
+class PaymentPage(BaseModel):
+    payments: list[Payment]  # newest first
+    next_cursor: str | None
+
+
+class Event(BaseModel):
+    """An outbox event of the account, as ``tollgate listen`` delivers it (without attempt)."""
+
+    id: UUID  # stable: a redelivery has the same id
+    type: str
+    created: dt.datetime
+    account_id: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[Event]  # newest first
+    next_cursor: str | None

@@ -132,3 +132,32 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Lists: every api.list_*_v1 answers a page of at most p_limit rows (1-500) after p_after, the
+-- key of the last row of the previous page (NULL: from the start)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tollgate.check_page_limit(p_limit integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION 'a page holds 1 to 500 rows, not %', coalesce(p_limit::text, 'none')
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'page_limit';
+    END IF;
+END
+$$;
+
+-- A page's p_after that names no row of the list (its own, as the key sees it): refused the
+-- same way whether or not such a row exists elsewhere.
+CREATE OR REPLACE FUNCTION tollgate.refuse_cursor(p_what text, p_after text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'the cursor names no % of this list (%)', p_what, p_after
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'page_cursor';
+END
+$$;

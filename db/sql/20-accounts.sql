@@ -193,6 +193,41 @@ AS $$
 $$;
 
 -- ---------------------------------------------------------------------------------------------
+-- api: an account's keys, as its own key or an admin key reads them
+-- ---------------------------------------------------------------------------------------------
+
+-- An account's API keys (its own key's account, or any for admin keys), oldest first, revoked
+-- ones too: id, prefix (the first characters, to tell keys apart), admin or not, label, dates.
+-- Never a key or its hash. A page of at most p_limit (1-500) after the key p_after (the id of
+-- the last of the previous page).
+CREATE OR REPLACE FUNCTION api.list_account_keys_v1(p_api_key text, p_account text, p_limit integer, p_after uuid)
+RETURNS TABLE (key_id uuid, account_id text, key_prefix text, is_admin boolean, label text,
+               created_at timestamptz, revoked_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct  tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+    after tollgate.api_keys;
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    IF p_after IS NOT NULL THEN
+        SELECT * INTO after FROM tollgate.api_keys k WHERE k.id = p_after AND k.account_uuid = acct.id;
+        IF NOT FOUND THEN
+            PERFORM tollgate.refuse_cursor('key', p_after::text);
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT k.id, acct.external_id, k.key_prefix, k.is_admin, k.label, k.created_at, k.revoked_at
+    FROM tollgate.api_keys k
+    WHERE k.account_uuid = acct.id
+      AND (after.id IS NULL OR (k.created_at, k.id) > (after.created_at, after.id))
+    ORDER BY k.created_at, k.id
+    LIMIT p_limit;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
 -- api: configuration (admin keys)
 -- ---------------------------------------------------------------------------------------------
 

@@ -435,6 +435,39 @@ BEGIN
 END
 $$;
 
+-- An account's payments, newest first, optionally of one status or purpose: a page of at most
+-- p_limit (1-500) after the payment p_after (the id of the last of the previous page).
+CREATE OR REPLACE FUNCTION api.list_payments_v1(
+    p_api_key text, p_account text, p_status text, p_purpose text, p_limit integer, p_after uuid
+) RETURNS SETOF tollgate.payment_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct   tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+    wanted tollgate.payment_status := p_status::tollgate.payment_status;
+    after  tollgate.payment_intents;
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    IF p_after IS NOT NULL THEN
+        SELECT * INTO after FROM tollgate.payment_intents p WHERE p.id = p_after AND p.account_uuid = acct.id;
+        IF NOT FOUND THEN
+            PERFORM tollgate.refuse_cursor('payment', p_after::text);
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT v.* FROM tollgate.payment_v1 v
+    WHERE v.id IN (SELECT p.id FROM tollgate.payment_intents p
+                   WHERE p.account_uuid = acct.id
+                     AND (wanted IS NULL OR p.status = wanted)
+                     AND (p_purpose IS NULL OR p.purpose = p_purpose)
+                     AND (after.id IS NULL OR (p.created_at, p.id) < (after.created_at, after.id))
+                   ORDER BY p.created_at DESC, p.id DESC
+                   LIMIT p_limit)
+    ORDER BY v.created_at DESC, v.id DESC;
+END
+$$;
+
 -- ===== Triggers: re-applied by every migrate, after every file's functions =====
 SET LOCAL ROLE tollgate_owner;
 

@@ -614,6 +614,41 @@ AS $$
     SELECT tollgate.ledger_account('00000000-0000-0000-0000-000000000000', 'revenue', p_currency, false)
 $$;
 
+-- An account's wallets (its main ledger account per currency), by currency: the balance, what
+-- active holds reserve of it (held), and what can still be held or spent (available: the
+-- balance plus the overdraft limit, less held; tollgate.available_credits), with the wallet's
+-- settings. A page of at most p_limit (1-500) after the currency p_after (the last of the
+-- previous page).
+CREATE OR REPLACE FUNCTION api.list_wallets_v1(p_api_key text, p_account text, p_limit integer, p_after text)
+RETURNS TABLE (account_id text, currency text, balance text, balance_minor bigint, held text,
+               held_minor bigint, available text, available_minor bigint, overdraft_limit text,
+               overdraft_limit_minor bigint, allow_negative boolean, low_balance text,
+               low_balance_minor bigint, version bigint, created_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    RETURN QUERY
+    SELECT acct.external_id, w.currency, tollgate.format_minor(w.balance, w.currency), w.balance,
+           tollgate.format_minor(w.held, w.currency), w.held,
+           tollgate.format_minor(w.available, w.currency), w.available,
+           tollgate.format_minor(w.overdraft_limit, w.currency), w.overdraft_limit, w.allow_negative,
+           tollgate.format_minor(w.low_balance, w.currency), w.low_balance, w.version, w.created_at
+    FROM (SELECT la.*, tollgate.available_credits(la.id) AS available,
+                 (SELECT coalesce(sum(h.amount), 0)::bigint FROM tollgate.holds h
+                  WHERE h.ledger_account_id = la.id AND h.status = 'active' AND h.expires_at > now()) AS held
+          FROM tollgate.ledger_accounts la
+          WHERE la.account_uuid = acct.id AND la.name = 'main'
+            AND (p_after IS NULL OR la.currency > p_after)
+          ORDER BY la.currency
+          LIMIT p_limit) w
+    ORDER BY w.currency;
+END
+$$;
+
 -- ===== Triggers: re-applied by every migrate, after every file's functions =====
 SET LOCAL ROLE tollgate_owner;
 

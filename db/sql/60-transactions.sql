@@ -296,7 +296,8 @@ END
 $$;
 
 -- An account's transactions, newest first: at most p_limit (1-500), optionally of one status,
--- and after p_before (the last id of the previous page).
+-- and after p_before (the last id of the previous page; one that is not the account's is
+-- refused, page_cursor).
 CREATE OR REPLACE FUNCTION api.list_transactions_v1(
     p_api_key text, p_account text, p_status text, p_limit integer, p_before uuid
 ) RETURNS SETOF tollgate.transaction_v1
@@ -308,14 +309,11 @@ DECLARE
     wanted tollgate.transaction_status := p_status::tollgate.transaction_status;
     after  tollgate.transactions;
 BEGIN
-    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
-        RAISE EXCEPTION 'a page holds 1 to 500 transactions'
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'page_limit';
-    END IF;
+    PERFORM tollgate.check_page_limit(p_limit);
     IF p_before IS NOT NULL THEN
         SELECT * INTO after FROM tollgate.transactions t WHERE t.id = p_before AND t.account_uuid = acct.id;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'transaction % not found', p_before USING ERRCODE = 'TG003', CONSTRAINT = 'transaction_visible';
+            PERFORM tollgate.refuse_cursor('transaction', p_before::text);
         END IF;
     END IF;
     RETURN QUERY

@@ -93,3 +93,44 @@ BEGIN
     RETURN QUERY SELECT * FROM tollgate.set_metric_price(p_metric, p_unit_price, p_currency);
 END
 $$;
+
+-- Every priced action, by name: a page of at most p_limit (1-500) after the action p_after (the
+-- last of the previous page). Any key may read prices: an agent needs to know what a run costs.
+CREATE OR REPLACE FUNCTION api.list_actions_v1(p_api_key text, p_limit integer, p_after text)
+RETURNS TABLE (action text, price text, price_minor bigint, currency text, description text,
+               updated_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tollgate.authenticate(p_api_key);
+    PERFORM tollgate.check_page_limit(p_limit);
+    RETURN QUERY
+    SELECT a.name::text, tollgate.format_minor(a.price, a.currency), a.price::bigint, a.currency,
+           a.description::text, a.updated_at
+    FROM tollgate.actions a
+    WHERE p_after IS NULL OR a.name > p_after
+    ORDER BY a.name
+    LIMIT p_limit;
+END
+$$;
+
+-- Every metered metric with a price, by name, paged as api.list_actions_v1. unit_price is per
+-- unit in the currency's units, exactly (it may be a fraction of a minor unit), with at least
+-- the currency's decimals.
+CREATE OR REPLACE FUNCTION api.list_metric_prices_v1(p_api_key text, p_limit integer, p_after text)
+RETURNS TABLE (metric text, unit_price numeric, currency text, updated_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tollgate.authenticate(p_api_key);
+    PERFORM tollgate.check_page_limit(p_limit);
+    RETURN QUERY
+    SELECT m.metric, tollgate.format_exact(m.unit_price, m.currency)::numeric, m.currency, m.updated_at
+    FROM tollgate.metric_prices m
+    WHERE p_after IS NULL OR m.metric > p_after
+    ORDER BY m.metric
+    LIMIT p_limit;
+END
+$$;

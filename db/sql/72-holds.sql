@@ -48,6 +48,8 @@ CREATE TABLE tollgate.holds (
 );
 
 CREATE INDEX holds_active_idx ON tollgate.holds (ledger_account_id, expires_at) WHERE status = 'active';
+-- Listing an account's holds newest first, a page at a time (api.list_holds_v1).
+CREATE INDEX holds_account_created_idx ON tollgate.holds (account_uuid, created_at DESC, id DESC);
 
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
@@ -271,6 +273,43 @@ BEGIN
         RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'TG003', CONSTRAINT = 'hold_visible';
     END IF;
     RETURN QUERY SELECT * FROM tollgate.hold_v1 v WHERE v.id = p_hold_id;
+END
+$$;
+
+-- An account's holds, newest first, optionally of one status (as hold_v1 shows it: an active
+-- hold past its expiry is expired), action or agent: a page of at most p_limit (1-500) after
+-- the hold p_after (the id of the last of the previous page).
+CREATE OR REPLACE FUNCTION api.list_holds_v1(
+    p_api_key text, p_account text, p_status text, p_action text, p_agent text, p_limit integer, p_after uuid
+) RETURNS SETOF tollgate.hold_v1
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct   tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+    wanted tollgate.hold_status := p_status::tollgate.hold_status;
+    after  tollgate.holds;
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    IF p_after IS NOT NULL THEN
+        SELECT * INTO after FROM tollgate.holds h WHERE h.id = p_after AND h.account_uuid = acct.id;
+        IF NOT FOUND THEN
+            PERFORM tollgate.refuse_cursor('hold', p_after::text);
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT v.* FROM tollgate.hold_v1 v
+    WHERE v.id IN (SELECT h.id FROM tollgate.holds h
+                   WHERE h.account_uuid = acct.id
+                     AND (wanted IS NULL
+                          OR CASE WHEN h.status = 'active' AND h.expires_at <= now() THEN 'expired'
+                                  ELSE h.status END = wanted)
+                     AND (p_action IS NULL OR h.action = p_action)
+                     AND (p_agent IS NULL OR h.agent_id = p_agent)
+                     AND (after.id IS NULL OR (h.created_at, h.id) < (after.created_at, after.id))
+                   ORDER BY h.created_at DESC, h.id DESC
+                   LIMIT p_limit)
+    ORDER BY v.created_at DESC, v.id DESC;
 END
 $$;
 

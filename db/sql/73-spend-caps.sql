@@ -233,6 +233,39 @@ BEGIN
 END
 $$;
 
+-- An account's spend caps (its own key's account, or any for admin keys): the account's own
+-- (agent_id NULL) first, then each agent's, by period and currency; a page of at most p_limit
+-- (1-500) after the cap p_after (the id of the last of the previous page).
+CREATE OR REPLACE FUNCTION api.list_spend_caps_v1(p_api_key text, p_account text, p_limit integer, p_after uuid)
+RETURNS TABLE (id uuid, account_id text, agent_id text, period text, currency text, hard_limit text,
+               hard_limit_minor bigint, soft_pct integer, created_at timestamptz, updated_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    acct  tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+    after tollgate.spend_caps;
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    IF p_after IS NOT NULL THEN
+        SELECT * INTO after FROM tollgate.spend_caps c WHERE c.id = p_after AND c.account_uuid = acct.id;
+        IF NOT FOUND THEN
+            PERFORM tollgate.refuse_cursor('spend cap', p_after::text);
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT c.id, acct.external_id, nullif(c.agent_id, ''), c.period::text, c.currency,
+           tollgate.format_minor(c.hard_limit, c.currency), c.hard_limit::bigint, c.soft_pct::integer,
+           c.created_at, c.updated_at
+    FROM tollgate.spend_caps c
+    WHERE c.account_uuid = acct.id
+      AND (after.id IS NULL OR (c.agent_id, c.period, c.currency) > (after.agent_id, after.period, after.currency))
+    ORDER BY c.agent_id, c.period, c.currency
+    LIMIT p_limit;
+END
+$$;
+
 -- ===== Triggers: re-applied by every migrate, after every file's functions =====
 SET LOCAL ROLE tollgate_owner;
 

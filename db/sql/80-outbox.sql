@@ -475,6 +475,35 @@ BEGIN
 END
 $$;
 
+-- ---------------------------------------------------------------------------------------------
+-- An account's events
+-- ---------------------------------------------------------------------------------------------
+
+-- The outbox events of an account (its own key's account, or any for admin keys), as listeners
+-- receive them, newest first, optionally of one topic: a page of at most p_limit (1-500) of
+-- those older than the outbox row p_after (the outbox_id of the last of the previous page).
+CREATE OR REPLACE FUNCTION api.list_events_v1(
+    p_api_key text, p_account text, p_topic text, p_limit integer, p_after bigint
+) RETURNS TABLE (outbox_id bigint, event_id uuid, topic text, account_id text, payload jsonb,
+                 created_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    acct tollgate.accounts := tollgate.account_for(tollgate.authenticate(p_api_key), p_account);
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    RETURN QUERY
+    SELECT o.id, o.event_id, o.topic, acct.external_id, o.payload, o.created_at
+    FROM tollgate.outbox o
+    WHERE o.account_uuid = acct.id
+      AND (p_topic IS NULL OR o.topic = p_topic)
+      AND (p_after IS NULL OR o.id < p_after)
+    ORDER BY o.id DESC
+    LIMIT p_limit;
+END
+$$;
+
 -- ===== Triggers: re-applied by every migrate, after every file's functions =====
 SET LOCAL ROLE tollgate_owner;
 

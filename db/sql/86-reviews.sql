@@ -341,6 +341,47 @@ BEGIN
 END
 $$;
 
+-- Admin keys: the review thresholds, by account (the defaults, account_id NULL, first) and
+-- currency; of one account only (its own rules, not the defaults) when p_account is given. A
+-- page of at most p_limit (1-500) after the rule p_after (the id of the last of the previous
+-- page). Only admin keys read them: an account told its thresholds could stay under them.
+CREATE OR REPLACE FUNCTION api.list_risk_rules_v1(p_api_key text, p_account text, p_limit integer, p_after uuid)
+RETURNS TABLE (id uuid, account_id text, currency text, max_amount text, max_amount_minor bigint,
+               velocity_count integer, velocity_seconds integer, first_amount_max text,
+               first_amount_max_minor bigint, updated_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k         tollgate.api_keys := tollgate.require_admin(p_api_key);
+    acct      uuid;
+    after_who text;
+    after_cur text;
+BEGIN
+    PERFORM tollgate.check_page_limit(p_limit);
+    IF p_account IS NOT NULL THEN
+        acct := (tollgate.account_for(k, p_account)).id;
+    END IF;
+    IF p_after IS NOT NULL THEN
+        SELECT coalesce(a.external_id, ''), r.currency INTO after_who, after_cur
+        FROM tollgate.risk_rules r LEFT JOIN tollgate.accounts a ON a.id = r.account_uuid
+        WHERE r.id = p_after AND (acct IS NULL OR r.account_uuid = acct);
+        IF NOT FOUND THEN
+            PERFORM tollgate.refuse_cursor('risk rule', p_after::text);
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT r.id, a.external_id, r.currency, tollgate.format_minor(r.max_amount, r.currency),
+           r.max_amount::bigint, r.velocity_count, extract(epoch FROM r.velocity_window)::integer,
+           tollgate.format_minor(r.first_amount_max, r.currency), r.first_amount_max::bigint, r.updated_at
+    FROM tollgate.risk_rules r LEFT JOIN tollgate.accounts a ON a.id = r.account_uuid
+    WHERE (acct IS NULL OR r.account_uuid = acct)
+      AND (p_after IS NULL OR (coalesce(a.external_id, ''), r.currency) > (after_who, after_cur))
+    ORDER BY coalesce(a.external_id, ''), r.currency
+    LIMIT p_limit;
+END
+$$;
+
 -- ===== Triggers: re-applied by every migrate, after every file's functions =====
 SET LOCAL ROLE tollgate_owner;
 

@@ -101,7 +101,17 @@ GRANT EXECUTE ON FUNCTION
     api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[]),
     api.import_reconciliation_v2(text, text, api.reconciliation_line_v1[]),
     api.begin_refund_v1(text, text, text, numeric, bigint),
-    api.finish_refund_v1(text, uuid, text, text)
+    api.finish_refund_v1(text, uuid, text, text),
+    -- Reading back what was set, a page at a time
+    api.list_actions_v1(text, integer, text),
+    api.list_metric_prices_v1(text, integer, text),
+    api.list_spend_caps_v1(text, text, integer, uuid),
+    api.list_wallets_v1(text, text, integer, text),
+    api.list_holds_v1(text, text, text, text, text, integer, uuid),
+    api.list_risk_rules_v1(text, text, integer, uuid),
+    api.list_account_keys_v1(text, text, integer, uuid),
+    api.list_payments_v1(text, text, text, text, integer, uuid),
+    api.list_events_v1(text, text, text, integer, bigint)
 TO tollgate_app;
 
 -- Stripe events reach the database from the service only with their signature, which
