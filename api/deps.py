@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPBearer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -28,8 +29,9 @@ def _stripe(request: Request) -> StripeGateway:
     return gateway
 
 
-def _api_key(authorization: Annotated[str | None, Header()] = None) -> str:
-    """The bearer key; whether it is valid is checked by the database."""
+def bearer_key(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; whether it is valid is checked by
+    the database."""
     if not authorization:
         raise DomainError(
             "unauthorized", "missing_api_key", "send the key as Authorization: Bearer <key>"
@@ -43,7 +45,54 @@ def _api_key(authorization: Annotated[str | None, Header()] = None) -> str:
     return key
 
 
+class BearerKey(HTTPBearer):
+    """The API key, declared in the OpenAPI schema as HTTP bearer authentication (so /docs has
+    an Authorize button that sends it), and read with Tollgate's own errors rather than
+    FastAPI's 403."""
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        return bearer_key(request.headers.get("authorization"))
+
+
+BEARER = BearerKey(
+    scheme_name="bearer",
+    bearerFormat="tg_...",
+    description="An API key (`tollgate keys create`, or the one `make dev` prints), sent as "
+    "`Authorization: Bearer tg_...`. It acts for its own account; an admin key for any.",
+)
+
+# The routes that take an Idempotency-Key, as /openapi.json names them.
+IDEMPOTENT_ROUTES = ("POST /v1/payments", "POST /v1/payments/{ref}/refunds", "POST /v1/transfers")
+
+
+def require_idempotency_key(key: str | None) -> str:
+    """The Idempotency-Key header, or 400 idempotency_key_required naming the routes that need
+    one."""
+    if key is None:
+        routes = ", ".join(IDEMPOTENT_ROUTES[:-1]) + " and " + IDEMPOTENT_ROUTES[-1]
+        raise DomainError(
+            "invalid",
+            "idempotency_key_required",
+            f"send an Idempotency-Key header: {routes} need one (a unique string per "
+            "operation, the same one when retrying it)",
+        )
+    return key
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 Pool = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(_pool)]
 Stripe = Annotated[StripeGateway, Depends(_stripe)]
-ApiKey = Annotated[str, Depends(_api_key)]
+ApiKey = Annotated[str, Depends(BEARER)]
+# Optional in the signature so that a missing key answers 400 idempotency_key_required (through
+# require_idempotency_key), not a validation error.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Required: a unique string per operation (a UUID, or your own id such as "
+        "`order-1042-pay`). Retry with the same key and the same body: the first answer is "
+        "replayed (`Idempotent-Replayed: true`) and nothing is done twice; the same key with "
+        "another body is 409 `idempotency_key_reused`.",
+        examples=["order-1042-pay"],
+    ),
+]

@@ -30,6 +30,7 @@ STATUS: dict[Kind, int] = {
     "unavailable": 503,
     "bad_gateway": 502,
     "too_large": 413,
+    "unsupported_media_type": 415,
 }
 
 # Codes that are the caller's malformed request rather than a refused one.
@@ -98,10 +99,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    # Raised by the router itself: no route has this path, or none takes this method.
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+    path = request.url.path
+    if len(path) > 200:
+        path = path[:200] + "..."
+    if exc.status_code == 404:
+        return error_response(
+            404, "not_found", f"no route {request.method} {path}: /docs lists every route"
+        )
+    if exc.status_code == 405:
+        allowed = next((v for k, v in (headers or {}).items() if k.lower() == "allow"), "")
+        return error_response(
+            405,
+            "method_not_allowed",
+            f"{path} does not take {request.method}; it takes {allowed}",
+            headers=headers,
+        )
+    return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers)
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from api import errors, mcp_tools
+from api import __version__, docs, errors, mcp_tools
 from api.config import Settings
 from api.routes import (
     accounts,
@@ -59,10 +59,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Tollgate",
         summary="Payments backend for AI agents; PostgreSQL enforces every rule.",
-        version="0.1.0",
+        description=docs.DESCRIPTION,
+        version=__version__,
+        openapi_tags=docs.TAGS,
+        # /docs is served by api.docs, with Swagger UI's files from Tollgate (not a CDN).
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     errors.install(app)
+    docs.install(app)
     for module in (
         health,
         authorize,

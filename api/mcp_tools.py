@@ -8,6 +8,10 @@ request, as for the REST API; a request without a valid key is answered 401 befo
 A refusal is a tool error (``isError: true``) whose ``structuredContent`` is the body the HTTP
 API would send: ``{"error": {"code", "message"}, "status": ...}``, and for ``authorize`` the
 full 402 body with ``accepts``, the payment requests that would entitle the account.
+
+Every tool has a title, a description written for a model (one paragraph: what it does, what
+to give, and how to retry it safely) and annotations (MCP's hints: read-only, destructive,
+idempotent, open world); the server tells Tollgate's version.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import psycopg
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import errors, operations
+from api import __version__, errors, operations
 from api.models import (
     AMOUNT_CODES,
     Authorization,
@@ -60,7 +64,10 @@ a `hold_id`: call `capture_hold` with the actual cost when done (or `release_hol
 Amounts, everywhere: `amount` (and `cost`) is a decimal in the currency's units ("12.50" is
 12.50 USD; a string is safest, a JSON number is read exactly up to 15 significant digits);
 `amount_minor` (and `cost_minor`) is an integer of minor units (1250 is 12.50 USD, 1250 JPY).
-Give one of the two, never both. Every answer gives both: `amount` "12.50", `amount_minor` 1250."""
+Give one of the two, never both. Every answer gives both: `amount` "12.50", `amount_minor` 1250.
+Retrying is safe when done the same way: after an error or a timeout, call create_payment again
+with the same idempotency_key and arguments (you get the first payment back, never a second
+one), and record_usage with the same event ids (what was recorded answers duplicate)."""
 
 # Decimals from a JSON number reach a tool as a float (the MCP SDK parses the JSON): a float
 # holds any decimal of at most 15 significant digits exactly enough to give it back, so those
@@ -129,11 +136,40 @@ class UsageIn(BaseModel):
     account_id: str | None = Field(default=None, description="admin keys only")
 
 
+def _tool(
+    title: str,
+    description: str,
+    *,
+    read_only: bool = False,
+    destructive: bool = False,
+    idempotent: bool = False,
+    open_world: bool = False,
+) -> dict[str, Any]:
+    """A tool's title, description (one paragraph, however it is wrapped here) and annotations,
+    as keyword arguments of ``MCPServer.tool``. Hints, per the MCP specification: read-only
+    tools change nothing; a destructive one may change what is there rather than only add
+    (here: it spends credits, for good); an idempotent one, called again with the same
+    arguments, does nothing more; an open-world one reaches beyond Tollgate (Stripe)."""
+    return {
+        "title": title,
+        "description": " ".join(description.split()),
+        "annotations": ToolAnnotations(
+            title=title,
+            read_only_hint=read_only,
+            destructive_hint=destructive,
+            idempotent_hint=idempotent or read_only,
+            open_world_hint=open_world,
+        ),
+    }
+
+
 def build(app_state: Any) -> MCPServer:
     """The MCP server; tools reach the pool, Stripe and settings through ``app_state`` (the
     FastAPI app's state, filled in by its lifespan)."""
     server: MCPServer = MCPServer(
         "tollgate",
+        title="Tollgate",
+        version=__version__,
         instructions=INSTRUCTIONS,
         warn_on_duplicate_tools=True,
         log_level="WARNING",  # the SDK's own chatter; the app's log level governs the rest
@@ -163,7 +199,19 @@ def build(app_state: Any) -> MCPServer:
             refusal = _refusal(500, "internal_error", "an unexpected error occurred")
         return cast(T, _error_result(refusal))
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Authorize a paid action",
+            """May the account run this paid action now? Allowed by a current subscription, an
+            unused paid run of the action, or a hold on the account's credits: then it returns a
+            hold_id; when the work is done call capture_hold with the actual cost (or
+            release_hold). Refused with code payment_required and `accepts`, the payments that
+            would entitle the account (make one with create_payment), or with code
+            spend_cap_exceeded. Each allowed call places a new hold or uses a paid run, so call
+            it once per run. Give `cost` or `cost_minor` (with `currency`), not both, only when
+            this run costs other than the action's price.""",
+        )
+    )
     async def authorize(
         ctx: Context,
         action: Annotated[str, Field(description="the paid action, e.g. report.generate")],
@@ -182,9 +230,6 @@ def build(app_state: Any) -> MCPServer:
             int | None, Field(description="how long a hold lasts: 1 to 86400 seconds, default 900")
         ] = None,
     ) -> Authorization:
-        """May the account run this action now? Allowed (by a subscription, a paid run, or a
-        hold on credits), or refused with how to pay (code payment_required and `accepts`) or
-        code spend_cap_exceeded. Give `cost` or `cost_minor`, not both."""
 
         async def work(key: str) -> Authorization:
             ask = AuthorizeRequest.model_validate(
@@ -206,12 +251,26 @@ def build(app_state: Any) -> MCPServer:
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Create a payment",
+            """Create a Stripe PaymentIntent for the account, exactly once per idempotency_key.
+            Use a new key for each new payment. If the call fails or times out, retry it with
+            the same idempotency_key and the same arguments: you get the first payment back,
+            never a second one (the same key with other arguments is refused with
+            idempotency_key_reused). Give `amount` (a decimal, "12.50") or `amount_minor`
+            (1250), not both. Confirm the payment with its client_secret; payment_status then
+            shows it succeed.""",
+            idempotent=True,
+            open_world=True,
+        )
+    )
     async def create_payment(
         ctx: Context,
         currency: Annotated[str, Field(description="ISO 4217 code, e.g. usd")],
         idempotency_key: Annotated[
-            str, Field(description="unique per payment; send the same one when retrying")
+            str,
+            Field(description="unique per payment (e.g. a UUID); the same one when retrying it"),
         ],
         amount: Annotated[
             McpAmount | None,
@@ -227,9 +286,6 @@ def build(app_state: Any) -> MCPServer:
         description: str | None = None,
         account_id: Annotated[str | None, Field(description="admin keys only")] = None,
     ) -> PaymentCreated:
-        """Create a Stripe PaymentIntent for the account, exactly once per idempotency key.
-        Give `amount` (a decimal, "12.50") or `amount_minor` (1250), not both. Confirm it with
-        the client_secret; then `payment_status` shows it succeed."""
 
         async def work(key: str) -> PaymentCreated:
             given = {"amount": _exact("amount", amount), "amount_minor": amount_minor}
@@ -258,12 +314,18 @@ def build(app_state: Any) -> MCPServer:
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Payment status",
+            """A payment by Tollgate's id or Stripe's (pi_...), with its status as Stripe's
+            webhooks reported it: succeeded once Stripe says so. Changes nothing.""",
+            read_only=True,
+        )
+    )
     async def payment_status(
         ctx: Context,
         payment_id: Annotated[str, Field(description="Tollgate's payment id or Stripe's pi_...")],
     ) -> Payment:
-        """A payment and its status (succeeded once Stripe says so)."""
 
         async def work(key: str) -> Payment:
             if not payment_id.replace("_", "").replace("-", "").isalnum() or len(payment_id) > 255:
@@ -272,12 +334,20 @@ def build(app_state: Any) -> MCPServer:
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Record usage",
+            """Record metered usage events (up to 1000); each is answered accepted, duplicate or
+            rejected with a reason, and priced metrics are paid from credits with them. Give
+            each event an id unique for the account, and keep it when retrying: an event
+            already recorded answers duplicate and is not charged again.""",
+            destructive=True,
+            idempotent=True,
+        )
+    )
     async def record_usage(
         ctx: Context, events: Annotated[list[UsageIn], Field(min_length=1, max_length=1000)]
     ) -> UsageReceipt:
-        """Record metered usage; each event is answered accepted, duplicate or rejected, and
-        priced metrics are paid from credits with them."""
 
         async def work(key: str) -> UsageReceipt:
             raw = [e.model_dump(exclude_none=True) for e in events]
@@ -285,19 +355,34 @@ def build(app_state: Any) -> MCPServer:
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Get balances",
+            """The account's balances, one per currency: `main` is its credits (what active
+            holds reserve is still in it until captured), `debt` what it owes after a refund of
+            credits it had spent. Changes nothing.""",
+            read_only=True,
+        )
+    )
     async def get_balance(
         ctx: Context,
         account_id: Annotated[str | None, Field(description="default: the key's own")] = None,
     ) -> Balances:
-        """The account's balances (credits are the `main` balance), one per currency."""
 
         async def work(key: str) -> Balances:
             return await operations.balances(app_state.pool, api_key=key, account=account_id)
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "List transactions",
+            """The account's transactions (money expected or received: credit top-ups among
+            them), newest first, `limit` at a time; pass next_before as `before` for the next
+            page. Changes nothing.""",
+            read_only=True,
+        )
+    )
     async def list_transactions(
         ctx: Context,
         account_id: Annotated[str | None, Field(description="default: the key's own")] = None,
@@ -307,7 +392,6 @@ def build(app_state: Any) -> MCPServer:
             UUID | None, Field(description="next_before of the previous page")
         ] = None,
     ) -> TransactionPage:
-        """The account's transactions, newest first, a page at a time."""
 
         async def work(key: str) -> TransactionPage:
             async with app_state.pool.connection() as conn:
@@ -323,7 +407,17 @@ def build(app_state: Any) -> MCPServer:
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Capture a hold",
+            """Spend from a hold that authorize placed on credits: the actual cost, and the rest
+            of the hold is freed. Give `amount` or `amount_minor` (not both), or neither to take
+            the whole hold. Retrying with the same amount returns the captured hold and spends
+            nothing more.""",
+            destructive=True,
+            idempotent=True,
+        )
+    )
     async def capture_hold(
         ctx: Context,
         hold_id: UUID,
@@ -335,8 +429,6 @@ def build(app_state: Any) -> MCPServer:
             int | None, Field(description="or in minor units of the hold's currency (30)")
         ] = None,
     ) -> HoldOut:
-        """Spend from a hold that `authorize` placed on credits, freeing the rest. Give
-        `amount` or `amount_minor` (not both), or neither to take the whole hold."""
 
         async def work(key: str) -> HoldOut:
             given = {"amount": _exact("amount", amount), "amount_minor": amount_minor}
@@ -347,9 +439,15 @@ def build(app_state: Any) -> MCPServer:
 
         return await call(ctx, work)
 
-    @server.tool()
+    @server.tool(
+        **_tool(
+            "Release a hold",
+            """Cancel a hold that authorize placed, when the work was not done: nothing is
+            spent and the credits are free again. Releasing it again returns it as it is.""",
+            idempotent=True,
+        )
+    )
     async def release_hold(ctx: Context, hold_id: UUID) -> HoldOut:
-        """Cancel a hold: nothing is spent."""
 
         async def work(key: str) -> HoldOut:
             return await operations.hold(app_state.pool, api_key=key, hold_id=hold_id, to="release")

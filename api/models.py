@@ -76,6 +76,11 @@ MinorAmount = Annotated[StrictInt, Field(ge=-BIGINT_MAX, le=BIGINT_MAX, examples
 AMOUNT_CODES = frozenset({"amount_conflict", "amount_required"})
 
 
+def example(*values: dict[str, Any]) -> dict[str, Any]:
+    """A model's examples (its JSON schema's ``examples``): /docs shows the first."""
+    return {"examples": list(values)}
+
+
 def one_amount(model: BaseModel, name: str, *, required: bool, null_counts: bool = False) -> None:
     """A request gives ``name`` (a decimal in major units) or ``name_minor`` (an integer of
     minor units), never both; and one of them when ``required``."""
@@ -102,18 +107,51 @@ AccountRef = Annotated[Text, Field(max_length=200, examples=["user_123"])]
 
 
 class ApiError(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example({"code": "invalid_amount", "message": "amount must be above 0"})
+    )
+
     code: str = Field(examples=["invalid_amount"])
     message: str
 
 
+class FieldProblem(BaseModel):
+    field: str = Field(examples=["currency"])
+    problem: str
+
+
+class Refusal(ApiError):
+    details: list[FieldProblem] | None = Field(
+        default=None, description="with 422 invalid_request: the problem of every field"
+    )
+
+
 class ErrorBody(BaseModel):
-    error: ApiError
+    """Every error: a stable code, a message for people, and for a 422 every field's problem."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {"error": {"code": "not_found", "message": "no such payment for this key"}}
+        )
+    )
+
+    error: Refusal
 
 
 class PaymentCreate(BaseModel):
     """POST /v1/payments: ``amount`` (a decimal, "12.50") or ``amount_minor`` (1250)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {
+                "amount": "12.50",
+                "currency": "usd",
+                "purpose": "report.generate",
+                "description": "one quarterly report",
+            }
+        ),
+    )
 
     amount: DecimalAmount | None = None
     amount_minor: MinorAmount | None = None
@@ -132,6 +170,24 @@ class PaymentCreate(BaseModel):
 
 
 class Payment(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                "stripe_id": "pi_3QxYz2AbCdEf",
+                "account_id": "dev_account",
+                "amount": "12.50",
+                "amount_minor": 1250,
+                "currency": "USD",
+                "status": "succeeded",
+                "purpose": "report.generate",
+                "description": "one quarterly report",
+                "created_at": "2026-01-15T10:30:00Z",
+                "updated_at": "2026-01-15T10:30:02Z",
+            }
+        )
+    )
+
     id: UUID
     stripe_id: str
     account_id: str
@@ -148,11 +204,43 @@ class Payment(BaseModel):
 
 
 class PaymentCreated(Payment):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                "stripe_id": "pi_3QxYz2AbCdEf",
+                "account_id": "dev_account",
+                "amount": "12.50",
+                "amount_minor": 1250,
+                "currency": "USD",
+                "status": "requires_payment_method",
+                "purpose": "report.generate",
+                "description": "one quarterly report",
+                "created_at": "2026-01-15T10:30:00Z",
+                "updated_at": "2026-01-15T10:30:00Z",
+                "client_secret": "pi_3QxYz2AbCdEf_secret_Lm3n",
+            }
+        )
+    )
+
     # For confirming the payment client-side with Stripe.js or the SDK.
     client_secret: str | None
 
 
 class Continuation(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "allowed": True,
+                "status": "succeeded",
+                "payment_id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                "account_id": "dev_account",
+                "purpose": "report.generate",
+                "error": None,
+            }
+        )
+    )
+
     allowed: bool
     status: str | None = Field(description="status of the newest payment, null if none")
     payment_id: UUID | None
@@ -162,6 +250,17 @@ class Continuation(BaseModel):
 
 
 class WebhookReceipt(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "outcome": "applied",
+                "event_id": "evt_1QxYz2AbCdEf",
+                "payment_id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                "payment_status": "succeeded",
+            }
+        )
+    )
+
     outcome: str = Field(
         description="applied, duplicate, pending, stale, rejected or ignored",
         examples=["applied"],
@@ -172,13 +271,20 @@ class WebhookReceipt(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra=example({"status": "ok"}))
+
     status: str
 
 
 class TransactionCreate(BaseModel):
     """POST /v1/transactions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {"reference": "order-1042", "amount": "1250.50", "currency": "USD"}
+        ),
+    )
 
     # The key's own account if omitted; another account needs an admin key.
     account_id: AccountRef | None = None
@@ -196,6 +302,23 @@ class TransactionCreate(BaseModel):
 
 
 class Transaction(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "0b9e8d7c-6a5b-4c3d-2e1f-0a9b8c7d6e5f",
+                "account_id": "dev_account",
+                "reference": "order-1042",
+                "amount": "1250.50",
+                "amount_minor": 125050,
+                "currency": "USD",
+                "status": "pending",
+                "payment_id": None,
+                "created_at": "2026-01-15T10:30:00Z",
+                "updated_at": "2026-01-15T10:30:00Z",
+            }
+        )
+    )
+
     id: UUID
     account_id: str
     reference: str
@@ -211,12 +334,44 @@ class Transaction(BaseModel):
 
 
 class Identity(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": "dev_account",
+                "is_admin": False,
+                "key_id": "3c2b1a09-8f7e-4d6c-5b4a-392817161514",
+            }
+        )
+    )
+
     account_id: str
     is_admin: bool
     key_id: UUID
 
 
 class TransactionPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "transactions": [
+                    {
+                        "id": "0b9e8d7c-6a5b-4c3d-2e1f-0a9b8c7d6e5f",
+                        "account_id": "dev_account",
+                        "reference": "order-1042",
+                        "amount": "1250.50",
+                        "amount_minor": 125050,
+                        "currency": "USD",
+                        "status": "settled",
+                        "payment_id": None,
+                        "created_at": "2026-01-15T10:30:00Z",
+                        "updated_at": "2026-01-15T10:30:02Z",
+                    }
+                ],
+                "next_before": None,
+            }
+        )
+    )
+
     transactions: list[Transaction] = Field(description="newest first")
     next_cursor: str | None = Field(
         default=None,
@@ -241,7 +396,12 @@ TransactionStatus = Literal["pending", "settled", "failed", "reversed"]
 class TransferCreate(BaseModel):
     """POST /v1/transfers: from one account's balance to another's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {"to_account_id": "user_123", "amount": "5.00", "currency": "USD"}
+        ),
+    )
 
     # The key's own account if omitted; another account needs an admin key.
     from_account_id: AccountRef | None = None
@@ -257,6 +417,20 @@ class TransferCreate(BaseModel):
 
 
 class Transfer(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "posting_id": "5d4c3b2a-1908-4f7e-6d5c-4b3a29181716",
+                "from_account_id": "dev_account",
+                "to_account_id": "user_123",
+                "amount": "5.00",
+                "amount_minor": 500,
+                "currency": "USD",
+                "created_at": "2026-01-15T10:30:00Z",
+            }
+        )
+    )
+
     posting_id: UUID
     from_account_id: str
     to_account_id: str
@@ -267,6 +441,19 @@ class Transfer(BaseModel):
 
 
 class Balance(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "name": "main",
+                "currency": "USD",
+                "balance": "4.70",
+                "balance_minor": 470,
+                "version": 3,
+                "allow_negative": False,
+            }
+        )
+    )
+
     name: str = Field(description="main: the account's own balance")
     currency: str
     balance: str = Field(examples=["1250.50"])
@@ -276,6 +463,24 @@ class Balance(BaseModel):
 
 
 class Balances(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": "dev_account",
+                "balances": [
+                    {
+                        "name": "main",
+                        "currency": "USD",
+                        "balance": "4.70",
+                        "balance_minor": 470,
+                        "version": 3,
+                        "allow_negative": False,
+                    }
+                ],
+            }
+        )
+    )
+
     account_id: str
     balances: list[Balance]
 
@@ -291,7 +496,10 @@ ActionName = Annotated[Text, Field(max_length=100, examples=["report.generate"])
 class AuthorizeRequest(BaseModel):
     """POST /v1/authorize: may this account run this action now?"""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example({"action": "report.generate", "agent_id": "agent-7"}),
+    )
 
     account_id: AccountRef | None = None
     action: ActionName
@@ -311,6 +519,23 @@ class AuthorizeRequest(BaseModel):
 
 
 class Authorization(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "allowed": True,
+                "via": "credits",
+                "account_id": "dev_account",
+                "action": "report.generate",
+                "hold_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
+                "expires_at": "2026-01-15T10:45:00Z",
+                "uses_left": None,
+                "remaining": "4.50",
+                "remaining_minor": 450,
+                "currency": "USD",
+            }
+        )
+    )
+
     allowed: bool
     via: str = Field(description="subscription, payment or credits")
     account_id: str
@@ -342,6 +567,47 @@ class PaymentOption(BaseModel):
 class PaymentRequired(BaseModel):
     """The 402 answer: why not, and exactly how to pay."""
 
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "allowed": False,
+                "error": {
+                    "code": "payment_required",
+                    "message": "pay for this run, or buy credits",
+                },
+                "account_id": "dev_account",
+                "action": "report.generate",
+                "price": "0.50",
+                "price_minor": 50,
+                "currency": "USD",
+                "remaining": "0.00",
+                "remaining_minor": 0,
+                "accepts": [
+                    {
+                        "scheme": "stripe.payment",
+                        "description": "one run of report.generate",
+                        "amount": "0.50",
+                        "amount_minor": 50,
+                        "currency": "USD",
+                        "request": {
+                            "method": "POST",
+                            "url": "/v1/payments",
+                            "headers": {
+                                "Idempotency-Key": "report.generate-1f0e2d3c",
+                                "Content-Type": "application/json",
+                            },
+                            "body": {
+                                "amount": "0.50",
+                                "currency": "USD",
+                                "purpose": "report.generate",
+                            },
+                        },
+                    }
+                ],
+            }
+        )
+    )
+
     allowed: bool = False
     error: ApiError
     account_id: str
@@ -355,6 +621,26 @@ class PaymentRequired(BaseModel):
 
 
 class HoldOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
+                "account_id": "dev_account",
+                "agent_id": "agent-7",
+                "action": "report.generate",
+                "amount": "0.50",
+                "amount_minor": 50,
+                "captured_amount": "0.30",
+                "captured_amount_minor": 30,
+                "currency": "USD",
+                "status": "captured",
+                "expires_at": "2026-01-15T10:45:00Z",
+                "created_at": "2026-01-15T10:30:00Z",
+                "updated_at": "2026-01-15T10:30:02Z",
+            }
+        )
+    )
+
     id: UUID
     account_id: str
     agent_id: str | None
@@ -371,7 +657,7 @@ class HoldOut(BaseModel):
 
 
 class CaptureRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=example({"amount": "0.30"}))
 
     # The actual cost (a decimal, or amount_minor); the whole hold if omitted; 0 captures nothing.
     amount: DecimalAmount | None = None
@@ -395,7 +681,22 @@ class UsageEvent(BaseModel):
 
 
 class UsageBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {
+                "events": [
+                    {
+                        "id": "run-881-tokens",
+                        "agent_id": "agent-7",
+                        "metric": "tokens",
+                        "quantity": "1200",
+                        "occurred_at": "2026-01-15T10:30:00Z",
+                    }
+                ]
+            }
+        ),
+    )
 
     events: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 
@@ -410,6 +711,26 @@ class UsageResult(BaseModel):
 
 
 class UsageReceipt(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "accepted": 1,
+                "duplicates": 0,
+                "rejected": 0,
+                "results": [
+                    {
+                        "index": 0,
+                        "id": "run-881-tokens",
+                        "outcome": "accepted",
+                        "reason": None,
+                        "cost": "0.024",
+                        "currency": "USD",
+                    }
+                ],
+            }
+        )
+    )
+
     accepted: int
     duplicates: int
     rejected: int
@@ -427,13 +748,38 @@ class UsageRow(BaseModel):
 
 
 class UsageReport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": "dev_account",
+                "period": "day",
+                "rows": [
+                    {
+                        "period_start": "2026-01-15T00:00:00Z",
+                        "metric": "tokens",
+                        "events": 12,
+                        "quantity_sum": "14400",
+                        "quantity_max": "2000",
+                        "cost": "0.29",
+                        "currency": "USD",
+                    }
+                ],
+            }
+        )
+    )
+
     account_id: str
     period: str
     rows: list[UsageRow]
 
 
 class ActionPriceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {"price": "0.50", "currency": "USD", "description": "one report"}
+        ),
+    )
 
     price: DecimalAmount | None = None
     price_minor: MinorAmount | None = None
@@ -447,6 +793,18 @@ class ActionPriceIn(BaseModel):
 
 
 class ActionPriceOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "action": "report.generate",
+                "price": "0.50",
+                "price_minor": 50,
+                "currency": "USD",
+                "description": "one report",
+            }
+        )
+    )
+
     action: str
     price: str
     price_minor: int
@@ -455,7 +813,9 @@ class ActionPriceOut(BaseModel):
 
 
 class MetricPriceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=example({"unit_price": "0.00002", "currency": "USD"})
+    )
 
     # Per unit, in the currency's units; may be a fraction of a minor unit ("0.00002").
     unit_price: Annotated[Decimal, BeforeValidator(_decimal_amount)]
@@ -463,6 +823,10 @@ class MetricPriceIn(BaseModel):
 
 
 class MetricPriceOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example({"metric": "tokens", "unit_price": "0.00002", "currency": "USD"})
+    )
+
     metric: str
     unit_price: Decimal
     currency: str
@@ -471,7 +835,10 @@ class MetricPriceOut(BaseModel):
 class WalletIn(BaseModel):
     """PUT /v1/accounts/{id}/wallets/{currency}: fields left out are not changed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example({"overdraft_limit": "20.00", "low_balance": "1.00"}),
+    )
 
     # May the balance go negative (an overdraft)? true: up to the largest limit (999999999999
     # minor units); false is refused while the balance (less holds) is negative.
@@ -498,6 +865,20 @@ class WalletIn(BaseModel):
 
 
 class WalletOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": "dev_account",
+                "currency": "USD",
+                "allow_negative": True,
+                "low_balance": "1.00",
+                "low_balance_minor": 100,
+                "overdraft_limit": "20.00",
+                "overdraft_limit_minor": 2000,
+            }
+        )
+    )
+
     account_id: str
     currency: str
     allow_negative: bool | None
@@ -508,7 +889,12 @@ class WalletOut(BaseModel):
 
 
 class SpendCapIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {"agent_id": "agent-7", "period": "day", "currency": "USD", "hard_limit": "10.00"}
+        ),
+    )
 
     agent_id: AgentId | None = None
     period: Literal["day", "month"]
@@ -524,6 +910,20 @@ class SpendCapIn(BaseModel):
 
 
 class SpendCapOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": "dev_account",
+                "agent_id": "agent-7",
+                "period": "day",
+                "currency": "USD",
+                "hard_limit": "10.00",
+                "hard_limit_minor": 1000,
+                "soft_pct": 80,
+            }
+        )
+    )
+
     account_id: str
     agent_id: str | None
     period: str
@@ -539,6 +939,24 @@ class SpendCapOut(BaseModel):
 
 
 class ReviewOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "7e6d5c4b-3a29-4817-9615-141312111009",
+                "account_id": "dev_account",
+                "subject": "payment",
+                "subject_ref": "pi_3QxYz2AbCdEf",
+                "rules": ["max_amount"],
+                "detail": "600.00 USD is above max_amount 500.00",
+                "status": "open",
+                "decided_by": None,
+                "note": None,
+                "created_at": "2026-01-15T10:30:00Z",
+                "decided_at": None,
+            }
+        )
+    )
+
     id: UUID
     account_id: str
     subject: str = Field(description="transaction or payment")
@@ -553,7 +971,9 @@ class ReviewOut(BaseModel):
 
 
 class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=example({"note": "customer verified by phone"})
+    )
 
     note: Annotated[Text, Field(max_length=2000)] | None = None
 
@@ -561,7 +981,17 @@ class DecisionIn(BaseModel):
 class RiskRuleIn(BaseModel):
     """Review thresholds in a currency; fields left out are not checked."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {
+                "max_amount": "500.00",
+                "velocity_count": 20,
+                "velocity_seconds": 3600,
+                "first_amount_max": "50.00",
+            }
+        ),
+    )
 
     max_amount: DecimalAmount | None = None
     max_amount_minor: MinorAmount | None = None
@@ -591,6 +1021,21 @@ class RiskRuleIn(BaseModel):
 
 
 class RiskRuleOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": None,
+                "currency": "USD",
+                "max_amount": "500.00",
+                "max_amount_minor": 50000,
+                "velocity_count": 20,
+                "velocity_seconds": 3600,
+                "first_amount_max": "50.00",
+                "first_amount_max_minor": 5000,
+            }
+        )
+    )
+
     account_id: str | None
     currency: str
     max_amount: str | None
@@ -618,7 +1063,23 @@ class ReconciliationLineIn(BaseModel):
 
 
 class ReconciliationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {
+                "source": "bank",
+                "lines": [
+                    {
+                        "reference": "order-1042",
+                        "amount": "1250.50",
+                        "currency": "USD",
+                        "date": "2026-01-15",
+                        "account_id": "dev_account",
+                    }
+                ],
+            }
+        ),
+    )
 
     source: Annotated[Text, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", examples=["bank"])]
     lines: list[ReconciliationLineIn] = Field(min_length=1, max_length=10000)
@@ -636,6 +1097,26 @@ class ReconciliationLineOut(BaseModel):
 
 
 class ReconciliationOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "batch_id": "2a1b0c9d-8e7f-4a6b-5c4d-3e2f1a0b9c8d",
+                "matched": 1,
+                "mismatched": 0,
+                "duplicates": 0,
+                "lines": [
+                    {
+                        "line_no": 1,
+                        "reference": "order-1042",
+                        "status": "matched",
+                        "transaction_id": "0b9e8d7c-6a5b-4c3d-2e1f-0a9b8c7d6e5f",
+                        "note": None,
+                    }
+                ],
+            }
+        )
+    )
+
     batch_id: UUID
     matched: int
     mismatched: int
@@ -648,7 +1129,7 @@ class RefundCreate(BaseModel):
     ("2.50" or 2.50), ``amount_minor`` whole minor units (250): one of them, or neither for all
     that is not refunded yet."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=example({"amount": "2.50"}))
 
     amount: DecimalAmount | None = None
     amount_minor: StrictInt | None = Field(default=None, ge=-BIGINT_MAX, le=BIGINT_MAX)
@@ -661,6 +1142,24 @@ class RefundCreate(BaseModel):
 
 
 class Refund(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "1d2c3b4a-5968-4776-8594-a3b2c1d0e9f8",
+                "payment_id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                "payment_stripe_id": "pi_3QxYz2AbCdEf",
+                "account_id": "dev_account",
+                "stripe_id": "re_3QxYz2AbCdEf",
+                "amount": "2.50",
+                "amount_minor": 250,
+                "currency": "USD",
+                "status": "succeeded",
+                "created_at": "2026-01-15T10:30:00Z",
+                "updated_at": "2026-01-15T10:30:00Z",
+            }
+        )
+    )
+
     id: UUID
     payment_id: UUID
     payment_stripe_id: str

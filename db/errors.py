@@ -24,6 +24,7 @@ Kind = Literal[
     "unavailable",
     "bad_gateway",
     "too_large",
+    "unsupported_media_type",
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from typing import Any
 
 import httpx
@@ -26,6 +27,22 @@ TOOLS = {
     "list_transactions",
     "capture_hold",
     "release_hold",
+}
+
+
+# MCP's hints per tool: (read-only, destructive, idempotent, open world). Destructive: it spends
+# credits for good; idempotent: the same call again does nothing more (create_payment by its
+# idempotency_key, record_usage by event ids, a capture of the same amount, a release);
+# open world: it reaches Stripe.
+ANNOTATIONS = {
+    "authorize": (False, False, False, False),
+    "create_payment": (False, False, True, True),
+    "payment_status": (True, False, True, False),
+    "record_usage": (False, True, True, False),
+    "get_balance": (True, False, True, False),
+    "list_transactions": (True, False, True, False),
+    "capture_hold": (False, True, True, False),
+    "release_hold": (False, False, True, False),
 }
 
 
@@ -57,6 +74,36 @@ def test_tools_are_listed_typed_and_documented(api: Api, new_key: Any) -> None:
         assert {"amount", "amount_minor"} <= set(tools[name].input_schema["properties"]), name
     assert {"cost", "cost_minor"} <= set(tools["authorize"].input_schema["properties"])
     assert "amount_minor" in (tools["create_payment"].description or "")
+
+
+def test_the_server_tells_its_version_and_every_tool_its_hints(api: Api, new_key: Any) -> None:
+    async def work(client: Client) -> Any:
+        return client.server_info, (await client.list_tools()).tools
+
+    info, listed = with_mcp(api, new_key("agent_a"), work)
+    assert info is not None
+    assert (info.name, info.version) == ("tollgate", version("tollgate"))
+    tools = {t.name: t for t in listed}
+    assert set(tools) == set(ANNOTATIONS)
+    for name, tool in tools.items():
+        hints = tool.annotations
+        assert hints is not None, name
+        found = (
+            hints.read_only_hint,
+            hints.destructive_hint,
+            hints.idempotent_hint,
+            hints.open_world_hint,
+        )
+        assert found == ANNOTATIONS[name], name
+        assert tool.title and hints.title == tool.title, name
+        # One paragraph, as written for a model: no wrapping or indentation of the source.
+        description = tool.description or ""
+        assert "\n" not in description and "  " not in description, name
+    retry = tools["create_payment"].description or ""
+    assert "retry it with the same idempotency_key and the same arguments" in retry
+    assert "never a second one" in retry
+    assert "keep it when retrying" in (tools["record_usage"].description or "")
+    assert "call it once per run" in (tools["authorize"].description or "")
 
 
 def test_without_a_valid_key_mcp_answers_401(api: Api, db: psycopg.Connection[Any]) -> None:

@@ -36,15 +36,21 @@ from db import queries
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 me_router = APIRouter(prefix="/v1", tags=["accounts"])
 
-AccountId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+AccountId = Annotated[
+    str,
+    Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$", examples=["dev_account"]),
+]
 READ_ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 404, 422, 503)
 }
 
 
-@me_router.get("/me", response_model=Identity, responses={401: {"model": ErrorBody}})
+@me_router.get(
+    "/me", response_model=Identity, summary="Who am I", responses={401: {"model": ErrorBody}}
+)
 async def whoami(api_key: ApiKey, pool: Pool) -> Identity:
-    """The key's account, and whether it is an admin key."""
+    """The key's account, the key's id, and whether it is an admin key (which may act for any
+    account)."""
     async with pool.connection() as conn:
         found = await queries.whoami(conn, api_key=api_key)
     return Identity.model_validate(found, from_attributes=True)
@@ -53,8 +59,28 @@ async def whoami(api_key: ApiKey, pool: Pool) -> Identity:
 @router.get(
     "/{account_id}/can-continue",
     response_model=Continuation,
+    summary="May the agent continue?",
     responses={
-        402: {"model": Continuation, "description": "the account must pay before continuing"},
+        402: {
+            "model": Continuation,
+            "description": "the account must pay before continuing",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "allowed": False,
+                        "status": "requires_payment_method",
+                        "payment_id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                        "account_id": "dev_account",
+                        "purpose": "report.generate",
+                        "error": {
+                            "code": "payment_required",
+                            "message": "the newest payment is requires_payment_method, "
+                            "not succeeded",
+                        },
+                    }
+                }
+            },
+        },
         401: {"model": ErrorBody},
         404: {"model": ErrorBody},
         503: {"model": ErrorBody},
@@ -68,7 +94,9 @@ async def can_continue(
         str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")
     ] = None,
 ) -> JSONResponse:
-    """May the agent go on? 200 when the newest payment (for ``purpose``) succeeded, else 402."""
+    """200 `allowed: true` when the account's newest payment (for `purpose`, if given)
+    succeeded; otherwise 402 `allowed: false` with that payment's status (`under_review` while
+    a risk review holds it, null when there is none)."""
     async with pool.connection() as conn:
         found = await queries.can_continue(
             conn, api_key=api_key, account=account_id, purpose=purpose
@@ -92,16 +120,20 @@ async def can_continue(
 @router.get(
     "/{account_id}/balances",
     response_model=Balances,
+    summary="Account balances",
     responses={code: {"model": ErrorBody} for code in (401, 404, 503)},
 )
 async def balances(account_id: AccountId, api_key: ApiKey, pool: Pool) -> Balances:
-    """The account's ledger balances, one per currency."""
+    """The account's ledger balances, one per ledger account and currency: `main` is its
+    credits; `debt` (negative) what it owes after a refund of spent credits. Amounts come as a
+    decimal string and in minor units."""
     return await operations.balances(pool, api_key=api_key, account=account_id)
 
 
 @router.get(
     "/{account_id}/usage",
     response_model=UsageReport,
+    summary="Usage report",
     responses={code: {"model": ErrorBody} for code in (401, 404, 422, 503)},
 )
 async def usage_report(
@@ -113,7 +145,9 @@ async def usage_report(
     start: Annotated[dt.datetime | None, Query(alias="from")] = None,
     end: Annotated[dt.datetime | None, Query(alias="to")] = None,
 ) -> UsageReport:
-    """Usage per metric and UTC day or month: events, total and largest quantity, cost."""
+    """Recorded usage per metric and UTC day or month (`period`), optionally for one
+    `metric` and between `from` and `to`: the number of events, the total and largest
+    quantity, and what it cost."""
     async with pool.connection() as conn:
         rows = await queries.usage(
             conn,
@@ -134,13 +168,17 @@ async def usage_report(
 @router.put(
     "/{account_id}/spend-caps",
     response_model=SpendCapOut,
+    summary="Set a spend cap",
     responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 422, 503)},
     openapi_extra=body.openapi_body(SpendCapIn),
 )
 async def set_spend_cap(
     account_id: AccountId, request: Request, api_key: ApiKey, pool: Pool
 ) -> SpendCapOut:
-    """Admin keys: set what the account (or one agent of it) may spend per day or month."""
+    """Admin keys: what the account (or one agent of it, `agent_id`) may spend from its
+    credits per UTC day or month. Past `hard_limit` holds, usage and transfers are refused
+    with 402 `spend_cap_exceeded`; at `soft_pct` percent a `spend.threshold_reached` event is
+    announced once per period. A PUT replaces the cap."""
     ask = await body.parse(request, SpendCapIn)
     async with pool.connection() as conn:
         done = await queries.set_spend_cap(
@@ -162,18 +200,21 @@ async def set_spend_cap(
 @router.put(
     "/{account_id}/wallets/{currency}",
     response_model=WalletOut,
+    summary="Set wallet rules",
     responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)},
     openapi_extra=body.openapi_body(WalletIn),
 )
 async def set_wallet(
     account_id: AccountId,
-    currency: Annotated[str, Path(pattern=r"^[A-Za-z]{3}$")],
+    currency: Annotated[str, Path(pattern=r"^[A-Za-z]{3}$", examples=["USD"])],
     request: Request,
     api_key: ApiKey,
     pool: Pool,
 ) -> WalletOut:
-    """Admin keys: overdraft (allow_negative, or an overdraft_limit) and low-balance notice of
-    an account's balance in a currency."""
+    """Admin keys: how far an account's balance in a currency may go below zero
+    (`overdraft_limit`, or `allow_negative` for the largest limit) and below which balance a
+    `credits.low` event is announced (`low_balance`; null: never). Fields left out are not
+    changed."""
     ask = await body.parse(request, WalletIn)
     given = ask.model_fields_set
     cur = currency.upper()

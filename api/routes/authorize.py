@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1", tags=["gating"])
 @router.post(
     "/authorize",
     response_model=Authorization,
+    summary="Authorize an action",
     responses={
         402: {"model": PaymentRequired, "description": "not entitled: how to pay, or a spend cap"},
         **{code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503)},
@@ -22,9 +23,11 @@ router = APIRouter(prefix="/v1", tags=["gating"])
     openapi_extra=body.openapi_body(AuthorizeRequest),
 )
 async def authorize(request: Request, api_key: ApiKey, pool: Pool) -> JSONResponse:
-    """Entitled by a subscription, an unused payment for the action, or credits (a hold of the
-    cost, to capture or release when done). Otherwise 402: `payment_required` with the exact
-    payment requests that would entitle the account, or `spend_cap_exceeded`."""
+    """May the account run `action` now? 200 when a current subscription, an unused paid run
+    of the action, or its credits entitle it: with credits, the cost is held (`hold_id`), to
+    capture with the actual cost or release when the work is done. Otherwise 402:
+    `payment_required` with `accepts`, the exact payment requests (method, url, headers, body)
+    that would entitle the account, or `spend_cap_exceeded`."""
     ask = await body.parse(request, AuthorizeRequest)
     answer = await operations.authorize(pool, api_key=api_key, ask=ask)
     status = 402 if isinstance(answer, PaymentRequired) else 200

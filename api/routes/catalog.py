@@ -28,7 +28,9 @@ ERRORS: dict[int | str, dict[str, object]] = {
 READ_ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 422, 503)
 }
-Name = Annotated[str, Path(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
+Name = Annotated[
+    str, Path(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$", examples=["report.generate"])
+]
 
 
 @router.get("/actions", response_model=ActionPage, responses=READ_ERRORS)
@@ -71,13 +73,16 @@ async def list_metric_prices(
 @router.put(
     "/actions/{action}",
     response_model=ActionPriceOut,
+    summary="Price an action",
     responses=ERRORS,
     openapi_extra=body.openapi_body(ActionPriceIn),
 )
 async def set_action_price(
     action: Name, request: Request, api_key: ApiKey, pool: Pool
 ) -> ActionPriceOut:
-    """What one run of an action costs: the payment a 402 asks for, the default credit hold."""
+    """Admin keys: what one run of an action costs, in `price` (a decimal) or `price_minor`.
+    It is the payment a 402 asks for and the credit hold `POST /v1/authorize` places. A PUT
+    replaces the price."""
     ask = await body.parse(request, ActionPriceIn)
     async with pool.connection() as conn:
         done = await queries.set_action_price(
@@ -95,13 +100,15 @@ async def set_action_price(
 @router.put(
     "/metrics/{metric}",
     response_model=MetricPriceOut,
+    summary="Price a metric",
     responses=ERRORS,
     openapi_extra=body.openapi_body(MetricPriceIn),
 )
 async def set_metric_price(
     metric: Name, request: Request, api_key: ApiKey, pool: Pool
 ) -> MetricPriceOut:
-    """The price per unit of a metered metric, debited from credits as usage is recorded."""
+    """Admin keys: the price per unit of a metered metric (a decimal; it may be a fraction of
+    a minor unit, "0.00002"), debited from credits as `POST /v1/usage` records it."""
     ask = await body.parse(request, MetricPriceIn)
     async with pool.connection() as conn:
         done = await queries.set_metric_price(

@@ -11,15 +11,22 @@ from db import queries
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz() -> Health:
-    """The process is up."""
+    """200 `{"status": "ok"}` while the process runs; the database is not asked (see
+    /readyz)."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness",
+    responses={503: {"model": ErrorBody}},
+)
 async def readyz(pool: Pool) -> Health:
-    """The database answers (503 with Retry-After when it does not)."""
+    """200 `{"status": "ready"}` when the database answers; 503 `database_unavailable` with
+    Retry-After when it does not."""
     async with pool.connection() as conn:
         await queries.ping(conn)
     return Health(status="ready")

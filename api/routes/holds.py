@@ -66,26 +66,33 @@ async def list_holds(
     )
 
 
-@router.get("/{hold_id}", response_model=HoldOut, responses=ERRORS)
+@router.get("/{hold_id}", response_model=HoldOut, responses=ERRORS, summary="Read a hold")
 async def get_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
+    """A hold that `POST /v1/authorize` placed on credits: its amount, what was captured, and
+    its status (`active`, `captured`, `released` or `expired`)."""
     return await operations.hold(pool, api_key=api_key, hold_id=hold_id)
 
 
 @router.post(
     "/{hold_id}/capture",
     response_model=HoldOut,
+    summary="Capture a hold",
     responses=ERRORS,
     openapi_extra=body.openapi_body(CaptureRequest, required=False),
 )
 async def capture_hold(hold_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> HoldOut:
     """Take the actual cost (at most the hold, unless the account may go negative) from the
     credits and free the rest. Without a body the whole hold is captured. `amount` is a
-    decimal ("0.30"), `amount_minor` minor units of the hold's currency (30): one or neither."""
+    decimal ("0.30"), `amount_minor` minor units of the hold's currency (30): one or neither.
+    Capturing the same amount again answers the captured hold and spends nothing more."""
     ask = await body.parse(request, CaptureRequest, empty_ok=True)
     return await operations.hold(pool, api_key=api_key, hold_id=hold_id, to="capture", ask=ask)
 
 
-@router.post("/{hold_id}/release", response_model=HoldOut, responses=ERRORS)
+@router.post(
+    "/{hold_id}/release", response_model=HoldOut, responses=ERRORS, summary="Release a hold"
+)
 async def release_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
-    """Cancel the hold: nothing is spent."""
+    """Cancel an active hold: nothing is spent and the credits are free again. Releasing a
+    released or expired hold answers it as it is; a captured one is 409."""
     return await operations.hold(pool, api_key=api_key, hold_id=hold_id, to="release")

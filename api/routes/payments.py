@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api import body, money, operations, pages
-from api.deps import ApiKey, Pool, SettingsDep, Stripe
+from api.deps import (
+    ApiKey,
+    IdempotencyKeyHeader,
+    Pool,
+    SettingsDep,
+    Stripe,
+    require_idempotency_key,
+)
 from api.models import (
     ErrorBody,
     Payment,
@@ -20,7 +27,6 @@ from api.models import (
     RefundCreate,
 )
 from db import queries
-from db.errors import DomainError
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
@@ -30,13 +36,22 @@ ERRORS: dict[int | str, dict[str, object]] = {
 LIST_ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 404, 422, 503)
 }
-PaymentRef = Annotated[str, Path(max_length=255, pattern=r"^[A-Za-z0-9_-]+$")]
+PaymentRef = Annotated[
+    str,
+    Path(
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Tollgate's payment id, or Stripe's PaymentIntent id (pi_...)",
+        examples=["pi_3QxYz2AbCdEf"],
+    ),
+]
 
 
 @router.post(
     "",
     status_code=201,
     response_model=PaymentCreated,
+    summary="Create a payment",
     responses=ERRORS,
     openapi_extra=body.openapi_body(PaymentCreate),
 )
@@ -47,7 +62,7 @@ async def create_payment(
     stripe: Stripe,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> PaymentCreated:
     """Create a Stripe PaymentIntent and record it, exactly once per Idempotency-Key.
 
@@ -56,19 +71,17 @@ async def create_payment(
     still in progress polls until that one ends, then replays its response (or, if it failed,
     proceeds itself); past the Stripe timeout it gets 409 idempotency_in_progress.
     `amount` is a decimal in the currency's units ("12.50" or 12.50, read exactly), or
-    `amount_minor` an integer of minor units (1250): one of the two.
+    `amount_minor` an integer of minor units (1250): one of the two. Confirm the payment with
+    its `client_secret` (Stripe.js or an SDK); its status follows Stripe's webhooks.
     """
     ask = await body.parse(request, PaymentCreate)
-    if idempotency_key is None:
-        raise DomainError(
-            "invalid", "idempotency_key_required", "send an Idempotency-Key header with each POST"
-        )
+    key = require_idempotency_key(idempotency_key)
     paid = await operations.create_payment(
         pool,
         stripe,
         api_key=api_key,
         ask=ask,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         wait=settings.stripe_timeout + 2,
     )
     if paid.replayed:
@@ -76,7 +89,7 @@ async def create_payment(
     return paid.payment
 
 
-@router.get("", response_model=PaymentPage, responses=LIST_ERRORS)
+@router.get("", response_model=PaymentPage, responses=LIST_ERRORS, summary="List payments")
 async def list_payments(
     api_key: ApiKey,
     pool: Pool,
@@ -110,13 +123,10 @@ async def list_payments(
     )
 
 
-@router.get("/{ref}", response_model=Payment, responses=ERRORS)
-async def get_payment(
-    ref: Annotated[str, Path(max_length=255, pattern=r"^[A-Za-z0-9_-]+$")],
-    api_key: ApiKey,
-    pool: Pool,
-) -> Payment:
-    """A payment by Tollgate id or Stripe id (pi_...); 404 unless the key may see it."""
+@router.get("/{ref}", response_model=Payment, responses=ERRORS, summary="Read a payment")
+async def get_payment(ref: PaymentRef, api_key: ApiKey, pool: Pool) -> Payment:
+    """A payment by Tollgate id or Stripe id (pi_...), with its status as Stripe's webhooks
+    reported it; 404 unless the key may see it."""
     return await operations.get_payment(pool, api_key=api_key, ref=ref)
 
 
@@ -124,6 +134,7 @@ async def get_payment(
     "/{ref}/refunds",
     status_code=201,
     response_model=Refund,
+    summary="Refund a payment",
     responses=ERRORS | {403: {"model": ErrorBody}},
     openapi_extra=body.openapi_body(RefundCreate, required=False),
 )
@@ -135,7 +146,7 @@ async def create_refund(
     stripe: Stripe,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Refund:
     """Admin keys: refund (part of) a succeeded payment at Stripe, once per Idempotency-Key.
 
@@ -146,17 +157,14 @@ async def create_refund(
     it bought are taken back when Stripe's events report the refund.
     """
     ask = await body.parse(request, RefundCreate, empty_ok=True)
-    if idempotency_key is None:
-        raise DomainError(
-            "invalid", "idempotency_key_required", "send an Idempotency-Key header with each POST"
-        )
+    key = require_idempotency_key(idempotency_key)
     refunded = await operations.create_refund(
         pool,
         stripe,
         api_key=api_key,
         payment=ref,
         ask=ask,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         wait=settings.stripe_timeout + 2,
     )
     if refunded.replayed:

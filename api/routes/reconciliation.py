@@ -16,13 +16,15 @@ router = APIRouter(prefix="/v1/reconciliation", tags=["reconciliation"])
     "/lines",
     status_code=201,
     response_model=ReconciliationOut,
+    summary="Import settlement lines",
     responses={code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)},
     openapi_extra=body.openapi_body(ReconciliationIn),
 )
 async def import_lines(request: Request, api_key: ApiKey, pool: Pool) -> ReconciliationOut:
-    """Each line is matched to a transaction by reference (and account, when given), amount and
-    currency. Settled transactions no line covers appear in reporting.reconciliation_mismatches
-    as missing_theirs."""
+    """Admin keys: lines of an external settlement report (a bank's, a processor's), up to
+    10,000 per batch. Each line is matched to a transaction by reference (and account, when
+    given), amount and currency. Settled transactions no line covers appear in
+    reporting.reconciliation_mismatches as missing_theirs."""
     ask = await body.parse(request, ReconciliationIn, max_bytes=4 << 20)
     async with pool.connection() as conn:
         rows = await queries.import_reconciliation(

@@ -23,11 +23,14 @@ LIST_ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("/reviews", response_model=list[ReviewOut], responses=ERRORS)
+@router.get(
+    "/reviews", response_model=list[ReviewOut], responses=ERRORS, summary="List risk reviews"
+)
 async def list_reviews(
     api_key: ApiKey, pool: Pool, status: Literal["open", "approved", "rejected"] | None = "open"
 ) -> list[ReviewOut]:
-    """Reviews, open ones by default, oldest first."""
+    """Admin keys: risk reviews with this `status` (`open` by default), oldest first, each
+    naming the transaction or payment it holds and the rules that opened it."""
     async with pool.connection() as conn:
         rows = await queries.list_reviews(conn, api_key=api_key, status=status)
     return [ReviewOut.model_validate(r, from_attributes=True) for r in rows]
@@ -47,22 +50,27 @@ async def _decide(
 @router.post(
     "/reviews/{review_id}/approve",
     response_model=ReviewOut,
+    summary="Approve a review",
     responses=ERRORS,
     openapi_extra=body.openapi_body(DecisionIn, required=False),
 )
 async def approve(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> ReviewOut:
-    """The flagged transaction may settle (now, if its payment already succeeded)."""
+    """Admin keys: the flagged transaction or payment goes ahead: it settles (now, if its
+    payment already succeeded) and grants what it paid for. Final; an optional `note` is kept in
+    the audit trail."""
     return await _decide(review_id, "approved", request, api_key, pool)
 
 
 @router.post(
     "/reviews/{review_id}/reject",
     response_model=ReviewOut,
+    summary="Reject a review",
     responses=ERRORS,
     openapi_extra=body.openapi_body(DecisionIn, required=False),
 )
 async def reject(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool) -> ReviewOut:
-    """The flagged transaction fails."""
+    """Admin keys: the flagged transaction fails and grants nothing (a refund at Stripe is
+    left to the operator). Final; an optional `note` is kept in the audit trail."""
     return await _decide(review_id, "rejected", request, api_key, pool)
 
 
@@ -93,17 +101,21 @@ async def list_risk_rules(
 @router.put(
     "/risk-rules/{currency}",
     response_model=RiskRuleOut,
+    summary="Set review thresholds",
     responses=ERRORS,
     openapi_extra=body.openapi_body(RiskRuleIn),
 )
 async def set_risk_rule(
-    currency: Annotated[str, Path(pattern=r"^[A-Za-z]{3}$")],
+    currency: Annotated[str, Path(pattern=r"^[A-Za-z]{3}$", examples=["USD"])],
     request: Request,
     api_key: ApiKey,
     pool: Pool,
     account_id: Annotated[str | None, Query(max_length=200)] = None,
 ) -> RiskRuleOut:
-    """Thresholds that open a review, for one account or (without account_id) for all."""
+    """Admin keys: the thresholds in a currency that open a risk review, for one account or
+    (without `account_id`) for every account: an amount above `max_amount`, more than
+    `velocity_count` in `velocity_seconds`, or an account's first amount above
+    `first_amount_max`. A PUT replaces the whole rule."""
     ask = await body.parse(request, RiskRuleIn)
     async with pool.connection() as conn:
         done = await queries.set_risk_rule(

@@ -24,7 +24,9 @@ router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
 }
-Reference = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Reference = Annotated[
+    str, Path(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", examples=["order-1042"])
+]
 # Admin keys name the account; other keys may omit it (their own) or name their own.
 AccountQuery = Annotated[
     str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
@@ -35,12 +37,14 @@ AccountQuery = Annotated[
     "",
     status_code=201,
     response_model=Transaction,
+    summary="Record a transaction",
     responses=ERRORS,
     openapi_extra=body.openapi_body(TransactionCreate),
 )
 async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> Transaction:
-    """Record a pending transaction. `amount` is exact: "1250.50" or 1250.50, never rounded;
-    or `amount_minor`, an integer of minor units (125050)."""
+    """Record a pending transaction: money expected for an account, credited when it settles.
+    `reference` is unique per account (409 `duplicate_reference`). `amount` is exact: "1250.50"
+    or 1250.50, never rounded; or `amount_minor`, an integer of minor units (125050)."""
     new = await body.parse(request, TransactionCreate)
     async with pool.connection() as conn:
         created = await queries.create_transaction(
@@ -55,7 +59,7 @@ async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> T
     return Transaction.model_validate(created, from_attributes=True)
 
 
-@router.get("", response_model=TransactionPage, responses=ERRORS)
+@router.get("", response_model=TransactionPage, responses=ERRORS, summary="List transactions")
 async def list_transactions(
     api_key: ApiKey,
     pool: Pool,
@@ -84,11 +88,13 @@ async def list_transactions(
     )
 
 
-@router.get("/{reference}", response_model=Transaction, responses=ERRORS)
+@router.get(
+    "/{reference}", response_model=Transaction, responses=ERRORS, summary="Read a transaction"
+)
 async def get_transaction(
     reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
 ) -> Transaction:
-    """A transaction by its reference."""
+    """A transaction by its reference (an admin key names the account with `account_id`)."""
     async with pool.connection() as conn:
         found = await queries.get_transaction(
             conn, api_key=api_key, account=account_id, reference=reference
@@ -106,26 +112,43 @@ async def _move(
     return Transaction.model_validate(moved, from_attributes=True)
 
 
-@router.post("/{reference}/settle", response_model=Transaction, responses=ERRORS)
+@router.post(
+    "/{reference}/settle",
+    response_model=Transaction,
+    responses=ERRORS,
+    summary="Settle a transaction",
+)
 async def settle_transaction(
     reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
 ) -> Transaction:
-    """pending -> settled: credits the account's balance (a balanced ledger posting)."""
+    """Admin keys: pending -> settled, which credits the account's balance (a balanced ledger
+    posting). Settling a settled transaction answers it again and posts nothing."""
     return await _move(pool, api_key, account_id, reference, "settled")
 
 
-@router.post("/{reference}/fail", response_model=Transaction, responses=ERRORS)
+@router.post(
+    "/{reference}/fail",
+    response_model=Transaction,
+    responses=ERRORS,
+    summary="Fail a transaction",
+)
 async def fail_transaction(
     reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
 ) -> Transaction:
-    """pending -> failed: nothing is posted."""
+    """Admin keys: pending -> failed; nothing is posted. Repeating it answers the failed
+    transaction again."""
     return await _move(pool, api_key, account_id, reference, "failed")
 
 
-@router.post("/{reference}/reverse", response_model=Transaction, responses=ERRORS)
+@router.post(
+    "/{reference}/reverse",
+    response_model=Transaction,
+    responses=ERRORS,
+    summary="Reverse a transaction",
+)
 async def reverse_transaction(
     reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
 ) -> Transaction:
-    """settled -> reversed: a compensating posting; 409 insufficient_funds if the balance
-    may not go negative and is too low."""
+    """Admin keys: settled -> reversed, with a compensating posting (the original is never
+    edited); 409 `insufficient_funds` if the balance may not go negative and is too low."""
     return await _move(pool, api_key, account_id, reference, "reversed")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from api import body, money
-from api.deps import ApiKey, Pool
+from api.deps import ApiKey, IdempotencyKeyHeader, Pool, require_idempotency_key
 from api.models import ErrorBody, Transfer, TransferCreate
 from db import queries
-from db.errors import DomainError
 
 router = APIRouter(prefix="/v1/transfers", tags=["ledger"])
 
@@ -19,7 +16,8 @@ router = APIRouter(prefix="/v1/transfers", tags=["ledger"])
     "",
     status_code=201,
     response_model=Transfer,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)},
+    summary="Transfer between accounts",
+    responses={code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 413, 422, 503)},
     openapi_extra=body.openapi_body(TransferCreate),
 )
 async def create_transfer(
@@ -27,14 +25,13 @@ async def create_transfer(
     response: Response,
     api_key: ApiKey,
     pool: Pool,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Transfer:
-    """Move money between accounts in one balanced posting. 409 insufficient_funds when the
-    sender's balance may not go negative and is too low."""
-    if idempotency_key is None:
-        raise DomainError(
-            "invalid", "idempotency_key_required", "send an Idempotency-Key header with each POST"
-        )
+    """Move money from one account's balance (the key's own, unless an admin key names
+    `from_account_id`) to another's in one balanced posting, once per Idempotency-Key. 409
+    `insufficient_funds` when the sender's balance (less holds, plus its overdraft limit) is
+    too low, 402 `spend_cap_exceeded` past the sender's cap."""
+    key = require_idempotency_key(idempotency_key)
     new = await body.parse(request, TransferCreate)
     async with pool.connection() as conn:
         done = await queries.transfer(
@@ -44,7 +41,7 @@ async def create_transfer(
             to_account=new.to_account_id,
             amount=await money.required_decimal(conn, new.currency, new.amount, new.amount_minor),
             currency=new.currency.upper(),
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
         )
         amount_minor = await money.minor(conn, done.currency, done.amount)
     if done.replayed:

@@ -17,6 +17,34 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 MAX_EVENT_BYTES = 1 << 20
 
+# The body as Stripe sends it (read raw: the signature covers its bytes).
+EVENT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "a Stripe event, as Stripe sends it"},
+                "example": {
+                    "id": "evt_1QxYz2AbCdEf",
+                    "object": "event",
+                    "type": "payment_intent.succeeded",
+                    "created": 1768473002,
+                    "data": {
+                        "object": {
+                            "id": "pi_3QxYz2AbCdEf",
+                            "object": "payment_intent",
+                            "amount": 1250,
+                            "amount_received": 1250,
+                            "currency": "usd",
+                            "status": "succeeded",
+                        }
+                    },
+                },
+            }
+        },
+    }
+}
+
 
 async def _read_capped(request: Request) -> bytes:
     """The body, refused with 413 beyond MAX_EVENT_BYTES before more of it is read."""
@@ -36,12 +64,23 @@ async def _read_capped(request: Request) -> bytes:
 @router.post(
     "/stripe",
     response_model=WebhookReceipt,
+    summary="Receive a Stripe event",
     responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    openapi_extra=EVENT_BODY,
 )
 async def stripe_webhook(
     request: Request,
     pool: Pool,
-    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+    stripe_signature: Annotated[
+        str | None,
+        Header(
+            alias="Stripe-Signature",
+            description="Stripe's signature of the body: `t=<unix time>,v1=<HMAC-SHA256>`",
+            examples=[
+                "t=1768473002,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
+            ],
+        ),
+    ] = None,
 ) -> WebhookReceipt:
     """Store a Stripe event once and apply it. Any 2xx tells Stripe to stop retrying;
     503 (database down) makes it retry later, and a replay is answered "duplicate".
