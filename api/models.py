@@ -1185,17 +1185,33 @@ class Refund(BaseModel):
 NEXT_CURSOR = "pass as `cursor` for the next page; null once a page is not full"
 
 
+def page_example(field: str, item: type[BaseModel]) -> ConfigDict:
+    """A page's example: one row, the item model's own example, and a cursor."""
+    extra = item.model_config.get("json_schema_extra")
+    examples = extra.get("examples") if isinstance(extra, dict) else None
+    row = examples[0] if isinstance(examples, list) and examples else {}
+    return ConfigDict(
+        json_schema_extra=example({field: [row], "next_cursor": "cGFnZTowMTkzYjJjNA"})
+    )
+
+
 class ActionPage(BaseModel):
+    model_config = page_example("actions", ActionPriceOut)
+
     actions: list[ActionPriceOut] = Field(description="by name")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class MetricPricePage(BaseModel):
+    model_config = page_example("metrics", MetricPriceOut)
+
     metrics: list[MetricPriceOut] = Field(description="by name")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class SpendCapPage(BaseModel):
+    model_config = page_example("spend_caps", SpendCapOut)
+
     spend_caps: list[SpendCapOut] = Field(
         description="the account's own caps (agent_id null) first, then each agent's"
     )
@@ -1203,6 +1219,27 @@ class SpendCapPage(BaseModel):
 
 
 class Wallet(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "account_id": "dev_account",
+                "currency": "USD",
+                "balance": "12.50",
+                "balance_minor": 1250,
+                "held": "0.50",
+                "held_minor": 50,
+                "available": "12.00",
+                "available_minor": 1200,
+                "overdraft_limit": "0.00",
+                "overdraft_limit_minor": 0,
+                "allow_negative": False,
+                "low_balance": "2.00",
+                "low_balance_minor": 200,
+                "version": 3,
+            }
+        )
+    )
+
     account_id: str
     currency: str
     balance: str = Field(examples=["12.50"])
@@ -1223,6 +1260,8 @@ class Wallet(BaseModel):
 
 
 class WalletPage(BaseModel):
+    model_config = page_example("wallets", Wallet)
+
     wallets: list[Wallet] = Field(description="one per currency, by currency")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
@@ -1231,11 +1270,15 @@ HoldStatus = Literal["active", "captured", "released", "expired"]
 
 
 class HoldPage(BaseModel):
+    model_config = page_example("holds", HoldOut)
+
     holds: list[HoldOut] = Field(description="newest first")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class RiskRulePage(BaseModel):
+    model_config = page_example("risk_rules", RiskRuleOut)
+
     risk_rules: list[RiskRuleOut] = Field(
         description="the defaults (account_id null) first, then by account and currency"
     )
@@ -1244,6 +1287,20 @@ class RiskRulePage(BaseModel):
 
 class ApiKeyOut(BaseModel):
     """An API key as it can be read back: never the key itself, nor its hash."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "key_id": "0193b2c4-5d6e-7f80-9a1b-2c3d4e5f6a7b",
+                "account_id": "dev_account",
+                "key_prefix": "tg_3kQ9xZ2b",
+                "is_admin": False,
+                "label": "agent on laptop",
+                "created_at": "2026-11-29T10:00:00Z",
+                "revoked_at": None,
+            }
+        )
+    )
 
     key_id: UUID
     account_id: str
@@ -1255,6 +1312,8 @@ class ApiKeyOut(BaseModel):
 
 
 class ApiKeyPage(BaseModel):
+    model_config = page_example("keys", ApiKeyOut)
+
     keys: list[ApiKeyOut] = Field(description="oldest first, revoked ones too")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
@@ -1272,12 +1331,26 @@ PaymentStatus = Literal[
 
 
 class PaymentPage(BaseModel):
+    model_config = page_example("payments", Payment)
+
     payments: list[Payment] = Field(description="newest first")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class Event(BaseModel):
     """An outbox event of the account, as `tollgate listen` delivers it (without `attempt`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "0193b2c4-5d6e-7f80-9a1b-2c3d4e5f6a7b",
+                "type": "payment.settled",
+                "created": "2026-11-29T10:00:00Z",
+                "account_id": "dev_account",
+                "data": {"payment_id": "0193b2c4-0000-7000-8000-000000000001"},
+            }
+        )
+    )
 
     id: UUID = Field(description="stable: a redelivery has the same id")
     type: str = Field(examples=["payment.settled"])
@@ -1287,5 +1360,7 @@ class Event(BaseModel):
 
 
 class EventPage(BaseModel):
+    model_config = page_example("events", Event)
+
     events: list[Event] = Field(description="newest first")
     next_cursor: str | None = Field(description=NEXT_CURSOR)
