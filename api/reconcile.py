@@ -1,6 +1,7 @@
 """Operator reconciliation: settlement files in, and Stripe's own view replayed after missed
 webhooks. The matching itself lives in SQL (db/sql/87-reconciliation.sql); the state changes
-go through the same ingest function as webhooks (api.ingest_stripe_event_v1)."""
+go through the same ingest function as webhooks (api.ingest_stripe_event_v1), and a run tells
+what it repaired from what the webhooks had applied already."""
 
 from __future__ import annotations
 
@@ -128,6 +129,20 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
+# What a run says of each object, in the order the summary lists them.
+REPAIRED = "repaired"  # Tollgate's record changed: a webhook had been missed
+ALREADY_APPLIED = "already applied"  # Tollgate had Stripe's state already (webhooks did it)
+NOT_APPLIED = "not applied"  # Stripe's state is one Tollgate's rules refuse (kept as it was)
+IGNORED = "ignored"  # a subscription naming an account Tollgate does not have
+UNKNOWN = "not Tollgate's"  # an object Tollgate did not create: left alone
+OUTCOMES = (REPAIRED, ALREADY_APPLIED, NOT_APPLIED, IGNORED, UNKNOWN)
+
+
+def summary(counts: Counter[str]) -> str:
+    """One line: ``3 repaired, 2 already applied, 5 not Tollgate's``."""
+    return ", ".join(f"{counts[k]} {k}" for k in OUTCOMES if counts[k]) or "nothing to repair"
+
+
 def repair_from_stripe(
     conn: psycopg.Connection[Any],
     objects: Iterable[dict[str, Any]],
@@ -138,33 +153,69 @@ def repair_from_stripe(
 ) -> Counter[str]:
     """Apply Stripe's current state of every PaymentIntent Tollgate created (every charge of
     one with something refunded, and every subscription naming a Tollgate account) through the
-    webhook path. Idempotent: the synthetic event id names the object and its state, so a
-    second run finds duplicates. Returns a count per outcome (applied, duplicate, stale, ...,
-    and ``unknown`` for objects Tollgate did not create). ``changed`` hears of each payment or
-    subscription the run applied or could not apply; ``read`` gets the counts after every page
-    of objects."""
+    webhook path, each in a transaction of its own, and count what happened to each (OUTCOMES).
+
+    Tollgate's record of the object (its status, what was refunded, a subscription's period:
+    queries.operator_stripe_states) is compared before and after: an object whose record
+    changed was ``repaired`` (a webhook was missed) and its synthetic event is kept, so a
+    second run finds it a duplicate; one whose record did not change was ``already applied``
+    (the webhooks had done it), and its transaction is rolled back: nothing is written. So is
+    one Tollgate's rules refuse (``not applied``, with both states named). ``changed`` hears of
+    each object repaired or not applied; ``read`` gets the counts after every page."""
     counts: Counter[str] = Counter()
     for chunk in _chunks(objects, 100):
-        ids = [o["payment_intent"] if o["object"] == "charge" else o["id"] for o in chunk]
-        known = queries.operator_known_payments(
-            conn, stripe_ids=[i for i in ids if isinstance(i, str)]
+        refs = [o["payment_intent"] if o["object"] == "charge" else o["id"] for o in chunk]
+        states = queries.operator_stripe_states(
+            conn, stripe_ids=[r for r in refs if isinstance(r, str)]
         )
-        for obj, ref in zip(chunk, ids, strict=True):
+        for obj, ref in zip(chunk, refs, strict=True):
             if obj["object"] == "subscription":
                 if not _tollgate_subscription(obj):
-                    counts["unknown"] += 1
+                    counts[UNKNOWN] += 1
                     continue
-            elif ref not in known:
-                counts["unknown"] += 1
+            elif ref not in states:
+                counts[UNKNOWN] += 1
                 continue
-            event = json.dumps(_synthetic_event(obj, observed))
-            outcome = queries.ingest_stripe_event_sync(conn, event=event)
-            counts[outcome.outcome] += 1
-            if outcome.outcome not in ("duplicate", "stale", "ignored"):
-                state = outcome.payment_status or obj.get("status")
-                changed(f"{ref}: {outcome.outcome} -> {state}")
+            outcome, after = _apply(conn, obj, observed, before=states.get(ref))
+            counts[outcome] += 1
+            if outcome == REPAIRED:
+                states[ref] = after or ""
+                changed(f"{ref}: {REPAIRED}, now {after}")
+            elif outcome == NOT_APPLIED:
+                changed(
+                    f"{ref}: {NOT_APPLIED}: Stripe says {_stripe_state(obj)}, "
+                    f"Tollgate has {states.get(ref)}"
+                )
         read(counts)
     return counts
+
+
+def _apply(
+    conn: psycopg.Connection[Any], obj: dict[str, Any], observed: int, *, before: str | None
+) -> tuple[str, str | None]:
+    """Ingest the synthetic event of ``obj`` in a transaction, kept only if it changed
+    Tollgate's record of the object (``before``). Returns the outcome and the record after."""
+    ref = obj["payment_intent"] if obj["object"] == "charge" else obj["id"]
+    event = json.dumps(_synthetic_event(obj, observed))
+    with conn.transaction() as tx:
+        ingested = queries.ingest_stripe_event_sync(conn, event=event)
+        if ingested.outcome == "duplicate":  # an earlier run repaired this very state
+            return ALREADY_APPLIED, before
+        after = queries.operator_stripe_states(conn, stripe_ids=[ref]).get(ref)
+        if after is not None and after != before:
+            return REPAIRED, after
+        # Tollgate's record did not change: keep nothing of this object's run.
+        outcome = {"rejected": NOT_APPLIED, "ignored": IGNORED}.get(
+            ingested.outcome, ALREADY_APPLIED
+        )
+        raise psycopg.Rollback(tx)
+    return outcome, before
+
+
+def _stripe_state(obj: dict[str, Any]) -> str:
+    if obj["object"] == "charge":
+        return f"refunded {obj.get('amount_refunded')} (Stripe's units)"
+    return str(obj.get("status"))
 
 
 class Progress:
@@ -182,7 +233,7 @@ class Progress:
 
     def read(self, counts: Counter[str]) -> None:
         total = sum(counts.values())
-        text = f"{total} objects read: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        text = f"{total} objects read: {summary(counts)}"
         if self._tty:
             self._out.write("\r\033[K" + text)
         elif total // 1000 > self._last // 1000:

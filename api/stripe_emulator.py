@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 import subprocess
 import sys
@@ -17,14 +19,36 @@ def free_port() -> int:
         return port
 
 
-def port_or_free(port: int) -> int:
-    """``port`` if nothing listens there, else any free port."""
-    with socket.socket() as s:
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host:port`` now, or None when it could. Binds as
+    servers do, with SO_REUSEADDR (localstripe and uvicorn both set it): a port whose last
+    connections are still closing (TIME_WAIT, just after a restart) is free, one something
+    listens on is not."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+            except OSError as exc:
+                return exc
+    return None
+
+
+def emulator_bind_error(port: int) -> OSError | None:
+    """bind_error for the address localstripe listens on: every interface, IPv6 and IPv4
+    (``::``), or every IPv4 one where the machine has no IPv6."""
+    if socket.has_ipv6:
         try:
-            s.bind(("127.0.0.1", port))
+            socket.socket(socket.AF_INET6).close()
         except OSError:
-            return free_port()
-    return port
+            pass
+        else:
+            return bind_error("::", port)
+    return bind_error("0.0.0.0", port)
 
 
 def wait_for_port(
@@ -46,12 +70,30 @@ def wait_for_port(
             time.sleep(0.05)
 
 
-def start(port: int, *, log: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """Start localstripe with an empty store; returns once it accepts connections."""
+def _die_with_parent() -> None:
+    """In the child, before exec: be sent SIGTERM when the parent dies (Linux), so a killed
+    ``tollgate dev`` leaves no emulator holding its port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent stops it when it can
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def start(
+    port: int, *, log: int | None = subprocess.DEVNULL, die_with_parent: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start localstripe with an empty store; returns once it accepts connections. With
+    ``die_with_parent`` it stops when the calling process dies, however it dies (call it from
+    the main thread: the signal follows the thread that started it)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
         stdout=log,
         stderr=subprocess.STDOUT if log is not None else None,
+        preexec_fn=_die_with_parent if die_with_parent else None,
     )
     try:
         wait_for_port(port, process=process)

@@ -62,6 +62,16 @@ class EmbeddedServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def is_cluster(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a cluster (initialised: starting it creates nothing)."""
+    return (data_dir / "PG_VERSION").exists()
+
+
+def binary(name: str) -> Path:
+    """One of the embedded server's programs (``psql``, ``pg_dump``, ...)."""
+    return Path(_library().__file__).parent / "pginstall" / "bin" / name
+
+
 def extension_dir() -> Path | None:
     """Where the embedded server looks for extensions, if it is installed."""
     try:

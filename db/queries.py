@@ -377,14 +377,17 @@ def operator_remove_webhook_secret(conn: Connection[Any], *, secret_id: UUID) ->
 
 
 @dataclass(frozen=True, slots=True)
-class _StripeIdRow:
+class _StripeStateRow:
     stripe_id: str
+    state: str
 
 
-def operator_known_payments(conn: Connection[Any], *, stripe_ids: Sequence[str]) -> set[str]:
-    """Which of these PaymentIntent ids Tollgate created."""
+def operator_stripe_states(conn: Connection[Any], *, stripe_ids: Sequence[str]) -> dict[str, str]:
+    """Tollgate's record of each of these PaymentIntents and subscriptions it knows, as text
+    that changes whenever an event changes the record (absent: Tollgate has none)."""
     params = {"stripe_ids": list(stripe_ids)}
-    return {r.stripe_id for r in _all_sync(conn, _StripeIdRow, "operator_known_payments", params)}
+    rows = _all_sync(conn, _StripeStateRow, "operator_stripe_states", params)
+    return {r.stripe_id: r.state for r in rows}
 
 
 async def create_transaction(

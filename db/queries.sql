@@ -336,8 +336,14 @@ SELECT * FROM tollgate.import_reconciliation(
     p_lines       => %(lines)b::api.reconciliation_line_v1[]
 );
 
--- name: operator_known_payments
-SELECT stripe_id FROM tollgate.payment_intents WHERE stripe_id = ANY (%(stripe_ids)s::text[]);
+-- name: operator_stripe_states
+-- Tollgate's record of these Stripe objects (its PaymentIntents and subscriptions), one line
+-- each: what `tollgate reconcile stripe` compares before and after applying Stripe's state.
+SELECT stripe_id, concat_ws(' ', status, 'refunded', amount_refunded) AS state
+FROM tollgate.payment_intents WHERE stripe_id = ANY (%(stripe_ids)s::text[])
+UNION ALL
+SELECT stripe_id, concat_ws(' ', status, plan, 'until', current_period_end) AS state
+FROM tollgate.subscriptions WHERE stripe_id = ANY (%(stripe_ids)s::text[]);
 
 -- name: whoami
 SELECT * FROM api.whoami_v1(p_api_key => %(api_key)s::text);

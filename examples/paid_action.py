@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import shlex
 import sys
 import time
 from decimal import Decimal
@@ -40,13 +41,15 @@ def step(text: str) -> None:
 
 
 def load_env(path: Path) -> None:
-    """KEY=value lines from ``path`` for the variables not already set."""
+    """``export NAME=value`` (or ``NAME=value``) lines from ``path``, for the variables not
+    already set."""
     if not path.exists():
         return
     for line in path.read_text().splitlines():
-        name, sep, value = line.partition("=")
+        name, sep, value = line.removeprefix("export ").partition("=")
         if sep and not line.startswith("#"):
-            os.environ.setdefault(name.strip(), value.strip())
+            words = shlex.split(value)
+            os.environ.setdefault(name.strip(), words[0] if words else "")
 
 
 def card(stripe: httpx.Client, emulated: bool) -> str:

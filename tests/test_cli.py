@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import importlib.metadata
 import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
+from api import cli
 from db.migrate import migrate
 from tests.conftest import Cluster
 
@@ -166,3 +171,86 @@ def test_audit_rows_from_before_the_chain_are_sealed(cluster: Cluster) -> None:
     finally:
         with cluster.admin() as admin:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command itself: help, version, the data folder, psql
+# ---------------------------------------------------------------------------------------------
+
+
+def without_configuration() -> dict[str, str]:
+    configured = ("DATABASE_URL", "TOLLGATE_", "STRIPE_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(configured)}
+
+
+def test_bare_commands_print_their_help() -> None:
+    bare = tollgate(env=without_configuration())
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.startswith("usage: tollgate")
+    for command in ("dev", "serve", "migrate", "psql", "keys", "listen", "reconcile"):
+        assert f"\n    {command} " in bare.stdout, command
+    group = tollgate("keys", env=without_configuration())
+    assert group.returncode == 0 and group.stdout.startswith("usage: tollgate keys")
+    assert "revoke" in group.stdout and "Traceback" not in group.stderr
+
+
+def test_version() -> None:
+    done = tollgate("--version", env=without_configuration())
+    assert done.returncode == 0
+    assert done.stdout == f"tollgate {importlib.metadata.version('tollgate')}\n"
+
+
+def test_every_option_and_argument_has_help() -> None:
+    def walk(p: argparse.ArgumentParser, path: str) -> Iterator[str]:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+            elif not action.help:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(walk(cli.parser(), "tollgate")) == []
+
+
+def test_the_data_folder_comes_from_the_variable_or_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOLLGATE_DATA_DIR", str(tmp_path / "named"))
+    assert cli.find_data_dir(tmp_path) == tmp_path / "named"
+    monkeypatch.delenv("TOLLGATE_DATA_DIR")
+    project = tmp_path / "project"
+    (project / ".tollgate").mkdir(parents=True)
+    (project / "src" / "deep").mkdir(parents=True)
+    assert cli.find_data_dir(project / "src" / "deep") == project.resolve() / ".tollgate"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert cli.find_data_dir(elsewhere) == ROOT / ".tollgate", "this checkout's"
+
+
+def test_no_command_but_dev_creates_a_database(tmp_path: Path) -> None:
+    folder = tmp_path / "nothing-here"
+    for args, env in (
+        (["--data-dir", str(folder), "keys", "list"], without_configuration()),
+        (["migrate"], without_configuration() | {"TOLLGATE_DATA_DIR": str(folder)}),
+        (["psql", "-c", "SELECT 1"], without_configuration() | {"TOLLGATE_DATA_DIR": str(folder)}),
+    ):
+        done = tollgate(*args, env=env)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"{folder}/pgdata holds no embedded database" in done.stderr
+        assert "tollgate dev" in done.stderr and "Traceback" not in done.stderr
+        assert not folder.exists(), args
+
+
+def test_psql_opens_the_configured_database(db_dsn: str, tmp_path: Path) -> None:
+    env = without_configuration() | {"DATABASE_URL": db_dsn}
+    done = tollgate("psql", "-X", "-At", "-c", "SELECT current_database()", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == conninfo_to_dict(db_dsn)["dbname"]
+    failing = tollgate("psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT 1/0", env=env)
+    assert failing.returncode != 0 and "division by zero" in failing.stderr, "psql's status"
+
+    no_psql = tollgate("psql", env=env | {"PATH": str(tmp_path)})
+    assert no_psql.returncode == 2
+    assert "no psql on PATH" in no_psql.stderr and "apt-get install postgresql-client" in (
+        no_psql.stderr
+    )

@@ -46,11 +46,12 @@ def check_steps(stdout: str, account: str) -> None:
 @pytest.fixture
 def dev_stack(db_dsn: str, tmp_path: Path) -> Iterator[Path]:
     """`tollgate dev` on a free port over the test database; yields its data folder."""
-    port = stripe_emulator.free_port()
+    port, stripe_port = stripe_emulator.free_port(), stripe_emulator.free_port()
     env = {k: v for k, v in os.environ.items() if k not in STRIPE_VARIABLES and k != "TOLLGATE_URL"}
     log = (tmp_path / "dev.log").open("wb")
+    ports = ["--port", str(port), "--stripe-port", str(stripe_port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(tmp_path), "dev", "--port", str(port)],
+        [sys.executable, "-m", "api.cli", "--data-dir", str(tmp_path), "dev", *ports],
         cwd=ROOT,
         env=env | {"DATABASE_URL": db_dsn},
         stdout=log,

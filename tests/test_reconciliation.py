@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +208,12 @@ def test_stripe_repair_after_missed_webhooks(
     first = tollgate("reconcile", "stripe", "--since", TODAY, env=env)
     assert first.returncode == 0, first.stderr
     assert statuses() == ["succeeded", "refunded", "requires_confirmation"]
-    counts = dict(pair.split("=") for pair in first.stdout.split())
-    assert int(counts["unknown"]) >= 1, "the emulator's other intents are left alone"
-    assert paid["stripe_id"] in first.stderr, "progress names what changed"
+    counts = summary_counts(first.stdout)
+    assert counts["repaired"] == 3, "two payments succeeded, one of them refunded since"
+    assert counts["already applied"] == 1, "the unconfirmed one: Tollgate has Stripe's state"
+    assert counts["not Tollgate's"] >= 1, "the emulator's other intents are left alone"
+    assert f"{paid['stripe_id']}: repaired, now succeeded" in first.stderr, "progress names it"
+    assert _untouched["stripe_id"] not in first.stderr, "and nothing else"
     actors = db.execute(
         "SELECT new_value, actor FROM tollgate.audit_log WHERE entity = 'payment_intent'"
         " AND action = 'status_changed' ORDER BY id"
@@ -223,7 +227,8 @@ def test_stripe_repair_after_missed_webhooks(
     before = row_counts(db)
     again = tollgate("reconcile", "stripe", "--since", TODAY, env=env)
     assert again.returncode == 0, again.stderr
-    assert "applied" not in again.stdout and "duplicate=" in again.stdout, again.stdout
+    assert "repaired" not in again.stdout + again.stderr, again.stdout
+    assert summary_counts(again.stdout)["already applied"] == 4, again.stdout
     assert row_counts(db) == before, "a second run changes nothing"
 
     future = tollgate("reconcile", "stripe", "--since", "2999-01-01", env=env)
@@ -236,6 +241,62 @@ def test_stripe_repair_after_missed_webhooks(
         failed = tollgate("reconcile", "stripe", *bad_args, env=bad_env)
         assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
     assert row_counts(db) == before
+
+
+def summary_counts(stdout: str) -> dict[str, int]:
+    """``3 repaired, 1 already applied, 5 not Tollgate's`` as {outcome: count}."""
+    counts = {}
+    for part in stdout.strip().split(", "):
+        n, _, outcome = part.partition(" ")
+        counts[outcome] = int(n)
+    return counts | {k: counts.get(k, 0) for k in ("repaired", "already applied")}
+
+
+def test_stripe_reconcile_after_delivered_webhooks_says_already_applied(
+    api: Api, new_key: Any, db: psycopg.Connection[Any], db_dsn: str, emulator: Emulator
+) -> None:
+    """What the webhooks did (and a refund Tollgate made) is "already applied", never
+    "repaired", and writes nothing."""
+    stripe = stripe_client(emulator.base)
+    with api.client(new_key("agent")) as http:
+        made = http.post(
+            "/v1/payments",
+            json={"amount_minor": 2500, "currency": "usd", "payment_method": "pm_card_visa"},
+            headers={"Idempotency-Key": "delivered"},
+        )
+        assert made.status_code == 201, made.text
+    payment, stripe_id = made.json()["id"], made.json()["stripe_id"]
+    stripe.v1.payment_intents.confirm(stripe_id)
+    status = "SELECT status::text FROM tollgate.payment_intents WHERE stripe_id = %s"
+    for _ in range(300):  # the webhook arrives about a second after the confirmation
+        if db.execute(status, (stripe_id,)).fetchone() == ("succeeded",):
+            break
+        time.sleep(0.1)
+    assert db.execute(status, (stripe_id,)).fetchone() == ("succeeded",), "the webhook arrived"
+    with api.client(new_key("ops", admin=True)) as admin:
+        refund = admin.post(
+            f"/v1/payments/{payment}/refunds",
+            json={"amount_minor": 1000},
+            headers={"Idempotency-Key": "part"},
+        )
+        assert refund.status_code == 201 and refund.json()["status"] == "succeeded", refund.text
+
+    before = row_counts(db)
+    env = os.environ | {
+        "DATABASE_URL": db_dsn,
+        "STRIPE_API_KEY": "sk_test_tollgate",
+        "STRIPE_API_BASE": emulator.base,
+    }
+    done = tollgate("reconcile", "stripe", "--since", TODAY, env=env)
+    assert done.returncode == 0, done.stderr
+    counts = summary_counts(done.stdout)
+    assert counts["already applied"] == 2, "the payment and its partly refunded charge"
+    assert counts["repaired"] == 0 and stripe_id not in done.stderr, done.stdout + done.stderr
+    assert row_counts(db) == before, "nothing is written for what Tollgate had"
+    synthetic = db.execute(
+        "SELECT count(*) FROM tollgate.payment_events WHERE id LIKE 'evt_reconcile_%'"
+    ).fetchone()
+    assert synthetic == (0,)
 
 
 def _charge_of(stripe: Any, payment_intent: str) -> str:
@@ -318,5 +379,5 @@ def test_stripe_repair_of_subscriptions_and_partial_refunds(
     before = row_counts(db)
     again = tollgate("reconcile", "stripe", "--since", TODAY, env=env)
     assert again.returncode == 0, again.stderr
-    assert "applied" not in again.stdout, again.stdout
+    assert "repaired" not in again.stdout and "already applied" in again.stdout, again.stdout
     assert row_counts(db) == before, "a second run changes nothing"
