@@ -342,5 +342,8 @@ SELECT stripe_id FROM tollgate.payment_intents WHERE stripe_id = ANY (%(stripe_i
 -- name: whoami
 SELECT * FROM api.whoami_v1(p_api_key => %(api_key)s::text);
 
+-- name: metrics
+SELECT metric, labels, value FROM api.metrics_v1();
+
 -- name: currencies
 SELECT * FROM api.currencies_v1();

@@ -101,7 +101,8 @@ GRANT EXECUTE ON FUNCTION
     api.import_reconciliation_v1(text, text, text[], numeric[], text[], date[], text[]),
     api.import_reconciliation_v2(text, text, api.reconciliation_line_v1[]),
     api.begin_refund_v1(text, text, text, numeric, bigint),
-    api.finish_refund_v1(text, uuid, text, text)
+    api.finish_refund_v1(text, uuid, text, text),
+    api.metrics_v1()
 TO tollgate_app;
 
 -- Stripe events reach the database from the service only with their signature, which
