@@ -127,14 +127,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
+    from api import observability  # imports no prometheus_client: see prepare_metrics_dir
+
+    if args.log_format not in observability.FORMATTERS:  # from LOG_FORMAT, unchecked by argparse
+        print(
+            f"tollgate serve: LOG_FORMAT must be json or text, not {args.log_format!r}",
+            file=sys.stderr,
+        )
+        return 2
+    cleanup = observability.prepare_metrics_dir(args.workers)
+    try:
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            # One line per request from api/observability.py instead of uvicorn's access log.
+            log_config=observability.logging_config(args.log_level, args.log_format),
+            access_log=False,
+        )
+    finally:
+        cleanup()
     return 0
 
 
@@ -574,8 +589,14 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-level",
-        default="info",
-        help="uvicorn's log level: critical, error, warning, info, debug (default info)",
+        default=os.environ.get("LOG_LEVEL", "info").lower(),
+        help="debug, info (one line per request), warning, error (default LOG_LEVEL or info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=os.environ.get("LOG_FORMAT", "json").lower(),
+        help="one JSON object per line, or plain text (default LOG_FORMAT or json)",
     )
     serve.set_defaults(func=_cmd_serve)
 

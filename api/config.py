@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that are fine on a laptop and never in production.
@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     # Another Stripe API address (an emulator such as localstripe); None for Stripe itself.
     stripe_api_base: str | None = None
     stripe_timeout: float = Field(default=15.0, gt=0)
+
+    # GET /metrics answers anyone who can reach it, unless this is set: then only requests
+    # with Authorization: Bearer <METRICS_TOKEN> (Prometheus: authorization.credentials).
+    metrics_token: SecretStr | None = None
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:

@@ -1,4 +1,5 @@
-"""Every error leaves as JSON ``{"error": {"code", "message"}}`` with a fitting status.
+"""Every error leaves as JSON ``{"error": {"code", "message", "request_id"}}`` with a fitting
+status, and the request id in the ``X-Request-Id`` header too (api/observability.py).
 
 Domain errors carry a kind; this module alone maps kinds to HTTP statuses.
 """
@@ -15,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from api import observability
 from api.models import AMOUNT_CODES
 from db.errors import DomainError, Kind, translate
 
@@ -48,6 +50,12 @@ def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
+    ctx = observability.current()
+    if ctx is not None:  # always, for an HTTP request
+        ctx.error = code
+        body["request_id"] = ctx.request_id
+        # Set here too for the 500 of an unhandled exception, answered outside the middleware.
+        headers = {**(headers or {}), observability.REQUEST_ID_HEADER: ctx.request_id}
     if details is not None:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=headers)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from api import __version__, docs, errors, mcp_tools
+from api import __version__, docs, errors, mcp_tools, observability
 from api.config import Settings
+from api.metrics import Metrics
+from api.metrics import endpoint as metrics_endpoint
+from api.metrics import multiprocess as metrics_multiprocess
 from api.routes import (
     accounts,
     authorize,
@@ -30,6 +35,7 @@ from db.pool import create_pool
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Settings are read from the environment at startup, not at import."""
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,10 +55,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=s.stripe_timeout,
         )
         app.state.settings, app.state.pool, app.state.stripe = s, pool, gateway
+        # With several workers, each writes its pool's statistics for any worker's scrape.
+        syncing = None
+        if metrics_multiprocess():
+            syncing = asyncio.create_task(metrics.sync_pool_forever(pool))
         try:
             async with mcp_manager.run():
                 yield
         finally:
+            if syncing is not None:
+                syncing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await syncing
+            metrics.process_ended()
             await pool.close()
             await gateway.close()
 
@@ -69,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     docs.install(app)
+    # A request id, the request log and the latency histograms, for every request.
+    app.state.metrics = metrics
+    app.add_middleware(observability.RequestLog, metrics=metrics)
     for module in (
         health,
         authorize,
@@ -89,5 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mcp_endpoint, mcp_manager = mcp_tools.endpoint(mcp_tools.build(app.state), app.state)
     app.router.routes.append(
         Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    )
+    # Prometheus (api/metrics.py): not an API operation, so not in the OpenAPI schema.
+    app.router.routes.append(
+        Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     )
     return app

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from api import pages
+from api.observability import current_request_id
 
 
 def _no_nul(value: str) -> str:
@@ -113,6 +114,11 @@ class ApiError(BaseModel):
 
     code: str = Field(examples=["invalid_amount"])
     message: str
+    request_id: str | None = Field(
+        default_factory=current_request_id,
+        description="the request's X-Request-Id: quote it when asking about this answer",
+        examples=["4f1c2b9e0d8a4e6fb2a7c3d5e9f01234"],
+    )
 
 
 class FieldProblem(BaseModel):

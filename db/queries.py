@@ -873,6 +873,18 @@ async def whoami(conn: AsyncConnection[Any], *, api_key: str) -> IdentityRow:
     return await _one(conn, IdentityRow, "whoami", {"api_key": api_key})
 
 
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    metric: str  # a gauge's name, without the tollgate_ prefix
+    labels: dict[str, str]
+    value: Decimal
+
+
+async def metrics(conn: AsyncConnection[Any]) -> list[MetricRow]:
+    """The database's gauges for GET /metrics: backlogs, dead letters, holds, audit problems."""
+    return await _all(conn, MetricRow, "metrics", {})
+
+
 # ---------------------------------------------------------------------------------------------
 # Currencies
 # ---------------------------------------------------------------------------------------------

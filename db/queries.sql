@@ -348,6 +348,9 @@ FROM tollgate.subscriptions WHERE stripe_id = ANY (%(stripe_ids)s::text[]);
 -- name: whoami
 SELECT * FROM api.whoami_v1(p_api_key => %(api_key)s::text);
 
+-- name: metrics
+SELECT metric, labels, value FROM api.metrics_v1();
+
 -- name: currencies
 SELECT * FROM api.currencies_v1();
 

@@ -139,6 +139,8 @@ def test_refused_authorize_carries_the_402_payment_instructions(
     body = result.structured_content
     assert body["status"] == 402 and body["error"]["code"] == "payment_required"
     http_body = over_http.json()
+    # Each names its own request (the MCP call's X-Request-Id, the HTTP request's).
+    assert body["error"].pop("request_id") and http_body["error"].pop("request_id")
     assert {k: body[k] for k in http_body if k != "accepts"} == {
         k: v for k, v in http_body.items() if k != "accepts"
     }

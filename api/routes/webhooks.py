@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
+from api import observability
 from api.deps import Pool
 from api.models import ErrorBody, WebhookReceipt
 from db import queries
@@ -100,4 +101,5 @@ async def stripe_webhook(
         outcome = await queries.ingest_stripe_webhook(
             conn, payload=text, signature=stripe_signature
         )
+    observability.note_webhook(outcome.outcome, outcome.event_id)
     return WebhookReceipt.model_validate(outcome, from_attributes=True)

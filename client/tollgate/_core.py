@@ -26,14 +26,18 @@ MAX_RETRY_AFTER = 60.0
 
 
 class TollgateError(Exception):
-    """An error answer from Tollgate: HTTP status, Tollgate's code, its message, the body."""
+    """An error answer from Tollgate: HTTP status, Tollgate's code, its message, the body, and
+    the request's id (its X-Request-Id, which names the request in Tollgate's log)."""
 
-    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, body: Any = None, request_id: str | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.body = body
+        self.request_id = request_id
 
 
 class BadRequest(TollgateError):
@@ -60,8 +64,10 @@ class PaymentRequired(TollgateError):
     """402 from authorize: not entitled. ``required.accepts`` lists the payments that would
     entitle the account (one run of the action, or credits), ready to send."""
 
-    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
-        super().__init__(status, code, message, body)
+    def __init__(
+        self, status: int, code: str, message: str, body: Any = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(status, code, message, body, request_id)
         # Only authorize's refusal carries payment instructions; other 402s (a declined card,
         # a capture past a spend cap) are plain errors.
         self.required: models.PaymentRequired | None = None
@@ -129,7 +135,10 @@ def result(call: Call[T], response: httpx.Response) -> T:
     code = error.get("code", "error") if isinstance(error, dict) else "error"
     message = error.get("message", response.text[:200]) if isinstance(error, dict) else ""
     kind = ERRORS.get(response.status_code, TollgateError)
-    raise kind(response.status_code, str(code), str(message or response.reason_phrase), body)
+    request_id = response.headers.get("x-request-id")
+    raise kind(
+        response.status_code, str(code), str(message or response.reason_phrase), body, request_id
+    )
 
 
 def retry_response(call: Call[Any], response: httpx.Response) -> bool:

@@ -176,6 +176,7 @@ class ReconciliationIn(Request):
 class ApiError(BaseModel):
     code: str
     message: str
+    request_id: str | None = None  # the request's X-Request-Id: quote it when asking about it
 
 
 class Health(BaseModel):

@@ -208,6 +208,51 @@ AS $$
        OR e.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
 $$;
 
+-- The part of verify_audit_chain() that costs the same at any size, for monitoring
+-- (api.metrics_v1, every scrape): the newest p_rows audit rows and seals, each checked the same
+-- ways (unsealed, missing, altered; a link to the seal before it that does not match is
+-- broken_link, and a missing one a gap), and the heads of their accounts (head). About 1,000
+-- rows take a few milliseconds. An edit further back is found only by verify_audit_chain(),
+-- which recomputes every hash: run that on a schedule (docs/OPERATIONS.md).
+CREATE OR REPLACE FUNCTION tollgate.audit_recent_problems(p_rows integer)
+RETURNS TABLE (account_uuid uuid, problem text, seq bigint, audit_id bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH recent_rows AS (
+        SELECT l.id, l.account_uuid FROM tollgate.audit_log l ORDER BY l.id DESC LIMIT p_rows
+    ), recent_seals AS (
+        SELECT s.* FROM tollgate.audit_seals s ORDER BY s.audit_id DESC LIMIT p_rows
+    ), chained AS (
+        SELECT s.account_uuid, s.seq, s.audit_id, s.prev_hash, s.row_hash, l AS r, l.id AS found,
+               b.row_hash AS before_hash, b.seq AS before_seq
+        FROM recent_seals s
+        LEFT JOIN tollgate.audit_log l ON l.id = s.audit_id
+        LEFT JOIN tollgate.audit_seals b ON b.account_uuid = s.account_uuid AND b.seq = s.seq - 1
+    )
+    SELECT r.account_uuid, 'unsealed', NULL::bigint, r.id FROM recent_rows r
+    WHERE NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = r.id)
+    UNION ALL
+    SELECT c.account_uuid, 'missing', c.seq, c.audit_id FROM chained c WHERE c.found IS NULL
+    UNION ALL
+    SELECT c.account_uuid, 'altered', c.seq, c.audit_id FROM chained c
+    WHERE c.found IS NOT NULL
+      AND (c.row_hash <> tollgate.audit_row_hash(c.prev_hash, c.seq, c.r) OR (c.r).account_uuid <> c.account_uuid)
+    UNION ALL
+    SELECT c.account_uuid, 'broken_link', c.seq, c.audit_id FROM chained c
+    WHERE c.prev_hash <> CASE WHEN c.seq = 1 THEN tollgate.audit_genesis(c.account_uuid) ELSE c.before_hash END
+    UNION ALL
+    SELECT c.account_uuid, 'gap', c.seq, c.audit_id FROM chained c WHERE c.seq > 1 AND c.before_seq IS NULL
+    UNION ALL
+    SELECT a.account_uuid, 'head', h.rows, NULL::bigint
+    FROM (SELECT DISTINCT s.account_uuid FROM recent_seals s) a
+    LEFT JOIN tollgate.audit_heads h ON h.account_uuid = a.account_uuid
+    LEFT JOIN tollgate.audit_seals e ON e.account_uuid = h.account_uuid AND e.seq = h.rows
+    WHERE h.account_uuid IS NULL  -- the head was deleted
+       OR e.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
+       OR EXISTS (SELECT FROM tollgate.audit_seals n WHERE n.account_uuid = h.account_uuid AND n.seq > h.rows)
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- More changes on the record
 -- ---------------------------------------------------------------------------------------------

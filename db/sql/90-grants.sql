@@ -111,7 +111,9 @@ GRANT EXECUTE ON FUNCTION
     api.list_risk_rules_v1(text, text, integer, uuid),
     api.list_account_keys_v1(text, text, integer, uuid),
     api.list_payments_v1(text, text, text, text, integer, uuid),
-    api.list_events_v1(text, text, text, integer, bigint)
+    api.list_events_v1(text, text, text, integer, bigint),
+    -- What /metrics reports of the database
+    api.metrics_v1()
 TO tollgate_app;
 
 -- Stripe events reach the database from the service only with their signature, which
