@@ -153,6 +153,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decimal(text: str) -> Decimal:
+    """argparse's type for an amount: a clear usage error, not a traceback, for "abc"."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError as exc:
+        raise argparse.ArgumentTypeError(f"not a decimal amount: {text!r}") from exc
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a decimal amount: {text!r}")
+    return value
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from api.devstack import database_url
     from db import queries
@@ -562,7 +573,7 @@ def parser() -> argparse.ArgumentParser:
     pay.add_argument(
         "purpose", help="what the payment is for: credits, or an action (e.g. report.generate)"
     )
-    pay.add_argument("amount", type=Decimal, help="in the currency's units, a decimal (e.g. 0.50)")
+    pay.add_argument("amount", type=_decimal, help="in the currency's units, a decimal (e.g. 0.50)")
     pay.add_argument("--currency", default="usd", help="ISO 4217 (default usd)")
     pay.add_argument(
         "--card",

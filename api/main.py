@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.routing import Route
 
-from api import __version__, docs, errors, mcp_tools, observability
+from api import __version__, body, docs, errors, mcp_tools, observability
 from api.config import Settings
 from api.metrics import Metrics
 from api.metrics import endpoint as metrics_endpoint
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(body.require_json_body)],
     )
     errors.install(app)
     docs.install(app)

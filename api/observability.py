@@ -214,7 +214,15 @@ class RequestLog:
             raise
         seconds = (ended or time.perf_counter()) - started
         identity = None
-        if authorization and status != 401 and status < 500 and log.isEnabledFor(logging.INFO):
+        # Only for answers the database gave to an accepted key (a success, 402, 403 or 409 of
+        # a matched route): a request with any made-up key must not buy a database round trip.
+        accepted = status < 400 or status in (402, 403, 409)
+        if (
+            authorization
+            and accepted
+            and scope.get("route") is not None
+            and log.isEnabledFor(logging.INFO)
+        ):
             identity = await self._identity(scope, authorization)
         self._record(scope, ctx, status, seconds, identity)
 
@@ -313,8 +321,18 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            text += "".join(f" {k}={v}" for k, v in fields.items() if v is not None)
+            text += "".join(f" {k}={_text_value(v)}" for k, v in fields.items() if v is not None)
         return text
+
+
+_PLAIN = re.compile(r"[\w.:/@+=,{}\-]*")
+
+
+def _text_value(value: object) -> str:
+    """A field's value as it can stand in a text log line: as is when it is plain, else
+    JSON-quoted, so a request's path can neither start a line of its own nor fake a field."""
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
 LogFormat = Literal["json", "text"]

@@ -504,3 +504,22 @@ def test_workers_report_one_sum(serve: Any, db_dsn: str) -> None:
         )
         assert healthz == 20
         assert value(found, "tollgate_db_pool_min") == 6
+
+
+def test_a_text_log_line_cannot_be_forged_by_a_path() -> None:
+    """A decoded path with a newline, an escape or spaces is quoted in the text format: it
+    neither starts a line of its own nor fakes a field."""
+    import logging
+
+    from api.observability import TextFormatter
+
+    record = logging.LogRecord("tollgate.access", logging.INFO, __file__, 1, "request", (), None)
+    record.fields = {  # type: ignore[attr-defined]
+        "path": "/v1/nope/a\nINFO tollgate.access request request_id=forged\x1b[31m",
+        "status": 404,
+        "route": "/v1/holds/{hold_id}",
+    }
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert ' path="/v1/nope/a\\nINFO tollgate.access request request_id=forged\\u001b[31m"' in line
+    assert line.endswith(" status=404 route=/v1/holds/{hold_id}")

@@ -97,12 +97,63 @@ def test_every_body_route_refuses_a_form_and_an_empty_optional_body_needs_no_typ
     assert empty.status_code == 404 and empty.json()["error"]["code"] == "not_found"
 
 
+def test_routes_that_read_no_body_refuse_one_that_is_not_json(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    """A form post or a text body never passes for an empty one: every write route (the raw
+    Stripe webhook aside) answers 415 to a non-JSON body, whether or not it reads a body, and a
+    whitespace-only body is a body."""
+    admin = new_key("ops", admin=True)
+    with api.client(admin) as http:
+        schema = http.get("/openapi.json").json()
+        write_routes = [
+            (method.upper(), path.format_map(PATH_VALUES | {"reference": "t-1"}))
+            for path, item in schema["paths"].items()
+            for method in item
+            if method in ("post", "put", "patch", "delete") and path != "/v1/webhooks/stripe"
+        ]
+        assert ("POST", "/v1/transactions/t-1/settle") in write_routes
+        before = row_counts(db)
+        for method, path in write_routes:
+            for content in (b"a=b", b"   "):
+                answer = http.request(
+                    method,
+                    path,
+                    content=content,
+                    headers={"Content-Type": "text/plain", "Idempotency-Key": "text-1"},
+                )
+                assert answer.status_code == 415, f"{method} {path} {content!r}: {answer.text}"
+        assert row_counts(db) == before
+
+
+def test_a_body_too_large_is_refused_before_it_is_read(api: Api, new_key: Any) -> None:
+    """By its Content-Length, or while a chunked upload streams in: 413, whatever the key."""
+    huge = b"[" + b"0," * 40_000 + b"0]"  # 80 KB: past the 64 KiB limit
+
+    def chunks() -> Any:
+        for start in range(0, len(huge), 8192):
+            yield huge[start : start + 8192]
+
+    with api.client("tg_made_up_key_000000000000") as http:
+        declared = http.post(
+            "/v1/transactions", content=huge, headers={"Content-Type": "application/json"}
+        )
+        streamed = http.post(
+            "/v1/transactions", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+    for answer in (declared, streamed):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"]["code"] == "payload_too_large"
+
+
 def test_an_unknown_route_is_404_naming_it(api: Api) -> None:
     with api.client() as http:
         answer = http.get("/v1/paymnts/pi_123")
         long = http.post("/v2/" + "x" * 5000)
     assert answer.status_code == 404
-    assert answer.json()["error"] == {
+    error = answer.json()["error"]
+    assert error.pop("request_id") == answer.headers["x-request-id"]
+    assert error == {
         "code": "not_found",
         "message": "no route GET /v1/paymnts/pi_123: /docs lists every route",
     }
@@ -115,7 +166,9 @@ def test_a_method_a_route_does_not_take_is_405_naming_those_it_does(api: Api) ->
         answer = http.delete("/v1/transfers")
     assert answer.status_code == 405
     assert answer.headers["allow"] == "POST"
-    assert answer.json()["error"] == {
+    error = answer.json()["error"]
+    assert error.pop("request_id") == answer.headers["x-request-id"]
+    assert error == {
         "code": "method_not_allowed",
         "message": "/v1/transfers does not take DELETE; it takes POST",
     }

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
-from api import observability
+from api import body, observability
 from api.deps import Pool
 from api.models import ErrorBody, WebhookReceipt
 from db import queries
@@ -47,21 +47,6 @@ EVENT_BODY = {
 }
 
 
-async def _read_capped(request: Request) -> bytes:
-    """The body, refused with 413 beyond MAX_EVENT_BYTES before more of it is read."""
-    too_large = DomainError("too_large", "payload_too_large", "the event is larger than 1 MiB")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_EVENT_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post(
     "/stripe",
     response_model=WebhookReceipt,
@@ -90,7 +75,7 @@ async def stripe_webhook(
     `tollgate webhook-secret add` registered): a missing, wrong or stale one is 400
     invalid_signature and writes nothing. Here only the shape: size, UTF-8, a JSON object
     (which also keeps JSON nested too deep for PostgreSQL's parser away from it)."""
-    payload = await _read_capped(request)
+    payload = await body.read_capped(request, MAX_EVENT_BYTES, "the event")
     try:
         text = payload.decode("utf-8")
         if not isinstance(json.loads(text), dict):

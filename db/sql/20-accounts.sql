@@ -239,7 +239,7 @@ DECLARE
     k tollgate.api_keys := tollgate.authenticate(p_api_key);
 BEGIN
     IF NOT k.is_admin THEN
-        RAISE EXCEPTION 'only an admin key may change prices and caps'
+        RAISE EXCEPTION 'this needs an admin key'
             USING ERRCODE = 'TG002', CONSTRAINT = 'admin_key';
     END IF;
     RETURN k;
