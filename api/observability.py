@@ -214,9 +214,10 @@ class RequestLog:
             raise
         seconds = (ended or time.perf_counter()) - started
         identity = None
-        # Only for answers the database gave to an accepted key (a success, 402, 403 or 409 of
-        # a matched route): a request with any made-up key must not buy a database round trip.
-        accepted = status < 400 or status in (402, 403, 409)
+        # Only for answers the database gave to an accepted key (a success, or a 402, 403, 404
+        # or 409 of a matched route; a made-up key is a 401): a request with any made-up key
+        # must not buy a database round trip, as one to no route or with a bad limit would.
+        accepted = status < 400 or status in (402, 403, 404, 409)
         if (
             authorization
             and accepted
