@@ -118,6 +118,18 @@ CREATE INDEX ledger_entries_account_uuid_idx ON tollgate.ledger_entries (account
 
 COMMENT ON TABLE tollgate.ledger_entries IS 'Append-only entries; each posting''s entries sum to zero per currency.';
 
+-- A transfer of a batch, as api.transfer_batch_v1 takes it. Part of the API: a new shape is a
+-- new type (_v2) beside this one, never an ALTER of it.
+CREATE TYPE api.transfer_item_v1 AS (
+    from_account text,     -- the sender's external id; NULL: the key's own account
+    to_account   text,     -- the receiver's external id
+    amount       numeric,  -- in the currency's units (12.50); NULL when amount_minor is given
+    amount_minor bigint,   -- in minor units (1250); NULL when amount is given
+    currency     text
+);
+COMMENT ON TYPE api.transfer_item_v1 IS
+    'One transfer for api.transfer_batch_v1; the rules are in its comment.';
+
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
@@ -493,6 +505,337 @@ BEGIN
     END IF;
     RETURN QUERY SELECT true, posting.id, sender.external_id, receiver.external_id,
                         tollgate.format_minor(minor, p_currency), p_currency, posting.created_at;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- api: batches of transfers, all or none
+-- ---------------------------------------------------------------------------------------------
+
+-- Refuse a batch for its transfer at position p_at (1-based): the refusal p_msg, with its
+-- SQLSTATE and rule, prefixed "transfer N: " (db/errors.py keeps the prefix on a message it
+-- replaces).
+CREATE OR REPLACE FUNCTION tollgate.refuse_batch_transfer(p_at integer, p_state text, p_msg text, p_rule text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(p_rule, '') = '' THEN
+        RAISE EXCEPTION 'transfer %: %', p_at, p_msg USING ERRCODE = p_state;
+    END IF;
+    RAISE EXCEPTION 'transfer %: %', p_at, p_msg USING ERRCODE = p_state, CONSTRAINT = p_rule;
+END
+$$;
+
+-- Step 1 of api.transfer_batch_v1: every transfer's sender side resolved in one statement, by
+-- position: the sender (an account the key may act for: its own, any for an admin key), the
+-- receiver (NULL: no such account), the amount in minor units (amount or amount_minor, exactly
+-- one) and the currency. bad is the first position whose sender side is refused (NULL: none):
+-- tollgate.explain_batch_transfer says why.
+CREATE OR REPLACE FUNCTION tollgate.resolve_batch_transfers(
+    p_key tollgate.api_keys, p_transfers api.transfer_item_v1[],
+    OUT sender uuid[], OUT from_ext text[], OUT receiver uuid[], OUT to_ext text[],
+    OUT minor bigint[], OUT currency text[], OUT bad integer
+)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(s.id ORDER BY t.ord), array_agg(s.external_id ORDER BY t.ord),
+           array_agg(r.id ORDER BY t.ord), array_agg(t.to_account ORDER BY t.ord),
+           array_agg(CASE WHEN v.ok THEN x.scaled::bigint END ORDER BY t.ord),
+           array_agg(t.currency ORDER BY t.ord),
+           (min(t.ord) FILTER (WHERE NOT v.ok))::integer
+    FROM unnest(p_transfers) WITH ORDINALITY AS t (from_account, to_account, amount, amount_minor, currency, ord)
+    CROSS JOIN (SELECT a.external_id AS own FROM tollgate.accounts a WHERE a.id = p_key.account_uuid) o
+    LEFT JOIN tollgate.accounts s
+           ON s.external_id = coalesce(t.from_account, o.own) AND (p_key.is_admin OR s.id = p_key.account_uuid)
+    LEFT JOIN tollgate.accounts r
+           ON r.external_id = t.to_account AND r.id <> '00000000-0000-0000-0000-000000000000'
+    LEFT JOIN tollgate.currencies c ON c.code = t.currency
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN t.amount_minor IS NULL THEN t.amount * 10::numeric ^ c.exponent
+                    WHEN t.amount IS NULL THEN t.amount_minor END AS scaled
+    ) x
+    CROSS JOIN LATERAL (
+        SELECT coalesce(s.id IS NOT NULL AND c.code IS NOT NULL AND x.scaled = trunc(x.scaled)
+                        AND x.scaled BETWEEN 1 AND 999999999999
+                        AND t.to_account IS DISTINCT FROM s.external_id, false) AS ok
+    ) v
+$$;
+
+-- Why the transfer p_item at position p_at was refused by step 1: the error api.transfer_v1
+-- would raise for it (account_visible, the amount's rules, transfer_distinct_accounts),
+-- naming the position.
+CREATE OR REPLACE FUNCTION tollgate.explain_batch_transfer(
+    p_key tollgate.api_keys, p_item api.transfer_item_v1, p_at integer
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sender tollgate.accounts;
+    state  text;
+    msg    text;
+    rule   text;
+BEGIN
+    sender := tollgate.account_for(p_key, p_item.from_account);
+    IF (p_item.amount IS NULL) = (p_item.amount_minor IS NULL) THEN
+        RAISE EXCEPTION 'a transfer gives amount or amount_minor: one of them'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_amount_one';
+    END IF;
+    PERFORM tollgate.to_minor(coalesce(p_item.amount, p_item.amount_minor / 10::numeric ^ coalesce(
+        (SELECT c.exponent FROM tollgate.currencies c WHERE c.code = p_item.currency), 0)), p_item.currency);
+    IF p_item.to_account = sender.external_id THEN
+        RAISE EXCEPTION 'a transfer needs two different accounts'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_distinct_accounts';
+    END IF;
+    RAISE EXCEPTION 'no refusal found for this transfer';  -- step 1 and this step disagree
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, rule = CONSTRAINT_NAME;
+    PERFORM tollgate.refuse_batch_transfer(p_at, state, msg, rule);
+END
+$$;
+
+-- Step 2 of api.transfer_batch_v1: a batch made before with p_key answers as it did. Each
+-- transfer of a batch is a posting of its own, whose idempotency key is the batch's, "/" and
+-- its position, and whose request hash covers the batch's size; the batch is found by its
+-- first transfer's sender (an advisory lock on that sender and key serialises retries).
+-- Returns the postings by position, or NULL when the key is new; another batch under the key
+-- is refused (TG020), naming the first transfer that differs.
+CREATE OR REPLACE FUNCTION tollgate.replay_batch_transfers(
+    p_key text, p_sender uuid[], p_receiver uuid[], p_minor bigint[], p_currency text[]
+) RETURNS uuid[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found record;
+BEGIN
+    IF p_key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:transfer_batch:' || p_sender[1] || ':' || p_key, 0));
+    SELECT array_agg(lp.id ORDER BY t.ord) AS ids, count(lp.id) AS n,
+           min(t.ord) FILTER (WHERE lp.id IS NULL OR lp.request_hash <> tollgate.batch_transfer_hash(
+               t.s, t.r, t.m, t.c, cardinality(p_sender))) AS differs
+    INTO found
+    FROM unnest(p_sender, p_receiver, p_minor, p_currency) WITH ORDINALITY AS t (s, r, m, c, ord)
+    LEFT JOIN tollgate.ledger_postings lp ON lp.account_uuid = t.s AND lp.idempotency_key = p_key || '/' || t.ord;
+    IF found.n = 0 THEN
+        RETURN NULL;
+    ELSIF found.differs IS NOT NULL THEN
+        RAISE EXCEPTION 'transfer %: idempotency key % was used with a different batch', found.differs, p_key
+            USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+    END IF;
+    RETURN found.ids;
+END
+$$;
+
+-- What a transfer of a batch of p_size stood for, for its idempotency key.
+CREATE OR REPLACE FUNCTION tollgate.batch_transfer_hash(
+    p_sender uuid, p_receiver uuid, p_minor bigint, p_currency text, p_size integer
+) RETURNS bytea
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT sha256(convert_to(concat_ws(':', p_sender, coalesce(p_receiver::text, '-'), p_minor, p_currency,
+                                       'batch', p_size), 'UTF8'))
+$$;
+
+-- Step 3 of api.transfer_batch_v1: the senders' funds, then their spend caps, in batch order
+-- (each transfer sees the earlier ones' debits, and their credits: an admin key may pass money
+-- along a chain). Before any receiver is refused: for a key that is not an admin key every
+-- sender is its own account and no receiver is, so this says nothing about the receivers.
+-- Refused as api.transfer_v1 refuses: ledger_accounts_balance_non_negative (funds, or credits
+-- held for authorized work), spend_cap (the transfers so far, together, pass a cap).
+CREATE OR REPLACE FUNCTION tollgate.check_batch_funds(
+    p_sender uuid[], p_from text[], p_receiver uuid[], p_minor bigint[], p_currency text[]
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r     record;
+    state text;
+    msg   text;
+    rule  text;
+BEGIN
+    SELECT m.* INTO r FROM (
+        SELECT mv.ord, mv.m, mv.c, mv.f, mv.d, w.id AS wallet,
+               (w.avail + sum(mv.d) OVER (PARTITION BY mv.a, mv.c ORDER BY mv.ord))::bigint AS left_after
+        FROM (SELECT t.ord, t.s AS a, t.c, -t.m AS d, t.f, t.m
+              FROM unnest(p_sender, p_from, p_minor, p_currency) WITH ORDINALITY AS t (s, f, m, c, ord)
+              UNION ALL
+              SELECT t.ord, t.r, t.c, t.m, NULL, t.m
+              FROM unnest(p_receiver, p_minor, p_currency) WITH ORDINALITY AS t (r, m, c, ord)
+              WHERE t.r IS NOT NULL) mv
+        JOIN (SELECT x.a, x.c, la.id, coalesce(tollgate.available_credits(la.id), 0) AS avail
+              FROM (SELECT DISTINCT y.a, y.c FROM unnest(p_sender || p_receiver, p_currency || p_currency) AS y (a, c)) x
+              LEFT JOIN tollgate.ledger_accounts la ON la.account_uuid = x.a AND la.name = 'main' AND la.currency = x.c
+             ) w ON w.a = mv.a AND w.c = mv.c
+    ) m
+    WHERE m.d < 0 AND m.left_after < 0 ORDER BY m.ord LIMIT 1;
+    IF FOUND AND r.left_after + (SELECT coalesce(sum(h.amount), 0) FROM tollgate.holds h
+                                 WHERE h.ledger_account_id = r.wallet AND h.status = 'active'
+                                   AND h.expires_at > now()) >= 0 THEN
+        RAISE EXCEPTION 'transfer %: the balance would no longer cover the credits held for authorized work', r.ord
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
+    ELSIF FOUND THEN
+        RAISE EXCEPTION 'transfer %: % % cannot leave the balance of %: % % available', r.ord,
+                tollgate.format_minor(r.m, r.c), r.c, r.f, tollgate.format_minor(greatest(r.left_after + r.m, 0), r.c), r.c
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
+    END IF;
+    SELECT x.* INTO r FROM (
+        SELECT t.ord, t.s, t.c, sum(t.m) OVER (PARTITION BY t.s, t.c ORDER BY t.ord) AS spent
+        FROM unnest(p_sender, p_minor, p_currency) WITH ORDINALITY AS t (s, m, c, ord)
+        WHERE EXISTS (SELECT FROM tollgate.spend_caps sc WHERE sc.account_uuid = t.s AND sc.currency = t.c)
+    ) x
+    WHERE EXISTS (SELECT FROM tollgate.cap_exceeded(x.s, '', x.c, x.spent)) ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        BEGIN
+            PERFORM tollgate.check_spend_cap(r.s, '', r.c, r.spent);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, rule = CONSTRAINT_NAME;
+            PERFORM tollgate.refuse_batch_transfer(r.ord::integer, state, msg, rule);
+        END;
+    END IF;
+END
+$$;
+
+-- Step 4 of api.transfer_batch_v1: the batch posted. The main ledger accounts of every sender
+-- and receiver, created where missing, are locked once, in id order (so opposite batches, and
+-- batches and single transfers, cannot deadlock); then one posting per transfer, all inserted
+-- in one statement, each with its two entries; then every sender's wallet must still cover the
+-- credits held on it. Every rule the entries' triggers and constraints enforce (balances within
+-- overdraft limits, spend caps, the audit chain) holds per transfer; a refusal names the
+-- transfer. Returns the postings by position.
+CREATE OR REPLACE FUNCTION tollgate.post_batch_transfers(
+    p_key text, p_sender uuid[], p_receiver uuid[], p_minor bigint[], p_currency text[]
+) RETURNS uuid[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n     integer := cardinality(p_sender);
+    sw    uuid[];  -- the senders' wallets, by position
+    rw    uuid[];  -- the receivers' wallets
+    ids   uuid[] := ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n));
+    done  integer;
+    at    integer := 0;
+    state text;
+    msg   text;
+    rule  text;
+BEGIN
+    INSERT INTO tollgate.ledger_accounts (account_uuid, name, currency, allow_negative, overdraft_limit)
+    SELECT DISTINCT y.a, 'main', y.c, false, 0::bigint
+    FROM unnest(p_sender || p_receiver, p_currency || p_currency) AS y (a, c)
+    WHERE NOT EXISTS (SELECT FROM tollgate.ledger_accounts la
+                      WHERE la.account_uuid = y.a AND la.name = 'main' AND la.currency = y.c)
+    ORDER BY 1, 3
+    ON CONFLICT ON CONSTRAINT ledger_accounts_account_name_currency_key DO NOTHING;
+    SELECT array_agg(s.id ORDER BY t.ord), array_agg(r.id ORDER BY t.ord) INTO sw, rw
+    FROM unnest(p_sender, p_receiver, p_currency) WITH ORDINALITY AS t (s, r, c, ord)
+    JOIN tollgate.ledger_accounts s ON s.account_uuid = t.s AND s.name = 'main' AND s.currency = t.c
+    JOIN tollgate.ledger_accounts r ON r.account_uuid = t.r AND r.name = 'main' AND r.currency = t.c;
+    PERFORM FROM tollgate.ledger_accounts la WHERE la.id = ANY (sw || rw) ORDER BY la.id FOR UPDATE;
+    BEGIN
+        INSERT INTO tollgate.ledger_postings (id, account_uuid, kind, idempotency_key, request_hash)
+        SELECT t.id, t.s, 'transfer', p_key || '/' || t.ord,
+               CASE WHEN p_key IS NOT NULL THEN tollgate.batch_transfer_hash(t.s, t.r, t.m, t.c, n) END
+        FROM unnest(ids, p_sender, p_receiver, p_minor, p_currency) WITH ORDINALITY AS t (id, s, r, m, c, ord)
+        ORDER BY t.ord
+        ON CONFLICT ON CONSTRAINT ledger_postings_idempotency_key DO NOTHING;
+        GET DIAGNOSTICS done = ROW_COUNT;
+        IF done < n THEN  -- a key of this batch's postings is taken: another request used it
+            at := (SELECT min(t.ord) FROM unnest(ids) WITH ORDINALITY AS t (id, ord)
+                   WHERE NOT EXISTS (SELECT FROM tollgate.ledger_postings lp WHERE lp.id = t.id));
+            RAISE EXCEPTION 'idempotency key % was used with a different transfer', p_key || '/' || at
+                USING ERRCODE = 'TG020', CONSTRAINT = 'idempotency_key_same_request';
+        END IF;
+        FOR i IN 1 .. n LOOP
+            at := i;
+            INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
+            VALUES (ids[i], sw[i], -p_minor[i]), (ids[i], rw[i], p_minor[i]);
+        END LOOP;
+        -- Credits held for authorized work are not the senders' to transfer: the last transfer
+        -- from a wallet that no longer covers its holds is refused.
+        at := 0;
+        SELECT max(t.ord) INTO at FROM unnest(sw) WITH ORDINALITY AS t (w, ord)
+        WHERE t.w IN (SELECT x.w FROM (SELECT DISTINCT unnest(sw) AS w) x WHERE tollgate.available_credits(x.w) < 0)
+        GROUP BY t.w ORDER BY 1 LIMIT 1;
+        IF at > 0 THEN
+            PERFORM tollgate.check_holds_covered(sw[at]);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, rule = CONSTRAINT_NAME;
+        IF coalesce(at, 0) = 0 THEN
+            RAISE;
+        END IF;
+        PERFORM tollgate.refuse_batch_transfer(at, state, msg, rule);
+    END;
+    RETURN ids;
+END
+$$;
+
+-- Up to 1000 transfers (api.transfer_item_v1, migrations/0031) in one call, all or none: each
+-- is checked as api.transfer_v1 checks one (the sender an account the key may act for, the
+-- amount, funds less holds within the overdraft limit, spend caps, then the receiver) and
+-- posted as a posting of its own; one refused transfer refuses the batch, with the error
+-- api.transfer_v1 would raise, its message prefixed "transfer N: " (N from 1). The transfers
+-- are taken in order: each sees the earlier ones' debits and credits. Idempotent on
+-- p_idempotency_key (NULL: not idempotent): the same batch again answers replayed = true with
+-- its first postings; another batch with that key is refused (TG020). Every sender side is
+-- checked before any receiver is looked up, so a refusal says no more about a receiver than a
+-- success would.
+CREATE OR REPLACE FUNCTION api.transfer_batch_v1(
+    p_api_key text, p_transfers api.transfer_item_v1[], p_idempotency_key text
+) RETURNS TABLE (ord integer, replayed boolean, posting_id uuid, from_account text, to_account text,
+                 amount text, amount_minor bigint, currency text, created_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    k    tollgate.api_keys := tollgate.authenticate(p_api_key);
+    n    integer := coalesce(cardinality(p_transfers), 0);
+    b    record;   -- the batch resolved, one array per field (tollgate.resolve_batch_transfers)
+    ids  uuid[];   -- the postings, by position
+    again boolean;
+    miss record;
+BEGIN
+    IF n NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'a batch holds 1 to 1000 transfers, not %', n
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_batch_size';
+    END IF;
+    IF length(p_idempotency_key) > 250 THEN  -- each posting's key adds "/" and a position
+        RAISE EXCEPTION 'a batch''s idempotency key has at most 250 characters'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'transfer_batch_key_length';
+    END IF;
+    -- 1. Every sender side: accounts the key may act for, amounts, currencies.
+    SELECT * INTO b FROM tollgate.resolve_batch_transfers(k, p_transfers);
+    IF b.bad IS NOT NULL THEN
+        PERFORM tollgate.explain_batch_transfer(k, p_transfers[b.bad], b.bad);
+    END IF;
+    -- 2. A batch made with this key answers as it did, whatever the wallets hold now.
+    ids := tollgate.replay_batch_transfers(p_idempotency_key, b.sender, b.receiver, b.minor, b.currency);
+    again := ids IS NOT NULL;
+    IF NOT again THEN
+        -- 3. Funds and caps, then the receivers, then the postings.
+        PERFORM tollgate.check_batch_funds(b.sender, b.from_ext, b.receiver, b.minor, b.currency);
+        SELECT t.ord, t.x INTO miss FROM unnest(b.receiver, b.to_ext) WITH ORDINALITY AS t (r, x, ord)
+        WHERE t.r IS NULL ORDER BY t.ord LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'transfer %: account % not found', miss.ord, miss.x
+                USING ERRCODE = 'TG003', CONSTRAINT = 'account_visible';
+        END IF;
+        ids := tollgate.post_batch_transfers(p_idempotency_key, b.sender, b.receiver, b.minor, b.currency);
+    END IF;
+    RETURN QUERY
+    SELECT t.ord::integer, again, t.id, t.f, t.x, tollgate.format_minor(t.m, t.c), t.m, t.c, lp.created_at
+    FROM unnest(ids, b.from_ext, b.to_ext, b.minor, b.currency) WITH ORDINALITY AS t (id, f, x, m, c, ord)
+    JOIN tollgate.ledger_postings lp ON lp.id = t.id
+    ORDER BY t.ord;
 END
 $$;
 

@@ -75,6 +75,7 @@ GRANT EXECUTE ON FUNCTION
     api.can_continue_v1(text, text, text),
     api.ingest_stripe_webhook_v1(text, text),
     api.transfer_v1(text, text, text, numeric, text, text),
+    api.transfer_batch_v1(text, api.transfer_item_v1[], text),
     api.balances_v1(text, text),
     api.set_allow_negative_v1(text, text, text, boolean),
     api.set_overdraft_limit_v1(text, text, text, numeric),
