@@ -62,7 +62,12 @@ BEARER = BearerKey(
 )
 
 # The routes that take an Idempotency-Key, as /openapi.json names them.
-IDEMPOTENT_ROUTES = ("POST /v1/payments", "POST /v1/payments/{ref}/refunds", "POST /v1/transfers")
+IDEMPOTENT_ROUTES = (
+    "POST /v1/payments",
+    "POST /v1/payments/{ref}/refunds",
+    "POST /v1/transfers",
+    "POST /v1/transfers/batch",
+)
 
 
 def require_idempotency_key(key: str | None) -> str:

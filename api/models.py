@@ -446,6 +446,46 @@ class Transfer(BaseModel):
     created_at: dt.datetime
 
 
+class TransferBatchCreate(BaseModel):
+    """POST /v1/transfers/batch: up to 1000 transfers, all or none."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=example(
+            {
+                "transfers": [
+                    {"to_account_id": "user_123", "amount": "5.00", "currency": "USD"},
+                    {"to_account_id": "user_456", "amount_minor": 250, "currency": "USD"},
+                ]
+            }
+        ),
+    )
+
+    transfers: list[TransferCreate] = Field(min_length=1, max_length=1000)
+
+
+class TransferBatch(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "transfers": [
+                    {
+                        "posting_id": "5d4c3b2a-1908-4f7e-6d5c-4b3a29181716",
+                        "from_account_id": "dev_account",
+                        "to_account_id": "user_123",
+                        "amount": "5.00",
+                        "amount_minor": 500,
+                        "currency": "USD",
+                        "created_at": "2026-01-15T10:30:00Z",
+                    }
+                ]
+            }
+        )
+    )
+
+    transfers: list[Transfer] = Field(description="one per transfer, in the order sent")
+
+
 class Balance(BaseModel):
     model_config = ConfigDict(
         json_schema_extra=example(

@@ -7,6 +7,7 @@ part of the API: they become the stable ``code`` of an error response.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +54,10 @@ RULES: dict[str, tuple[Kind, str]] = {
     "TG040": ("conflict", "unbalanced_posting"),
     "TG050": ("conflict", "under_review"),
 }
+
+# A refusal of one transfer of a batch (api.transfer_batch_v1) starts with its position: kept
+# when the message is replaced.
+BATCH_POSITION = re.compile(r"^transfer \d+: ")
 
 # Named table and domain constraints, and rules raised with a standard SQLSTATE, that a
 # caller can run into: (kind, code, message). A message of None passes on the database's own,
@@ -125,6 +130,9 @@ CONSTRAINTS: dict[str, tuple[Kind, str, str | None]] = {
     "hold_capture_within_hold": ("conflict", "capture_exceeds_hold", None),
     "spend_cap": ("payment_required", "spend_cap_exceeded", None),
     "usage_batch_size": ("invalid", "invalid_batch", None),
+    "transfer_batch_size": ("invalid", "invalid_batch", None),
+    "transfer_batch_key_length": ("invalid", "invalid_idempotency_key", None),
+    "transfer_amount_one": ("invalid", "invalid_amount", None),
     "usage_period": ("invalid", "invalid_request", None),
     "holds_agent_id_format": ("invalid", "invalid_agent", None),
     "cost_currency": ("invalid", "invalid_currency", None),
@@ -557,6 +565,8 @@ def from_psycopg(exc: psycopg.Error) -> DomainError | None:
         return DomainError(kind, code, message)
     if constraint in CONSTRAINTS:
         kind, code, friendly = CONSTRAINTS[constraint]
+        if friendly and (at := BATCH_POSITION.match(message)):  # which transfer of a batch
+            friendly = at.group(0) + friendly
         return DomainError(kind, code, friendly or message)
     if constraint in INVARIANTS:
         return DomainError("conflict", "rule_violated", "the request breaks a rule of the ledger")

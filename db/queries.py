@@ -130,6 +130,29 @@ class TransferRow:
     created_at: dt.datetime
 
 
+class TransferItemV1(NamedTuple):
+    """One element of api.transfer_item_v1[] (migrations/0031), fields in the type's order."""
+
+    from_account: str | None  # external id; None: the key's own account
+    to_account: str
+    amount: Decimal | None  # in the currency's units; None when amount_minor is given
+    amount_minor: int | None
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferBatchRow:
+    ord: int
+    replayed: bool
+    posting_id: UUID
+    from_account: str
+    to_account: str
+    amount: str
+    amount_minor: int
+    currency: str
+    created_at: dt.datetime
+
+
 @dataclass(frozen=True, slots=True)
 class BalanceRow:
     account_id: str
@@ -200,7 +223,11 @@ def _one_sync(conn: Connection[Any], row: type[T], name: str, params: Mapping[st
 
 # The composite types batches are sent as (migrations/0027), each with its Python type.
 def _composites() -> dict[str, type[tuple[Any, ...]]]:
-    return {"api.usage_event_v1": UsageEventV1, "api.reconciliation_line_v1": ReconciliationLineV1}
+    return {
+        "api.usage_event_v1": UsageEventV1,
+        "api.reconciliation_line_v1": ReconciliationLineV1,
+        "api.transfer_item_v1": TransferItemV1,
+    }
 
 
 async def register_types(conn: AsyncConnection[Any]) -> None:
@@ -210,7 +237,7 @@ async def register_types(conn: AsyncConnection[Any]) -> None:
     every connection it opens."""
     for name, factory in _composites().items():
         info = await CompositeInfo.fetch(conn, name)
-        if info is not None:  # None: a database before migration 0027
+        if info is not None:  # None: a database before the migration that made the type
             register_composite(info, conn, factory)
 
 
@@ -463,6 +490,18 @@ async def transfer(
         "idempotency_key": idempotency_key,
     }
     return await _one(conn, TransferRow, "transfer", params)
+
+
+async def transfer_batch(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    transfers: Sequence[TransferItemV1],
+    idempotency_key: str | None,
+) -> list[TransferBatchRow]:
+    """One row per transfer, in the order sent; all posted or none."""
+    params = {"api_key": api_key, "transfers": list(transfers), "idempotency_key": idempotency_key}
+    return await _all(conn, TransferBatchRow, "transfer_batch", params)
 
 
 async def balances(conn: AsyncConnection[Any], *, api_key: str, account: str) -> list[BalanceRow]:

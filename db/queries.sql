@@ -132,6 +132,13 @@ SELECT * FROM api.transfer_v1(
     p_idempotency_key => %(idempotency_key)s::text
 );
 
+-- name: transfer_batch
+SELECT * FROM api.transfer_batch_v1(
+    p_api_key         => %(api_key)s::text,
+    p_transfers       => %(transfers)b::api.transfer_item_v1[],
+    p_idempotency_key => %(idempotency_key)s::text
+);
+
 -- name: balances
 SELECT * FROM api.balances_v1(p_api_key => %(api_key)s::text, p_account => %(account)s::text);
 

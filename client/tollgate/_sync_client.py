@@ -377,6 +377,24 @@ class Client:
             )
         )
 
+    def transfer_batch(
+        self, transfers: Iterable[models.TransferCreate], *, idempotency_key: str | None = None
+    ) -> models.TransferBatch:
+        """Up to 1000 transfers in one call, all made (in order) or none: one refused transfer
+        refuses the batch with its error, the message starting ``transfer N:`` (N from 1)."""
+        ask = models.TransferBatchCreate(transfers=list(transfers))
+        key = idempotency_key or str(uuid.uuid4())
+        return self.send(
+            Call(
+                "POST",
+                "/v1/transfers/batch",
+                models.TransferBatch,
+                _json(ask),
+                headers={"Idempotency-Key": key},
+                idempotent=True,
+            )
+        )
+
     def create_transaction(
         self,
         reference: str,

@@ -101,6 +101,10 @@ class TransferCreate(Request):
     currency: str
 
 
+class TransferBatchCreate(Request):
+    transfers: list[TransferCreate]
+
+
 class TransactionCreate(Request):
     account_id: str | None = None
     reference: str
@@ -316,6 +320,10 @@ class Transfer(BaseModel):
     amount_minor: int
     currency: str
     created_at: dt.datetime
+
+
+class TransferBatch(BaseModel):
+    transfers: list[Transfer]
 
 
 class Transaction(BaseModel):
