@@ -1,6 +1,7 @@
-"""Ledger benchmark: api.transfer_v1 from concurrent clients over a set of funded accounts.
+"""Ledger benchmark: api.transfer_v1 from concurrent clients over a set of funded accounts, and
+api.transfer_batch_v1 with --batch transfers per call (transfers/s = calls/s x batch).
 
-    python -m bench.ledger [--clients 20] [--accounts 50] [--seconds 20]
+    python -m bench.ledger [--clients 20] [--accounts 50] [--seconds 20] [--batch 50]
 
 Uses DATABASE_URL (a server you can create databases on) or a fresh embedded PostgreSQL.
 Each transfer is one SQL statement through pgbench, exactly as a downstream service would call
@@ -137,6 +138,23 @@ def transfer_script(admin_key: str, accounts: int) -> str:
     )
 
 
+def batch_script(admin_key: str, accounts: int, size: int) -> str:
+    """One call of api.transfer_batch_v1 with ``size`` transfers between random distinct
+    accounts, a fresh idempotency key per call."""
+    pick = (
+        f"SELECT (random() * {accounts - 1})::int AS a, 1 + (random() * {accounts - 2})::int AS d"
+        f" FROM generate_series(1, {size})"
+    )
+    item = (
+        f"ROW('bench_' || a, 'bench_' || ((a + d) % {accounts}), NULL,"
+        " 1 + (random() * 9999)::int, 'USD')::api.transfer_item_v1"
+    )
+    return (
+        f"SELECT count(*) FROM api.transfer_batch_v1('{admin_key}',"
+        f" ARRAY(SELECT {item} FROM ({pick}) r), gen_random_uuid()::text);\n"
+    )
+
+
 def measure(
     dsn: str, script: Path | None, clients: int, seconds: int, builtin: str | None = None
 ) -> dict[str, float]:
@@ -162,15 +180,19 @@ def ceilings(admin_dsn: str, clients: int, seconds: int) -> dict[str, dict[str, 
 
 
 def run(
-    admin_dsn: str, *, clients: int = 20, accounts: int = 50, seconds: int = 20
+    admin_dsn: str, *, clients: int = 20, accounts: int = 50, seconds: int = 20, batch: int = 50
 ) -> dict[str, Any]:
-    """Transfers through api.transfer_v1 from pgbench clients; the ledger checked after."""
+    """Transfers through api.transfer_v1, then batches through api.transfer_batch_v1, from
+    pgbench clients; the ledger checked after."""
     dsn = fresh_database(admin_dsn, "tollgate_bench_ledger")
     admin_key = prepare_ledger(dsn, accounts)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "transfer.sql"
         script.write_text(transfer_script(admin_key, accounts))
         ledger = measure(dsn, script, clients, seconds)
+        script = Path(tmp) / "batch.sql"
+        script.write_text(batch_script(admin_key, accounts, batch))
+        batches = measure(dsn, script, clients, seconds)
     with psycopg.connect(dsn) as conn:
         problems = conn.execute("SELECT count(*) FROM tollgate.ledger_discrepancies()").fetchone()
         postings = conn.execute(
@@ -181,6 +203,10 @@ def run(
         "transfers_per_s": ledger["tps"],
         "latency_ms": ledger["latency_ms"],
         "transfers_committed": postings[0] if postings else None,
+        "batch_workload": f"api.transfer_batch_v1, {batch} transfers a call: {clients} clients",
+        "batch_transfers_per_s": round(batches["tps"] * batch, 1),
+        "batch_calls_per_s": batches["tps"],
+        "batch_latency_ms": batches["latency_ms"],
         "ledger_discrepancies_after": problems[0] if problems else None,
     }
 
@@ -192,10 +218,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=50, help="transfers per batch call")
     args = parser.parse_args()
     with ExitStack() as stack:
         admin_dsn = server_dsn(stack)
-        report = run(admin_dsn, clients=args.clients, accounts=args.accounts, seconds=args.seconds)
+        report = run(
+            admin_dsn,
+            clients=args.clients,
+            accounts=args.accounts,
+            seconds=args.seconds,
+            batch=args.batch,
+        )
         report["ceilings"] = ceilings(admin_dsn, args.clients, args.seconds)
     save("ledger", report)
 

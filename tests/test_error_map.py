@@ -30,6 +30,9 @@ SCHEMA_SQL = sorted([*ROOT.glob("db/**/*.sql"), *ROOT.glob("migrations/*.sql")])
 _RAISE = re.compile(r"\bRAISE\b(?!\s*;)(?!\s+(?:DEBUG|LOG|INFO|NOTICE|WARNING)\b)", re.I)
 _ERRCODE = re.compile(r"\bERRCODE\s*=\s*'(\w+)'|\bRAISE\s+SQLSTATE\s+'(\w+)'", re.I)
 _CONSTRAINT = re.compile(r"\bCONSTRAINT\s*=\s*'(\w+)'", re.I)
+# ERRCODE from a variable: an error caught and raised again with its own SQLSTATE and rule
+# (tollgate.refuse_batch_transfer names the transfer of a batch), mapped where first raised.
+_PASSED_ON = re.compile(r"\bERRCODE\s*=\s*p_state\b", re.I)
 # What nests in a PL/pgSQL body: blocks (BEGIN ... END) and CASE ... END; END IF and END LOOP
 # close nothing counted; an exception handler; the end of the body.
 _STRUCTURE = re.compile(
@@ -105,7 +108,7 @@ def raises() -> list[Raise]:
             statement = text[match.start() : end]
             errcode = next((a or b for a, b in _ERRCODE.findall(statement)), None)
             constraint = next(iter(_CONSTRAINT.findall(statement)), None)
-            caught = _caught(structure, end)
+            caught = _caught(structure, end) or bool(_PASSED_ON.search(statement))
             line = text.count("\n", 0, match.start()) + 1
             where = f"{path.relative_to(ROOT)}:{line}"
             found.append(Raise(where, errcode, constraint, caught))
