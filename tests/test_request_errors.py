@@ -126,8 +126,10 @@ def test_routes_that_read_no_body_refuse_one_that_is_not_json(
         assert row_counts(db) == before
 
 
-def test_a_body_too_large_is_refused_before_it_is_read(api: Api, new_key: Any) -> None:
-    """By its Content-Length, or while a chunked upload streams in: 413, whatever the key."""
+def test_a_body_too_large_is_413_whether_declared_or_streamed(api: Api, new_key: Any) -> None:
+    """Declared by its Content-Length, or a chunked upload: 413, whatever the key. (That the
+    streamed body is refused before it is all in memory is api.body.read_capped's loop; this
+    test sees only the answer.)"""
     huge = b"[" + b"0," * 40_000 + b"0]"  # 80 KB: past the 64 KiB limit
 
     def chunks() -> Any:
