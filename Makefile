@@ -47,7 +47,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || \
 		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --scale $(or $(SCALE),1) $(if $(PROFILE),--profile)
 
 clean:
 	rm -rf $(VENV) .tollgate

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import psycopg
 
 from api.stripe_emulator import free_port, wait_for_port
+from bench import profile
 from bench.ledger import fresh_database, save, server_dsn
 from db import keys, queries
 from db.migrate import migrate
@@ -272,19 +274,59 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=20)
 
 
-def applied_once(dsn: str, prefix: str) -> dict[str, int]:
-    """How the events of one run ended: each must be stored once and applied once."""
-    with psycopg.connect(dsn) as conn:
-        found = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'applied'),"
-            " (SELECT count(*) FROM tollgate.outbox o WHERE o.topic = 'payment.settled'"
-            "   AND o.payload ->> 'stripe_id' IN (SELECT stripe_object_id"
-            "   FROM tollgate.payment_events WHERE id LIKE %s))"
-            " FROM tollgate.payment_events WHERE id LIKE %s",
-            (f"evt_{prefix}_%", f"evt_{prefix}_%"),
+def applied_once(dsn: str, prefix: str, timeout: float = 120.0) -> dict[str, Any]:
+    """How the events of one run ended, once every stored one is applied (or ``timeout``):
+    each must be stored once, applied once and announced once. apply_ms: from the event's
+    arrival to its application, by the database's clock (p50, p99, max)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            found = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'applied'),"
+                " (SELECT count(*) FROM tollgate.outbox o WHERE o.topic = 'payment.settled'"
+                "   AND o.payload ->> 'stripe_id' IN (SELECT stripe_object_id"
+                "   FROM tollgate.payment_events WHERE id LIKE %s))"
+                " FROM tollgate.payment_events WHERE id LIKE %s",
+                (f"evt_{prefix}_%", f"evt_{prefix}_%"),
+            ).fetchone()
+            assert found is not None
+            if found[0] == found[1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        lag = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms), max(ms)"
+            " FROM (SELECT 1000 * extract(epoch FROM processed_at - received_at) AS ms"
+            "       FROM tollgate.payment_events WHERE id LIKE %s AND state = 'applied') x",
+            (f"evt_{prefix}_%",),
         ).fetchone()
-    assert found is not None
-    return {"events_stored": found[0], "events_applied": found[1], "settled_notices": found[2]}
+    assert lag is not None
+    pct = lag[0] or [None, None]
+    return {
+        "events_stored": found[0],
+        "events_applied": found[1],
+        "settled_notices": found[2],
+        "apply_ms": {
+            "p50": None if pct[0] is None else round(float(pct[0]), 1),
+            "p99": None if pct[1] is None else round(float(pct[1]), 1),
+            "max": None if lag[1] is None else round(float(lag[1]), 1),
+        },
+    }
+
+
+POOL_COUNTERS = ("requests_total", "requests_queued_total", "requests_wait_seconds_total")
+
+
+def pool_counters(url: str) -> dict[str, float]:
+    """The pools' request counters, summed over the workers (GET /metrics)."""
+    time.sleep(6)  # every worker publishes its pool's statistics every 5 s
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = dict.fromkeys(POOL_COUNTERS, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("tollgate_db_pool_") and name[17:] in found:
+            found[name[17:]] = float(value)
+    return found
 
 
 def run(
@@ -313,17 +355,29 @@ def run(
 
         run_wrk(f"{url}/readyz", plain_script(), 3, connections)  # warm-up, not reported
         noop = run_wrk(f"{url}/healthz", plain_script(), seconds, connections)
+        before = pool_counters(url)
         select1 = run_wrk(f"{url}/readyz", plain_script(), seconds, connections)
-        auth = run_wrk(url, authorize_script(admin_key, accounts), seconds, connections)
-        usage = run_wrk(url, usage_script(admin_key, accounts, batch), seconds, 4)
+        after = pool_counters(url)
+        select1["pool"] = {
+            "requests": round(after["requests_total"] - before["requests_total"]),
+            "queued": round(after["requests_queued_total"] - before["requests_queued_total"]),
+            "wait_s": round(
+                after["requests_wait_seconds_total"] - before["requests_wait_seconds_total"], 3
+            ),
+        }
+        with profile.phase(dsn, "authorize"):
+            auth = run_wrk(url, authorize_script(admin_key, accounts), seconds, connections)
+        with profile.phase(dsn, "usage"):
+            usage = run_wrk(url, usage_script(admin_key, accounts, batch), seconds, 4)
 
         ids = [f"pi_hook_{n}" for n in range(1, hooks + storm + 1)]
         distinct_file, storm_file = tmp / "distinct.tsv", tmp / "storm.tsv"
         signed_events(distinct_file, secret, ids[:hooks], "hook", 1)
         signed_events(storm_file, secret, ids[hooks:], "storm", 5)
-        hook = run_wrk(url, webhook_script(distinct_file), seconds, connections)
+        with profile.phase(dsn, "webhook ingest"):
+            hook = run_wrk(url, webhook_script(distinct_file), seconds, connections)
+            hook_outcome = applied_once(dsn, "hook")
         stormed = run_wrk(url, webhook_script(storm_file), seconds, connections)
-        hook_outcome = applied_once(dsn, "hook")
         storm_outcome = applied_once(dsn, "storm")
 
     return {

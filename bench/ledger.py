@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench import profile
 from db import keys
 from db.embedded import EmbeddedServer
 from db.migrate import migrate
@@ -79,6 +81,10 @@ def fresh_database(admin_dsn: str, name: str) -> str:
     return make_conninfo("", **params)
 
 
+# The embedded servers server_dsn started, by id() of the stack that stops them.
+STARTED: dict[int, EmbeddedServer] = {}
+
+
 def server_dsn(stack: ExitStack) -> str:
     """DATABASE_URL (a server you can create databases on), or a throw-away embedded
     PostgreSQL stopped with ``stack``."""
@@ -89,6 +95,7 @@ def server_dsn(stack: ExitStack) -> str:
         Path(tempfile.mkdtemp(prefix="tollgate-bench-")) / "data", temporary=True
     )
     stack.callback(server.stop)
+    STARTED[id(stack)] = server
     return server.dsn()
 
 
@@ -125,6 +132,23 @@ def prepare_ledger(dsn: str, accounts: int) -> str:
             conn.execute("SELECT api.move_transaction_v1(%s, %s, 'fund', 'settled')", (admin, name))
         conn.execute("VACUUM ANALYZE")
     return admin
+
+
+HISTORY = Path(__file__).with_name("seed_history.sql")
+
+
+def seed_history(dsn: str, entries: int) -> None:
+    """``entries`` ledger entries of history (bench/seed_history.sql): settlements into one
+    account per ten postings, so tables and indexes are the size they would be in production."""
+    if entries <= 0:
+        return
+    postings = entries // 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction():
+            psycopg.ClientCursor(conn).execute(
+                HISTORY.read_text(), {"accounts": max(postings // 10, 1), "postings": postings}
+            )
+        conn.execute("VACUUM ANALYZE")
 
 
 def transfer_script(admin_key: str, accounts: int) -> str:
@@ -180,19 +204,32 @@ def ceilings(admin_dsn: str, clients: int, seconds: int) -> dict[str, dict[str, 
 
 
 def run(
-    admin_dsn: str, *, clients: int = 20, accounts: int = 50, seconds: int = 20, batch: int = 50
+    admin_dsn: str,
+    *,
+    clients: int = 20,
+    accounts: int = 50,
+    seconds: int = 20,
+    batch: int = 50,
+    history: int = 0,
 ) -> dict[str, Any]:
     """Transfers through api.transfer_v1, then batches through api.transfer_batch_v1, from
-    pgbench clients; the ledger checked after."""
+    pgbench clients, over ``history`` ledger entries written before; the ledger checked after."""
     dsn = fresh_database(admin_dsn, "tollgate_bench_ledger")
     admin_key = prepare_ledger(dsn, accounts)
+    started = time.monotonic()
+    seed_history(dsn, history)
+    seeded = time.monotonic() - started
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the seed's writes flushed before measuring
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "transfer.sql"
         script.write_text(transfer_script(admin_key, accounts))
-        ledger = measure(dsn, script, clients, seconds)
+        with profile.phase(dsn, "ledger transfers"):
+            ledger = measure(dsn, script, clients, seconds)
         script = Path(tmp) / "batch.sql"
         script.write_text(batch_script(admin_key, accounts, batch))
-        batches = measure(dsn, script, clients, seconds)
+        with profile.phase(dsn, "ledger batch transfers"):
+            batches = measure(dsn, script, clients, seconds)
     with psycopg.connect(dsn) as conn:
         problems = conn.execute("SELECT count(*) FROM tollgate.ledger_discrepancies()").fetchone()
         postings = conn.execute(
@@ -200,6 +237,7 @@ def run(
         ).fetchone()
     return {
         "workload": f"api.transfer_v1: {clients} clients, {accounts} accounts",
+        "history": f"{history:,} ledger entries written before (in {seeded:.0f} s)",
         "transfers_per_s": ledger["tps"],
         "latency_ms": ledger["latency_ms"],
         "transfers_committed": postings[0] if postings else None,
@@ -219,6 +257,7 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=50, help="transfers per batch call")
+    parser.add_argument("--history", type=int, default=0, help="ledger entries written before")
     args = parser.parse_args()
     with ExitStack() as stack:
         admin_dsn = server_dsn(stack)
@@ -228,6 +267,7 @@ def main() -> None:
             accounts=args.accounts,
             seconds=args.seconds,
             batch=args.batch,
+            history=args.history,
         )
         report["ceilings"] = ceilings(admin_dsn, args.clients, args.seconds)
     save("ledger", report)
