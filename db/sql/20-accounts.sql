@@ -49,10 +49,10 @@ SET LOCAL ROLE tollgate_owner;
 
 -- What is stored of an API key: its SHA-256. Keys are 256-bit random strings, so a fast hash
 -- is enough, and a stored hash is useless as a credential: every api function takes the key.
--- No SET clause, so that PostgreSQL inlines it into the lookup of every request's key; its
--- names are qualified instead, which is what the SET clause protects.
+-- Inlined into the lookup of every request's key: for that it has no SET clause (its names are
+-- qualified instead, which is what the clause protects) and is STABLE like convert_to.
 CREATE OR REPLACE FUNCTION tollgate.key_hash(p_api_key text) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE sql STABLE STRICT
 AS $$
     SELECT pg_catalog.sha256(pg_catalog.convert_to(p_api_key, 'UTF8'))
 $$;
