@@ -58,26 +58,33 @@ END
 $$;
 
 -- Use one run of an unused one-off payment of the account for p_action, not held by a risk
--- review nor disputed, the oldest first (SKIP LOCKED: concurrent callers take different
--- payments, never the same one twice). Returns the runs left for the action afterwards, or
--- NULL when there was none to use. One statement: the sum reads the entitlements as they were
--- before it, so the used one counts with its new uses_left. The review and dispute conditions
--- are those of tollgate.payment_under_review and tollgate.payment_disputed, written out so the
--- planner sees them (the gate triggers check the same on the row that is updated).
+-- review nor disputed, the oldest first. Concurrent callers take different payments (SKIP
+-- LOCKED) while there are enough; when every usable one is locked by another caller (one payment
+-- of many runs, used in parallel), this one waits for the oldest and uses it if a run is still
+-- left once the other committed: never the same run twice, and no refusal while runs are left.
+-- Returns the runs left for the action afterwards, or NULL when there was none to use. One
+-- statement: the sum reads the entitlements as they were before it, so the used one counts with
+-- its new uses_left. The review and dispute conditions are those of
+-- tollgate.payment_under_review and tollgate.payment_disputed, written out so the planner sees
+-- them (the gate triggers check the same on the row that is updated).
 CREATE OR REPLACE FUNCTION tollgate.use_paid_run(p_account_uuid uuid, p_action text) RETURNS integer
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH used AS (
+    WITH usable AS (
+        SELECT x.payment_intent_id, x.created_at FROM tollgate.payment_entitlements x
+        WHERE x.account_uuid = p_account_uuid AND x.action = p_action AND x.usable
+          AND NOT EXISTS (SELECT FROM tollgate.reviews r
+                          WHERE r.payment_intent_id = x.payment_intent_id AND r.status IN ('open', 'rejected'))
+          AND NOT EXISTS (SELECT FROM tollgate.disputes d
+                          WHERE d.payment_intent_id = x.payment_intent_id AND d.status = 'open')
+    ), used AS (
         UPDATE tollgate.payment_entitlements e SET uses_left = e.uses_left - 1, used_at = now()
-        WHERE e.payment_intent_id = (
-            SELECT x.payment_intent_id FROM tollgate.payment_entitlements x
-            WHERE x.account_uuid = p_account_uuid AND x.action = p_action AND x.usable
-              AND NOT EXISTS (SELECT FROM tollgate.reviews r
-                              WHERE r.payment_intent_id = x.payment_intent_id AND r.status IN ('open', 'rejected'))
-              AND NOT EXISTS (SELECT FROM tollgate.disputes d
-                              WHERE d.payment_intent_id = x.payment_intent_id AND d.status = 'open')
-            ORDER BY x.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+        WHERE e.usable AND e.payment_intent_id = coalesce(
+            (SELECT x.payment_intent_id FROM tollgate.payment_entitlements x
+             WHERE x.payment_intent_id IN (SELECT u.payment_intent_id FROM usable u)
+             ORDER BY x.created_at LIMIT 1 FOR UPDATE SKIP LOCKED),
+            (SELECT u.payment_intent_id FROM usable u ORDER BY u.created_at LIMIT 1))
         RETURNING e.payment_intent_id, e.uses_left
     )
     -- x.usable: the partial index payment_entitlements_usable_idx
