@@ -143,8 +143,7 @@ SELECT * FROM api.transfer_batch_v1(
 SELECT * FROM api.balances_v1(p_api_key => %(api_key)s::text, p_account => %(account)s::text);
 
 -- name: authorize
--- pay / pay_minor: what a payment for the price asks of Stripe (its minimum charge, its units),
--- asked only for a refusal.
+-- pay / pay_minor: what a payment for the price asks of Stripe (its minimum charge, its units).
 SELECT a.*, p.amount AS pay, p.amount_minor AS pay_minor
 FROM api.authorize_v1(
     p_api_key      => %(api_key)s::text,
@@ -155,9 +154,7 @@ FROM api.authorize_v1(
     p_agent        => %(agent)s::text,
     p_hold_seconds => %(hold_seconds)s::integer
 ) AS a
-LEFT JOIN LATERAL (
-    SELECT * FROM api.stripe_payable_v1(a.price_minor, a.currency) WHERE NOT a.allowed
-) AS p ON true;
+LEFT JOIN LATERAL api.stripe_payable_v1(a.price_minor, a.currency) AS p ON true;
 
 -- name: capture_hold
 SELECT * FROM api.capture_hold_v1(
