@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from typing import Any
 
@@ -454,3 +455,96 @@ def test_the_database_bounds_a_hold_to_a_day(
     assert isinstance(found, errors.DomainError)
     assert (found.kind, found.code) == ("invalid", "invalid_hold_seconds")
     assert row_counts(db) == before
+
+
+RACE_KEY = "tg_gating_race_key_for_tests_0123"
+RACE_SECRET = "whsec_gating_race_secret_0123456789"
+
+
+def _paid_run(db: psycopg.Connection[Any], stripe_id: str) -> None:
+    """A succeeded payment for one run of ACTION, delivered as Stripe's webhook would be."""
+    claim = db.execute(
+        "SELECT payment_id FROM api.begin_payment_v1(%s, %s, NULL, 50, 'USD', %s, NULL, NULL)",
+        (RACE_KEY, stripe_id, ACTION),
+    ).fetchone()
+    assert claim is not None
+    db.execute(
+        "SELECT api.finish_payment_v1(%s, %s, %s, 'requires_payment_method', NULL)",
+        (RACE_KEY, claim[0], stripe_id),
+    )
+    event = json.dumps(
+        {
+            "id": f"evt_{stripe_id}",
+            "type": "payment_intent.succeeded",
+            "created": int(time.time()),
+            "data": {
+                "object": {"object": "payment_intent", "id": stripe_id, "status": "succeeded"}
+            },
+        }
+    )
+    found = db.execute(
+        "SELECT outcome FROM api.ingest_stripe_webhook_v1(%s, %s)",
+        (event, sign(event.encode(), RACE_SECRET)),
+    ).fetchone()
+    assert found is not None and found[0] == "applied"
+
+
+def _authorize_sql(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    found = conn.execute(
+        "SELECT allowed, via, code FROM api.authorize_v1(%s, NULL, %s, NULL, NULL, NULL, NULL)",
+        (RACE_KEY, ACTION),
+    ).fetchone()
+    assert found is not None
+    return tuple(found)
+
+
+def test_a_paid_run_held_by_another_caller_is_waited_for_not_refused(
+    db_dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """While another transaction is using the account's only paid run, a second caller waits:
+    if the first rolls back, the run is the second's; if it commits, the second is refused.
+    Never the same run twice, and no refusal while a run is left."""
+    db.execute("SELECT api.create_api_key_v1('gating_race', %s, true, NULL)", (RACE_KEY,))
+    db.execute("SELECT tollgate.add_stripe_webhook_secret(%s, NULL)", (RACE_SECRET,))
+    db.execute(
+        "SELECT * FROM api.set_action_price_v1(%s, %s, 0.50, 'USD', NULL)", (RACE_KEY, ACTION)
+    )
+
+    def waiting_caller(first: str) -> tuple[Any, ...]:
+        with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
+            a.execute("SET ROLE tollgate_app")
+            b.execute("SET ROLE tollgate_app")
+            a.commit()
+            b.commit()
+            assert _authorize_sql(a) == (True, "payment", None)  # not committed yet
+            result: list[tuple[Any, ...]] = []
+            waiter = threading.Thread(target=lambda: result.append(_authorize_sql(b)))
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = db.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                    (b.info.backend_pid,),
+                ).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the second caller did not wait for the first")
+            if first == "rollback":
+                a.rollback()
+            else:
+                a.commit()
+            waiter.join(timeout=10)
+            b.commit()
+        assert result, "the second caller got an answer"
+        return result[0]
+
+    _paid_run(db, "pi_gating_race_1")
+    assert waiting_caller("rollback") == (True, "payment", None), "the run was still left"
+    _paid_run(db, "pi_gating_race_2")
+    assert waiting_caller("commit") == (False, None, "payment_required"), "used once only"
+    used = db.execute(
+        "SELECT count(*) FROM tollgate.payment_entitlements WHERE uses_left = 0"
+    ).fetchone()
+    assert used == (2,)

@@ -49,11 +49,12 @@ SET LOCAL ROLE tollgate_owner;
 
 -- What is stored of an API key: its SHA-256. Keys are 256-bit random strings, so a fast hash
 -- is enough, and a stored hash is useless as a credential: every api function takes the key.
+-- Inlined into the lookup of every request's key: for that it has no SET clause (its names are
+-- qualified instead, which is what the clause protects) and is STABLE like convert_to.
 CREATE OR REPLACE FUNCTION tollgate.key_hash(p_api_key text) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE STRICT
 AS $$
-    SELECT sha256(convert_to(p_api_key, 'UTF8'))
+    SELECT pg_catalog.sha256(pg_catalog.convert_to(p_api_key, 'UTF8'))
 $$;
 
 -- The key behind a request, or SQLSTATE TG001. Also names the key as the actor of everything

@@ -12,11 +12,15 @@ CREATE TABLE tollgate.payment_entitlements (
     action            tollgate.purpose NOT NULL,
     uses_left         integer     NOT NULL CONSTRAINT payment_entitlements_uses_left_range CHECK (uses_left >= 0),
     created_at        timestamptz NOT NULL DEFAULT now(),
-    used_at           timestamptz
-);
+    used_at           timestamptz,
+    -- Whether a run is left: the usable index's condition. A use changes uses_left but not this,
+    -- so it updates the row in place (a HOT update: no new index entries), where a condition on
+    -- uses_left itself would add an entry to every index at every use.
+    usable            boolean     NOT NULL GENERATED ALWAYS AS (uses_left > 0) STORED
+) WITH (fillfactor = 90);
 
 CREATE INDEX payment_entitlements_usable_idx ON tollgate.payment_entitlements (account_uuid, action, created_at)
-    WHERE uses_left > 0;
+    WHERE usable;
 
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
