@@ -14,17 +14,19 @@ from api.stripe_gateway import StripeGateway
 from db.errors import DomainError
 
 
-def _settings(request: Request) -> Settings:
+# Coroutines, though they only read app.state: FastAPI runs a plain-function dependency in its
+# thread pool, and that hand-off cost more than the rest of a simple route's Python.
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _pool(request: Request) -> AsyncConnectionPool[AsyncConnection[Any]]:
+async def _pool(request: Request) -> AsyncConnectionPool[AsyncConnection[Any]]:
     pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
     return pool
 
 
-def _stripe(request: Request) -> StripeGateway:
+async def _stripe(request: Request) -> StripeGateway:
     gateway: StripeGateway = request.app.state.stripe
     return gateway
 

@@ -42,14 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SEED = Path(__file__).with_name("seed_gating.sql")
 
+# Each wrk thread has its own Lua state: tid numbers it, and seeds its random numbers (unseeded,
+# every thread would send the same accounts in the same order).
 LUA_COMMON = """
 counts = {}
 local threads = {}
+local next_tid = 0
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("tid", next_tid)
+  next_tid = next_tid + 1
 end
 function init(args)
   counts = {}
+  math.randomseed(os.time() * 16 + tid)
 end
 function response(status, headers, body)
   counts[status] = (counts[status] or 0) + 1
@@ -88,11 +94,12 @@ def usage_script(key: str, accounts: int, batch: int) -> str:
         LUA_COMMON
         + f"""
 local sent = 0
-local tag = tostring(math.random(1, 1000000000))
+local tag = nil
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 request = function()
+  tag = tag or (tid .. "x" .. math.random(1, 1000000000))
   sent = sent + 1
   local account = "acct_" .. math.random(1, {accounts})
   local events = {{}}
@@ -115,13 +122,6 @@ def webhook_script(events_file: Path) -> str:
     return (
         LUA_COMMON
         + f"""
-local next_id = 0
-local setup_common = setup
-function setup(thread)
-  setup_common(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
 local lines = {{}}
 local at = 0
 function init(args)

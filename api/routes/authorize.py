@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from api import body, operations
-from api.deps import ApiKey
+from api.deps import ApiKey, Pool
 from api.models import Authorization, AuthorizeRequest, ErrorBody, PaymentRequired
 
 router = APIRouter(prefix="/v1", tags=["gating"])
-
-
-async def _pool(request: Request) -> AsyncConnectionPool[AsyncConnection[Any]]:
-    # A coroutine: FastAPI runs a plain function dependency in its thread pool, and that
-    # hand-off cost more than the rest of the route's Python.
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
-    return pool
-
-
-Pool = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(_pool)]
 
 
 @router.post(
