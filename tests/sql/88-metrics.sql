@@ -13,7 +13,8 @@ SELECT ok(has_function_privilege('tollgate_app', 'api.metrics_v1()', 'EXECUTE'),
 SELECT ok(NOT has_function_privilege('tollgate_analyst', 'api.metrics_v1()', 'EXECUTE'), 'analysts read the reporting views instead');
 SELECT results_eq($$SELECT metric, labels, value FROM api.metrics_v1() ORDER BY metric$$,
                   $$VALUES ('audit_chain_problems', '{}'::jsonb, 0::numeric), ('stripe_events_pending', '{}', 0),
-                           ('stripe_events_pending_oldest_age_seconds', '{}', 0)$$,
+                           ('stripe_events_pending_oldest_age_seconds', '{}', 0), ('stripe_events_received', '{}', 0),
+                           ('stripe_events_received_oldest_age_seconds', '{}', 0)$$,
                   'a new database: nothing pending, held or wrong, and no consumer');
 
 -- A Stripe event for a PaymentIntent Tollgate has not recorded stays pending.
