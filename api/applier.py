@@ -38,6 +38,8 @@ from db.listener import KEEPALIVES
 log = logging.getLogger("tollgate.applier")
 
 CHANNEL = "tollgate_stripe_events"
+# How its sessions show in pg_stat_activity.
+APPLICATION_NAME = "tollgate-applier"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class Applier:
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(
-            make_conninfo(self.settings.dsn, **KEEPALIVES), autocommit=True
+            make_conninfo(self.settings.dsn, application_name=APPLICATION_NAME, **KEEPALIVES),
+            autocommit=True,
         )
         if self.settings.role:
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.settings.role)))

@@ -77,12 +77,16 @@ def event(event_id: str, stripe_id: str, status: str, created: int | None = None
 
 
 def wait_applied(
-    db: psycopg.Connection[Any], *event_ids: str, timeout: float = 15.0
+    db: psycopg.Connection[Any] | str, *event_ids: str, timeout: float = 15.0
 ) -> dict[str, str]:
     """Wait until the applier has applied each stored Stripe event (webhooks only store them):
     none of them is ``received`` any more. Returns their states (applied, pending, stale,
     rejected, ignored). With no ids, waits until no stored event at all is received, and
-    returns {}. ``db`` must be an autocommit connection (each look sees the latest commits)."""
+    returns {}. ``db``: an autocommit connection (each look sees the latest commits), or a
+    connection string to open one."""
+    if isinstance(db, str):
+        with psycopg.connect(db, autocommit=True) as conn:
+            return wait_applied(conn, *event_ids, timeout=timeout)
     deadline = time.monotonic() + timeout
     while True:
         if event_ids:

@@ -74,7 +74,9 @@ def test_a_payment_read_between_storing_and_applying_says_an_event_waits(
     key = new_key("user_1")
     payment = create_payment(api, key)
     with psycopg.connect(db_dsn) as holder:  # holds every applier's batch back
-        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('tollgate:stripe-applier', 0))")
+        holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('tollgate:stripe-applier', 0))"
+        )
         r = deliver(api, event("evt_wait_1", payment["stripe_id"], "succeeded"))
         assert r.status_code == 200 and r.json()["outcome"] == "received", r.text
         with api.client(key) as http:
