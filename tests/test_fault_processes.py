@@ -415,6 +415,29 @@ def start_applier(dsn: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def applier_sessions(
+    db: psycopg.Connection[Any],
+    appliers: list[subprocess.Popen[bytes]],
+    *,
+    active: bool,
+    seconds: float,
+) -> bool:
+    """Whether, within ``seconds``, an applier's session shows in pg_stat_activity (``active``:
+    in the middle of api.apply_stripe_events_v1)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in appliers), "an applier exited by itself"
+        found = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate-applier'"
+            " AND (NOT %s OR (state = 'active' AND query LIKE '%%apply_stripe_events_v1%%'))",
+            (active,),
+        ).fetchone()
+        if found and found[0] > 0:
+            return True
+        time.sleep(0.002 if active else 0.05)
+    return False
+
+
 def test_appliers_killed_mid_batch_lose_and_double_nothing(
     db_dsn: str,
     db: psycopg.Connection[Any],
@@ -464,12 +487,10 @@ def test_appliers_killed_mid_batch_lose_and_double_nothing(
     thread.start()
     kills = in_flight = 0
     while sending.is_set() or kills < 12:
-        time.sleep(0.05 + (kills % 5) * 0.04)
-        active = db.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate-applier'"
-            " AND state = 'active' AND query LIKE '%%apply_stripe_events_v1%%'"
-        ).fetchone()
-        in_flight += 1 if active and active[0] > 0 else 0
+        # Once they are connected, kill them as soon as one is seen applying a batch (or
+        # after a while if none is: between batches is a point in time as good as any).
+        assert applier_sessions(db, appliers, active=False, seconds=30), log.read_text()[-2000:]
+        in_flight += applier_sessions(db, appliers, active=True, seconds=0.2 + (kills % 4) * 0.3)
         for process in appliers:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=20)
