@@ -1,10 +1,12 @@
 """The Stripe event applier: applies the events webhooks stored (state ``received``).
 
 A webhook only verifies and stores its event (api.ingest_stripe_webhook_v1) and NOTIFYs
-``tollgate_stripe_events`` when it commits. The applier LISTENs on a connection of its own
-(autocommit, outside the service's pool), and on each wake-up, and at least every
-``sweep_seconds`` in case a notification was missed (a reconnect, a crash of another
-applier), calls api.apply_stripe_events_v1 until a batch comes back short. Each call is one
+``tollgate_stripe_events`` when it commits (unless a concurrent webhook's notification is
+already on its way). The applier LISTENs on a connection of its own (autocommit, outside the
+service's pool), and on each wake-up calls api.apply_stripe_events_v1 until a batch comes back
+short; it also looks again ``linger_seconds`` after applying anything (events stored by
+webhooks that sent no notification), and at least every ``sweep_seconds`` in case a
+notification was missed (a reconnect, a crash of another applier). Each call is one
 transaction that applies up to ``batch`` events in arrival order; the rules are the database's.
 
 Every API worker runs one (``create_app``'s lifespan; APPLY_STRIPE_EVENTS=false turns it off),
@@ -51,6 +53,9 @@ class ApplierSettings:
     batch: int = 200
     # Longest wait without a NOTIFY before looking anyway.
     sweep_seconds: float = 1.0
+    # After applying anything, look again this soon even without a NOTIFY: a webhook whose
+    # commit raced another's sends none (api.ingest_stripe_webhook_v1).
+    linger_seconds: float = 0.05
 
 
 class Applier:
@@ -94,8 +99,9 @@ class Applier:
         # LISTEN came first: an event stored from now on wakes this loop, and the drain below
         # takes every event stored before.
         while not self.stop.is_set():
-            await self.drain(work)
-            async for _ in wake.notifies(timeout=self.settings.sweep_seconds, stop_after=1):
+            applied = await self.drain(work)
+            wait = self.settings.linger_seconds if applied else self.settings.sweep_seconds
+            async for _ in wake.notifies(timeout=wait, stop_after=1):
                 pass
 
     async def drain(self, work: psycopg.AsyncConnection[Any]) -> int:

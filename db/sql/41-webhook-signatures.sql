@@ -155,7 +155,8 @@ $$;
 -- POST /v1/webhooks/stripe: verify the Stripe-Signature header over the raw body, then store
 -- the event, and nothing else: one insert (tollgate.store_stripe_event). Outcomes:
 --   received  - stored; the applier (api.apply_stripe_events_v1) applies it within moments,
---               woken by NOTIFY tollgate_stripe_events when this transaction commits;
+--               woken by NOTIFY tollgate_stripe_events when this transaction commits (or by
+--               a concurrent webhook's);
 --   ignored   - stored, final: a type Tollgate does not act on;
 --   duplicate - this event id was stored before; nothing is written. payment_id and
 --               payment_status are the stored event's, once it was applied to a payment.
@@ -173,8 +174,13 @@ BEGIN
     PERFORM tollgate.verify_stripe_signature(p_payload, p_signature);
     ev := p_payload::jsonb;
     SELECT * INTO STRICT saved FROM tollgate.store_stripe_event(ev);
-    IF saved.stored AND saved.state = 'received' THEN
-        -- A constant payload: the applier reads the table, never the message.
+    -- Wake the appliers when this commits (a constant payload: they read the table, never the
+    -- message). A notifying transaction commits only after every other notifying one has
+    -- (PostgreSQL serialises them, and with them their WAL flushes): so while another
+    -- webhook's notification is on its way, this one sends none. The appliers look again
+    -- shortly after applying anything, which takes in events stored meanwhile.
+    IF saved.stored AND saved.state = 'received'
+       AND pg_try_advisory_xact_lock(hashtextextended('tollgate:stripe-notify', 0)) THEN
         PERFORM pg_notify('tollgate_stripe_events', '');
     END IF;
     IF NOT saved.stored THEN
