@@ -50,7 +50,7 @@ class ApplierSettings:
     # The service's role: it may execute api.apply_stripe_events_v1 and nothing on tables.
     role: str | None = "tollgate_app"
     # Events per transaction (1-5000).
-    batch: int = 200
+    batch: int = 100
     # Longest wait without a NOTIFY before looking anyway.
     sweep_seconds: float = 1.0
     # After applying anything, look again this soon even without a NOTIFY: a webhook whose

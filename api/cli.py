@@ -744,7 +744,7 @@ def parser() -> argparse.ArgumentParser:
         help="apply the Stripe events webhooks stored (as each `tollgate serve` worker does)",
     )
     apply_events.add_argument(
-        "--batch", type=int, default=200, help="events per transaction (1-5000)"
+        "--batch", type=int, default=100, help="events per transaction (1-5000)"
     )
     apply_events.add_argument(
         "--sweep", type=float, default=1.0, help="seconds between looks without NOTIFY"

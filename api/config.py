@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     # `tollgate apply-events` runs on its own instead (several appliers are safe either way).
     apply_stripe_events: bool = True
     # Events per applier transaction.
-    apply_batch: int = Field(default=200, ge=1, le=5000)
+    apply_batch: int = Field(default=100, ge=1, le=5000)
 
     stripe_api_key: SecretStr
     # No webhook secret here: PostgreSQL verifies webhook signatures with the secrets

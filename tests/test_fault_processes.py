@@ -398,6 +398,17 @@ def processing_then_succeeded(stripe_id: str, n: int, created: int) -> list[tupl
     return sent
 
 
+@pytest.fixture
+def started_appliers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every applier process a test starts; those still running are killed after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+
+
 def start_applier(dsn: str, log: Path) -> subprocess.Popen[bytes]:
     """`tollgate apply-events` in its own process group, in small batches so that a kill finds
     one in flight."""
@@ -443,6 +454,7 @@ def test_appliers_killed_mid_batch_lose_and_double_nothing(
     db: psycopg.Connection[Any],
     emulator: Emulator,
     servers: list[Served],
+    started_appliers: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     """Webhooks keep arriving (each stored, answered 200) while the processes applying them,
@@ -483,6 +495,7 @@ def test_appliers_killed_mid_batch_lose_and_double_nothing(
 
     log = tmp_path / "appliers.log"
     appliers = [start_applier(db_dsn, log) for _ in range(2)]
+    started_appliers.extend(appliers)
     thread = threading.Thread(target=sender)
     thread.start()
     kills = in_flight = 0
@@ -496,6 +509,7 @@ def test_appliers_killed_mid_batch_lose_and_double_nothing(
             process.wait(timeout=20)
         kills += 1
         appliers = [start_applier(db_dsn, log) for _ in range(2)]
+        started_appliers.extend(appliers)
     thread.join(timeout=120)
     assert not thread.is_alive(), "the webhooks were all delivered"
     assert {a[-1] for a in answers.values()} == {200}, served.tail()
