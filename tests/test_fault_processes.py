@@ -434,13 +434,13 @@ def applier_sessions(
     seconds: float,
 ) -> bool:
     """Whether, within ``seconds``, an applier's session shows in pg_stat_activity (``active``:
-    in the middle of api.apply_stripe_events_v1)."""
+    running a statement, which for an applier is applying a batch)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in appliers), "an applier exited by itself"
         found = db.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate-applier'"
-            " AND (NOT %s OR (state = 'active' AND query LIKE '%%apply_stripe_events_v1%%'))",
+            " AND (NOT %s OR state = 'active')",
             (active,),
         ).fetchone()
         if found and found[0] > 0:
