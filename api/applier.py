@@ -17,8 +17,8 @@ its own after a restart) applies them, each once.
 
 A batch that fails on an event's rules (not on the database being unavailable) is retried
 once with ``isolate``: the event that raises is kept as ignored, with the error as its note,
-and the rest are applied. Any other database error closes both connections and reopens them
-with backoff, as `tollgate listen` does.
+and the rest are applied. Any other error closes both connections and reopens them with
+backoff, as `tollgate listen` does; the applier never stops by itself.
 """
 
 from __future__ import annotations
@@ -75,23 +75,26 @@ class Applier:
 
     async def run(self) -> None:
         """Apply until ``stop`` is set (or the task is cancelled), reconnecting whenever the
-        database fails us. Raises the DomainError of a refusal no reconnecting changes."""
+        database fails us, with backoff: never gives up (a refusal, such as a role without the
+        grant, is logged as an error and retried every 30 s; its backlog shows in
+        tollgate_stripe_events_received_oldest_age_seconds)."""
         pause = 0.2
         while not self.stop.is_set():
             try:
-                wake, work = await self.connect(), await self.connect()
-                async with wake, work:
+                async with await self.connect() as wake, await self.connect() as work:
                     await wake.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     pause = 0.2
                     await self._loop(wake, work)
-            except (psycopg.Error, DomainError, OSError) as exc:
+            except Exception as exc:
                 error = translate(exc) if isinstance(exc, psycopg.Error) else exc
-                if isinstance(error, DomainError) and error.kind not in ("unavailable",):
-                    raise error from exc
-                log.warning("applier: database error (%s); reconnecting in %.1f s", exc, pause)
+                delay, pause = pause, min(pause * 2, 5.0)
+                if isinstance(error, DomainError) and error.kind != "unavailable":
+                    delay = 30.0
+                    log.error("applier: refused (%s); trying again in 30 s", error)
+                else:
+                    log.warning("applier: error (%s); reconnecting in %.1f s", exc, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), pause)
-                pause = min(pause * 2, 5.0)
+                    await asyncio.wait_for(self.stop.wait(), delay)
 
     async def _loop(
         self, wake: psycopg.AsyncConnection[Any], work: psycopg.AsyncConnection[Any]
@@ -130,13 +133,7 @@ async def run_in_background(settings: ApplierSettings) -> tuple[Applier, asyncio
     """Start an applier as a task of the running loop (the API's lifespan)."""
     applier = Applier(settings)
 
-    async def guarded() -> None:
-        try:
-            await applier.run()
-        except DomainError as exc:  # a refusal: say so, the service keeps serving
-            log.error("applier stopped: %s", exc.message)
-
-    return applier, asyncio.create_task(guarded(), name="stripe-event-applier")
+    return applier, asyncio.create_task(applier.run(), name="stripe-event-applier")
 
 
 async def stop_background(applier: Applier, task: asyncio.Task[None]) -> None:
