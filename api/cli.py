@@ -376,6 +376,46 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_apply_events(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from api.applier import Applier, ApplierSettings
+    from api.devstack import database_url
+    from db.errors import DomainError
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    with ExitStack() as stack:
+        applier = Applier(
+            ApplierSettings(
+                dsn=database_url(stack, args.data_dir),
+                role=args.role or None,
+                batch=args.batch,
+                sweep_seconds=args.sweep,
+            )
+        )
+
+        async def apply() -> None:
+            if args.once:
+                async with await applier.connect() as work:
+                    await applier.drain(work)
+                return
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, applier.stop.set)
+            await applier.run()
+
+        try:
+            asyncio.run(apply())
+        except DomainError as exc:  # refused (not unavailable): reconnecting would not help
+            print(f"tollgate apply-events: {exc.message}", file=sys.stderr)
+            return 2
+        if args.once:
+            print(f"{applier.applied} events applied")
+    return 0
+
+
 def _cmd_outbox_dead(args: argparse.Namespace) -> int:
     from api.devstack import database_url
     from db import listener
@@ -698,6 +738,24 @@ def parser() -> argparse.ArgumentParser:
         "--role", default="tollgate_listener", help="SET ROLE to this ('' for none)"
     )
     listen.set_defaults(func=_cmd_listen)
+
+    apply_events = sub.add_parser(
+        "apply-events",
+        help="apply the Stripe events webhooks stored (as each `tollgate serve` worker does)",
+    )
+    apply_events.add_argument(
+        "--batch", type=int, default=100, help="events per transaction (1-5000)"
+    )
+    apply_events.add_argument(
+        "--sweep", type=float, default=1.0, help="seconds between looks without NOTIFY"
+    )
+    apply_events.add_argument(
+        "--once", action="store_true", help="apply what is stored now, then exit"
+    )
+    apply_events.add_argument(
+        "--role", default="tollgate_app", help="SET ROLE to this ('' for none)"
+    )
+    apply_events.set_defaults(func=_cmd_apply_events)
 
     outbox = _group(sub, "outbox", "dead letters and old deliveries")
     dead = outbox.add_parser("dead", help="list a consumer's dead deliveries")

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     # Seconds a request waits for a free connection before it gets 503.
     db_pool_timeout: float = Field(default=5.0, gt=0)
 
+    # Each worker applies the Stripe events webhooks stored (api/applier.py). Off when
+    # `tollgate apply-events` runs on its own instead (several appliers are safe either way).
+    apply_stripe_events: bool = True
+    # Events per applier transaction.
+    apply_batch: int = Field(default=100, ge=1, le=5000)
+
     stripe_api_key: SecretStr
     # No webhook secret here: PostgreSQL verifies webhook signatures with the secrets
     # registered in it (`tollgate webhook-secret add`; `tollgate migrate` registers

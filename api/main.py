@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.routing import Route
 
-from api import __version__, body, docs, errors, mcp_tools, observability
+from api import __version__, applier, body, docs, errors, mcp_tools, observability
 from api.config import Settings
 from api.metrics import Metrics
 from api.metrics import endpoint as metrics_endpoint
@@ -59,10 +59,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         syncing = None
         if metrics_multiprocess():
             syncing = asyncio.create_task(metrics.sync_pool_forever(pool))
+        # Stored Stripe events are applied by an applier in each worker, on connections of its
+        # own (the pool serves requests only).
+        applying = None
+        if s.apply_stripe_events:
+            applying = await applier.run_in_background(
+                applier.ApplierSettings(
+                    dsn=s.database_url, role=s.database_role, batch=s.apply_batch
+                )
+            )
         try:
             async with mcp_manager.run():
                 yield
         finally:
+            if applying is not None:
+                await applier.stop_background(*applying)
             if syncing is not None:
                 syncing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

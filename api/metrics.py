@@ -82,6 +82,10 @@ DATABASE_GAUGES = {
     "stripe_events_pending": "Stripe events stored but not applied: early events whose "
     "PaymentIntent is not recorded yet, or never will be (another integration's)",
     "stripe_events_pending_oldest_age_seconds": "age of the oldest pending Stripe event",
+    "stripe_events_received": "Stripe events stored by the webhook and not applied yet: the "
+    "applier's backlog",
+    "stripe_events_received_oldest_age_seconds": "age of the oldest event waiting for the "
+    "applier: its lag",
     "outbox_backlog": "outbox deliveries not delivered yet, per consumer",
     "outbox_oldest_pending_age_seconds": "age of the oldest event not delivered yet, per consumer",
     "outbox_dead_letters": "outbox deliveries that used up their attempts, per consumer",

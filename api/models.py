@@ -209,6 +209,36 @@ class Payment(BaseModel):
     updated_at: dt.datetime
 
 
+class PaymentRead(Payment):
+    """GET /v1/payments/{ref}."""
+
+    model_config = ConfigDict(
+        json_schema_extra=example(
+            {
+                "id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
+                "stripe_id": "pi_3QxYz2AbCdEf",
+                "account_id": "dev_account",
+                "amount": "12.50",
+                "amount_minor": 1250,
+                "currency": "USD",
+                "status": "processing",
+                "purpose": "report.generate",
+                "description": "one quarterly report",
+                "created_at": "2026-01-15T10:30:00Z",
+                "updated_at": "2026-01-15T10:30:02Z",
+                "events_received": 1,
+            }
+        )
+    )
+
+    events_received: int = Field(
+        description="Stripe events about this payment that its webhook stored and that are "
+        "not applied yet: status does not reflect them until they are (normally within a "
+        "fraction of a second). 0 when status is up to date with every event received.",
+        examples=[0],
+    )
+
+
 class PaymentCreated(Payment):
     model_config = ConfigDict(
         json_schema_extra=example(
@@ -259,21 +289,27 @@ class WebhookReceipt(BaseModel):
     model_config = ConfigDict(
         json_schema_extra=example(
             {
-                "outcome": "applied",
+                "outcome": "received",
                 "event_id": "evt_1QxYz2AbCdEf",
-                "payment_id": "6f1c2a9e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",
-                "payment_status": "succeeded",
+                "payment_id": None,
+                "payment_status": None,
             }
         )
     )
 
     outcome: str = Field(
-        description="applied, duplicate, pending, stale, rejected or ignored",
-        examples=["applied"],
+        description="received (stored; applied within moments), duplicate (stored before; "
+        "nothing written) or ignored (a type Tollgate does not act on)",
+        examples=["received"],
     )
     event_id: str
-    payment_id: UUID | None
-    payment_status: str | None
+    payment_id: UUID | None = Field(
+        description="the payment the event was applied to: null until it is applied "
+        "(set on a duplicate of an applied event)"
+    )
+    payment_status: str | None = Field(
+        description="that payment's status now; null until the event is applied"
+    )
 
 
 class Health(BaseModel):

@@ -344,6 +344,7 @@ CONSTRAINTS |= {
     "usage_events_pkey": ("conflict", "duplicate_event", "this usage event was recorded already"),
     "outbox_consumers_pkey": ("conflict", "consumer_exists", "this consumer is registered already"),
     "page_limit": ("invalid", "invalid_request", None),
+    "apply_batch_size": ("invalid", "invalid_request", "a batch applies 1 to 5000 events"),
     "page_cursor": ("invalid", "invalid_cursor", None),
 }
 
@@ -487,7 +488,7 @@ INVARIANTS: frozenset[str] = frozenset(
         "payment_entitlements_uses_left_range",
         "payment_events_matched_has_account",
         "payment_events_one_subject",
-        "payment_events_processed_when_not_pending",
+        "payment_events_processed_when_final",
         "payment_transitions_not_to_self",
         "payment_transitions_terminal_is_final",
         "review_transitions_terminal_is_final",

@@ -354,8 +354,9 @@ async def can_continue(
 async def ingest_stripe_webhook(
     conn: AsyncConnection[Any], *, payload: str, signature: str | None
 ) -> EventOutcomeRow:
-    """Verify a webhook's Stripe-Signature over its raw body, then store and apply the event
-    (both in the database; a bad signature raises invalid_signature and writes nothing)."""
+    """Verify a webhook's Stripe-Signature over its raw body, then store the event for the
+    applier (both in the database; a bad signature raises invalid_signature and writes
+    nothing)."""
     params = {"payload": payload, "signature": signature}
     return await _one(conn, EventOutcomeRow, "ingest_stripe_webhook", params)
 
@@ -364,6 +365,48 @@ def ingest_stripe_event_sync(conn: Connection[Any], *, event: str) -> EventOutco
     """Store and apply a Stripe event the caller built from Stripe's API itself (`tollgate
     reconcile stripe`); an owner-side call: the service's role may not skip the signature."""
     return _one_sync(conn, EventOutcomeRow, "ingest_stripe_event", {"event": event})
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEventsRow:
+    events: int
+
+
+async def apply_stripe_events(conn: AsyncConnection[Any], *, limit: int, isolate: bool) -> int:
+    """Apply up to ``limit`` received Stripe events, oldest first, in one transaction (the
+    statement's, on an autocommit connection); how many it looked at. ``isolate``: an event
+    whose rules raise is kept as ignored instead of failing the batch."""
+    params = {"limit": limit, "isolate": isolate}
+    return (await _one(conn, AppliedEventsRow, "apply_stripe_events", params)).events
+
+
+def apply_stripe_events_sync(conn: Connection[Any], *, limit: int, isolate: bool) -> int:
+    """apply_stripe_events, on a blocking connection."""
+    params = {"limit": limit, "isolate": isolate}
+    return _one_sync(conn, AppliedEventsRow, "apply_stripe_events", params).events
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentWithEventsRow:
+    id: UUID
+    stripe_id: str
+    account_id: str
+    amount: int
+    currency: str
+    status: str
+    purpose: str | None
+    description: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    # Stripe events about it stored but not applied yet (its status does not reflect them).
+    events_received: int
+
+
+async def get_payment_with_events(
+    conn: AsyncConnection[Any], *, api_key: str, ref: str
+) -> PaymentWithEventsRow:
+    params = {"api_key": api_key, "ref": ref}
+    return await _one(conn, PaymentWithEventsRow, "get_payment_with_events", params)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,12 @@ SELECT * FROM api.ingest_stripe_webhook_v1(
 -- name: ingest_stripe_event
 SELECT * FROM api.ingest_stripe_event_v1(p_event => %(event)s::jsonb);
 
+-- name: apply_stripe_events
+SELECT api.apply_stripe_events_v1(p_limit => %(limit)s::integer, p_isolate => %(isolate)s::boolean) AS events;
+
+-- name: get_payment_with_events
+SELECT * FROM api.get_payment_v2(p_api_key => %(api_key)s::text, p_ref => %(ref)s::text);
+
 -- name: operator_add_webhook_secret
 SELECT * FROM tollgate.add_stripe_webhook_secret(p_secret => %(secret)s::text, p_label => %(label)s::text);
 

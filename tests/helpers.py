@@ -76,6 +76,39 @@ def event(event_id: str, stripe_id: str, status: str, created: int | None = None
     ).encode()
 
 
+def wait_applied(
+    db: psycopg.Connection[Any] | str, *event_ids: str, timeout: float = 15.0
+) -> dict[str, str]:
+    """Wait until the applier has applied each stored Stripe event (webhooks only store them):
+    none of them is ``received`` any more. Returns their states (applied, pending, stale,
+    rejected, ignored). With no ids, waits until no stored event at all is received, and
+    returns {}. ``db``: an autocommit connection (each look sees the latest commits), or a
+    connection string to open one."""
+    if isinstance(db, str):
+        with psycopg.connect(db, autocommit=True) as conn:
+            return wait_applied(conn, *event_ids, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        if event_ids:
+            rows = db.execute(
+                "SELECT id, state::text FROM tollgate.payment_events WHERE id = ANY(%s)",
+                (list(event_ids),),
+            ).fetchall()
+            states = {str(r[0]): str(r[1]) for r in rows}
+            if len(states) == len(set(event_ids)) and "received" not in states.values():
+                return states
+        else:
+            left = db.execute(
+                "SELECT count(*) FROM tollgate.payment_events WHERE state::text = 'received'"
+            ).fetchone()
+            states = {}
+            if left is not None and left[0] == 0:
+                return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"events not applied within {timeout} s: {states or event_ids}")
+        time.sleep(0.02)
+
+
 def in_parallel(n: int, call: Callable[[int], T]) -> list[T]:
     """Run ``call(i)`` for i < n on n threads released at the same moment."""
     barrier = threading.Barrier(n)

@@ -25,7 +25,7 @@ from api import stripe_emulator
 from db import keys
 from db.embedded import EmbeddedServer
 from tests.conftest import Emulator, register_webhook_secret
-from tests.helpers import ledger_problems, sign
+from tests.helpers import ledger_problems, sign, wait_applied
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,9 @@ class Served:
         return self.log.read_text()[-3000:]
 
 
-def serve(dsn: str, emulator: Emulator, tmp: Path, *, workers: int = 1) -> Served:
-    """`tollgate serve` in its own process group (its workers die with it)."""
+def serve(dsn: str, emulator: Emulator, tmp: Path, *, workers: int = 1, **extra: str) -> Served:
+    """`tollgate serve` in its own process group (its workers die with it); ``extra``: more
+    environment (settings)."""
     port = stripe_emulator.free_port()
     secret = register_webhook_secret(dsn)
     env = os.environ | {
@@ -51,6 +52,7 @@ def serve(dsn: str, emulator: Emulator, tmp: Path, *, workers: int = 1) -> Serve
         "STRIPE_API_KEY": "sk_test_faults",
         "STRIPE_API_BASE": emulator.base,
         "DB_POOL_TIMEOUT": "1",
+        **extra,
     }
     log = tmp / f"serve-{port}.log"
     with log.open("wb") as out:
@@ -181,6 +183,7 @@ def test_postgres_restarting_mid_webhook_stream_loses_and_doubles_nothing(
             assert statuses[-1] == 200
 
     with psycopg.connect(db_dsn, autocommit=True) as check:
+        wait_applied(check)
         applied = check.execute(
             "SELECT state::text, count(*) FROM tollgate.payment_events GROUP BY 1"
         ).fetchall()
@@ -382,3 +385,178 @@ def test_sigkill_under_load_leaves_no_half_written_rows(
     ).fetchone()
     assert moved == (len(transfers),), "one posting per transfer key, none lost, none doubled"
     assert check.execute("SELECT count(*) FROM tollgate.ledger_discrepancies()").fetchone() == (0,)
+
+
+def processing_then_succeeded(stripe_id: str, n: int, created: int) -> list[tuple[str, bytes]]:
+    """A payment's two events, as Stripe sends them: processing, then succeeded a second later."""
+    sent = []
+    for step, (status, at) in enumerate((("processing", created), ("succeeded", created + 1))):
+        event_id = f"evt_crash_{n}_{step}"
+        obj = {"object": "payment_intent", "id": stripe_id, "status": status}
+        body = {"id": event_id, "type": f"payment_intent.{status}", "created": at}
+        sent.append((event_id, json.dumps(body | {"data": {"object": obj}}).encode()))
+    return sent
+
+
+@pytest.fixture
+def started_appliers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every applier process a test starts; those still running are killed after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+
+
+def start_applier(dsn: str, log: Path) -> subprocess.Popen[bytes]:
+    """`tollgate apply-events` in its own process group, in small batches so that a kill finds
+    one in flight."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "api.cli", "apply-events"),
+                *("--batch", "25", "--sweep", "0.2"),
+            ],
+            cwd=ROOT,
+            env=os.environ | {"DATABASE_URL": dsn},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def applier_sessions(
+    db: psycopg.Connection[Any],
+    appliers: list[subprocess.Popen[bytes]],
+    *,
+    active: bool,
+    seconds: float,
+) -> bool:
+    """Whether, within ``seconds``, an applier's session shows in pg_stat_activity (``active``:
+    running a statement, which for an applier is applying a batch)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in appliers), "an applier exited by itself"
+        found = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate-applier'"
+            " AND (NOT %s OR state = 'active')",
+            (active,),
+        ).fetchone()
+        if found and found[0] > 0:
+            return True
+        time.sleep(0.002 if active else 0.05)
+    return False
+
+
+def test_appliers_killed_mid_batch_lose_and_double_nothing(
+    db_dsn: str,
+    db: psycopg.Connection[Any],
+    emulator: Emulator,
+    servers: list[Served],
+    started_appliers: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """Webhooks keep arriving (each stored, answered 200) while the processes applying them,
+    two `tollgate apply-events`, are killed with SIGKILL again and again, mostly in the middle
+    of a batch, and started again. Afterwards every stored event is applied exactly once and
+    in order: each payment went processing -> succeeded, once each, with one announcement
+    and one settlement of its credits; early events were applied when their payment
+    appeared; nothing is left received or pending; the audit chain and the ledger verify."""
+    key = keys.create(db, account="crash").key
+    stripe_ids = seed_payments(db, key, 120)
+    early_ids = [f"pi_crash_early_{i}_{uuid.uuid4().hex[:6]}" for i in range(20)]
+    # Only the processes killed below apply events.
+    served = serve(db_dsn, emulator, tmp_path, APPLY_STRIPE_EVENTS="false")
+    servers.append(served)
+
+    created = int(time.time()) - 30
+    events = [
+        e for n, pi in enumerate(stripe_ids) for e in processing_then_succeeded(pi, n, created)
+    ]
+    events += [
+        (f"evt_crash_early_{i}", succeeded(f"evt_crash_early_{i}", pi))
+        for i, pi in enumerate(early_ids)
+    ]
+    answers: dict[str, list[int | str]] = {event_id: [] for event_id, _ in events}
+    sending = threading.Event()
+    sending.set()
+
+    def sender() -> None:
+        with httpx.Client(timeout=30) as http:
+            for i, (event_id, payload) in enumerate(events):
+                # As Stripe: until a 2xx; and now and then once more.
+                while not answers[event_id] or answers[event_id][-1] != 200:
+                    answers[event_id].append(post_event(http, served, payload))
+                if i % 7 == 0:
+                    answers[event_id].append(post_event(http, served, payload))
+                time.sleep(0.004)
+        sending.clear()
+
+    log = tmp_path / "appliers.log"
+    appliers = [start_applier(db_dsn, log) for _ in range(2)]
+    started_appliers.extend(appliers)
+    thread = threading.Thread(target=sender)
+    thread.start()
+    kills = in_flight = 0
+    while sending.is_set() or kills < 12:
+        # Once they are connected, kill them as soon as one is seen applying a batch (or
+        # after a while if none is: between batches is a point in time as good as any).
+        assert applier_sessions(db, appliers, active=False, seconds=30), log.read_text()[-2000:]
+        in_flight += applier_sessions(db, appliers, active=True, seconds=0.2 + (kills % 4) * 0.3)
+        for process in appliers:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+        kills += 1
+        appliers = [start_applier(db_dsn, log) for _ in range(2)]
+        started_appliers.extend(appliers)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the webhooks were all delivered"
+    assert {a[-1] for a in answers.values()} == {200}, served.tail()
+    assert in_flight > 0, "some kills landed while a batch was being applied"
+
+    # The survivors apply what is left; then the early events' payments are recorded.
+    wait_applied(db, timeout=60)
+    for process in appliers:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+    pending = db.execute(
+        "SELECT count(*) FROM tollgate.payment_events WHERE state::text = 'pending'"
+    ).fetchone()
+    assert pending == (len(early_ids),), "early events wait for their payments"
+    for i, stripe_id in enumerate(early_ids):
+        db.execute(
+            "SELECT api.finish_payment_v1(%s, (SELECT payment_id FROM api.begin_payment_v1("
+            " %s, %s, NULL, 1000, 'USD', 'credits', NULL, NULL)), %s,"
+            " 'requires_payment_method', NULL)",
+            (key, key, f"early-{i}", stripe_id),
+        )
+
+    states = db.execute(
+        "SELECT state::text, count(*) FROM tollgate.payment_events GROUP BY 1"
+    ).fetchall()
+    assert states == [("applied", len(events))], "each event applied, once, in arrival order"
+    paid = len(stripe_ids) + len(early_ids)
+    statuses = db.execute(
+        "SELECT status::text, count(*) FROM tollgate.payment_intents GROUP BY 1"
+    ).fetchall()
+    assert statuses == [("succeeded", paid)]
+    moves = db.execute(
+        "SELECT new_value, count(*), count(DISTINCT entity_id) FROM tollgate.audit_log"
+        " WHERE entity = 'payment_intent' AND action = 'status_changed' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert moves == [
+        ("processing", len(stripe_ids), len(stripe_ids)),
+        ("succeeded", paid, paid),
+    ], "one audited move per event"
+    settled = db.execute(
+        "SELECT count(*), count(DISTINCT payload ->> 'payment_id') FROM tollgate.outbox"
+        " WHERE topic = 'payment.settled'"
+    ).fetchone()
+    assert settled == (paid, paid), "one announcement per payment"
+    credited = db.execute(
+        "SELECT count(*) FROM tollgate.transactions WHERE status::text = 'settled'"
+    ).fetchone()
+    assert credited == (paid,), "each payment's credits settled once"
+    assert db.execute("SELECT * FROM tollgate.verify_audit_chain()").fetchall() == []
+    assert ledger_problems(db) == []

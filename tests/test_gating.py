@@ -15,7 +15,7 @@ import pytest
 
 from db import errors
 from tests.conftest import Api
-from tests.helpers import in_parallel, ledger_problems, row_counts, sign
+from tests.helpers import in_parallel, ledger_problems, row_counts, sign, wait_applied
 
 ACTION = "report.generate"
 
@@ -50,7 +50,8 @@ def succeed(api: Api, stripe_id: str, event_id: str) -> None:
             "Content-Type": "application/json",
         },
     )
-    assert r.status_code == 200 and r.json()["outcome"] == "applied", r.text
+    assert r.status_code == 200 and r.json()["outcome"] == "received", r.text
+    assert wait_applied(api.settings.database_url, event_id) == {event_id: "applied"}
 
 
 def authorize(client: httpx.Client, **extra: Any) -> httpx.Response:

@@ -28,7 +28,7 @@ from db import handlers
 from db.embedded import EmbeddedServer
 from tests.conftest import Emulator, ServerThread, make_settings, register_webhook_secret
 from tests.helpers import event as stripe_event
-from tests.helpers import sign
+from tests.helpers import sign, wait_applied
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "listener_account"
@@ -553,9 +553,10 @@ def test_a_listener_idle_after_registering_delays_no_writer(
                     "Stripe-Signature": sign(body, secret),
                 },
             )
-            assert ingested.status_code == 200 and ingested.json()["outcome"] == "applied", (
+            assert ingested.status_code == 200 and ingested.json()["outcome"] == "received", (
                 ingested.text
             )
+            assert wait_applied(db, "evt_idle_1") == {"evt_idle_1": "applied"}
             as_admin = {"Authorization": f"Bearer {admin}"}
             created = http.post(
                 "/v1/transactions",

@@ -28,7 +28,7 @@ from api.main import create_app
 from api.observability import JsonFormatter
 from db import keys
 from tests.conftest import Api, Emulator, ServerThread, make_settings, register_webhook_secret
-from tests.helpers import event, sign
+from tests.helpers import event, sign, wait_applied
 
 ROOT = Path(__file__).resolve().parent.parent
 HEX_ID = r"[0-9a-f]{32}"
@@ -262,7 +262,7 @@ def test_serve_logs_one_json_line_per_request(
         assert http.get("/v1/payments/pi_nope", headers=auth).status_code == 404
         assert http.get("/v1/me", headers={"Authorization": "Bearer tg_wrong"}).status_code == 401
         hook = post_webhook(http, payload, secret)
-        assert hook.json()["outcome"] == "pending"
+        assert hook.json()["outcome"] == "received"
         refused = post_webhook(http, payload, "whsec_" + "1" * 32)
         assert refused.status_code == 400
     wanted = {
@@ -303,7 +303,7 @@ def test_serve_logs_one_json_line_per_request(
     assert by_status[401]["error"] == "invalid_api_key" and "account_id" not in by_status[401]
     applied = found[http_id(hook)]
     assert applied["route"] == "/v1/webhooks/stripe" and applied["status"] == 200
-    assert applied["webhook_outcome"] == "pending"
+    assert applied["webhook_outcome"] == "received"
     assert applied["stripe_event_id"] == "evt_logged_1"
     assert found[http_id(refused)]["error"] == "invalid_signature"
     assert "webhook_outcome" not in found[http_id(refused)]
@@ -352,7 +352,8 @@ def test_metrics_report_latency_pool_and_the_databases_gauges(
         pending = post_webhook(
             http, event("evt_metrics_1", "pi_unseen", "succeeded"), api.webhook_secret
         )
-        assert pending.json()["outcome"] == "pending"
+        assert pending.json()["outcome"] == "received"
+        assert wait_applied(db, "evt_metrics_1") == {"evt_metrics_1": "pending"}
         assert post_webhook(http, b"{}", "whsec_" + "2" * 32).status_code == 400
 
         # A consumer with a dead letter and a backlog; an active hold.
@@ -419,12 +420,13 @@ def test_metrics_report_latency_pool_and_the_databases_gauges(
         le="+Inf",
     )
     assert bucket == 3
-    assert value(after, "tollgate_stripe_webhooks_total", outcome="pending") == 1
+    assert value(after, "tollgate_stripe_webhooks_total", outcome="received") == 1
     assert value(after, "tollgate_stripe_webhooks_total", outcome="invalid_signature") == 1
 
     assert value(after, "tollgate_db_up") == 1
     assert value(after, "tollgate_stripe_events_pending") == 1
     assert (value(after, "tollgate_stripe_events_pending_oldest_age_seconds") or -1) >= 0
+    assert value(after, "tollgate_stripe_events_received") == 0, "the applier keeps up"
     backlog = value(after, "tollgate_outbox_backlog", consumer="metrics")
     assert backlog == announced[0] - 1, "every event but the dead letter waits"
     assert value(after, "tollgate_outbox_dead_letters", consumer="metrics") == 1

@@ -42,7 +42,9 @@ def record_payment(conn: psycopg.Connection[Any], stripe_id: str) -> None:
 
 
 def ingest(conn: psycopg.Connection[Any], stripe_id: str) -> str:
-    """Deliver a signed payment_intent.succeeded as the service does (the webhook function)."""
+    """Deliver a signed payment_intent.succeeded as the service does (the webhook function
+    stores it), then apply it as the applier does (api.apply_stripe_events_v1), in the
+    connection's transaction; the event's state afterwards, as that transaction sees it."""
     event = {
         "id": f"evt_{stripe_id}",
         "type": "payment_intent.succeeded",
@@ -54,8 +56,15 @@ def ingest(conn: psycopg.Connection[Any], stripe_id: str) -> str:
         "SELECT outcome FROM api.ingest_stripe_webhook_v1(%s, %s)",
         (payload, sign(payload.encode(), SECRET)),
     ).fetchone()
-    assert found is not None
-    return str(found[0])
+    assert found is not None and found[0] == "received", found
+    conn.execute("SELECT api.apply_stripe_events_v1(10, false)")
+    conn.execute("RESET ROLE")  # the service's role reads no table; the test does
+    state = conn.execute(
+        "SELECT state::text FROM tollgate.payment_events WHERE id = %s", (event["id"],)
+    ).fetchone()
+    conn.execute("SET ROLE tollgate_app")
+    assert state is not None
+    return str(state[0])
 
 
 def wait_until_blocked(db: psycopg.Connection[Any], pid: int, timeout: float = 10) -> None:

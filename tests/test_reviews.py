@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import Api
-from tests.helpers import event, row_counts, sign
+from tests.helpers import event, row_counts, sign, wait_applied
 
 
 def test_flag_hold_approve_reject(api: Api, new_key: Any, db: psycopg.Connection[Any]) -> None:
@@ -123,7 +123,10 @@ def test_a_flagged_top_up_grants_nothing_until_approved(
             content=body,
             headers={"Stripe-Signature": sign(body, api.webhook_secret)},
         )
-        assert applied.status_code == 200 and applied.json()["outcome"] == "applied"
+        assert applied.status_code == 200 and applied.json()["outcome"] == "received"
+        assert wait_applied(api.settings.database_url, "evt_top_up_ok") == {
+            "evt_top_up_ok": "applied"
+        }
 
         held = risky.get("/v1/accounts/risky/can-continue", params={"purpose": "credits"})
         assert held.status_code == 402

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Api
-from tests.helpers import event, in_parallel, ledger_problems, row_counts, sign
+from tests.helpers import event, in_parallel, ledger_problems, row_counts, sign, wait_applied
 
 ORDER = {"reference": "order-1042", "amount": "1250.50", "currency": "USD"}
 
@@ -285,7 +285,8 @@ def test_a_linked_payment_settles_the_transaction_through_its_webhook(
                 "Content-Type": "application/json",
             },
         )
-        assert delivered.status_code == 200 and delivered.json()["outcome"] == "applied"
+        assert delivered.status_code == 200 and delivered.json()["outcome"] == "received"
+        assert wait_applied(api.settings.database_url, "evt_sale_1") == {"evt_sale_1": "applied"}
         assert http.get("/v1/transactions/sale-1").json()["status"] == "settled"
         assert http.get("/v1/accounts/shop/balances").json()["balances"][0]["balance"] == "42.00"
     assert ledger_problems(db) == []

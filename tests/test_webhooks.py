@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Api
-from tests.helpers import event, in_parallel, row_counts, sign
+from tests.helpers import event, in_parallel, row_counts, sign, wait_applied
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYMENT = {"amount_minor": 2500, "currency": "eur", "purpose": "agent.run"}
@@ -41,30 +41,70 @@ def deliver(api: Api, payload: bytes, signature: str | None = None) -> httpx.Res
 def test_a_signed_event_moves_the_payment(
     api: Api, new_key: Any, db: psycopg.Connection[Any]
 ) -> None:
-    payment = create_payment(api, new_key("user_1"))
+    key = new_key("user_1")
+    payment = create_payment(api, key)
     r = deliver(api, event("evt_ok_1", payment["stripe_id"], "succeeded"))
     assert r.status_code == 200, r.text
     assert r.json() == {
-        "outcome": "applied",
+        "outcome": "received",
+        "event_id": "evt_ok_1",
+        "payment_id": None,
+        "payment_status": None,
+    }
+    assert wait_applied(db, "evt_ok_1") == {"evt_ok_1": "applied"}
+    with api.client(key) as http:
+        shown = http.get(f"/v1/payments/{payment['id']}").json()
+    assert (shown["status"], shown["events_received"]) == ("succeeded", 0)
+    again = deliver(api, event("evt_ok_1", payment["stripe_id"], "succeeded"))
+    assert again.status_code == 200
+    assert again.json() == {
+        "outcome": "duplicate",
         "event_id": "evt_ok_1",
         "payment_id": payment["id"],
         "payment_status": "succeeded",
     }
-    again = deliver(api, event("evt_ok_1", payment["stripe_id"], "succeeded"))
-    assert again.status_code == 200 and again.json()["outcome"] == "duplicate"
     assert row_counts(db)["outbox"] == 1
 
 
-def test_stale_events_do_not_move_the_status_back(api: Api, new_key: Any) -> None:
-    payment = create_payment(api, new_key("user_1"))
+def test_a_payment_read_between_storing_and_applying_says_an_event_waits(
+    api: Api, new_key: Any, db: psycopg.Connection[Any], db_dsn: str
+) -> None:
+    """While an event is stored and not applied, the payment shows its last applied status
+    and counts the event as received; once applied, the new status and none waiting."""
+    key = new_key("user_1")
+    payment = create_payment(api, key)
+    with psycopg.connect(db_dsn) as holder:  # holds every applier's batch back
+        holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('tollgate:stripe-applier', 0))"
+        )
+        r = deliver(api, event("evt_wait_1", payment["stripe_id"], "succeeded"))
+        assert r.status_code == 200 and r.json()["outcome"] == "received", r.text
+        with api.client(key) as http:
+            waiting = http.get(f"/v1/payments/{payment['stripe_id']}").json()
+        assert (waiting["status"], waiting["events_received"]) == ("requires_payment_method", 1)
+        holder.rollback()
+    assert wait_applied(db, "evt_wait_1") == {"evt_wait_1": "applied"}
+    with api.client(key) as http:
+        applied = http.get(f"/v1/payments/{payment['stripe_id']}").json()
+    assert (applied["status"], applied["events_received"]) == ("succeeded", 0)
+
+
+def test_stale_events_do_not_move_the_status_back(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    key = new_key("user_1")
+    payment = create_payment(api, key)
     now = int(time.time())
     assert (
         deliver(api, event("evt_new", payment["stripe_id"], "succeeded", now)).json()["outcome"]
-        == "applied"
+        == "received"
     )
+    assert wait_applied(db, "evt_new") == {"evt_new": "applied"}
     old = deliver(api, event("evt_old", payment["stripe_id"], "processing", now - 5))
-    assert old.status_code == 200
-    assert old.json()["outcome"] == "stale" and old.json()["payment_status"] == "succeeded"
+    assert old.status_code == 200 and old.json()["outcome"] == "received"
+    assert wait_applied(db, "evt_old") == {"evt_old": "stale"}
+    with api.client(key) as http:
+        assert http.get(f"/v1/payments/{payment['id']}").json()["status"] == "succeeded"
 
 
 def test_an_event_before_its_payment_is_applied_when_the_payment_appears(
@@ -78,7 +118,8 @@ def test_an_event_before_its_payment_is_applied_when_the_payment_appears(
     # Stands in for Stripe's event outrunning Tollgate's own commit: an event for an
     # intent Tollgate has not recorded yet is kept, then applied when the row is inserted.
     early = deliver(api, event("evt_early", "pi_not_yet_recorded", "succeeded"))
-    assert early.status_code == 200 and early.json()["outcome"] == "pending"
+    assert early.status_code == 200 and early.json()["outcome"] == "received"
+    assert wait_applied(db, "evt_early") == {"evt_early": "pending"}
     db.execute(
         "INSERT INTO tollgate.payment_intents (account_uuid, stripe_id, amount, currency, status) "
         "SELECT account_uuid, 'pi_not_yet_recorded', 100, 'EUR', 'requires_payment_method' "
@@ -174,7 +215,8 @@ def test_twenty_parallel_deliveries_apply_once(
     responses = in_parallel(20, lambda _: deliver(api, payload, signature))
     assert [r.status_code for r in responses] == [200] * 20
     outcomes = sorted(r.json()["outcome"] for r in responses)
-    assert outcomes == ["applied"] + ["duplicate"] * 19
+    assert outcomes == ["duplicate"] * 19 + ["received"]
+    assert wait_applied(db, "evt_storm") == {"evt_storm": "applied"}
     counts = row_counts(db)
     assert counts["payment_events"] == 1
     assert counts["outbox"] == 1
@@ -265,7 +307,8 @@ def test_a_rotated_secret_verifies_after_a_signature_that_does_not(
     good = sign(payload, new_secret).split(",")
     header = f"{good[0]},v1={'0' * 64},{good[1]},v0={'1' * 64}"
     r = deliver(api, payload, header)
-    assert r.status_code == 200 and r.json()["outcome"] == "applied", r.text
+    assert r.status_code == 200 and r.json()["outcome"] == "received", r.text
+    assert wait_applied(db, "evt_rotated") == {"evt_rotated": "applied"}
 
     old_id = next(
         line.split()[0] for line in listed.stdout.splitlines() if api.webhook_secret[:10] in line

@@ -22,6 +22,7 @@ from api.models import (
     PaymentCreate,
     PaymentCreated,
     PaymentPage,
+    PaymentRead,
     PaymentStatus,
     Refund,
     RefundCreate,
@@ -123,11 +124,16 @@ async def list_payments(
     )
 
 
-@router.get("/{ref}", response_model=Payment, responses=ERRORS, summary="Read a payment")
-async def get_payment(ref: PaymentRef, api_key: ApiKey, pool: Pool) -> Payment:
-    """A payment by Tollgate id or Stripe id (pi_...), with its status as Stripe's webhooks
-    reported it; 404 unless the key may see it."""
-    return await operations.get_payment(pool, api_key=api_key, ref=ref)
+@router.get("/{ref}", response_model=PaymentRead, responses=ERRORS, summary="Read a payment")
+async def get_payment(ref: PaymentRef, api_key: ApiKey, pool: Pool) -> PaymentRead:
+    """A payment by Tollgate id or Stripe id (pi_...), with its status as the Stripe events
+    applied so far made it, and `events_received`: how many more of its events were received
+    and are waiting to be applied (webhooks store first, the applier applies within moments).
+    404 unless the key may see it."""
+    async with pool.connection() as conn:
+        found = await queries.get_payment_with_events(conn, api_key=api_key, ref=ref)
+        shown = await money.payment_fields(conn, asdict(found))
+    return PaymentRead.model_validate(shown)
 
 
 @router.post(

@@ -1,5 +1,6 @@
 """POST /v1/webhooks/stripe: shape checks, then one function call that verifies the
-Stripe-Signature (in PostgreSQL) and applies the event."""
+Stripe-Signature (in PostgreSQL) and stores the event; the applier (api/applier.py) applies
+it."""
 
 from __future__ import annotations
 
@@ -68,8 +69,15 @@ async def stripe_webhook(
         ),
     ] = None,
 ) -> WebhookReceipt:
-    """Store a Stripe event once and apply it. Any 2xx tells Stripe to stop retrying;
-    503 (database down) makes it retry later, and a replay is answered "duplicate".
+    """Store a Stripe event once; it is applied right after, by the applier. Any 2xx tells
+    Stripe to stop retrying: it is sent once the event is stored (committed). 503 (database
+    down) makes Stripe retry later, and a replay is answered "duplicate".
+
+    `outcome`: `received` (stored; the payment moves within moments: GET the payment, whose
+    `events_received` counts its events not applied yet), `duplicate` (stored before, nothing
+    written; `payment_id` and `payment_status` once it was applied) or `ignored` (a type
+    Tollgate does not act on). Whether an event moves its payment (or is stale, early or
+    rejected) is decided when it is applied, by the same rules as always.
 
     The signature is the database's to verify (api.ingest_stripe_webhook_v1, with the secrets
     `tollgate webhook-secret add` registered): a missing, wrong or stale one is 400

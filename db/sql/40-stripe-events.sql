@@ -4,14 +4,22 @@
 -- the same UPDATE anyone else would make, so the payment's triggers judge it. An event that
 -- arrives before its payment is recorded waits (pending) and is applied when the payment row
 -- appears; an event older than the last one applied is kept as stale; a move the status
--- machine refuses is kept as rejected. api.ingest_stripe_webhook_v1 (41-webhook-signatures.sql)
--- verifies the signature and calls api.ingest_stripe_event_v1.
+-- machine refuses is kept as rejected.
+--
+-- Store, then apply. A webhook verifies the signature and stores the event as received, and
+-- nothing else (api.ingest_stripe_webhook_v1, 41-webhook-signatures.sql: one insert, a NOTIFY
+-- on tollgate_stripe_events, commit). api.apply_stripe_events_v1 applies received events in
+-- batches, oldest first, one transaction per batch, by the rules above; the applier that calls
+-- it runs in every API worker and as `tollgate apply-events` (api/applier.py). A batch that
+-- dies with its process rolls back whole: its events are received again, for the next one.
+-- api.ingest_stripe_event_v1 stores and applies one event at once (`tollgate reconcile`).
 
 -- ===== Tables: created once, on a fresh database; a change to them is a migration =====
 SET LOCAL ROLE tollgate_owner;
 
 CREATE TYPE tollgate.event_state AS ENUM (
-    'pending',   -- stored; its payment intent is not known yet. Applied when the row appears.
+    'received',  -- stored by the webhook, not looked at yet: the next applier batch takes it
+    'pending',   -- looked at; its payment intent is not known yet. Applied when the row appears.
     'applied',   -- moved the payment to the event's status (or confirmed it was there)
     'stale',     -- older than the last event applied to the payment: kept, not applied
     'rejected',  -- the status change it asks for is not allowed (e.g. canceled -> succeeded)
@@ -37,7 +45,8 @@ CREATE TABLE tollgate.payment_events (
     processed_at       timestamptz,
     -- The subscription a customer.subscription.* event is about.
     subscription_id    uuid        CONSTRAINT payment_events_subscription_id_fkey REFERENCES tollgate.subscriptions,
-    CONSTRAINT payment_events_processed_when_not_pending CHECK ((state = 'pending') = (processed_at IS NULL)),
+    -- processed_at: when the event reached its final state (applied, stale, rejected, ignored).
+    CONSTRAINT payment_events_processed_when_final CHECK ((processed_at IS NULL) = (state IN ('received', 'pending'))),
     CONSTRAINT payment_events_matched_has_account
         CHECK ((payment_intent_id IS NULL AND subscription_id IS NULL) OR account_uuid IS NOT NULL),
     CONSTRAINT payment_events_one_subject CHECK (payment_intent_id IS NULL OR subscription_id IS NULL)
@@ -46,6 +55,8 @@ CREATE TABLE tollgate.payment_events (
 -- Early events waiting for their payment intent.
 CREATE INDEX payment_events_pending_idx ON tollgate.payment_events (stripe_object_id) WHERE state = 'pending';
 CREATE INDEX payment_events_payment_intent_idx ON tollgate.payment_events (payment_intent_id);
+-- The applier's queue: received events in arrival order.
+CREATE INDEX payment_events_received_idx ON tollgate.payment_events (received_at, id) WHERE state = 'received';
 
 COMMENT ON TABLE tollgate.payment_events IS 'Every Stripe webhook event received, once per event id.';
 
@@ -121,8 +132,8 @@ BEGIN
 END
 $$;
 
--- Apply one stored event to its payment intent, if the intent exists. Returns the event's
--- state afterwards:
+-- Apply one stored (received or pending) event to its payment intent, if the intent exists.
+-- Returns the event's state afterwards:
 --   pending  - the intent is not known yet (applied later by apply_pending_payment_events);
 --   stale    - created before the last event applied, or in the same second and asking for a
 --              refused move back in the lifecycle: it never moves the status;
@@ -147,11 +158,14 @@ DECLARE
     prev_actor  text := current_setting('tollgate.actor', true);
 BEGIN
     SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id FOR UPDATE;
-    IF ev.state <> 'pending' THEN
+    IF ev.state NOT IN ('received', 'pending') THEN
         RETURN ev.state;
     END IF;
     SELECT * INTO pi FROM tollgate.payment_intents WHERE stripe_id = ev.stripe_object_id FOR UPDATE;
     IF NOT FOUND THEN
+        IF ev.state = 'received' THEN
+            UPDATE tollgate.payment_events SET state = 'pending' WHERE id = ev.id;
+        END IF;
         RETURN 'pending';
     END IF;
 
@@ -202,8 +216,9 @@ BEGIN
 END
 $$;
 
--- The inbox keeps what Stripe sent. An event is stored pending (or ignored); it leaves
--- pending once, linked to the payment its Stripe id names; after that nothing changes.
+-- The inbox keeps what Stripe sent. An event is stored received (or ignored); it becomes
+-- pending (its payment is not known yet) or final once, and a pending one final once, linked to
+-- the payment its Stripe id names; after that nothing changes, and nothing is received again.
 CREATE OR REPLACE FUNCTION tollgate.payment_events_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -212,15 +227,16 @@ DECLARE
     linked tollgate.payment_intents;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF NEW.state NOT IN ('pending', 'ignored') OR NEW.payment_intent_id IS NOT NULL THEN
-            RAISE EXCEPTION 'payment event % must be stored pending or ignored, unlinked', NEW.id
+        IF NEW.state NOT IN ('received', 'pending', 'ignored') OR NEW.payment_intent_id IS NOT NULL THEN
+            RAISE EXCEPTION 'payment event % must be stored received, pending or ignored, unlinked', NEW.id
                 USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_stored_pending',
                       SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
         END IF;
         NEW.received_at := now();
         RETURN NEW;
     END IF;
-    IF OLD.state <> 'pending' THEN
+    IF OLD.state NOT IN ('received', 'pending')
+       OR (NEW.state = 'received' AND OLD.state <> 'received') THEN
         RAISE EXCEPTION 'payment event % is % already', OLD.id, OLD.state
             USING ERRCODE = 'TG011', CONSTRAINT = 'payment_events_state_final',
                   SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state';
@@ -323,27 +339,21 @@ BEGIN
 END
 $$;
 
--- Store a Stripe event once and apply it. Outcomes: duplicate (this event id was stored before;
--- nothing happens), ignored (a type Tollgate does not act on), pending (its payment intent is
--- not known yet), applied, stale, rejected (see tollgate.apply_payment_event and, for
--- customer.subscription.* events, tollgate.apply_subscription_event; for partial refunds,
--- refund.* and charge.dispute.* events, tollgate.apply_charge_event).
-CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
-RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
-LANGUAGE plpgsql SECURITY DEFINER
+-- Store a Stripe event once, as received (or ignored: a type Tollgate does not act on, kept
+-- with the reason), and nothing else. stored is false when its id was stored before: the
+-- primary key answers, and nothing is written. The event's shape is checked first (TG030).
+CREATE OR REPLACE FUNCTION tollgate.store_stripe_event(
+    p_event jsonb, OUT stored boolean, OUT state tollgate.event_state, OUT object_id text
+)
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     obj        jsonb := p_event -> 'data' -> 'object';
-    ev_id      text;
-    ev_type    text;
-    object_id  text;
     target     tollgate.payment_status;
-    why        text;
-    stored     tollgate.payment_events;
-    state      tollgate.event_state;
     is_sub     boolean;
-    is_charge  boolean;  -- a partial refund, a refund, a dispute: apply_charge_event
+    is_charge  boolean;
+    why        text;
 BEGIN
     IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'
        OR jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
@@ -353,39 +363,177 @@ BEGIN
         RAISE EXCEPTION 'not a Stripe event: expected string id and type, numeric created, object data.object'
             USING ERRCODE = 'TG030', CONSTRAINT = 'stripe_event_shape';
     END IF;
-    ev_id := p_event ->> 'id';
-    ev_type := p_event ->> 'type';
     SELECT * INTO object_id, target, is_sub, is_charge, why FROM tollgate.classify_stripe_event(p_event);
-
-    IF object_id IS NOT NULL THEN
-        PERFORM tollgate.lock_stripe_object(object_id);
-    END IF;
+    state := CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN 'ignored' ELSE 'received' END;
 
     INSERT INTO tollgate.payment_events
         (id, type, stripe_object_id, target_status, stripe_created, payload, state, note, processed_at)
-    VALUES (ev_id, ev_type, object_id, target,
-            to_timestamp((p_event ->> 'created')::double precision), p_event,
-            CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN 'ignored' ELSE 'pending' END::tollgate.event_state,
-            why, CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN now() END)
+    VALUES (p_event ->> 'id', p_event ->> 'type', object_id, target,
+            to_timestamp((p_event ->> 'created')::double precision), p_event, state, why,
+            CASE WHEN state = 'ignored' THEN now() END)
     ON CONFLICT ON CONSTRAINT payment_events_pkey DO NOTHING;
+    stored := FOUND;
+END
+$$;
 
-    IF NOT FOUND THEN
-        RETURN QUERY
-        SELECT 'duplicate'::text, e.id, e.payment_intent_id, p.status::text
-        FROM tollgate.payment_events e LEFT JOIN tollgate.payment_intents p ON p.id = e.payment_intent_id
-        WHERE e.id = ev_id;
+-- Apply one received event, under the lock of the Stripe object it is about: a payment event
+-- by tollgate.apply_payment_event, a customer.subscription.* event by
+-- tollgate.apply_subscription_event, a partial refund, refund or dispute by
+-- tollgate.apply_charge_event. Returns its state afterwards (pending: its payment intent is not
+-- known yet). An event already looked at is left as it is.
+CREATE OR REPLACE FUNCTION tollgate.apply_received_event(p_event_id text)
+RETURNS tollgate.event_state
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev tollgate.payment_events;
+BEGIN
+    SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id;
+    IF ev.state <> 'received' THEN
+        RETURN ev.state;
+    END IF;
+    PERFORM tollgate.lock_stripe_object(ev.stripe_object_id);
+    IF ev.target_status IS NOT NULL THEN
+        RETURN tollgate.apply_payment_event(ev.id);
+    ELSIF ev.type LIKE 'customer.subscription.%' THEN
+        RETURN tollgate.apply_subscription_event(ev.id);
+    END IF;
+    -- apply_charge_event takes pending events (as apply_pending_payment_events hands it).
+    UPDATE tollgate.payment_events SET state = 'pending' WHERE id = ev.id;
+    RETURN tollgate.apply_charge_event(ev.id);
+END
+$$;
+
+-- Store a Stripe event once and apply it at once (owner-side callers: `tollgate reconcile
+-- stripe`; webhooks store only, see api.ingest_stripe_webhook_v1). Outcomes: duplicate (this
+-- event id was stored before; nothing happens), ignored (a type Tollgate does not act on),
+-- pending (its payment intent is not known yet), applied, stale, rejected (see
+-- tollgate.apply_payment_event and, for customer.subscription.* events,
+-- tollgate.apply_subscription_event; for partial refunds, refund.* and charge.dispute.* events,
+-- tollgate.apply_charge_event).
+CREATE OR REPLACE FUNCTION api.ingest_stripe_event_v1(p_event jsonb)
+RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    saved   record;
+    ev_id   text := p_event ->> 'id';
+    state   tollgate.event_state;
+BEGIN
+    SELECT * INTO STRICT saved FROM tollgate.store_stripe_event(p_event);
+    IF NOT saved.stored THEN
+        RETURN QUERY SELECT 'duplicate'::text, r.event_id, r.payment_id, r.payment_status
+                     FROM tollgate.stripe_event_receipt(ev_id) r;
         RETURN;
     END IF;
-
-    state := CASE WHEN is_sub THEN tollgate.apply_subscription_event(ev_id)
-                  WHEN is_charge THEN tollgate.apply_charge_event(ev_id)
-                  WHEN target IS NULL THEN 'ignored'::tollgate.event_state
-                  ELSE tollgate.apply_payment_event(ev_id) END;
-    SELECT * INTO STRICT stored FROM tollgate.payment_events WHERE id = ev_id;
-    RETURN QUERY
-    SELECT state::text, stored.id, stored.payment_intent_id,
-           (SELECT p.status::text FROM tollgate.payment_intents p WHERE p.id = stored.payment_intent_id);
+    state := CASE WHEN saved.state = 'received' THEN tollgate.apply_received_event(ev_id)
+                  ELSE saved.state END;
+    RETURN QUERY SELECT state::text, r.event_id, r.payment_id, r.payment_status
+                 FROM tollgate.stripe_event_receipt(ev_id) r;
 END
+$$;
+
+-- A stored event's id, and its payment and that payment's status once it is linked to one.
+CREATE OR REPLACE FUNCTION tollgate.stripe_event_receipt(p_event_id text)
+RETURNS TABLE (event_id text, payment_id uuid, payment_status text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.id, e.payment_intent_id, p.status::text
+    FROM tollgate.payment_events e LEFT JOIN tollgate.payment_intents p ON p.id = e.payment_intent_id
+    WHERE e.id = p_event_id
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Applying received events (the applier: api/applier.py)
+-- ---------------------------------------------------------------------------------------------
+
+-- Whether an error raised while applying one event may go away on a retry (a deadlock, a
+-- serialization failure, a lock or statement timeout, the server shutting down): the batch is
+-- then retried as it is, never given up.
+CREATE OR REPLACE FUNCTION tollgate.transient_sqlstate(p_sqlstate text) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT left(p_sqlstate, 2) IN ('40', '53', '57', '08') OR p_sqlstate = '55P03' $$;
+
+-- Apply up to p_limit received events, oldest first (received_at, then id), in the caller's
+-- transaction: one commit, one audit seal pass, one wake-up of outbox listeners per batch.
+-- Returns how many events it looked at (fewer than p_limit: none was left when it started).
+--
+-- One batch runs at a time (a transaction-level advisory lock, waited for): so events are
+-- applied in arrival order across appliers, and appliers never deadlock on each other's Stripe
+-- objects. Claimed rows are also locked FOR UPDATE SKIP LOCKED. Whatever kills the batch
+-- (its process, its connection, an error) rolls it back whole: its events stay received.
+--
+-- An event whose rules raise an error (not a transient one, see tollgate.transient_sqlstate)
+-- would fail every batch that holds it. With p_isolate, each event is applied in a
+-- subtransaction of its own and one that raises such an error is kept as ignored, its note
+-- naming the error (the applier retries a failed batch this way); transient errors still fail
+-- the batch. Without p_isolate, the batch spends no subtransactions.
+CREATE OR REPLACE FUNCTION api.apply_stripe_events_v1(p_limit integer, p_isolate boolean)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev      record;
+    n       integer := 0;
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 5000 THEN
+        RAISE EXCEPTION 'a batch applies 1 to 5000 events, not %', p_limit
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'apply_batch_size';
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('tollgate:stripe-applier', 0));
+    FOR ev IN
+        SELECT e.id FROM tollgate.payment_events e WHERE e.state = 'received'
+        ORDER BY e.received_at, e.id LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        n := n + 1;
+        IF NOT coalesce(p_isolate, false) THEN
+            PERFORM tollgate.apply_received_event(ev.id);
+            CONTINUE;
+        END IF;
+        BEGIN
+            PERFORM tollgate.apply_received_event(ev.id);
+        EXCEPTION WHEN OTHERS THEN
+            IF tollgate.transient_sqlstate(SQLSTATE) THEN
+                RAISE;
+            END IF;
+            UPDATE tollgate.payment_events
+            SET state = 'ignored', processed_at = now(),
+                note = format('not applied: %s (SQLSTATE %s)', SQLERRM, SQLSTATE)
+            WHERE id = ev.id;
+        END;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- How many Stripe events wait for the applier, and since when (received_at of the oldest).
+CREATE OR REPLACE FUNCTION tollgate.received_stripe_events(OUT waiting bigint, OUT oldest timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT count(*), min(e.received_at) FROM tollgate.payment_events e WHERE e.state = 'received'
+$$;
+
+-- GET /v1/payments/{ref}: the payment as api.get_payment_v1 shows it (its status is what the
+-- events applied so far made it), and how many Stripe events about it are stored but not
+-- applied yet (received: the applier takes them within moments).
+CREATE OR REPLACE FUNCTION api.get_payment_v2(p_api_key text, p_ref text)
+RETURNS TABLE (id uuid, stripe_id text, account_id text, amount bigint, currency text, status text,
+               purpose text, description text, created_at timestamptz, updated_at timestamptz,
+               events_received integer)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT v.*,
+           (SELECT count(*)::integer FROM tollgate.payment_events e
+            WHERE e.state = 'received' AND e.stripe_object_id = v.stripe_id)
+    FROM api.get_payment_v1(p_api_key, p_ref) v
 $$;
 
 -- ===== Triggers: re-applied by every migrate, after every file's functions =====

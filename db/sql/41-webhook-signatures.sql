@@ -1,7 +1,8 @@
 -- Stripe webhook signatures, verified by PostgreSQL itself.
 --
 -- The service role may not apply a Stripe event on its own word: api.ingest_stripe_webhook_v1
--- takes the raw body and the Stripe-Signature header and applies the event only when a v1
+-- takes the raw body and the Stripe-Signature header and stores the event (for the applier)
+-- only when a v1
 -- signature is the HMAC-SHA256 of "<t>.<body>" under an active secret (table
 -- tollgate.stripe_webhook_secrets) and t is recent. api.ingest_stripe_event_v1, which takes an
 -- already parsed event, is left to owner-side callers (`tollgate reconcile stripe`, which
@@ -152,18 +153,42 @@ END
 $$;
 
 -- POST /v1/webhooks/stripe: verify the Stripe-Signature header over the raw body, then store
--- and apply the event exactly as api.ingest_stripe_event_v1 does (outcomes: duplicate,
--- ignored, pending, applied, stale, rejected). A missing, wrong or stale signature raises TG031
--- and writes nothing. A replayed delivery (same signed body) answers duplicate: its event id
--- is stored.
+-- the event, and nothing else: one insert (tollgate.store_stripe_event). Outcomes:
+--   received  - stored; the applier (api.apply_stripe_events_v1) applies it within moments,
+--               woken by NOTIFY tollgate_stripe_events when this transaction commits (or by
+--               a concurrent webhook's);
+--   ignored   - stored, final: a type Tollgate does not act on;
+--   duplicate - this event id was stored before; nothing is written. payment_id and
+--               payment_status are the stored event's, once it was applied to a payment.
+-- A missing, wrong or stale signature raises TG031 and writes nothing; a malformed event TG030.
+-- A replayed delivery (same signed body) answers duplicate.
 CREATE OR REPLACE FUNCTION api.ingest_stripe_webhook_v1(p_payload text, p_signature text)
 RETURNS TABLE (outcome text, event_id text, payment_id uuid, payment_status text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    ev    jsonb;
+    saved record;
 BEGIN
     PERFORM tollgate.verify_stripe_signature(p_payload, p_signature);
-    RETURN QUERY SELECT * FROM api.ingest_stripe_event_v1(p_payload::jsonb);
+    ev := p_payload::jsonb;
+    SELECT * INTO STRICT saved FROM tollgate.store_stripe_event(ev);
+    -- Wake the appliers when this commits (a constant payload: they read the table, never the
+    -- message). A notifying transaction commits only after every other notifying one has
+    -- (PostgreSQL serialises them, and with them their WAL flushes): so while another
+    -- webhook's notification is on its way, this one sends none. The appliers look again
+    -- shortly after applying anything, which takes in events stored meanwhile.
+    IF saved.stored AND saved.state = 'received'
+       AND pg_try_advisory_xact_lock(hashtextextended('tollgate:stripe-notify', 0)) THEN
+        PERFORM pg_notify('tollgate_stripe_events', '');
+    END IF;
+    IF NOT saved.stored THEN
+        RETURN QUERY SELECT 'duplicate'::text, r.event_id, r.payment_id, r.payment_status
+                     FROM tollgate.stripe_event_receipt(ev ->> 'id') r;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT saved.state::text, ev ->> 'id', NULL::uuid, NULL::text;
 END
 $$;
 

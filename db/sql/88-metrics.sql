@@ -8,8 +8,10 @@
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
--- Stripe events stored but not applied yet (an early event whose PaymentIntent is not recorded
--- yet; or never will be: another integration's PaymentIntents sharing the Stripe account).
+-- Stripe events stored but not applied yet: pending, an early event whose PaymentIntent is not
+-- recorded yet (or never will be: another integration's PaymentIntents sharing the Stripe
+-- account); received, stored by a webhook and waiting for the applier (its lag: the age of the
+-- oldest should stay well under a second).
 CREATE OR REPLACE FUNCTION tollgate.metrics_stripe_events()
 RETURNS TABLE (metric text, labels jsonb, value numeric)
 LANGUAGE sql STABLE
@@ -18,9 +20,12 @@ AS $$
     SELECT m.metric, '{}'::jsonb, m.value
     FROM (SELECT count(*) AS pending, min(e.received_at) AS oldest
           FROM tollgate.payment_events e WHERE e.state = 'pending') p
+    CROSS JOIN tollgate.received_stripe_events() r
     CROSS JOIN LATERAL (VALUES
         ('stripe_events_pending', p.pending::numeric),
-        ('stripe_events_pending_oldest_age_seconds', coalesce(extract(epoch FROM now() - p.oldest), 0))
+        ('stripe_events_pending_oldest_age_seconds', coalesce(extract(epoch FROM now() - p.oldest), 0)),
+        ('stripe_events_received', r.waiting::numeric),
+        ('stripe_events_received_oldest_age_seconds', coalesce(extract(epoch FROM now() - r.oldest), 0))
     ) m (metric, value)
 $$;
 

@@ -122,6 +122,14 @@ TO tollgate_app;
 -- (`tollgate reconcile stripe`). Granted to tollgate_app up to migration 0016.
 REVOKE EXECUTE ON FUNCTION api.ingest_stripe_event_v1(jsonb) FROM tollgate_app;
 
+-- Stored Stripe events are applied by the service's applier (api/applier.py, `tollgate
+-- apply-events`), through the same rules whoever calls it; GET /v1/payments/{ref} counts a
+-- payment's events not applied yet.
+GRANT EXECUTE ON FUNCTION
+    api.apply_stripe_events_v1(integer, boolean),
+    api.get_payment_v2(text, text)
+TO tollgate_app;
+
 -- tollgate_listener: the delivery side of the outbox, nothing else.
 GRANT EXECUTE ON FUNCTION
     api.register_consumer_v1(text, boolean),

@@ -1,6 +1,6 @@
 -- Stripe events: stored once, stale ones ignored, early ones applied when the payment appears.
 BEGIN;
-SELECT plan(34);
+SELECT plan(53);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('events_account', 'ev-key', false, NULL)) IS NOT NULL,
           'an account and key');
@@ -81,6 +81,40 @@ SELECT throws_ok($$UPDATE tollgate.payment_events SET note = 'nothing to see' WH
 SELECT ok(pg_temp.ingest(pg_temp.event('evt_F1', 'pi_F', 'succeeded', 6000)) = 'pending', 'an event waiting for pi_F');
 SELECT throws_ok($$UPDATE tollgate.payment_events SET state = 'applied', processed_at = now() WHERE id = 'evt_F1'$$,
                  'TG011', NULL, 'a pending event cannot be marked applied without its payment');
+
+-- Store, then apply: events stored received are applied in batches, in arrival order, by the
+-- same rules.
+CREATE FUNCTION pg_temp.store(p_event jsonb) RETURNS text
+LANGUAGE sql AS $$ SELECT CASE WHEN stored THEN state::text ELSE 'duplicate' END FROM tollgate.store_stripe_event(p_event) $$;
+CREATE FUNCTION pg_temp.state(p_id text) RETURNS text
+LANGUAGE sql AS $$ SELECT state::text FROM tollgate.payment_events WHERE id = p_id $$;
+-- Every event of this transaction was received at the same now(): arrival order is by id.
+SELECT is(pg_temp.pay('pi_G'), 'pi_G', 'payment G');
+SELECT is(pg_temp.store(pg_temp.event('evt_G1', 'pi_G', 'processing', 7000)), 'received', 'an event stored received');
+SELECT is(pg_temp.store(pg_temp.event('evt_G2', 'pi_G', 'succeeded', 7001)), 'received', 'and a newer one');
+SELECT is(pg_temp.store(pg_temp.event('evt_G3', 'pi_G', 'processing', 6999)), 'received', 'and an older one, arriving last');
+SELECT is(pg_temp.store(pg_temp.event('evt_H1', 'pi_H', 'succeeded', 7000)), 'received', 'an event for a payment not recorded yet');
+SELECT is(pg_temp.store(pg_temp.event('evt_G2', 'pi_G', 'succeeded', 7001)), 'duplicate', 'a duplicate stores nothing');
+SELECT is(pg_temp.status('pi_G'), 'requires_payment_method', 'stored events move nothing');
+SELECT is((SELECT waiting::int FROM tollgate.received_stripe_events()), 4, 'four events wait for the applier');
+SELECT throws_ok($$SELECT api.apply_stripe_events_v1(0, false)$$, '23514', NULL, 'a batch applies at least one event');
+SELECT is(api.apply_stripe_events_v1(2, false), 2, 'a batch of two');
+SELECT results_eq($$SELECT pg_temp.state('evt_G1'), pg_temp.state('evt_G2'), pg_temp.state('evt_G3'), pg_temp.status('pi_G')$$,
+                  $$VALUES ('applied', 'applied', 'received', 'succeeded')$$, '... applies the two oldest, in order');
+SELECT is(api.apply_stripe_events_v1(200, false), 2, 'the next batch takes the rest');
+SELECT results_eq($$SELECT pg_temp.state('evt_G3'), pg_temp.state('evt_H1'), pg_temp.status('pi_G')$$,
+                  $$VALUES ('stale', 'pending', 'succeeded')$$, '... by the same rules: stale, and early (pending)');
+SELECT is(api.apply_stripe_events_v1(200, false), 0, 'nothing is left');
+SELECT is(pg_temp.pay('pi_H'), 'pi_H', 'payment H recorded after its event was looked at');
+SELECT results_eq($$SELECT pg_temp.state('evt_H1'), pg_temp.status('pi_H')$$, $$VALUES ('applied', 'succeeded')$$,
+                  'the early event was applied when its payment appeared');
+SELECT is((SELECT count(*)::int FROM tollgate.outbox WHERE payload ->> 'stripe_id' IN ('pi_G', 'pi_H')), 2,
+          'each settlement announced once');
+SELECT throws_ok($$UPDATE tollgate.payment_events SET state = 'received', processed_at = NULL WHERE id = 'evt_F1'$$,
+                 'TG011', NULL, 'no event is received again');
+SELECT throws_ok($$INSERT INTO tollgate.payment_events (id, type, stripe_created, payload, state, processed_at)
+                   VALUES ('evt_I1', 'payment_intent.succeeded', now(), '{}', 'applied', now())$$,
+                 'TG011', NULL, 'an event is stored received, not applied');
 
 SELECT * FROM finish();
 ROLLBACK;

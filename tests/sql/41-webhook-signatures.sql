@@ -1,7 +1,7 @@
 -- Stripe webhook signatures are verified by PostgreSQL: the service role cannot apply an event
 -- that Stripe did not sign with an active secret, so it cannot create money.
 BEGIN;
-SELECT plan(55);
+SELECT plan(58);
 
 -- HMAC-SHA256 built from sha256(), against RFC 4231's test cases (case 5 is truncated to 128 bits).
 SELECT is(encode(tollgate.hmac_sha256(decode(repeat('0b', 20), 'hex'), convert_to('Hi There', 'UTF8')), 'hex'),
@@ -136,16 +136,23 @@ SELECT results_eq($$SELECT stripe_id, status::text FROM tollgate.payment_intents
 SELECT is((SELECT count(*)::int FROM tollgate.ledger_postings), 0, 'nor posted anything to the ledger');
 SELECT is((SELECT count(*)::int FROM tollgate.outbox), 0, 'nor announced anything');
 
--- Signed with either active secret, the service's deliveries are applied (a replay: duplicate).
+-- Signed with either active secret, the service's deliveries are stored, then applied by the
+-- applier (a replay: duplicate).
 SET LOCAL ROLE tollgate_app;
-SELECT results_eq(format('SELECT outcome, payment_status FROM api.ingest_stripe_webhook_v1(%L, %L)', payload, signature),
-                  $$VALUES ('applied', 'succeeded')$$, 'applied: signed with the first secret')
+SELECT results_eq(format('SELECT outcome, payment_id, payment_status FROM api.ingest_stripe_webhook_v1(%L, %L)', payload, signature),
+                  $$VALUES ('received', NULL::uuid, NULL::text)$$, 'received: signed with the first secret')
 FROM deliveries WHERE name = 'first secret';
-SELECT results_eq(format('SELECT outcome, payment_status FROM api.ingest_stripe_webhook_v1(%L, %L)', payload, signature),
-                  $$VALUES ('applied', 'succeeded')$$, 'applied: signed with the second secret, after a v1 that does not match')
-FROM deliveries WHERE name = 'second secret, after a bad one';
 SELECT results_eq(format('SELECT outcome FROM api.ingest_stripe_webhook_v1(%L, %L)', payload, signature),
-                  $$VALUES ('duplicate')$$, 'a replayed delivery changes nothing')
+                  $$VALUES ('received')$$, 'received: signed with the second secret, after a v1 that does not match')
+FROM deliveries WHERE name = 'second secret, after a bad one';
+SELECT results_eq(format('SELECT outcome, payment_status FROM api.ingest_stripe_webhook_v1(%L, %L)', payload, signature),
+                  $$VALUES ('duplicate', NULL::text)$$, 'a replay before the event is applied: duplicate')
+FROM deliveries WHERE name = 'first secret';
+SELECT is((SELECT count(*)::int FROM api.balances_v1('forger-key', NULL)), 0,
+          'stored, not applied: nothing credited yet');
+SELECT is(api.apply_stripe_events_v1(200, false), 2, 'the applier applies both stored events');
+SELECT results_eq(format('SELECT outcome, payment_status FROM api.ingest_stripe_webhook_v1(%L, %L)', payload, signature),
+                  $$VALUES ('duplicate', 'succeeded')$$, 'a replayed delivery changes nothing, and names the payment''s status')
 FROM deliveries WHERE name = 'first secret';
 SELECT results_eq($$SELECT balance_minor FROM api.balances_v1('forger-key', NULL)$$,
                   $$VALUES (100000900::bigint)$$, 'the signed payments credited the account, once each');

@@ -1,7 +1,7 @@
 -- api.metrics_v1: the database's gauges for GET /metrics, each counted right, and the cheap
 -- audit check finding tampering among the newest rows (and, by design, not further back).
 BEGIN;
-SELECT plan(23);
+SELECT plan(27);
 
 -- Seals are written at COMMIT; this test never commits, so it seals at each statement's end.
 SET CONSTRAINTS tollgate.audit_log_90_seal IMMEDIATE;
@@ -13,7 +13,8 @@ SELECT ok(has_function_privilege('tollgate_app', 'api.metrics_v1()', 'EXECUTE'),
 SELECT ok(NOT has_function_privilege('tollgate_analyst', 'api.metrics_v1()', 'EXECUTE'), 'analysts read the reporting views instead');
 SELECT results_eq($$SELECT metric, labels, value FROM api.metrics_v1() ORDER BY metric$$,
                   $$VALUES ('audit_chain_problems', '{}'::jsonb, 0::numeric), ('stripe_events_pending', '{}', 0),
-                           ('stripe_events_pending_oldest_age_seconds', '{}', 0)$$,
+                           ('stripe_events_pending_oldest_age_seconds', '{}', 0), ('stripe_events_received', '{}', 0),
+                           ('stripe_events_received_oldest_age_seconds', '{}', 0)$$,
                   'a new database: nothing pending, held or wrong, and no consumer');
 
 -- A Stripe event for a PaymentIntent Tollgate has not recorded stays pending.
@@ -27,6 +28,17 @@ UPDATE tollgate.payment_events SET received_at = now() - interval '90 seconds' W
 ALTER TABLE tollgate.payment_events ENABLE TRIGGER USER;
 SELECT is(pg_temp.gauge('stripe_events_pending'), 1::numeric, 'it is counted pending');
 SELECT is(pg_temp.gauge('stripe_events_pending_oldest_age_seconds'), 90::numeric, 'with its age');
+-- One a webhook stored, not applied yet: the applier's backlog.
+SELECT ok((SELECT stored FROM tollgate.store_stripe_event(jsonb_build_object('id', 'evt_stored_1',
+           'type', 'payment_intent.succeeded', 'created', extract(epoch FROM now())::bigint,
+           'data', jsonb_build_object('object', jsonb_build_object('object', 'payment_intent', 'id', 'pi_unknown_2',
+                                                                   'status', 'succeeded'))))),
+          'an event stored for the applier');
+SELECT results_eq($$SELECT pg_temp.gauge('stripe_events_received'), pg_temp.gauge('stripe_events_pending')$$,
+                  $$VALUES (1::numeric, 1::numeric)$$, 'it is counted received, apart from the pending one');
+SELECT is(api.apply_stripe_events_v1(100, false), 1, 'the applier looks at it');
+SELECT results_eq($$SELECT pg_temp.gauge('stripe_events_received'), pg_temp.gauge('stripe_events_pending')$$,
+                  $$VALUES (0::numeric, 2::numeric)$$, 'no backlog; its payment is unknown, so it is pending now');
 
 -- Outbox: two consumers, one of which dead-letters an event.
 SELECT ok((SELECT created FROM api.register_consumer_v1('crm', false)), 'a consumer');
