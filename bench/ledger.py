@@ -99,6 +99,22 @@ def server_dsn(stack: ExitStack) -> str:
     return server.dsn()
 
 
+def restart_with(admin_dsn: str, stack: ExitStack, settings: dict[str, str]) -> bool:
+    """Apply server ``settings`` (names and values the benchmark's own constants) with a
+    restart, when the server is the embedded one server_dsn started on ``stack``; False for a
+    server of your own (DATABASE_URL), which keeps its configuration."""
+    server = STARTED.get(id(stack))
+    if server is None or not settings:
+        return False
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name, value in settings.items():
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.SQL(name), sql.Literal(value))
+            )
+    server.pg_ctl("-w", "restart")
+    return True
+
+
 def save(name: str, report: dict[str, Any]) -> None:
     """bench/results/<name>.json, and the report on stdout."""
     RESULTS.mkdir(exist_ok=True)

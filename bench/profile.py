@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
@@ -36,40 +35,23 @@ SETTINGS = {
 TOP = 10
 
 
-def enable(admin_dsn: str, stack: ExitStack) -> None:
-    """Turn profiling on for the server at ``admin_dsn``: the settings above, applied with a
-    restart when the server is the benchmark's embedded one. A server of your own
-    (DATABASE_URL) must have pg_stat_statements preloaded already."""
+def enable(admin_dsn: str) -> None:
+    """Turn profiling on for the server at ``admin_dsn``, which must have been started with
+    SETTINGS (bench.ledger.restart_with does that for the benchmark's embedded server). A
+    server of your own (DATABASE_URL) must have pg_stat_statements preloaded already."""
     global ENABLED
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         preloaded = conn.execute("SHOW shared_preload_libraries").fetchone()
         if preloaded is None or "pg_stat_statements" not in preloaded[0]:
-            server = stack_server(stack)
-            if server is None:
-                raise SystemExit(
-                    "profiling needs pg_stat_statements preloaded on DATABASE_URL's server: "
-                    "shared_preload_libraries = 'pg_stat_statements' in postgresql.conf, "
-                    "then restart it (or unset DATABASE_URL to use an embedded server)"
-                )
-            for name, value in SETTINGS.items():  # names and values: the constants above
-                conn.execute(
-                    sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.SQL(name), sql.Literal(value))
-                )
-            conn.close()
-            server.pg_ctl("-w", "restart")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute("SET track_functions = 'all'")
+            raise SystemExit(
+                "profiling needs pg_stat_statements preloaded on DATABASE_URL's server: "
+                "shared_preload_libraries = 'pg_stat_statements' in postgresql.conf, "
+                "then restart it (or unset DATABASE_URL to use an embedded server)"
+            )
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute("ALTER SYSTEM SET track_functions = 'all'")
         conn.execute("SELECT pg_reload_conf()")
     ENABLED = True
-
-
-def stack_server(stack: ExitStack) -> Any:
-    """The embedded server bench.ledger.server_dsn started on ``stack``, if it did."""
-    from bench import ledger
-
-    return ledger.STARTED.get(id(stack))
 
 
 @contextmanager

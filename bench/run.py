@@ -302,8 +302,14 @@ def main() -> None:
     }
     with ExitStack() as stack:
         admin_dsn = ledger.server_dsn(stack)
+        # Commit times let the report say when each webhook's event was applied.
+        ledger.restart_with(
+            admin_dsn,
+            stack,
+            {"track_commit_timestamp": "on"} | (profile.SETTINGS if args.profile else {}),
+        )
         if args.profile:
-            profile.enable(admin_dsn, stack)
+            profile.enable(admin_dsn)
         report |= measure_all(
             admin_dsn,
             seconds=args.seconds,

@@ -487,7 +487,12 @@ def _paid_run(db: psycopg.Connection[Any], stripe_id: str) -> None:
         "SELECT outcome FROM api.ingest_stripe_webhook_v1(%s, %s)",
         (event, sign(event.encode(), RACE_SECRET)),
     ).fetchone()
-    assert found is not None and found[0] == "applied"
+    assert found is not None and found[0] == "received"
+    db.execute("SELECT api.apply_stripe_events_v1(10, false)")  # as the applier does
+    state = db.execute(
+        "SELECT state FROM tollgate.payment_events WHERE id = %s", (f"evt_{stripe_id}",)
+    )
+    assert state.fetchone() == ("applied",)
 
 
 def _authorize_sql(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
