@@ -666,6 +666,20 @@ async def record_usage(
     return await _all(conn, UsageResultRow, "record_usage", params)
 
 
+@dataclass(frozen=True, slots=True)
+class _ReceiptRow:
+    receipt: str
+
+
+async def record_usage_receipt(
+    conn: AsyncConnection[Any], *, api_key: str, events: Sequence[UsageEventV1]
+) -> str:
+    """The same as record_usage, answered as the JSON text of a receipt: accepted, duplicates,
+    rejected, and results (index from 0, id, outcome, reason, cost, currency), in order."""
+    params = {"api_key": api_key, "events": list(events)}
+    return (await _one(conn, _ReceiptRow, "record_usage_receipt", params)).receipt
+
+
 async def usage(
     conn: AsyncConnection[Any],
     *,
