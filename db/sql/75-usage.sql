@@ -11,7 +11,8 @@ CREATE TABLE tollgate.usage_events (
     -- The formats' lengths are checked apart from their patterns: a bounded repetition
     -- ({1,128}) makes PostgreSQL's regex engine about 20x slower per row (migrations/0034).
     id           text        NOT NULL CONSTRAINT usage_events_id_format CHECK (id ~ '^[\x21-\x7e]+$' AND length(id) <= 128),
-    agent_id     text        NOT NULL DEFAULT '' CONSTRAINT usage_events_agent_id_format CHECK (agent_id ~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]*)?$' AND length(agent_id) <= 128),
+    agent_id     text        NOT NULL DEFAULT '' CONSTRAINT usage_events_agent_id_format
+                                 CHECK (agent_id ~ '^([A-Za-z0-9][A-Za-z0-9_.:@-]*)?$' AND length(agent_id) <= 128),
     metric       text        NOT NULL CONSTRAINT usage_events_metric_format CHECK (metric ~ '^[a-z][a-z0-9_.:-]*$' AND length(metric) <= 100),
     quantity     numeric     NOT NULL CONSTRAINT usage_events_quantity_range CHECK (quantity > 0 AND quantity < 1e15),
     occurred_at  timestamptz NOT NULL,
