@@ -229,7 +229,7 @@ class Listener:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.settings.role)))
         if working:
             # Claims and outcomes commit without waiting for the WAL flush (two waits per
-            # batch, the largest part of a drain when the disk is busy). Losing them takes a
+            # batch, which a busy disk makes long). Losing them takes a
             # server crash, and then every delivery they touched is still pending or leased:
             # it is handled again, which at-least-once allows, as after a listener crash.
             conn.execute("SET synchronous_commit = off")
