@@ -51,19 +51,33 @@ def start_listener(dsn: str, consumer: str, probe: Path) -> subprocess.Popen[byt
     )
 
 
-def arrivals(probe: Path) -> dict[str, float]:
-    if not probe.exists():
-        return {}
-    seen: dict[str, float] = {}
-    for line in probe.read_text().splitlines():
-        event, _, at = line.partition(" ")
-        seen.setdefault(event, float(at))
-    return seen
+class Probe:
+    """The probe file's arrivals (event id -> first time handled), read on from where the last
+    look stopped: rereading the whole file every look would compete with the listener."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: dict[str, float] = {}
+        self.offset = 0
+        self.partial = ""
+
+    def arrivals(self) -> dict[str, float]:
+        if not self.path.exists():
+            return self.seen
+        with self.path.open() as f:
+            f.seek(self.offset)
+            lines = (self.partial + f.read()).split("\n")
+            self.offset = f.tell()
+        self.partial = lines.pop()
+        for line in lines:
+            event, _, at = line.partition(" ")
+            self.seen.setdefault(event, float(at))
+        return self.seen
 
 
-def wait_for(probe: Path, count: int, timeout: float = 300) -> dict[str, float]:
+def wait_for(probe: Probe, count: int, timeout: float = 300) -> dict[str, float]:
     deadline = time.monotonic() + timeout
-    while len(seen := arrivals(probe)) < count:
+    while len(seen := probe.arrivals()) < count:
         if time.monotonic() > deadline:
             raise SystemExit(f"only {len(seen)} of {count} events arrived")
         time.sleep(0.05)
@@ -105,15 +119,16 @@ def run(admin_dsn: str, *, events: int = 200, backlog: int = 20_000) -> dict[str
             # Latency: one event per commit, the listener waiting.
             probe = tmp / "latency.txt"
             listener = start_listener(dsn, "latency", probe)
+            latency_probe = Probe(probe)
             stack.callback(listener.kill)
             settle(conn, "warm-up")
-            wait_for(probe, 1, timeout=60)
+            wait_for(latency_probe, 1, timeout=60)
             committed: dict[str, float] = {}
             for i in range(events):
                 event = settle(conn, f"lat-{i}")
                 committed[event] = time.time()
                 time.sleep(0.005)
-            seen = wait_for(probe, events + 1)
+            seen = wait_for(latency_probe, events + 1)
             listener.kill()
             latencies = [(seen[e] - t) * 1000 for e, t in committed.items()]
 
@@ -144,7 +159,7 @@ def run(admin_dsn: str, *, events: int = 200, backlog: int = 20_000) -> dict[str
             drainer = start_listener(dsn, "drain", drain_probe)
             stack.callback(drainer.kill)
             total = events + 1 + backlog
-            seen = wait_for(drain_probe, total)
+            seen = wait_for(Probe(drain_probe), total)
             drainer.kill()
             times = sorted(seen.values())
     return {

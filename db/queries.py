@@ -709,6 +709,31 @@ async def record_usage(
     return await _all(conn, UsageResultRow, "record_usage", params)
 
 
+@dataclass(frozen=True, slots=True)
+class _ReceiptRow:
+    receipt: str
+
+
+async def record_usage_receipt(
+    conn: AsyncConnection[Any], *, api_key: str, events: Sequence[UsageEventV1]
+) -> str:
+    """The same as record_usage, answered as the JSON text of a receipt: accepted, duplicates,
+    rejected, and results (index from 0, id, outcome, reason, cost, currency), in order."""
+    # One list per field (zip transposes the events in C).
+    columns = [list(f) for f in zip(*events, strict=True)] if events else [[]] * 6
+    ids, accounts, agents, metrics, quantities, occurred_at = columns
+    params = {
+        "api_key": api_key,
+        "ids": ids,
+        "accounts": accounts,
+        "agents": agents,
+        "metrics": metrics,
+        "quantities": quantities,
+        "occurred_at": occurred_at,
+    }
+    return (await _one(conn, _ReceiptRow, "record_usage_receipt", params)).receipt
+
+
 async def usage(
     conn: AsyncConnection[Any],
     *,

@@ -179,6 +179,33 @@ SELECT * FROM api.record_usage_v2(
     p_events  => %(events)b::api.usage_event_v1[]
 );
 
+-- name: record_usage_receipt
+-- The same call, answered as the JSON of the HTTP route's receipt (api.models.UsageReceipt;
+-- index is the position in the batch, from 0): PostgreSQL builds it in one pass, where the
+-- service would build 2,000 objects for a batch of 1,000 events. The events come as one
+-- binary array per field, made into api.usage_event_v1 here: psycopg sends those arrays in C,
+-- about a fifth of the time it takes to send the composites.
+SELECT json_build_object(
+    'accepted', count(*) FILTER (WHERE r.outcome = 'accepted'),
+    'duplicates', count(*) FILTER (WHERE r.outcome = 'duplicate'),
+    'rejected', count(*) FILTER (WHERE r.outcome = 'rejected'),
+    'results', json_agg(json_build_object(
+        'index', r.ord - 1, 'id', r.id, 'outcome', r.outcome, 'reason', r.reason, 'cost', r.cost,
+        'currency', r.currency
+    ) ORDER BY r.ord)
+)::text AS receipt
+FROM api.record_usage_v2(
+    p_api_key => %(api_key)s::text,
+    p_events  => array(
+        SELECT row(e.id, e.account, e.agent, e.metric, e.quantity, e.occurred_at)::api.usage_event_v1
+        FROM unnest(
+            %(ids)b::text[], %(accounts)b::text[], %(agents)b::text[], %(metrics)b::text[],
+            %(quantities)b::numeric[], %(occurred_at)b::timestamptz[]
+        ) WITH ORDINALITY AS e (id, account, agent, metric, quantity, occurred_at, ord)
+        ORDER BY e.ord
+    )
+) AS r;
+
 -- name: usage
 SELECT * FROM api.usage_v1(
     p_api_key => %(api_key)s::text,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter, ValidationError
 
 from api import body, operations
 from api.deps import ApiKey, Pool
-from api.models import ErrorBody, UsageBatch, UsageReceipt
+from api.models import ErrorBody, UsageBatch, UsageEvent, UsageReceipt
+from db import queries
 
 router = APIRouter(prefix="/v1", tags=["usage"])
+
+# A whole batch validated in one call: about half the time of one call per event.
+EVENTS = TypeAdapter(list[UsageEvent])
 
 
 @router.post(
@@ -18,11 +23,29 @@ router = APIRouter(prefix="/v1", tags=["usage"])
     responses={code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503)},
     openapi_extra=body.openapi_body(UsageBatch),
 )
-async def record_usage(request: Request, api_key: ApiKey, pool: Pool) -> UsageReceipt:
+async def record_usage(request: Request, api_key: ApiKey, pool: Pool) -> Response | UsageReceipt:
     """Metered usage: up to 1000 events `{id, account_id?, agent_id?, metric, quantity,
     occurred_at}`, each answered on its own (`accepted`, `duplicate` or `rejected` with a
     reason). An id is recorded once per account, so a batch is safe to retry as it was: what
     it already recorded answers `duplicate`. Priced metrics are debited from credits with the
     events, while credits and spend caps last."""
     batch = await body.parse(request, UsageBatch, max_bytes=1 << 20)
-    return await operations.record_usage(pool, api_key=api_key, events=batch.events)
+    try:
+        events = EVENTS.validate_python(batch.events)
+    except ValidationError:
+        # An event is malformed: each is checked on its own, and the bad ones rejected with
+        # what is wrong while the rest are recorded.
+        return await operations.record_usage(pool, api_key=api_key, events=batch.events)
+    # Every event well-formed (the usual batch): the database answers with the receipt's JSON.
+    async with pool.connection() as conn:
+        receipt = await queries.record_usage_receipt(
+            conn,
+            api_key=api_key,
+            events=[
+                queries.UsageEventV1(
+                    e.id, e.account_id, e.agent_id, e.metric, e.quantity, e.occurred_at
+                )
+                for e in events
+            ],
+        )
+    return Response(receipt, media_type="application/json")
