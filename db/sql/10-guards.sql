@@ -111,7 +111,9 @@ $$;
 
 -- Trigger (BEFORE UPDATE): a status change must be a row of the transitions table named in the
 -- first argument; the second names the entity in the error (SQLSTATE TG010, constraint
--- <entity>_transition_allowed). Used by payments and transactions.
+-- <entity>_transition_allowed). Used by payments, transactions, holds and reviews. Their
+-- tables are looked up by static queries, planned once per session (this runs per status
+-- change); another table named here is looked up by dynamic SQL.
 CREATE OR REPLACE FUNCTION tollgate.check_transition() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -119,15 +121,31 @@ AS $$
 DECLARE
     allowed boolean;
 BEGIN
-    IF NEW.status IS DISTINCT FROM OLD.status THEN
-        EXECUTE format('SELECT EXISTS (SELECT FROM tollgate.%I WHERE from_status = $1 AND to_status = $2)',
-                       TG_ARGV[0])
-        INTO allowed USING OLD.status, NEW.status;
-        IF NOT allowed THEN
-            RAISE EXCEPTION '% % cannot go from % to %', TG_ARGV[1], OLD.id, OLD.status, NEW.status
-                USING ERRCODE = 'TG010', CONSTRAINT = TG_ARGV[1] || '_transition_allowed',
-                      SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
-        END IF;
+    IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
+        RETURN NEW;
+    END IF;
+    CASE TG_ARGV[0]
+        WHEN 'payment_transitions' THEN
+            allowed := EXISTS (SELECT FROM tollgate.payment_transitions t
+                               WHERE t.from_status = OLD.status AND t.to_status = NEW.status);
+        WHEN 'transaction_transitions' THEN
+            allowed := EXISTS (SELECT FROM tollgate.transaction_transitions t
+                               WHERE t.from_status = OLD.status AND t.to_status = NEW.status);
+        WHEN 'hold_transitions' THEN
+            allowed := EXISTS (SELECT FROM tollgate.hold_transitions t
+                               WHERE t.from_status = OLD.status AND t.to_status = NEW.status);
+        WHEN 'review_transitions' THEN
+            allowed := EXISTS (SELECT FROM tollgate.review_transitions t
+                               WHERE t.from_status = OLD.status AND t.to_status = NEW.status);
+        ELSE
+            EXECUTE format('SELECT EXISTS (SELECT FROM tollgate.%I WHERE from_status = $1 AND to_status = $2)',
+                           TG_ARGV[0])
+            INTO allowed USING OLD.status, NEW.status;
+    END CASE;
+    IF NOT allowed THEN
+        RAISE EXCEPTION '% % cannot go from % to %', TG_ARGV[1], OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'TG010', CONSTRAINT = TG_ARGV[1] || '_transition_allowed',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'status';
     END IF;
     RETURN NEW;
 END

@@ -498,15 +498,24 @@ CREATE OR REPLACE TRIGGER payment_intents_05_lock
     BEFORE INSERT ON tollgate.payment_intents
     FOR EACH ROW EXECUTE FUNCTION tollgate.payment_intents_before_insert();
 
+-- The WHEN clauses below spare a function call per row where the function would do nothing:
+-- keep_columns runs only when a kept column changed, check_transition and the AFTER UPDATE
+-- triggers only when what they act on changed (their functions check the same again).
 CREATE OR REPLACE TRIGGER payment_intents_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+    FOR EACH ROW
+    WHEN ((NEW.id, NEW.account_uuid, NEW.stripe_id, NEW.amount, NEW.currency, NEW.purpose,
+           NEW.description, NEW.idempotency_key, NEW.created_at)
+          IS DISTINCT FROM (OLD.id, OLD.account_uuid, OLD.stripe_id, OLD.amount, OLD.currency,
+                            OLD.purpose, OLD.description, OLD.idempotency_key, OLD.created_at))
+    EXECUTE FUNCTION tollgate.keep_columns(
         'id', 'account_uuid', 'stripe_id', 'amount', 'currency', 'purpose', 'description',
         'idempotency_key', 'created_at');
 
 CREATE OR REPLACE TRIGGER payment_intents_20_transition
     BEFORE UPDATE ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.check_transition('payment_transitions', 'payment');
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION tollgate.check_transition('payment_transitions', 'payment');
 
 CREATE OR REPLACE TRIGGER payment_intents_25_event_clock
     BEFORE UPDATE ON tollgate.payment_intents
@@ -530,17 +539,24 @@ CREATE OR REPLACE TRIGGER payment_intents_60_apply_pending_events
 
 CREATE OR REPLACE TRIGGER payment_intents_70_transactions
     AFTER UPDATE OF status ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.transactions_follow_payment();
+    FOR EACH ROW
+    WHEN (NEW.status <> OLD.status AND NEW.status IN ('succeeded', 'canceled', 'refunded'))
+    EXECUTE FUNCTION tollgate.transactions_follow_payment();
 
 -- After payment_intents_70_transactions (which settles the transaction of a payment that just
 -- succeeded, or fails it when refunded before it settled) and before _80_entitlements.
 CREATE OR REPLACE TRIGGER payment_intents_75_take_back
     AFTER UPDATE OF status, amount_refunded ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_take_back();
+    FOR EACH ROW
+    WHEN ((NEW.status, NEW.amount_refunded) IS DISTINCT FROM (OLD.status, OLD.amount_refunded))
+    EXECUTE FUNCTION tollgate.payment_take_back();
 
 CREATE OR REPLACE TRIGGER payment_intents_80_entitlements
     AFTER UPDATE OF status ON tollgate.payment_intents
-    FOR EACH ROW EXECUTE FUNCTION tollgate.payment_entitlement_follow();
+    FOR EACH ROW
+    WHEN (NEW.status <> OLD.status AND NEW.status IN ('succeeded', 'refunded')
+          AND NEW.purpose IS NOT NULL AND NEW.purpose <> 'credits')
+    EXECUTE FUNCTION tollgate.payment_entitlement_follow();
 
 CREATE OR REPLACE TRIGGER payment_intents_no_delete
     BEFORE DELETE ON tollgate.payment_intents
@@ -554,6 +570,12 @@ CREATE OR REPLACE TRIGGER payment_intents_no_truncate
 
 CREATE OR REPLACE TRIGGER idempotency_keys_10_keep_columns
     BEFORE UPDATE ON tollgate.idempotency_keys
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+    FOR EACH ROW
+    WHEN ((NEW.account_uuid, NEW.key, NEW.request_hash, NEW.request, NEW.payment_id, NEW.created_at)
+          IS DISTINCT FROM (OLD.account_uuid, OLD.key, OLD.request_hash, OLD.request, OLD.payment_id,
+                            OLD.created_at)
+          OR (OLD.response IS NOT NULL AND NEW.response IS DISTINCT FROM OLD.response)
+          OR (OLD.completed_at IS NOT NULL AND NEW.completed_at IS DISTINCT FROM OLD.completed_at))
+    EXECUTE FUNCTION tollgate.keep_columns(
         'account_uuid', 'key', 'request_hash', 'request', 'payment_id', 'created_at',
         'response?', 'completed_at?');

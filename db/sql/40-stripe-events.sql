@@ -151,8 +151,6 @@ AS $$
 DECLARE
     ev          tollgate.payment_events;
     pi          tollgate.payment_intents;
-    cur_rank    smallint;
-    new_rank    smallint;
     outcome     tollgate.event_state;
     why         text;
     prev_actor  text := current_setting('tollgate.actor', true);
@@ -169,9 +167,8 @@ BEGIN
         RETURN 'pending';
     END IF;
 
-    PERFORM tollgate.set_actor('stripe:' || ev.id);
-    SELECT progress INTO cur_rank FROM tollgate.payment_statuses WHERE status = pi.status;
-    SELECT progress INTO new_rank FROM tollgate.payment_statuses WHERE status = ev.target_status;
+    -- As tollgate.set_actor, without a function call of its own (this runs per event).
+    PERFORM set_config('tollgate.actor', 'stripe:' || ev.id, true);
 
     why := tollgate.stripe_amount_mismatch(ev.payload -> 'data' -> 'object', pi);
     IF why IS NOT NULL THEN
@@ -198,7 +195,9 @@ BEGIN
         WHERE id = pi.id;
         outcome := 'applied';
         why := format('a full refund implies the payment succeeded (was %s)', pi.status);
-    ELSIF ev.stripe_created = pi.last_event_at AND new_rank < cur_rank THEN
+    ELSIF ev.stripe_created = pi.last_event_at
+          AND (SELECT s.progress FROM tollgate.payment_statuses s WHERE s.status = ev.target_status)
+              < (SELECT s.progress FROM tollgate.payment_statuses s WHERE s.status = pi.status) THEN
         outcome := 'stale';
         why := format('same second as %s and earlier in the lifecycle than %s', pi.last_event_id,
                       pi.status);
@@ -211,7 +210,7 @@ BEGIN
     SET state = outcome, note = why, processed_at = now(),
         account_uuid = pi.account_uuid, payment_intent_id = pi.id
     WHERE id = ev.id;
-    PERFORM tollgate.set_actor(coalesce(prev_actor, ''));
+    PERFORM set_config('tollgate.actor', coalesce(prev_actor, ''), true);
     RETURN outcome;
 END
 $$;
@@ -387,9 +386,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    ev tollgate.payment_events;
+    ev record;
 BEGIN
-    SELECT * INTO STRICT ev FROM tollgate.payment_events WHERE id = p_event_id;
+    -- Not the payload: the function that applies the event reads it.
+    SELECT e.id, e.state, e.stripe_object_id, e.target_status, e.type INTO STRICT ev
+    FROM tollgate.payment_events e WHERE e.id = p_event_id;
     IF ev.state <> 'received' THEN
         RETURN ev.state;
     END IF;
@@ -541,9 +542,22 @@ SET LOCAL ROLE tollgate_owner;
 
 -- --- tollgate.payment_events ---
 
+-- keep_columns (which turns each row into JSON) runs only when a kept column changed, or one
+-- filled in once changes again: the event's payload is large, and every apply updates the row.
 CREATE OR REPLACE TRIGGER payment_events_10_keep_columns
     BEFORE UPDATE ON tollgate.payment_events
-    FOR EACH ROW EXECUTE FUNCTION tollgate.keep_columns(
+    FOR EACH ROW
+    WHEN ((NEW.id, NEW.type, NEW.stripe_object_id, NEW.target_status, NEW.stripe_created,
+           NEW.payload, NEW.received_at)
+          IS DISTINCT FROM (OLD.id, OLD.type, OLD.stripe_object_id, OLD.target_status,
+                            OLD.stripe_created, OLD.payload, OLD.received_at)
+          OR (OLD.account_uuid IS NOT NULL AND NEW.account_uuid IS DISTINCT FROM OLD.account_uuid)
+          OR (OLD.payment_intent_id IS NOT NULL
+              AND NEW.payment_intent_id IS DISTINCT FROM OLD.payment_intent_id)
+          OR (OLD.subscription_id IS NOT NULL
+              AND NEW.subscription_id IS DISTINCT FROM OLD.subscription_id)
+          OR (OLD.processed_at IS NOT NULL AND NEW.processed_at IS DISTINCT FROM OLD.processed_at))
+    EXECUTE FUNCTION tollgate.keep_columns(
         'id', 'type', 'stripe_object_id', 'target_status', 'stripe_created', 'payload',
         'received_at', 'account_uuid?', 'payment_intent_id?', 'subscription_id?', 'processed_at?');
 

@@ -1,6 +1,6 @@
 -- The status machine: allowed moves pass, every other move throws TG010, even from psql.
 BEGIN;
-SELECT plan(75);
+SELECT plan(78);
 
 INSERT INTO tollgate.accounts (id, external_id)
 VALUES ('00000000-0000-0000-0000-0000000000b1', 'transitions_account');
@@ -71,6 +71,14 @@ SELECT throws_ok($$UPDATE tollgate.payment_intents SET amount = 1 WHERE stripe_i
                  'TG011', NULL, 'the amount of a payment never changes');
 SELECT throws_ok($$UPDATE tollgate.payment_intents SET account_uuid = gen_random_uuid() WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
                  'TG011', NULL, 'nor its account');
+SELECT throws_ok($$UPDATE tollgate.payment_intents SET purpose = 'report.generate' WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
+                 'TG011', format('tollgate.payment_intents.purpose cannot change once set (row %s)',
+                                 (SELECT id FROM tollgate.payment_intents WHERE stripe_id = 'pi_tr_processing_succeeded')),
+                 'nor its purpose, even from none');
+SELECT lives_ok($$UPDATE tollgate.payment_intents SET status = 'succeeded', amount = 1000 WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
+                'an update that leaves the status and the kept columns as they are passes');
+SELECT lives_ok($$UPDATE tollgate.payment_intents SET status = 'canceled' WHERE stripe_id = 'pi_tr_canceled_refunded'$$,
+                'even in a terminal status');
 SELECT throws_ok($$DELETE FROM tollgate.payment_intents WHERE stripe_id = 'pi_tr_processing_succeeded'$$,
                  'TG012', NULL, 'payments are never deleted');
 SELECT throws_ok($$TRUNCATE tollgate.payment_intents CASCADE$$, 'TG012', NULL, 'nor truncated');

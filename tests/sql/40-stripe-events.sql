@@ -1,6 +1,6 @@
 -- Stripe events: stored once, stale ones ignored, early ones applied when the payment appears.
 BEGIN;
-SELECT plan(53);
+SELECT plan(55);
 
 SELECT ok((SELECT key_id FROM api.create_api_key_v1('events_account', 'ev-key', false, NULL)) IS NOT NULL,
           'an account and key');
@@ -78,6 +78,12 @@ SELECT throws_ok($$UPDATE tollgate.payment_events SET payload = '{}' WHERE id = 
                  'a stored event cannot be altered');
 SELECT throws_ok($$UPDATE tollgate.payment_events SET note = 'nothing to see' WHERE id = 'evt_D1'$$, 'TG011', NULL,
                  'nor can a processed event''s note');
+SELECT throws_ok($$UPDATE tollgate.payment_events SET payment_intent_id = NULL WHERE id = 'evt_D1'$$, 'TG011',
+                 'tollgate.payment_events.payment_intent_id cannot change once set (row evt_D1)',
+                 'a filled-in link cannot be taken back');
+SELECT throws_ok($$UPDATE tollgate.payment_events SET stripe_created = stripe_created + interval '1 second' WHERE id = 'evt_D1'$$,
+                 'TG011', 'tollgate.payment_events.stripe_created cannot change once set (row evt_D1)',
+                 'nor an event''s creation time');
 SELECT ok(pg_temp.ingest(pg_temp.event('evt_F1', 'pi_F', 'succeeded', 6000)) = 'pending', 'an event waiting for pi_F');
 SELECT throws_ok($$UPDATE tollgate.payment_events SET state = 'applied', processed_at = now() WHERE id = 'evt_F1'$$,
                  'TG011', NULL, 'a pending event cannot be marked applied without its payment');
