@@ -134,24 +134,30 @@ $$;
 
 -- Is the transaction held by a review (open, or rejected): its own, or the review of the
 -- payment that backs it (a credits top-up: what the payment grants is held with it)?
+-- PL/pgSQL rather than SQL, here and below: a SQL function with its own search_path is never
+-- inlined, and is parsed and planned again on every call; PL/pgSQL keeps its plan.
 CREATE OR REPLACE FUNCTION tollgate.under_review(p_transaction_id uuid) RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM tollgate.reviews r
+BEGIN
+    RETURN EXISTS (SELECT FROM tollgate.reviews r
                    WHERE r.transaction_id = p_transaction_id AND r.status IN ('open', 'rejected'))
         OR EXISTS (SELECT FROM tollgate.transactions t
                    JOIN tollgate.reviews r ON r.payment_intent_id = t.payment_intent_id
-                   WHERE t.id = p_transaction_id AND r.status IN ('open', 'rejected'))
+                   WHERE t.id = p_transaction_id AND r.status IN ('open', 'rejected'));
+END
 $$;
 
 -- Is the payment held by a review? Its entitlement cannot be used until a reviewer approves.
 CREATE OR REPLACE FUNCTION tollgate.payment_under_review(p_payment_intent_id uuid) RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM tollgate.reviews r
-                   WHERE r.payment_intent_id = p_payment_intent_id AND r.status IN ('open', 'rejected'))
+BEGIN
+    RETURN EXISTS (SELECT FROM tollgate.reviews r
+                   WHERE r.payment_intent_id = p_payment_intent_id AND r.status IN ('open', 'rejected'));
+END
 $$;
 
 CREATE OR REPLACE FUNCTION tollgate.entitlements_review_gate() RETURNS trigger
