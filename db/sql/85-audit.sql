@@ -33,7 +33,7 @@ CREATE TABLE tollgate.audit_log (
     -- Why, in a person's words (a reviewer's decision, for instance).
     note        text        CONSTRAINT audit_log_note_length CHECK (length(note) <= 2000),
     -- The writing transaction (pg_current_xact_id()), so its seal finds its rows at COMMIT.
-    xact        bigint
+    xact        bigint      DEFAULT pg_current_xact_id()::text::bigint
 );
 
 CREATE INDEX audit_log_entity_idx ON tollgate.audit_log (entity, entity_id, id);
@@ -98,7 +98,8 @@ AS $$
         r.actor, r.db_role, (extract(epoch FROM r.at) * 1000000)::bigint, r.note)::text, 'UTF8'))
 $$;
 
--- Stamp the row: when, which login, which transaction (its seal finds it by that).
+-- Stamp the row: when, which login, which transaction (its seal finds it by that). The
+-- columns' defaults say the same: the trigger runs only for a row that says otherwise.
 CREATE OR REPLACE FUNCTION tollgate.audit_stamp() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -257,13 +258,18 @@ $$;
 -- More changes on the record
 -- ---------------------------------------------------------------------------------------------
 
--- Each posting, in the chain of the account it was made for.
+-- Each posting, in the chain of the account it was made for: after each statement that writes
+-- postings (REFERENCING NEW TABLE added), one audit row per posting, in one statement.
 CREATE OR REPLACE FUNCTION tollgate.ledger_postings_audit() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    who text := tollgate.actor();
 BEGIN
-    PERFORM tollgate.audit(NEW.account_uuid, 'ledger_posting', NEW.id::text, 'posted', NULL, NEW.kind::text);
+    INSERT INTO tollgate.audit_log (account_uuid, entity, entity_id, action, old_value, new_value, actor)
+    SELECT a.account_uuid, 'ledger_posting', a.id::text, 'posted', NULL, a.kind::text, who
+    FROM added a;
     RETURN NULL;
 END
 $$;
@@ -287,7 +293,10 @@ SET LOCAL ROLE tollgate_owner;
 
 CREATE OR REPLACE TRIGGER audit_log_10_stamp
     BEFORE INSERT ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.audit_stamp();
+    FOR EACH ROW
+    WHEN (NEW.at IS DISTINCT FROM now() OR NEW.db_role IS DISTINCT FROM session_user
+          OR NEW.xact IS DISTINCT FROM pg_current_xact_id()::text::bigint)
+    EXECUTE FUNCTION tollgate.audit_stamp();
 
 DROP TRIGGER IF EXISTS audit_log_90_seal ON tollgate.audit_log;
 
@@ -304,9 +313,11 @@ CREATE OR REPLACE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON tollgate.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
+-- Depth 0: the INSERT is a statement of its own, not a trigger's (the function, one level
+-- deeper, refuses it).
 CREATE OR REPLACE TRIGGER audit_log_written_by_triggers
     BEFORE INSERT ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+    FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();
 
 -- --- tollgate.audit_heads ---
 
@@ -320,7 +331,7 @@ CREATE OR REPLACE TRIGGER audit_heads_no_truncate
 
 CREATE OR REPLACE TRIGGER audit_heads_written_by_triggers
     BEFORE INSERT ON tollgate.audit_heads
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+    FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();
 
 -- --- tollgate.audit_seals ---
 
@@ -334,4 +345,4 @@ CREATE OR REPLACE TRIGGER audit_seals_no_truncate
 
 CREATE OR REPLACE TRIGGER audit_seals_written_by_triggers
     BEFORE INSERT ON tollgate.audit_seals
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+    FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();
