@@ -110,8 +110,14 @@ def quiet(admin_dsn: str, *drop: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def prepare_ledger(dsn: str, accounts: int) -> str:
-    """Migrate, create the accounts and fund each with 1,000,000.00 USD; return an admin key."""
+def prepare_ledger(dsn: str, accounts: int, history: int = 2000) -> str:
+    """Migrate, create the accounts and fund each with 1,000,000.00 USD, then give the ledger a
+    history of ``history`` transfers (in batches of 50) and analyze it; return an admin key.
+
+    Without a history the measured connections would plan their queries against empty tables
+    (a sequential scan is the cheapest way to read one page) and keep those plans while the
+    tables grow during the run: every lookup would read the whole table, and the result would
+    measure that rather than the ledger."""
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         admin = keys.create(conn, account="bench_ops", is_admin=True).key
@@ -123,6 +129,8 @@ def prepare_ledger(dsn: str, accounts: int) -> str:
                 (admin, name),
             )
             conn.execute("SELECT api.move_transaction_v1(%s, %s, 'fund', 'settled')", (admin, name))
+        for _ in range(history // 50):
+            conn.execute(batch_script(admin, accounts, 50))
         conn.execute("VACUUM ANALYZE")
     return admin
 

@@ -565,14 +565,13 @@ BEGIN
         CROSS JOIN LATERAL (SELECT coalesce(sum(x.amount), 0)::bigint AS held FROM tollgate.holds x
                             WHERE x.ledger_account_id = la.id AND x.status = 'active' AND x.expires_at > now()) h
         WHERE la.account_uuid = sender.id AND la.name = 'main' AND la.currency = p_currency;
-        avail := CASE WHEN wallet IS NULL THEN 0 ELSE avail END;
-        IF avail < minor AND avail + held >= minor THEN
+        IF wallet IS NOT NULL AND avail < minor AND avail + held >= minor THEN
             RAISE EXCEPTION 'the balance would no longer cover the credits held for authorized work'
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
-        ELSIF avail < minor THEN
+        ELSIF wallet IS NULL OR avail < minor THEN
             RAISE EXCEPTION '% % cannot leave the balance of %: % % available',
                     tollgate.format_minor(minor, p_currency), p_currency, sender.external_id,
-                    tollgate.format_minor(greatest(avail, 0), p_currency), p_currency
+                    tollgate.format_minor(greatest(coalesce(avail, 0), 0), p_currency), p_currency
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
         END IF;
         IF EXISTS (SELECT FROM tollgate.spend_caps c
@@ -601,11 +600,9 @@ BEGIN
                                    tollgate.ledger_account(receiver.id, 'main', p_currency))],
             ARRAY[-minor, minor], p_idempotency_key, req_hash);
         -- Credits held for authorized work are not the sender's to transfer.
-        IF posting.id IS NOT NULL AND (
-               SELECT la.balance + la.overdraft_limit < coalesce(sum(x.amount), 0)
-               FROM tollgate.ledger_accounts la
-               LEFT JOIN tollgate.holds x ON x.ledger_account_id = la.id AND x.status = 'active' AND x.expires_at > now()
-               WHERE la.id = wallet GROUP BY la.id) THEN
+        IF posting.id IS NOT NULL AND (SELECT la.balance + la.overdraft_limit FROM tollgate.ledger_accounts la WHERE la.id = wallet)
+               < (SELECT coalesce(sum(x.amount), 0) FROM tollgate.holds x
+                  WHERE x.ledger_account_id = wallet AND x.status = 'active' AND x.expires_at > now()) THEN
             RAISE EXCEPTION 'the balance would no longer cover the credits held for authorized work'
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_accounts_balance_non_negative';
         ELSIF posting.id IS NOT NULL THEN
@@ -750,7 +747,8 @@ BEGIN
 END
 $$;
 
--- What a transfer of a batch of p_size stood for, for its idempotency key.
+-- What a transfer of a batch of p_size stood for, for its idempotency key (spelled out again in
+-- tollgate.post_batch_transfers, which hashes a whole batch in one statement).
 CREATE OR REPLACE FUNCTION tollgate.batch_transfer_hash(
     p_sender uuid, p_receiver uuid, p_minor bigint, p_currency text, p_size integer
 ) RETURNS bytea
@@ -788,7 +786,10 @@ BEGIN
               SELECT t.ord, t.r, t.c, t.m, NULL, t.m
               FROM unnest(p_receiver, p_minor, p_currency) WITH ORDINALITY AS t (r, m, c, ord)
               WHERE t.r IS NOT NULL) mv
-        JOIN (SELECT x.a, x.c, la.id, coalesce(tollgate.available_credits(la.id), 0) AS avail
+        JOIN (SELECT x.a, x.c, la.id,  -- avail: tollgate.available_credits, for every wallet at once
+                     coalesce(la.balance + la.overdraft_limit - (
+                         SELECT coalesce(sum(h.amount), 0) FROM tollgate.holds h
+                         WHERE h.ledger_account_id = la.id AND h.status = 'active' AND h.expires_at > now()), 0) AS avail
               FROM (SELECT DISTINCT y.a, y.c FROM unnest(p_sender || p_receiver, p_currency || p_currency) AS y (a, c)) x
               LEFT JOIN tollgate.ledger_accounts la ON la.account_uuid = x.a AND la.name = 'main' AND la.currency = x.c
              ) w ON w.a = mv.a AND w.c = mv.c
@@ -857,8 +858,9 @@ BEGIN
     BEGIN
         WITH p AS (
             INSERT INTO tollgate.ledger_postings (id, account_uuid, kind, idempotency_key, request_hash)
-            SELECT t.id, t.s, 'transfer', p_key || '/' || t.ord,
-                   CASE WHEN p_key IS NOT NULL THEN tollgate.batch_transfer_hash(t.s, t.r, t.m, t.c, n) END
+            SELECT t.id, t.s, 'transfer', p_key || '/' || t.ord,  -- tollgate.batch_transfer_hash, spelled out
+                   CASE WHEN p_key IS NOT NULL THEN sha256(convert_to(concat_ws(':', t.s, coalesce(t.r::text, '-'), t.m,
+                                                                                t.c, 'batch', n), 'UTF8')) END
             FROM unnest(ids, p_sender, p_receiver, p_minor, p_currency) WITH ORDINALITY AS t (id, s, r, m, c, ord)
             ORDER BY t.ord
         )
@@ -989,10 +991,12 @@ BEGIN
         END IF;
         ids := tollgate.post_batch_transfers(p_idempotency_key, b.sender, b.receiver, b.minor, b.currency);
     END IF;
-    RETURN QUERY
-    SELECT t.ord::integer, again, t.id, t.f, t.x, tollgate.format_minor(t.m, t.c), t.m, t.c, lp.created_at
+    RETURN QUERY  -- amounts as tollgate.format_minor writes them
+    SELECT t.ord::integer, again, t.id, t.f, t.x, round(t.m::numeric / 10::numeric ^ cu.exponent, cu.exponent)::text,
+           t.m, t.c, lp.created_at
     FROM unnest(ids, b.from_ext, b.to_ext, b.minor, b.currency) WITH ORDINALITY AS t (id, f, x, m, c, ord)
     JOIN tollgate.ledger_postings lp ON lp.id = t.id
+    JOIN tollgate.currencies cu ON cu.code = t.c
     ORDER BY t.ord;
 END
 $$;

@@ -113,51 +113,64 @@ END
 $$;
 
 -- At COMMIT, once per audit row (SECURITY DEFINER: deferred triggers run as the session's
--- role). The first firing seals every row of the transaction; the others find theirs sealed.
+-- role). The first firing seals every row of the transaction, account by account in account
+-- order (each chain's head locked as its turn comes), and writes all the seals in one
+-- statement; the others find theirs sealed.
 CREATE OR REPLACE FUNCTION tollgate.audit_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    me    bigint := pg_current_xact_id()::text::bigint;
-    acct  uuid;
-    head  tollgate.audit_heads;
-    r     tollgate.audit_log;
-    n     bigint;
-    hash  bytea;
-    next  bytea;
+    me     bigint := pg_current_xact_id()::text::bigint;
+    acct   uuid;
+    head   tollgate.audit_heads;
+    r      tollgate.audit_log;
+    n      bigint;
+    hash   bytea;
+    owners uuid[] := '{}';  -- the seals, one array per column
+    seqs   bigint[] := '{}';
+    ids    bigint[] := '{}';
+    prevs  bytea[] := '{}';
+    hashes bytea[] := '{}';
 BEGIN
     IF EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = NEW.id) THEN
         RETURN NULL;
     END IF;
-    FOR acct IN SELECT DISTINCT l.account_uuid FROM tollgate.audit_log l WHERE l.xact = me ORDER BY 1 LOOP
-        SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
-        IF NOT FOUND THEN  -- the account's first audit row
-            INSERT INTO tollgate.audit_heads AS h (account_uuid, rows, last_hash)
-            VALUES (acct, 0, tollgate.audit_genesis(acct))
-            ON CONFLICT (account_uuid) DO NOTHING;
-            SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
+    FOR r IN SELECT l.* FROM tollgate.audit_log l
+             WHERE l.xact = me AND NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
+             ORDER BY l.account_uuid, l.id LOOP
+        IF r.account_uuid IS DISTINCT FROM acct THEN
+            IF acct IS NOT NULL THEN
+                UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
+            END IF;
+            acct := r.account_uuid;
+            SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
+            IF NOT FOUND THEN  -- the account's first audit row
+                INSERT INTO tollgate.audit_heads AS h (account_uuid, rows, last_hash)
+                VALUES (acct, 0, tollgate.audit_genesis(acct))
+                ON CONFLICT (account_uuid) DO NOTHING;
+                SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
+            END IF;
+            IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_uuid = acct) THEN
+                RAISE EXCEPTION 'the audit chain of account % has seals but lost its head: restore audit_heads', acct
+                    USING ERRCODE = 'TG012', CONSTRAINT = 'audit_heads_kept';
+            END IF;
+            n := head.rows;
+            hash := head.last_hash;
         END IF;
-        IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_uuid = acct) THEN
-            RAISE EXCEPTION 'the audit chain of account % has seals but lost its head: restore audit_heads', acct
-                USING ERRCODE = 'TG012', CONSTRAINT = 'audit_heads_kept';
-        END IF;
-        n := head.rows;
-        hash := head.last_hash;
-        FOR r IN SELECT l.* FROM tollgate.audit_log l
-                 WHERE l.xact = me AND l.account_uuid = acct
-                   AND NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
-                 ORDER BY l.id LOOP
-            n := n + 1;
-            next := tollgate.audit_row_hash(hash, n, r);
-            INSERT INTO tollgate.audit_seals (account_uuid, seq, audit_id, prev_hash, row_hash)
-            VALUES (acct, n, r.id, hash, next);
-            hash := next;
-        END LOOP;
-        IF n > head.rows THEN
-            UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
-        END IF;
+        n := n + 1;
+        owners := owners || acct;
+        seqs := seqs || n;
+        ids := ids || r.id;
+        prevs := prevs || hash;
+        hash := tollgate.audit_row_hash(hash, n, r);
+        hashes := hashes || hash;
     END LOOP;
+    IF acct IS NOT NULL THEN
+        UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
+        INSERT INTO tollgate.audit_seals (account_uuid, seq, audit_id, prev_hash, row_hash)
+        SELECT * FROM unnest(owners, seqs, ids, prevs, hashes);
+    END IF;
     RETURN NULL;
 END
 $$;
