@@ -25,7 +25,10 @@ CREATE TABLE tollgate.ledger_accounts (
     -- "main" for an account's own balance; "clearing" for the system's counterpart of money
     -- that arrived from outside (Stripe, a bank); "revenue", "debt", "disputed": see the
     -- functions that post to them.
-    name            text        NOT NULL CONSTRAINT ledger_accounts_name_format CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    -- (A bounded repetition such as {0,39} in the pattern would make the matcher build its
+    -- states again for every row: the length is checked on its own. The CHECK runs on every
+    -- update, so for every posting.)
+    name            text        NOT NULL CONSTRAINT ledger_accounts_name_format CHECK (name ~ '^[a-z][a-z0-9_]*$' AND length(name) <= 40),
     currency        text        NOT NULL CONSTRAINT ledger_accounts_currency_fkey REFERENCES tollgate.currencies,
     -- Whether the balance may go below zero: overdraft_limit is not 0.
     allow_negative  boolean     NOT NULL DEFAULT false,
@@ -79,8 +82,10 @@ CREATE TABLE tollgate.ledger_postings (
     -- account).
     account_uuid       uuid        NOT NULL CONSTRAINT ledger_postings_account_uuid_fkey REFERENCES tollgate.accounts,
     kind             tollgate.posting_kind NOT NULL,
-    -- Caller-supplied key that makes a transfer idempotent, with the request it stood for.
-    idempotency_key  text        CONSTRAINT ledger_postings_idempotency_key_format CHECK (idempotency_key ~ '^[\x21-\x7e]{1,255}$'),
+    -- Caller-supplied key that makes a transfer idempotent, with the request it stood for: 1 to
+    -- 255 printable ASCII characters (the length checked apart from the pattern, as for
+    -- ledger_accounts.name).
+    idempotency_key  text        CONSTRAINT ledger_postings_idempotency_key_format CHECK (idempotency_key ~ '^[\x21-\x7e]+$' AND length(idempotency_key) <= 255),
     request_hash     bytea,
     reverses         uuid        CONSTRAINT ledger_postings_reverses_fkey REFERENCES tollgate.ledger_postings
                                  CONSTRAINT ledger_postings_reverses_once UNIQUE,
