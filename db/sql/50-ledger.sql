@@ -85,7 +85,8 @@ CREATE TABLE tollgate.ledger_postings (
     -- Caller-supplied key that makes a transfer idempotent, with the request it stood for: 1 to
     -- 255 printable ASCII characters (the length checked apart from the pattern, as for
     -- ledger_accounts.name).
-    idempotency_key  text        CONSTRAINT ledger_postings_idempotency_key_format CHECK (idempotency_key ~ '^[\x21-\x7e]+$' AND length(idempotency_key) <= 255),
+    idempotency_key  text        CONSTRAINT ledger_postings_idempotency_key_format
+                                 CHECK (idempotency_key ~ '^[\x21-\x7e]+$' AND length(idempotency_key) <= 255),
     request_hash     bytea,
     reverses         uuid        CONSTRAINT ledger_postings_reverses_fkey REFERENCES tollgate.ledger_postings
                                  CONSTRAINT ledger_postings_reverses_once UNIQUE,
