@@ -431,18 +431,20 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     posting uuid;
-    locked  integer;
-    odd     bigint;
+    locked  boolean;  -- every ledger account named exists (and is locked now)
+    odd     bigint;   -- an amount out of range
 BEGIN
-    -- Checked before the balances below are summed (the CHECK on the entries says the same).
-    SELECT a INTO odd FROM unnest(p_amounts) a WHERE a NOT BETWEEN -999999999999999 AND 999999999999999 LIMIT 1;
-    IF FOUND THEN
+    -- One statement: the ledger accounts locked in id order, and the amounts checked before the
+    -- balances below are summed (the CHECK on the entries says the same).
+    SELECT (SELECT count(*) FROM (SELECT FROM tollgate.ledger_accounts la WHERE la.id = ANY (p_ledger_accounts)
+                                  ORDER BY la.id FOR UPDATE) l) = (SELECT count(DISTINCT x) FROM unnest(p_ledger_accounts) x),
+           (SELECT a FROM unnest(p_amounts) a WHERE a NOT BETWEEN -999999999999999 AND 999999999999999 LIMIT 1)
+    INTO locked, odd;
+    IF odd IS NOT NULL THEN
         RAISE EXCEPTION 'a ledger entry moves less than 10^15 minor units, not %', odd
             USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entries_amount_range';
     END IF;
-    PERFORM FROM tollgate.ledger_accounts la WHERE la.id = ANY (p_ledger_accounts) ORDER BY la.id FOR UPDATE;
-    GET DIAGNOSTICS locked = ROW_COUNT;
-    IF locked < (SELECT count(DISTINCT x) FROM unnest(p_ledger_accounts) x) THEN
+    IF NOT locked THEN
         RAISE EXCEPTION 'ledger account % does not exist', (
                 SELECT x FROM unnest(p_ledger_accounts) x
                 WHERE NOT EXISTS (SELECT FROM tollgate.ledger_accounts la WHERE la.id = x) LIMIT 1)

@@ -201,7 +201,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    today      date := tollgate.utc_day();
+    today      date := (now() AT TIME ZONE 'UTC')::date;  -- tollgate.utc_day(), spelled out
     s          record;
     owners     uuid[] := '{}';  -- the accounts without caps, their currencies and spending
     currencies text[] := '{}';
