@@ -421,13 +421,15 @@ $$;
 -- its ledger accounts locked in id order first (so opposite postings cannot deadlock), each
 -- entry's balances and version computed from them, set-based (an account twice in a posting
 -- runs on from its first entry). Returns the posting id, or NULL when p_idempotency_key was
--- used before by the account (the caller looks that posting up).
+-- used before by the account (the caller looks that posting up). Generic plans, as for
+-- api.transfer_v1.
 CREATE OR REPLACE FUNCTION tollgate.post(
     p_account_uuid uuid, p_kind tollgate.posting_kind, p_ledger_accounts uuid[], p_amounts bigint[],
     p_idempotency_key text DEFAULT NULL, p_request_hash bytea DEFAULT NULL, p_reverses uuid DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     posting uuid;
@@ -540,7 +542,9 @@ $$;
 -- then the sender's spend caps (23514 spend_cap; a transfer is spending, whoever's key asks:
 -- the trigger ledger_entries_40_spend counts and enforces it on the posting itself), then the
 -- receiver (TG003). What tollgate.available_credits and tollgate.check_holds_covered compute is
--- spelled out here: this runs for every transfer.
+-- spelled out here: this runs for every transfer. Its statements, and those of the triggers
+-- and functions it runs, take generic plans (their plans do not depend on the keys and ids
+-- they are given, and planning them again for every call cost more than running them).
 CREATE OR REPLACE FUNCTION api.transfer_v1(
     p_api_key text, p_from_account text, p_to_account text, p_amount numeric, p_currency text,
     p_idempotency_key text
@@ -548,6 +552,7 @@ CREATE OR REPLACE FUNCTION api.transfer_v1(
                  amount text, currency text, created_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     k        tollgate.api_keys := tollgate.authenticate(p_api_key);
@@ -955,13 +960,14 @@ $$;
 -- p_idempotency_key (NULL: not idempotent): the same batch again answers replayed = true with
 -- its first postings; another batch with that key is refused (TG020). Every sender side is
 -- checked before any receiver is looked up, so a refusal says no more about a receiver than a
--- success would.
+-- success would. Generic plans, as for api.transfer_v1.
 CREATE OR REPLACE FUNCTION api.transfer_batch_v1(
     p_api_key text, p_transfers api.transfer_item_v1[], p_idempotency_key text
 ) RETURNS TABLE (ord integer, replayed boolean, posting_id uuid, from_account text, to_account text,
                  amount text, amount_minor bigint, currency text, created_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE

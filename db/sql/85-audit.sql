@@ -115,10 +115,12 @@ $$;
 -- At COMMIT, once per audit row (SECURITY DEFINER: deferred triggers run as the session's
 -- role). The first firing seals every row of the transaction, account by account in account
 -- order (each chain's head locked as its turn comes), and writes all the seals in one
--- statement; the others find theirs sealed.
+-- statement; the others find theirs sealed. Generic plans: this runs at every COMMIT that
+-- wrote audit rows, and planning its statements again each time cost more than running them.
 CREATE OR REPLACE FUNCTION tollgate.audit_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     me     bigint := pg_current_xact_id()::text::bigint;
