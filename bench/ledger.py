@@ -2,11 +2,15 @@
 api.transfer_batch_v1 with --batch transfers per call (transfers/s = calls/s x batch).
 
     python -m bench.ledger [--clients 20] [--accounts 50] [--seconds 20] [--batch 50]
+                           [--batch-accounts N]
 
 Uses DATABASE_URL (a server you can create databases on) or a fresh embedded PostgreSQL.
 Each transfer is one SQL statement through pgbench, exactly as a downstream service would call
 it: two random distinct accounts, a random amount, a fresh idempotency key. For scale, pgbench's
 built-in TPC-B runs on the same server in the same run; the report gives both and their ratio.
+Batches of 50 random transfers over 50 accounts lock nearly every wallet, so concurrent batches
+wait for each other: --batch-accounts spreads the batch workload over more accounts (the first
+--accounts of them are the single transfers' accounts), to tell that waiting from the work.
 """
 
 from __future__ import annotations
@@ -133,8 +137,14 @@ def quiet(admin_dsn: str, *drop: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def prepare_ledger(dsn: str, accounts: int) -> str:
-    """Migrate, create the accounts and fund each with 1,000,000.00 USD; return an admin key."""
+def prepare_ledger(dsn: str, accounts: int, history: int = 2000) -> str:
+    """Migrate, create the accounts and fund each with 1,000,000.00 USD, then give the ledger a
+    history of ``history`` transfers (in batches of 50) and analyze it; return an admin key.
+
+    Without a history the measured connections would plan their queries against empty tables
+    (a sequential scan is the cheapest way to read one page) and keep those plans while the
+    tables grow during the run: every lookup would read the whole table, and the result would
+    measure that rather than the ledger."""
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         admin = keys.create(conn, account="bench_ops", is_admin=True).key
@@ -146,6 +156,8 @@ def prepare_ledger(dsn: str, accounts: int) -> str:
                 (admin, name),
             )
             conn.execute("SELECT api.move_transaction_v1(%s, %s, 'fund', 'settled')", (admin, name))
+        for _ in range(history // 50):
+            conn.execute(batch_script(admin, accounts, 50))
         conn.execute("VACUUM ANALYZE")
     return admin
 
@@ -226,12 +238,15 @@ def run(
     accounts: int = 50,
     seconds: int = 20,
     batch: int = 50,
+    batch_accounts: int | None = None,
     history: int = 0,
 ) -> dict[str, Any]:
-    """Transfers through api.transfer_v1, then batches through api.transfer_batch_v1, from
-    pgbench clients, over ``history`` ledger entries written before; the ledger checked after."""
+    """Transfers through api.transfer_v1, then batches through api.transfer_batch_v1 (over
+    ``batch_accounts`` accounts, by default the same ``accounts``), from pgbench clients, over
+    ``history`` ledger entries written before; the ledger checked after."""
+    batch_accounts = max(batch_accounts or accounts, accounts)
     dsn = fresh_database(admin_dsn, "tollgate_bench_ledger")
-    admin_key = prepare_ledger(dsn, accounts)
+    admin_key = prepare_ledger(dsn, batch_accounts)
     started = time.monotonic()
     seed_history(dsn, history)
     seeded = time.monotonic() - started
@@ -243,7 +258,7 @@ def run(
         with profile.phase(dsn, "ledger transfers"):
             ledger = measure(dsn, script, clients, seconds)
         script = Path(tmp) / "batch.sql"
-        script.write_text(batch_script(admin_key, accounts, batch))
+        script.write_text(batch_script(admin_key, batch_accounts, batch))
         with profile.phase(dsn, "ledger batch transfers"):
             batches = measure(dsn, script, clients, seconds)
     with psycopg.connect(dsn) as conn:
@@ -257,7 +272,10 @@ def run(
         "transfers_per_s": ledger["tps"],
         "latency_ms": ledger["latency_ms"],
         "transfers_committed": postings[0] if postings else None,
-        "batch_workload": f"api.transfer_batch_v1, {batch} transfers a call: {clients} clients",
+        "batch_workload": (
+            f"api.transfer_batch_v1, {batch} transfers a call: {clients} clients,"
+            f" {batch_accounts} accounts"
+        ),
         "batch_transfers_per_s": round(batches["tps"] * batch, 1),
         "batch_calls_per_s": batches["tps"],
         "batch_latency_ms": batches["latency_ms"],
@@ -274,6 +292,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=50, help="transfers per batch call")
     parser.add_argument("--history", type=int, default=0, help="ledger entries written before")
+    parser.add_argument(
+        "--batch-accounts", type=int, default=None, help="accounts of the batch workload"
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         admin_dsn = server_dsn(stack)
@@ -284,6 +305,7 @@ def main() -> None:
             seconds=args.seconds,
             batch=args.batch,
             history=args.history,
+            batch_accounts=args.batch_accounts,
         )
         report["ceilings"] = ceilings(admin_dsn, args.clients, args.seconds)
     save("ledger", report)

@@ -191,20 +191,46 @@ $$;
 -- an admin key) and however the posting was written: it counts toward the account's caps (not
 -- an agent's: a transfer names none) on the day it is made, and is refused past a hard cap. The
 -- posting holds the wallet's lock, so concurrent spending from the wallet is counted in order.
--- (Holds count through holds_50_spend and usage in api.record_usage_v1; reversals and refunds
--- take money back rather than spend it, and are not counted.)
+-- After each statement that writes entries (REFERENCING NEW TABLE added), once per account and
+-- currency for all the statement's transfers: the caps checked and the spending recorded with
+-- tollgate.add_spend where the account has caps (for their notices), in one upsert where it
+-- has none. (Holds count through holds_50_spend and usage in api.record_usage_v1; reversals
+-- and refunds take money back rather than spend it, and are not counted.)
 CREATE OR REPLACE FUNCTION tollgate.ledger_entries_spend() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    today      date := (now() AT TIME ZONE 'UTC')::date;  -- tollgate.utc_day(), spelled out
+    s          record;
+    owners     uuid[] := '{}';  -- the accounts without caps, their currencies and spending
+    currencies text[] := '{}';
+    amounts    bigint[] := '{}';
 BEGIN
-    IF NEW.account_uuid = '00000000-0000-0000-0000-000000000000'
-       OR (SELECT p.kind FROM tollgate.ledger_postings p WHERE p.id = NEW.posting_id) <> 'transfer'
-       OR (SELECT la.name FROM tollgate.ledger_accounts la WHERE la.id = NEW.ledger_account_id) <> 'main' THEN
-        RETURN NULL;
-    END IF;
-    PERFORM tollgate.check_spend_cap(NEW.account_uuid, '', NEW.currency, -NEW.amount);
-    PERFORM tollgate.add_spend(NEW.account_uuid, '', NEW.currency, tollgate.utc_day(), -NEW.amount);
+    FOR s IN
+        SELECT a.account_uuid, a.currency, -sum(a.amount) AS spent,
+               EXISTS (SELECT FROM tollgate.spend_caps c
+                       WHERE c.account_uuid = a.account_uuid AND c.currency = a.currency) AS capped
+        FROM added a
+        JOIN tollgate.ledger_postings p ON p.id = a.posting_id
+        JOIN tollgate.ledger_accounts la ON la.id = a.ledger_account_id
+        WHERE a.amount < 0 AND p.kind = 'transfer' AND la.name = 'main'
+          AND a.account_uuid <> '00000000-0000-0000-0000-000000000000'
+        GROUP BY a.account_uuid, a.currency
+        ORDER BY a.account_uuid, a.currency
+    LOOP
+        IF s.capped THEN
+            PERFORM tollgate.check_spend_cap(s.account_uuid, '', s.currency, s.spent);
+            PERFORM tollgate.add_spend(s.account_uuid, '', s.currency, today, s.spent);
+        ELSE
+            owners := owners || s.account_uuid;
+            currencies := currencies || s.currency;
+            amounts := amounts || s.spent::bigint;
+        END IF;
+    END LOOP;
+    INSERT INTO tollgate.spend_daily AS d (account_uuid, agent_id, currency, day, spent)
+    SELECT t.a, '', t.c, today, t.s FROM unnest(owners, currencies, amounts) AS t (a, c, s)
+    ON CONFLICT (account_uuid, currency, day, agent_id) DO UPDATE SET spent = d.spent + excluded.spent;
     RETURN NULL;
 END
 $$;

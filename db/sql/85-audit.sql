@@ -33,7 +33,7 @@ CREATE TABLE tollgate.audit_log (
     -- Why, in a person's words (a reviewer's decision, for instance).
     note        text        CONSTRAINT audit_log_note_length CHECK (length(note) <= 2000),
     -- The writing transaction (pg_current_xact_id()), so its seal finds its rows at COMMIT.
-    xact        bigint
+    xact        bigint      DEFAULT pg_current_xact_id()::text::bigint
 );
 
 CREATE INDEX audit_log_entity_idx ON tollgate.audit_log (entity, entity_id, id);
@@ -98,7 +98,8 @@ AS $$
         r.actor, r.db_role, (extract(epoch FROM r.at) * 1000000)::bigint, r.note)::text, 'UTF8'))
 $$;
 
--- Stamp the row: when, which login, which transaction (its seal finds it by that).
+-- Stamp the row: when, which login, which transaction (its seal finds it by that). The
+-- columns' defaults say the same: the trigger runs only for a row that says otherwise.
 CREATE OR REPLACE FUNCTION tollgate.audit_stamp() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -112,51 +113,66 @@ END
 $$;
 
 -- At COMMIT, once per audit row (SECURITY DEFINER: deferred triggers run as the session's
--- role). The first firing seals every row of the transaction; the others find theirs sealed.
+-- role). The first firing seals every row of the transaction, account by account in account
+-- order (each chain's head locked as its turn comes), and writes all the seals in one
+-- statement; the others find theirs sealed. Generic plans: this runs at every COMMIT that
+-- wrote audit rows, and planning its statements again each time cost more than running them.
 CREATE OR REPLACE FUNCTION tollgate.audit_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    me    bigint := pg_current_xact_id()::text::bigint;
-    acct  uuid;
-    head  tollgate.audit_heads;
-    r     tollgate.audit_log;
-    n     bigint;
-    hash  bytea;
-    next  bytea;
+    me     bigint := pg_current_xact_id()::text::bigint;
+    acct   uuid;
+    head   tollgate.audit_heads;
+    r      tollgate.audit_log;
+    n      bigint;
+    hash   bytea;
+    owners uuid[] := '{}';  -- the seals, one array per column
+    seqs   bigint[] := '{}';
+    ids    bigint[] := '{}';
+    prevs  bytea[] := '{}';
+    hashes bytea[] := '{}';
 BEGIN
     IF EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = NEW.id) THEN
         RETURN NULL;
     END IF;
-    FOR acct IN SELECT DISTINCT l.account_uuid FROM tollgate.audit_log l WHERE l.xact = me ORDER BY 1 LOOP
-        SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
-        IF NOT FOUND THEN  -- the account's first audit row
-            INSERT INTO tollgate.audit_heads AS h (account_uuid, rows, last_hash)
-            VALUES (acct, 0, tollgate.audit_genesis(acct))
-            ON CONFLICT (account_uuid) DO NOTHING;
-            SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
+    FOR r IN SELECT l.* FROM tollgate.audit_log l
+             WHERE l.xact = me AND NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
+             ORDER BY l.account_uuid, l.id LOOP
+        IF r.account_uuid IS DISTINCT FROM acct THEN
+            IF acct IS NOT NULL THEN
+                UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
+            END IF;
+            acct := r.account_uuid;
+            SELECT * INTO head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
+            IF NOT FOUND THEN  -- the account's first audit row
+                INSERT INTO tollgate.audit_heads AS h (account_uuid, rows, last_hash)
+                VALUES (acct, 0, tollgate.audit_genesis(acct))
+                ON CONFLICT (account_uuid) DO NOTHING;
+                SELECT * INTO STRICT head FROM tollgate.audit_heads h WHERE h.account_uuid = acct FOR UPDATE;
+            END IF;
+            IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_uuid = acct) THEN
+                RAISE EXCEPTION 'the audit chain of account % has seals but lost its head: restore audit_heads', acct
+                    USING ERRCODE = 'TG012', CONSTRAINT = 'audit_heads_kept';
+            END IF;
+            n := head.rows;
+            hash := head.last_hash;
         END IF;
-        IF head.rows = 0 AND EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.account_uuid = acct) THEN
-            RAISE EXCEPTION 'the audit chain of account % has seals but lost its head: restore audit_heads', acct
-                USING ERRCODE = 'TG012', CONSTRAINT = 'audit_heads_kept';
-        END IF;
-        n := head.rows;
-        hash := head.last_hash;
-        FOR r IN SELECT l.* FROM tollgate.audit_log l
-                 WHERE l.xact = me AND l.account_uuid = acct
-                   AND NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
-                 ORDER BY l.id LOOP
-            n := n + 1;
-            next := tollgate.audit_row_hash(hash, n, r);
-            INSERT INTO tollgate.audit_seals (account_uuid, seq, audit_id, prev_hash, row_hash)
-            VALUES (acct, n, r.id, hash, next);
-            hash := next;
-        END LOOP;
-        IF n > head.rows THEN
-            UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
-        END IF;
+        n := n + 1;
+        owners := owners || acct;
+        seqs := seqs || n;
+        ids := ids || r.id;
+        prevs := prevs || hash;
+        hash := tollgate.audit_row_hash(hash, n, r);
+        hashes := hashes || hash;
     END LOOP;
+    IF acct IS NOT NULL THEN
+        UPDATE tollgate.audit_heads h SET rows = n, last_hash = hash WHERE h.account_uuid = acct;
+        INSERT INTO tollgate.audit_seals (account_uuid, seq, audit_id, prev_hash, row_hash)
+        SELECT * FROM unnest(owners, seqs, ids, prevs, hashes);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -257,13 +273,18 @@ $$;
 -- More changes on the record
 -- ---------------------------------------------------------------------------------------------
 
--- Each posting, in the chain of the account it was made for.
+-- Each posting, in the chain of the account it was made for: after each statement that writes
+-- postings (REFERENCING NEW TABLE added), one audit row per posting, in one statement.
 CREATE OR REPLACE FUNCTION tollgate.ledger_postings_audit() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    who text := tollgate.actor();
 BEGIN
-    PERFORM tollgate.audit(NEW.account_uuid, 'ledger_posting', NEW.id::text, 'posted', NULL, NEW.kind::text);
+    INSERT INTO tollgate.audit_log (account_uuid, entity, entity_id, action, old_value, new_value, actor)
+    SELECT a.account_uuid, 'ledger_posting', a.id::text, 'posted', NULL, a.kind::text, who
+    FROM added a;
     RETURN NULL;
 END
 $$;
@@ -287,7 +308,10 @@ SET LOCAL ROLE tollgate_owner;
 
 CREATE OR REPLACE TRIGGER audit_log_10_stamp
     BEFORE INSERT ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.audit_stamp();
+    FOR EACH ROW
+    WHEN (NEW.at IS DISTINCT FROM now() OR NEW.db_role IS DISTINCT FROM session_user
+          OR NEW.xact IS DISTINCT FROM pg_current_xact_id()::text::bigint)
+    EXECUTE FUNCTION tollgate.audit_stamp();
 
 DROP TRIGGER IF EXISTS audit_log_90_seal ON tollgate.audit_log;
 
@@ -304,9 +328,11 @@ CREATE OR REPLACE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON tollgate.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
 
+-- Depth 0: the INSERT is a statement of its own, not a trigger's (the function, one level
+-- deeper, refuses it).
 CREATE OR REPLACE TRIGGER audit_log_written_by_triggers
     BEFORE INSERT ON tollgate.audit_log
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+    FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();
 
 -- --- tollgate.audit_heads ---
 
@@ -320,7 +346,7 @@ CREATE OR REPLACE TRIGGER audit_heads_no_truncate
 
 CREATE OR REPLACE TRIGGER audit_heads_written_by_triggers
     BEFORE INSERT ON tollgate.audit_heads
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+    FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();
 
 -- --- tollgate.audit_seals ---
 
@@ -334,4 +360,4 @@ CREATE OR REPLACE TRIGGER audit_seals_no_truncate
 
 CREATE OR REPLACE TRIGGER audit_seals_written_by_triggers
     BEFORE INSERT ON tollgate.audit_seals
-    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+    FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();

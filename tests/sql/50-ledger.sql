@@ -1,7 +1,7 @@
 -- The ledger: exact money, balanced postings, append-only entries, balances moved only by
 -- entries, wallets that cannot go negative, idempotent transfers.
 BEGIN;
-SELECT plan(40);
+SELECT plan(48);
 
 -- Money at the edge
 SELECT results_eq($$SELECT tollgate.to_minor(1250.50, 'USD'), tollgate.to_minor(1250, 'JPY'), tollgate.to_minor(1.234, 'KWD'),
@@ -83,6 +83,45 @@ SELECT throws_ok(
       SELECT p.id, la.id, 500 FROM p, tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid WHERE a.external_id = 'ann'$$,
     'TG040', NULL, 'an unbalanced posting is refused');
 SET CONSTRAINTS ALL DEFERRED;
+
+-- A posting and all its entries are written by one statement; each entry continues its account's chain.
+CREATE FUNCTION pg_temp.ann_la(p_name text) RETURNS uuid
+LANGUAGE sql AS $$
+    SELECT la.id FROM tollgate.ledger_accounts la JOIN tollgate.accounts a ON a.id = la.account_uuid
+    WHERE a.external_id = 'ann' AND la.name = p_name AND la.currency = 'USD'
+$$;
+SELECT lives_ok(
+    $$WITH p AS (INSERT INTO tollgate.ledger_postings (account_uuid, kind) SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'ann' RETURNING id)
+      INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
+      SELECT p.id, x.la, x.amount FROM p, (VALUES (pg_temp.ann_la('main'), -500::bigint), (pg_temp.ann_la('stash'), 500::bigint)) x (la, amount)$$,
+    'direct SQL may write a balanced posting with its entries in one statement');
+SELECT throws_ok(
+    $$INSERT INTO tollgate.ledger_entries (posting_id, ledger_account_id, amount)
+      SELECT e.posting_id, e.ledger_account_id, e.amount FROM tollgate.ledger_entries e
+      WHERE e.posting_id = (SELECT posting_id FROM tollgate.ledger_entries WHERE ledger_account_id = pg_temp.ann_la('stash'))$$,
+    'TG012', NULL, 'a second statement cannot add to its entries, even balanced and in the same transaction');
+SELECT throws_ok($$INSERT INTO tollgate.ledger_postings (account_uuid, kind) SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'ann'$$,
+                 'TG040', NULL, 'a posting without entries is refused when its statement ends');
+SELECT throws_ok(
+    $$WITH p AS (INSERT INTO tollgate.ledger_postings (account_uuid, kind) SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'ann' RETURNING id)
+      INSERT INTO tollgate.ledger_entries (posting_id, account_uuid, ledger_account_id, currency, amount, balance_before, balance_after, account_version)
+      SELECT p.id, la.account_uuid, la.id, la.currency, x.amount, la.balance + 1000000, la.balance + 1000000 + x.amount, la.version + 1
+      FROM p, (VALUES ('main', -500::bigint), ('stash', 500::bigint)) x (name, amount) JOIN tollgate.ledger_accounts la ON la.id = pg_temp.ann_la(x.name)$$,
+    'TG012', NULL, 'entries whose balance_before is not their account''s balance are refused (money from nowhere)');
+SELECT throws_ok(
+    $$WITH p AS (INSERT INTO tollgate.ledger_postings (account_uuid, kind) SELECT id, 'transfer' FROM tollgate.accounts WHERE external_id = 'ann' RETURNING id)
+      INSERT INTO tollgate.ledger_entries (posting_id, account_uuid, ledger_account_id, currency, amount, balance_before, balance_after, account_version)
+      SELECT p.id, la.account_uuid, la.id, la.currency, x.amount, la.balance, la.balance + x.amount, la.version + 2
+      FROM p, (VALUES ('main', -500::bigint), ('stash', 500::bigint)) x (name, amount) JOIN tollgate.ledger_accounts la ON la.id = pg_temp.ann_la(x.name)$$,
+    'TG012', NULL, 'and so are entries that skip a version');
+SELECT throws_ok($$SELECT tollgate.post(a.id, 'transfer', ARRAY[pg_temp.ann_la('stash'), pg_temp.ann_la('stash')], ARRAY[-600::bigint, 600::bigint])
+                   FROM tollgate.accounts a WHERE a.external_id = 'ann'$$,
+                 '23514', NULL, 'every entry''s balance stays within the overdraft limit, not only the last one''s');
+SELECT throws_ok($$UPDATE tollgate.ledger_accounts la SET balance = e.balance_after, version = e.account_version
+                   FROM tollgate.ledger_entries e
+                   WHERE la.id = pg_temp.ann_la('main') AND e.ledger_account_id = la.id AND e.account_version = 1$$,
+                 'TG012', NULL, 'a balance never moves back to an earlier entry''s');
+SELECT is_empty($$SELECT * FROM tollgate.ledger_discrepancies()$$, 'the ledger still adds up');
 
 SET LOCAL ROLE tollgate_app;
 SELECT throws_ok($$SELECT * FROM tollgate.ledger_entries$$, '42501', NULL, 'the service cannot read entries');
