@@ -477,7 +477,6 @@ INVARIANTS: frozenset[str] = frozenset(
         "ledger_entries_account_version_positive",
         "ledger_entries_amount_non_zero",
         "ledger_entries_balance_arithmetic",
-        "ledger_entries_balanced",
         "ledger_postings_balanced",
         "ledger_postings_key_has_hash",
         "ledger_postings_reversal_names_original",
