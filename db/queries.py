@@ -715,13 +715,19 @@ class _ReceiptRow:
 
 
 async def record_usage_receipt(
-    conn: AsyncConnection[Any], *, api_key: str, events: Sequence[UsageEventV1]
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    ids: Sequence[str],
+    accounts: Sequence[str],
+    agents: Sequence[str | None],
+    metrics: Sequence[str],
+    quantities: Sequence[Decimal],
+    occurred_at: Sequence[dt.datetime],
 ) -> str:
-    """The same as record_usage, answered as the JSON text of a receipt: accepted, duplicates,
-    rejected, and results (index from 0, id, outcome, reason, cost, currency), in order."""
-    # One list per field (zip transposes the events in C).
-    columns = [list(f) for f in zip(*events, strict=True)] if events else [[]] * 6
-    ids, accounts, agents, metrics, quantities, occurred_at = columns
+    """The same as record_usage, with the events as one list per field (the same length, in
+    batch order), answered as the JSON text of a receipt: accepted, duplicates, rejected, and
+    results (index from 0, id, outcome, reason, cost, currency), in order."""
     params = {
         "api_key": api_key,
         "ids": ids,

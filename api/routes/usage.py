@@ -37,15 +37,19 @@ async def record_usage(request: Request, api_key: ApiKey, pool: Pool) -> Respons
         # what is wrong while the rest are recorded.
         return await operations.record_usage(pool, api_key=api_key, events=batch.events)
     # Every event well-formed (the usual batch): the database answers with the receipt's JSON.
+    # One list per field (zip transposes the events in C): psycopg sends each as one array.
+    rows = [(e.id, e.account_id, e.agent_id, e.metric, e.quantity, e.occurred_at) for e in events]
+    columns = [list(field) for field in zip(*rows, strict=True)] if rows else [[]] * 6
+    ids, accounts, agents, metrics, quantities, occurred_at = columns
     async with pool.connection() as conn:
         receipt = await queries.record_usage_receipt(
             conn,
             api_key=api_key,
-            events=[
-                queries.UsageEventV1(
-                    e.id, e.account_id, e.agent_id, e.metric, e.quantity, e.occurred_at
-                )
-                for e in events
-            ],
+            ids=ids,
+            accounts=accounts,
+            agents=agents,
+            metrics=metrics,
+            quantities=quantities,
+            occurred_at=occurred_at,
         )
     return Response(receipt, media_type="application/json")
