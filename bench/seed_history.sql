@@ -15,7 +15,7 @@ SELECT a.id, 'main', 'USD' FROM tollgate.accounts a WHERE a.external_id LIKE 'hi
 
 CREATE TEMPORARY TABLE hist_postings ON COMMIT DROP AS
 SELECT g, gen_random_uuid() AS posting_id, 'hist_' || (g %% %(accounts)s + 1) AS external_id,
-       1 + (g * 7919) %% 10000 AS amount
+       1 + (g::bigint * 7919) %% 10000 AS amount
 FROM generate_series(1, %(postings)s) g;
 
 INSERT INTO tollgate.ledger_postings (id, account_uuid, kind)
