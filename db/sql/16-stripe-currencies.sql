@@ -99,15 +99,23 @@ $$;
 
 -- The smallest ISO minor-unit amount Stripe can write in the currency (100 for MGA, 10 for the
 -- three-decimal currencies, else 1); NULL when Stripe does not take the currency.
+-- PL/pgSQL, as stripe_payable_minor below: a 402 asks for both several times, and a SQL
+-- function with its own search_path is never inlined and is planned again at every call.
 CREATE OR REPLACE FUNCTION tollgate.stripe_unit_minor(p_currency text) RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    unit bigint;
+BEGIN
     SELECT CASE WHEN s.exponent >= c.exponent
                 THEN greatest(1, s.step / power(10, s.exponent - c.exponent))::bigint
                 ELSE (power(10, c.exponent - s.exponent) * s.step)::bigint END
+    INTO unit
     FROM tollgate.stripe_currencies s JOIN tollgate.currencies c USING (code)
-    WHERE s.code = p_currency
+    WHERE s.code = p_currency;
+    RETURN unit;
+END
 $$;
 
 -- A charge: to_stripe_amount, and at least Stripe's minimum charge for the currency.
@@ -148,13 +156,19 @@ $$;
 -- can write, and at least Stripe's minimum charge. NULL when Stripe does not take the currency.
 CREATE OR REPLACE FUNCTION tollgate.stripe_payable_minor(p_minor bigint, p_currency text)
 RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    payable bigint;
+BEGIN
     SELECT ((greatest(p_minor, coalesce(s.min_minor, 1)) + u.unit - 1) / u.unit) * u.unit
+    INTO payable
     FROM tollgate.stripe_currencies s,
          LATERAL (SELECT tollgate.stripe_unit_minor(s.code) AS unit) u
-    WHERE s.code = p_currency
+    WHERE s.code = p_currency;
+    RETURN payable;
+END
 $$;
 
 -- For the service: the amount to send Stripe for a payment begin_payment_v1 accepted (which
