@@ -169,16 +169,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from db import queries
     from db.errors import DomainError
     from db.migrate import migrate
+    from db.pooling import PooledConnectionRefused
 
     with ExitStack() as stack:
         url = database_url(stack, args.data_dir)
-        applied = migrate(url)
+        try:
+            applied = migrate(url)
+        except PooledConnectionRefused as exc:
+            print(f"tollgate migrate: {exc}", file=sys.stderr)
+            return 2
         print("applied: " + (", ".join(applied) if applied else "nothing new"))
         # The deployment's configured webhook secret is registered with the migrations, by
         # the role that may (the service's own role cannot).
         secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
         if secret:
-            with psycopg.connect(url, autocommit=True) as conn:
+            with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
                 try:
                     done = queries.operator_add_webhook_secret(
                         conn, secret=secret, label="STRIPE_WEBHOOK_SECRET"
@@ -194,9 +199,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _connect(stack: ExitStack, data_dir: Path) -> psycopg.Connection[tuple[object, ...]]:
+    """The operator commands' connection. It prepares no statement, so DATABASE_URL may be a
+    PgBouncer in transaction mode (db/pooling.py): a command's short life gains nothing
+    from them."""
     from api.devstack import database_url
 
-    return stack.enter_context(psycopg.connect(database_url(stack, data_dir), autocommit=True))
+    return stack.enter_context(
+        psycopg.connect(database_url(stack, data_dir), autocommit=True, prepare_threshold=None)
+    )
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -390,6 +400,8 @@ def _cmd_apply_events(args: argparse.Namespace) -> int:
         applier = Applier(
             ApplierSettings(
                 dsn=database_url(stack, args.data_dir),
+                # LISTEN needs a direct connection (DATABASE_URL may be PgBouncer).
+                listen_dsn=os.environ.get("DATABASE_LISTEN_URL") or None,
                 role=args.role or None,
                 batch=args.batch,
                 sweep_seconds=args.sweep,
@@ -742,6 +754,9 @@ def parser() -> argparse.ArgumentParser:
     apply_events = sub.add_parser(
         "apply-events",
         help="apply the Stripe events webhooks stored (as each `tollgate serve` worker does)",
+        description="Apply the Stripe events webhooks stored, as each `tollgate serve` worker "
+        "does. Batches go to DATABASE_URL; the wake-ups (LISTEN) to DATABASE_LISTEN_URL when "
+        "set, which must be a direct connection when DATABASE_URL is a PgBouncer.",
     )
     apply_events.add_argument(
         "--batch", type=int, default=100, help="events per transaction (1-5000)"
@@ -753,7 +768,9 @@ def parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="apply what is stored now, then exit"
     )
     apply_events.add_argument(
-        "--role", default="tollgate_app", help="SET ROLE to this ('' for none)"
+        "--role",
+        default="tollgate_app",
+        help="SET LOCAL ROLE to this in each batch ('' for none)",
     )
     apply_events.set_defaults(func=_cmd_apply_events)
 

@@ -61,12 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if metrics_multiprocess():
             syncing = asyncio.create_task(metrics.sync_pool_forever(pool))
         # Stored Stripe events are applied by an applier in each worker, on connections of its
-        # own (the pool serves requests only).
+        # own (the pool serves requests only); it LISTENs on DATABASE_LISTEN_URL when set.
         applying = None
         if s.apply_stripe_events:
             applying = await applier.run_in_background(
                 applier.ApplierSettings(
-                    dsn=s.database_url, role=s.database_role, batch=s.apply_batch
+                    dsn=s.database_url,
+                    role=s.database_role,
+                    batch=s.apply_batch,
+                    listen_dsn=s.database_listen_url,
                 )
             )
         # What startup built (modules, routes, models) stays for the process's life: kept out

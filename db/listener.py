@@ -38,6 +38,7 @@ from psycopg.conninfo import make_conninfo
 
 from db import queries
 from db.errors import DomainError, translate
+from db.pooling import is_pooled
 
 log = logging.getLogger("tollgate.listen")
 
@@ -225,6 +226,16 @@ class Listener:
 
     def _connect(self, *, autocommit: bool, working: bool = False) -> psycopg.Connection[Any]:
         conn = psycopg.connect(make_conninfo(self.settings.dsn, **KEEPALIVES), autocommit=True)
+        if is_pooled(conn):
+            # LISTEN, SET ROLE and SET would stay on a server connection of the pooler's.
+            conn.close()
+            raise DomainError(
+                "invalid",
+                "pooled_connection",
+                "DATABASE_URL goes through a pooler (PgBouncer): `tollgate listen` LISTENs and "
+                "sets its role for the session, so it needs a direct connection to the "
+                "database server (docs/OPERATIONS.md, Behind PgBouncer)",
+            )
         if self.settings.role:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.settings.role)))
         if working:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from psycopg.conninfo import conninfo_to_dict
 
+from db.pooling import PooledConnectionRefused, is_pooled
 from db.schema import fresh_install_sql, replaceable_sql
 
 
@@ -58,11 +60,18 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
 
     backend = get_backend(yoyo_uri(dsn))
     try:
+        # Through a pooler (PgBouncer, db/pooling.py) every transaction may reach another
+        # server connection: prepare nothing (yoyo runs the same statements many times; there
+        # is nothing to gain on a direct connection either).
+        backend.connection.prepare_threshold = None
+        pooled = is_pooled(backend.connection)
         migrations = read_migrations(str(migrations_dir))
         if not migrations:  # a fresh install would record no history: refuse, say where
             raise FileNotFoundError(f"no migrations in {migrations_dir}")
         with backend.lock():
             pending = backend.to_apply(migrations)
+            if pooled:
+                _refuse_transactionless(pending)
             if len(pending) == len(migrations) and not _has_schema(backend):
                 with backend.transaction():
                     cursor = backend.connection.cursor()
@@ -81,6 +90,24 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
     finally:
         backend.connection.close()
     return [m.id for m in pending]
+
+
+def _refuse_transactionless(pending: list[Any]) -> None:
+    """Migrations marked ``-- transactional: false`` (CREATE INDEX CONCURRENTLY, enum values)
+    run statement by statement, each its own transaction, and SET ROLE for all of them: through
+    a transaction pooler the role would be missing from the next statement and left on a
+    server connection another client gets. Refused before anything runs."""
+    for migration in pending:
+        migration.load()
+    outside = [m.id for m in pending if not m.use_transactions]
+    if outside:
+        raise PooledConnectionRefused(
+            f"DATABASE_URL goes through a pooler (PgBouncer) and the pending migration"
+            f"{'s' if len(outside) > 1 else ''} {', '.join(outside)} cannot run in a "
+            "transaction (it sets its role for the session): run `tollgate migrate` with "
+            "DATABASE_URL set to the database server itself (docs/OPERATIONS.md, Behind "
+            "PgBouncer). Nothing was applied."
+        )
 
 
 def _has_schema(backend: object) -> bool:

@@ -8,6 +8,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from db import queries
+from db.pooling import PooledConnectionRefused, is_pooled_async
 
 
 def create_pool(
@@ -17,10 +18,26 @@ def create_pool(
 
     Autocommit: most requests are one function call, so they need no BEGIN/COMMIT round trips;
     the few multi-statement flows open ``conn.transaction()`` themselves.
+
+    A connection through a pooler (PgBouncer in transaction mode, db/pooling.py) keeps nothing
+    in its session: it prepares no statement (psycopg would after 5 runs of a query, and the
+    next run may reach a server that never saw it) and it refuses ``role``, whose SET ROLE
+    would stay on a server connection other clients get. Behind a pooler the login in ``dsn``
+    is itself a member of tollgate_app and ``role`` is empty (DATABASE_ROLE='').
     """
 
     async def configure(conn: AsyncConnection[Any]) -> None:
-        if role:
+        if await is_pooled_async(conn):
+            conn.prepare_threshold = None
+            if role:
+                raise PooledConnectionRefused(
+                    f"DATABASE_URL goes through a pooler (PgBouncer) and DATABASE_ROLE is "
+                    f"{role!r}: SET ROLE would stay on a server connection that other clients "
+                    f"get. Log in as a role that is a member of {role} (e.g. tollgate_api) "
+                    "and set DATABASE_ROLE to an empty value (docs/OPERATIONS.md, "
+                    "Behind PgBouncer)."
+                )
+        elif role:
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         await queries.register_types(conn)
 
