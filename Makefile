@@ -30,12 +30,13 @@ test: $(STAMP) lint
 	$(MAKE) --no-print-directory test-pgbouncer
 
 # The tests whose API talks to PostgreSQL the most (payments, Stripe webhooks and the applier,
-# authorize and holds, transactions, transfers, reads, MCP), about 2.5 minutes: every API
+# authorize and holds, transactions, transfers, MCP), about 2.5 minutes: every API
 # they start goes through a PgBouncer (pool_mode = transaction) the session starts, as the
 # API's own login, with LISTEN direct (tests/conftest.py; docs/OPERATIONS.md, "Behind
 # PgBouncer"). tests/test_pgbouncer.py, in the first run, proves PgBouncer is in the path.
+# The pgTAP files talk to the database, not to an API: they run once.
 PGBOUNCER_TESTS := tests/test_webhooks.py tests/test_payments.py tests/test_gating.py \
-	tests/test_transactions.py tests/test_ledger.py tests/test_reads.py tests/test_mcp.py \
+	tests/test_transactions.py tests/test_ledger.py tests/test_mcp.py \
 	tests/test_refunds.py tests/test_reviews.py tests/test_health.py \
 	tests/test_transfer_batches.py
 .PHONY: test-pgbouncer

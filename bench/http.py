@@ -288,7 +288,7 @@ def serve(stack: ExitStack, dsn: str, secret: str, settings: dict[str, str] | No
     return f"http://127.0.0.1:{port}"
 
 
-def behind_pgbouncer(stack: ExitStack, admin_dsn: str, dsn: str, folder: Path) -> dict[str, str]:
+def behind_pgbouncer(stack: ExitStack, admin_dsn: str, dsn: str) -> dict[str, str]:
     """A PgBouncer (transaction pooling, stopped with ``stack``) in front of the server, and
     the settings of a `tollgate serve` deployed behind it (docs/OPERATIONS.md)."""
     password = secrets.token_urlsafe(18)
@@ -304,7 +304,6 @@ def behind_pgbouncer(stack: ExitStack, admin_dsn: str, dsn: str, folder: Path) -
         conn.execute(sql.SQL("GRANT tollgate_app TO {}").format(sql.Identifier(POOLED_LOGIN)))
         admin, admin_password = conn.info.user, conn.info.password
     bouncer = PgBouncer(
-        folder,
         admin_dsn,
         users={admin: admin_password or os.environ.get("PGPASSWORD", ""), POOLED_LOGIN: password},
         admin=admin,
@@ -458,7 +457,7 @@ def run(
             stormed = run_wrk(url, webhook_script(storm_file), seconds, connections)
             found["webhook_storm"] = stormed | applied_once(dsn, "storm") | {"copies": 5}
         if "pgbouncer" in only:
-            settings = behind_pgbouncer(stack, admin_dsn, dsn, tmp / "pgbouncer")
+            settings = behind_pgbouncer(stack, admin_dsn, dsn)
             pooled = serve(stack, dsn, secret, settings)
             run_wrk(f"{pooled}/readyz", plain_script(), 3, connections)  # warm-up
             auth = run_wrk(pooled, authorize_script(admin_key, accounts), seconds, connections)

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,7 +78,6 @@ class PgBouncer:
 
     def __init__(
         self,
-        folder: Path,
         server_dsn: str,
         *,
         users: Mapping[str, str],
@@ -88,11 +88,12 @@ class PgBouncer:
         server = conninfo_to_dict(server_dsn)
         host = str(server.get("host") or "127.0.0.1")
         port = str(server.get("port") or "5432")
-        self.folder = folder
+        # Its files (config, auth file, log, pid) in a folder of its own in the system's
+        # temporary folder, which the unprivileged user it runs as can reach; removed by stop().
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="tollgate-pgbouncer-"))
         self.host = "127.0.0.1"
         self.port = free_port()
         self.admin = admin
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "userlist.txt").write_text(
             "".join(f"{_quote(u)} {_quote(p)}\n" for u, p in users.items())
         )
@@ -190,6 +191,7 @@ class PgBouncer:
                 self.process.wait()
         if self.process.stderr:
             self.process.stderr.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _unprivileged_user(server_host: str) -> str:

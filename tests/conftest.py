@@ -199,9 +199,7 @@ def _server_login(cluster: Cluster) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer(
-    cluster: Cluster, template: Template, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Pooler]:
+def pgbouncer(cluster: Cluster, template: Template) -> Iterator[Pooler]:
     """A PgBouncer in transaction mode in front of the session's cluster, with a login for the
     API. After ``template``: tollgate_app exists once the template is migrated."""
     password = "" if cluster.embedded else secrets.token_urlsafe(18)
@@ -216,7 +214,6 @@ def pgbouncer(
         conn.execute(sql.SQL("GRANT tollgate_app TO {}").format(sql.Identifier(POOLED_LOGIN)))
     admin, admin_password = _server_login(cluster)
     bouncer = PgBouncer(
-        tmp_path_factory.mktemp("pgbouncer"),
         cluster.admin_dsn,
         users={admin: admin_password, POOLED_LOGIN: password},
         admin=admin,
