@@ -249,7 +249,7 @@ def table(report: dict[str, Any], found: list[Row]) -> str:
     ]
     for row in found:
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
-        met = "yes" if row.met else "**no**"
+        met = "**no**" if not row.met else ("" if row.goal == INFORMATIONAL else "yes")
         lines.append(
             f"| {row.workload} | {row.figure} | {row.ceiling} | {ratio} | {row.goal} | {met} |"
         )
