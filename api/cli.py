@@ -339,6 +339,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from db import handlers
     from db.errors import DomainError
     from db.listener import Handler, Listener, ListenerSettings
+    from db.pooling import PooledConnectionRefused
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     if args.webhook:
@@ -382,6 +383,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             listener.run()
         except DomainError as exc:  # refused (not unavailable): reconnecting would not help
             print(f"tollgate listen: {exc.message}", file=sys.stderr)
+            return 2
+        except PooledConnectionRefused as exc:
+            print(f"tollgate listen: {exc}", file=sys.stderr)
             return 2
     return 0
 
