@@ -6,8 +6,10 @@
 One PostgreSQL (DATABASE_URL, or a fresh embedded one) serves every workload in turn:
 pgbench's TPC-B and select-only (ceiling D), transfers through api.transfer_v1, `tollgate
 serve` under wrk (ceiling H: a no-op route and a pooled SELECT 1 route; authorize, usage,
-webhooks, a duplicate-webhook storm), and the outbox through `tollgate listen`. Writes
-bench/results/report.json, report.md (the table) and report.png (each figure against its goal).
+webhooks, a duplicate-webhook storm; authorize and webhook ingest once more through PgBouncer
+in transaction pooling mode, informational rows next to direct), and the outbox through
+`tollgate listen`. Writes bench/results/report.json, report.md (the table) and report.png
+(each figure against its goal).
 ``--scale N`` then measures ceilings, transfers and the HTTP workloads again on N times the
 data (accounts, payments, ledger history) and adds the growth rows (report-scaleN.*);
 ``--profile`` adds bench/results/profile.md (bench/profile.py).
