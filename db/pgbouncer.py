@@ -125,9 +125,7 @@ class PgBouncer:
             for path in (folder, *folder.iterdir()):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             command[1:1] = ["-u", user]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             self._wait_ready()
         except BaseException:
