@@ -262,7 +262,7 @@ def test_primary_killed_every_answered_request_survives(
     standby = next(n for n in cluster.nodes if n is not primary)
     with connect(primary.dsn()) as admin:
         admin.execute(f"CREATE DATABASE {DBNAME}")
-    migrate(primary.dsn(DBNAME))
+    migrate(cluster.dsn(DBNAME))  # as `tollgate migrate` with the DATABASE_URL below
     with connect(cluster.dsn(DBNAME)) as db:
         ops = keys.create(db, account="ops", is_admin=True).key
         agents = {n: keys.create(db, account=f"agent_{n}").key for n in range(4)}
