@@ -237,7 +237,7 @@ def run_client(
         i = 0
         while not stream.stop.is_set():
             recording.attempts = []
-            key = f"{kind}-{node}-{threading.get_ident() % 10_000}-{i}"
+            key = f"{kind}-{node}-{i}"  # one thread per kind and API node
             call = Call(kind, node, key, recording.attempts)
             try:
                 call.result = step(client, key)
