@@ -1,0 +1,298 @@
+"""Analysts on a hot standby: `tollgate analyst url --replica` issues the login on the primary
+and prints its URL on the standby, where every documented view reads what the primary wrote
+and every write is refused.
+
+The primary is an embedded server of these tests' own (in every mode, DATABASE_URL or not) and
+the standby a streaming replica of it (tests/replica.py), both removed after.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from db import analyst
+from db.embedded import EmbeddedServer
+from db.migrate import migrate
+from tests.conftest import Cluster
+from tests.replica import Standby, start_standby
+from tests.test_analysts import QUERY, some_of_everything
+from tests.test_cli import tollgate
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "ANALYSTS.md"
+TEMPLATE = "tollgate_template"
+
+
+@dataclass
+class Replicated:
+    primary: EmbeddedServer
+    standby: Standby
+
+
+@dataclass
+class Pair:
+    """One fresh Tollgate database, on the primary and (replicated) on the standby."""
+
+    name: str
+    primary_dsn: str
+    standby: Standby
+
+    def env(self, **more: str) -> dict[str, str]:
+        return os.environ | {"DATABASE_URL": self.primary_dsn} | more
+
+    def roles(self) -> list[str]:
+        with psycopg.connect(self.primary_dsn, autocommit=True) as conn:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tollgate_analyst_%'"
+                )
+            ]
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated]:
+    """A primary with a migrated template database, and its hot standby."""
+    root = tmp_path_factory.mktemp("replication")
+    primary = EmbeddedServer(root / "primary", temporary=True)
+    try:
+        with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+        migrate(primary.dsn(TEMPLATE))
+        standby = start_standby(primary, root / "standby")
+        try:
+            yield Replicated(primary, standby)
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.fixture
+def pair(replicated: Replicated) -> Iterator[Pair]:
+    """A fresh database cloned from the template on the primary, replayed on the standby."""
+    name = f"tollgate_test_{secrets.token_hex(6)}"
+    with psycopg.connect(replicated.primary.dsn(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
+        conn.execute(
+            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+        )
+    replicated.standby.catch_up()
+    try:
+        yield Pair(name, replicated.primary.dsn(name), replicated.standby)
+    finally:
+        with psycopg.connect(replicated.primary.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(analyst.login_role(name)))
+            )
+
+
+def replica_url(pair: Pair) -> str:
+    """`tollgate analyst url --replica`, the standby named by DATABASE_REPLICA_URL."""
+    issued = tollgate(
+        "analyst", "url", "--replica", env=pair.env(DATABASE_REPLICA_URL=pair.standby.url())
+    )
+    assert issued.returncode == 0, issued.stderr
+    return issued.stdout.strip()
+
+
+def documented_views() -> list[str]:
+    return re.findall(r"^### `(\w+)`$", DOC.read_text(encoding="utf-8"), re.M)
+
+
+def test_replica_url_reads_every_view_there(pair: Pair) -> None:
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        some_of_everything(primary)
+    url = replica_url(pair)
+    params = conninfo_to_dict(url)
+    assert url.startswith(f"postgresql://{analyst.login_role(pair.name)}:")
+    assert (params["host"], params["port"], params["dbname"]) == (
+        "127.0.0.1",
+        str(pair.standby.port),
+        pair.name,
+    ), "the URL names the standby and the database"
+    pair.standby.catch_up()  # the rows written before the login was issued are replayed too
+
+    views = documented_views()
+    assert len(views) >= 10
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        on_primary = {
+            view: primary.execute(
+                sql.SQL("SELECT count(*) FROM reporting.{}").format(sql.Identifier(view))
+            ).fetchone()
+            for view in views
+        }
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery(), current_user").fetchone() == (
+            True,
+            analyst.login_role(pair.name),
+        ), "the analyst's session is on the standby"
+        on_standby = {
+            view: conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(view))
+            ).fetchone()
+            for view in views
+        }
+        for query in QUERY.findall(DOC.read_text(encoding="utf-8")):
+            try:
+                conn.execute(query.encode()).fetchall()
+            except psycopg.Error as exc:
+                pytest.fail(f"{query}\nfailed on the standby: {exc}")
+    assert on_standby == on_primary, "the standby answers what the primary holds"
+    assert on_standby["payments"] == (3,) and on_standby["refunds"] == (1,)
+
+
+def test_rows_written_on_the_primary_reach_the_standby(pair: Pair) -> None:
+    url = replica_url(pair)
+    with (
+        psycopg.connect(pair.primary_dsn, autocommit=True) as primary,
+        psycopg.connect(url, autocommit=True) as standby,
+    ):
+        assert standby.execute("SELECT count(*) FROM payments").fetchone() == (0,)
+        primary.execute("SELECT api.create_api_key_v1('ann', 'ann-key', false, NULL)")
+        primary.execute(
+            "SELECT api.finish_payment_v1('ann-key', (SELECT payment_id FROM"
+            " api.begin_payment_v1('ann-key', 'k1', NULL, 1250, 'USD', NULL, NULL, NULL)),"
+            " 'pi_replicated', 'requires_payment_method', NULL)"
+        )
+        primary.execute(
+            "SELECT api.create_transaction_v1('ann-key', NULL, 'order-1', 5, 'USD', NULL)"
+        )
+        pair.standby.catch_up()
+        assert standby.execute(
+            "SELECT account_id, stripe_id, amount_minor, currency, status FROM payments"
+        ).fetchall() == [("ann", "pi_replicated", 1250, "USD", "requires_payment_method")]
+        assert standby.execute("SELECT reference, status FROM transactions").fetchall() == [
+            ("order-1", "pending")
+        ]
+
+
+def test_the_standby_refuses_writes(pair: Pair) -> None:
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        primary.execute("SELECT api.create_api_key_v1('ann', 'ann-key', false, NULL)")
+    url = replica_url(pair)
+    pair.standby.catch_up()
+    with psycopg.connect(url, autocommit=True) as conn:
+        # A session may turn its read-only default off (on the primary the grants then refuse
+        # these with 42501): the standby still refuses every write.
+        conn.execute("SET default_transaction_read_only = off")
+        for statement in (
+            "CREATE TEMP TABLE x (a int)",
+            "CREATE TABLE reporting.x (a int)",
+        ):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute(statement)
+        with pytest.raises(psycopg.Error, match="read-write mode during recovery"):
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ WRITE")
+        # What analysts may not read, they may not read on the standby either.
+        for statement in (
+            "SELECT * FROM tollgate.api_keys",
+            "SELECT * FROM tollgate.payment_events",
+            "SELECT * FROM api.list_reviews_v1('ann-key', NULL)",
+            "SELECT api.create_api_key_v1('eve', 'eve-key', true, NULL)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    # Even the service's own role and a superuser cannot write there: the api functions
+    # that write fail read-only.
+    with psycopg.connect(pair.standby.dsn(pair.name), autocommit=True) as admin:
+        for role, statement in (
+            (
+                "tollgate_app",
+                "SELECT api.begin_payment_v1('ann-key', 'k1', NULL, 1250, 'USD', NULL, NULL, NULL)",
+            ),
+            (
+                "tollgate_app",
+                "SELECT api.create_transaction_v1('ann-key', NULL, 'x', 5, 'USD', NULL)",
+            ),
+            ("postgres", "INSERT INTO tollgate.accounts (external_id) VALUES ('eve')"),
+            ("postgres", "UPDATE tollgate.ledger_accounts SET balance = balance + 100"),
+        ):
+            admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                admin.execute(statement)
+            admin.execute("RESET ROLE")
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        assert primary.execute("SELECT count(*) FROM tollgate.api_keys").fetchone() == (1,)
+
+
+def test_a_lagging_standby_gets_the_url_once_it_catches_up(pair: Pair) -> None:
+    """A standby that has not replayed the login in time: the URL comes back, marked so."""
+    with psycopg.connect(pair.standby.dsn(), autocommit=True) as admin:
+        admin.execute("SELECT pg_wal_replay_pause()")
+        try:
+            with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+                login = analyst.issue_replica_login(primary, pair.standby.url(), timeout=0.3)
+            assert not login.replayed
+            with pytest.raises(psycopg.OperationalError):  # the role is not there yet
+                psycopg.connect(login.url).close()
+        finally:
+            admin.execute("SELECT pg_wal_replay_resume()")
+    pair.standby.catch_up()
+    with psycopg.connect(login.url) as conn:
+        assert conn.execute("SELECT count(*) FROM payments").fetchone() == (0,)
+
+
+def test_replica_urls_that_name_no_standby_change_nothing(
+    pair: Pair, db_dsn: str, cluster: Cluster
+) -> None:
+    no_env = {k: v for k, v in pair.env().items() if k != "DATABASE_REPLICA_URL"}
+    refused = tollgate("analyst", "url", "--replica", env=no_env)
+    assert refused.returncode == 2 and "DATABASE_REPLICA_URL" in refused.stderr
+    for url, says in (
+        (pair.primary_dsn, "not a standby"),  # the primary itself takes writes
+        ("postgresql://postgres@127.0.0.1:1/postgres", "cannot connect to the replica"),
+        ("host=127.0.0.1 port=", "cannot connect to the replica"),
+        ("not a url", "not a connection string"),
+    ):
+        refused = tollgate("analyst", "url", "--replica", url, env=pair.env())
+        assert refused.returncode == 2 and says in refused.stderr, (url, refused.stderr)
+        assert refused.stdout == ""
+    assert pair.roles() == [], "no login was issued"
+
+    # A standby of another server than DATABASE_URL's.
+    role = analyst.login_role(str(conninfo_to_dict(db_dsn)["dbname"]))
+    try:
+        refused = tollgate(
+            "analyst",
+            "url",
+            "--replica",
+            pair.standby.url(),
+            env=os.environ | {"DATABASE_URL": db_dsn},
+        )
+        assert refused.returncode == 2 and "standby of another server" in refused.stderr
+        with cluster.admin() as admin:
+            assert (
+                admin.execute("SELECT FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+            )
+    finally:
+        with cluster.admin() as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_replica_flag_takes_a_url_over_the_environment(pair: Pair) -> None:
+    issued = tollgate(
+        "analyst",
+        "url",
+        "--replica",
+        pair.standby.url(),
+        env=pair.env(DATABASE_REPLICA_URL="postgresql://postgres@127.0.0.1:1/postgres"),
+    )
+    assert issued.returncode == 0, issued.stderr
+    with psycopg.connect(issued.stdout.strip()) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
