@@ -1,6 +1,10 @@
-"""Analysts on a hot standby: `tollgate analyst url --replica` issues the login on the primary
-and prints its URL on the standby, where every documented view reads what the primary wrote
-and every write is refused.
+"""A hot standby in use.
+
+- Analysts: `tollgate analyst url --replica` issues the login on the primary and prints its URL
+  on the standby, where every documented view reads what the primary wrote and every write is
+  refused.
+- The API with DATABASE_READ_URL: GET routes read the standby, except for a caller whose own
+  write the standby has not replayed yet (api/reads.py).
 
 The primary is an embedded server of these tests' own (in every mode, DATABASE_URL or not) and
 the standby a streaming replica of it (tests/replica.py), both removed after.
@@ -11,19 +15,22 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from api.reads import READ_AFTER_HEADER, READ_FROM_HEADER, WRITE_LSN_HEADER
 from db import analyst
 from db.embedded import EmbeddedServer
 from db.migrate import migrate
-from tests.conftest import Cluster
+from tests.conftest import Cluster, ServerThread, make_settings
 from tests.replica import Standby, start_standby
 from tests.test_analysts import QUERY, some_of_everything
 from tests.test_cli import tollgate
@@ -296,3 +303,140 @@ def test_replica_flag_takes_a_url_over_the_environment(pair: Pair) -> None:
     assert issued.returncode == 0, issued.stderr
     with psycopg.connect(issued.stdout.strip()) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+# ---------------------------------------------------------------------------------------------
+# GET routes on the standby (DATABASE_READ_URL)
+# ---------------------------------------------------------------------------------------------
+
+
+def serve(pair: Pair) -> ServerThread:
+    """The app on the pair's primary, reading GETs from its standby (no Stripe is called)."""
+    return ServerThread(
+        make_settings(
+            pair.primary_dsn,
+            "http://127.0.0.1:9",
+            database_read_url=pair.standby.dsn(pair.name),
+            apply_stripe_events=False,
+        )
+    )
+
+
+class Paused:
+    """Replay paused on the standby for the block: what the primary writes meanwhile is not
+    there yet (a standby behind, deterministically)."""
+
+    def __init__(self, standby: Standby) -> None:
+        self.conn = psycopg.connect(standby.dsn(), autocommit=True)
+
+    def __enter__(self) -> None:
+        self.conn.execute("SELECT pg_wal_replay_pause()")
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.execute("SELECT pg_wal_replay_resume()")
+        self.conn.close()
+
+
+def read(client: httpx.Client, reference: str, **headers: str) -> tuple[int, str]:
+    got = client.get(f"/v1/transactions/{reference}", headers=headers)
+    assert got.status_code in (200, 404), got.text
+    return got.status_code, got.headers[READ_FROM_HEADER]
+
+
+def test_a_caller_reads_its_own_writes_and_others_read_the_standby(pair: Pair) -> None:
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        for key in ("ann-key", "ann-other-key"):  # two callers of one account
+            primary.execute("SELECT api.create_api_key_v1('ann', %s, false, NULL)", (key,))
+    pair.standby.catch_up()
+    with (
+        serve(pair) as url,
+        httpx.Client(base_url=url, headers={"Authorization": "Bearer ann-key"}) as ann,
+        httpx.Client(base_url=url, headers={"Authorization": "Bearer ann-other-key"}) as other,
+        psycopg.connect(pair.primary_dsn, autocommit=True) as primary,
+    ):
+        with Paused(pair.standby):
+            # Written on the primary by someone else: a GET reads the standby, not there yet.
+            primary.execute(
+                "SELECT api.create_transaction_v1('ann-key', NULL, 'direct-1', 5, 'USD', NULL)"
+            )
+            assert read(ann, "direct-1") == (404, "standby")
+
+            # Ann writes through the API: her GETs read the primary until the standby has it.
+            made = ann.post(
+                "/v1/transactions",
+                json={"reference": "api-1", "amount_minor": 250, "currency": "USD"},
+            )
+            assert made.status_code == 201, made.text
+            lsn = made.headers[WRITE_LSN_HEADER]
+            assert read(ann, "api-1") == (200, "primary")
+            assert read(ann, "direct-1") == (200, "primary")
+            # Another caller reads the standby: not there yet...
+            assert read(other, "api-1") == (404, "standby")
+            # ...unless it sends the position back; a malformed one reads the primary.
+            assert read(other, "api-1", **{READ_AFTER_HEADER: lsn}) == (200, "primary")
+            assert read(other, "api-1", **{READ_AFTER_HEADER: "yesterday"}) == (200, "primary")
+            failed = ann.post(
+                "/v1/transactions",
+                json={"reference": "api-1", "amount_minor": 250, "currency": "USD"},
+            )
+            assert failed.status_code == 409 and WRITE_LSN_HEADER in failed.headers
+        pair.standby.catch_up()
+        assert read(other, "api-1", **{READ_AFTER_HEADER: lsn}) == (200, "standby")
+        assert read(ann, "api-1") == (200, "standby"), "once replayed, the standby serves Ann"
+
+        with Paused(pair.standby):  # Ann's write replayed: she reads the standby again
+            primary.execute(
+                "SELECT api.create_transaction_v1('ann-key', NULL, 'direct-2', 5, 'USD', NULL)"
+            )
+            assert read(ann, "direct-2") == (404, "standby")
+        pair.standby.catch_up()
+        assert read(ann, "direct-2") == (200, "standby")
+
+
+def test_every_get_route_answers_from_the_standby(pair: Pair) -> None:
+    """No GET route writes: each answers from the standby, which refuses writes."""
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        some_of_everything(primary)
+    pair.standby.catch_up()
+    with (
+        serve(pair) as url,
+        httpx.Client(base_url=url, headers={"Authorization": "Bearer ops-key"}) as ops,
+    ):
+        paths = [
+            path
+            for path, operations in ops.get("/openapi.json").json()["paths"].items()
+            if "get" in operations and path.startswith("/v1/")
+        ]
+        assert len(paths) >= 15, "the schema lists the GET routes"
+        answered = {}
+        for path in paths:
+            filled = path.format(
+                account_id="ann", ref="pi_doc0", reference="small", hold_id=uuid.uuid4()
+            )
+            got = ops.get(filled, params={"account_id": "ann"} if "{reference}" in path else {})
+            assert got.status_code < 500, (path, got.text)
+            assert got.headers[READ_FROM_HEADER] == "standby", path
+            answered[path] = got.status_code
+        assert answered.pop("/v1/holds/{hold_id}") == 404
+        # Ann's newest payment (pi_doc2) waits: she may not continue.
+        assert answered.pop("/v1/accounts/{account_id}/can-continue") == 402
+        assert {p: c for p, c in answered.items() if c != 200} == {}
+
+
+def test_an_unreachable_standby_leaves_gets_on_the_primary(pair: Pair) -> None:
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        primary.execute("SELECT api.create_api_key_v1('ann', 'ann-key', false, NULL)")
+    settings = make_settings(
+        pair.primary_dsn,
+        "http://127.0.0.1:9",
+        database_read_url="postgresql://postgres@127.0.0.1:1/postgres",
+        apply_stripe_events=False,
+    )
+    with (
+        ServerThread(settings) as url,
+        httpx.Client(base_url=url, headers={"Authorization": "Bearer ann-key"}) as ann,
+    ):
+        for _ in range(2):
+            got = ann.get("/v1/me")
+            assert got.status_code == 200, got.text
+            assert got.headers[READ_FROM_HEADER] == "primary"
