@@ -26,6 +26,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+import tollgate as tollgate_client
 from api.reads import READ_AFTER_HEADER, READ_FROM_HEADER, WRITE_LSN_HEADER
 from db import analyst
 from db.embedded import EmbeddedServer
@@ -440,3 +441,37 @@ def test_an_unreachable_standby_leaves_gets_on_the_primary(pair: Pair) -> None:
             got = ann.get("/v1/me")
             assert got.status_code == 200, got.text
             assert got.headers[READ_FROM_HEADER] == "primary"
+
+
+class Spread(httpx.BaseTransport):
+    """A load balancer's effect: writes go to one instance of the API, reads to another."""
+
+    def __init__(self, writes: str, reads: str) -> None:
+        self.writes, self.reads = httpx.URL(writes), httpx.URL(reads)
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        to = self.reads if request.method == "GET" else self.writes
+        request.url = request.url.copy_with(port=to.port)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_client_reads_its_writes_through_any_instance(pair: Pair) -> None:
+    """The instance that answers a GET never saw the write: the Python client sends the write's
+    position back (Tollgate-Read-After), so the GET still reads the primary."""
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        primary.execute("SELECT api.create_api_key_v1('ann', 'ann-key', false, NULL)")
+    pair.standby.catch_up()
+    with (
+        serve(pair) as one,
+        serve(pair) as other,
+        tollgate_client.Client(one, "ann-key", transport=Spread(one, other)) as client,
+        Paused(pair.standby),
+    ):
+        made = client.create_transaction("via-one", None, "USD", amount_minor=250)
+        assert client.get_transaction("via-one") == made
+        with httpx.Client(base_url=other, headers={"Authorization": "Bearer ann-key"}) as raw:
+            assert read(raw, "via-one") == (404, "standby"), "without the header: the standby"
