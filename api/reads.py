@@ -5,8 +5,8 @@ standby of DATABASE_URL's, through a second pool (the same role, SET ROLE tollga
 everything else stays on the primary. A standby is behind by its replication lag, so:
 
 - Every request that may write (not GET, HEAD or OPTIONS) and carries a bearer key is answered
-  with ``Tollgate-Write-Lsn``: the primary's WAL position once it is done. The worker that
-  answered remembers it for that key (its hash; the newest 10,000 keys).
+  (unless with a 5xx) with ``Tollgate-Write-Lsn``: the primary's WAL position once it is done.
+  The worker that answered remembers it for that key (its hash; the newest 10,000 keys).
 - A GET by that key reads from the standby only once the standby has replayed up to that
   position, else from the primary. A caller can also send the position back as
   ``Tollgate-Read-After`` (other workers and processes do not share the memory); a malformed
@@ -158,9 +158,9 @@ class Headers:
                     read_from = scope.get("state", {}).get("read_from")
                     if read_from:  # set by the route's pool dependency (api/deps.py)
                         added.append((READ_FROM_HEADER.lower().encode(), read_from.encode()))
-                elif key is not None:
+                elif key is not None and message["status"] < 500:
                     # The handler has returned (its transactions committed) before its answer
-                    # starts.
+                    # starts. A 5xx wrote nothing to read back (or the database is down).
                     lsn = await reads.wrote(key)
                     if lsn is not None:
                         added.append((WRITE_LSN_HEADER.lower().encode(), format_lsn(lsn).encode()))
