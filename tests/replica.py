@@ -60,7 +60,10 @@ class Standby:
     def stop(self) -> None:
         """Stop the standby and remove its data directory."""
         if (self.data_dir / "postmaster.pid").exists():
-            _run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop", user=self.user)
+            _run(
+                "pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop",
+                user=self.user, check=False,
+            )  # fmt: skip
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @property
