@@ -67,3 +67,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .tollgate
+
+## The failover test: etcd and a two-node Patroni cluster (installed by the test when missing),
+## the primary killed under load (tests/ha/test_failover.py). Prints what the failover cost.
+test-ha: $(STAMP)
+	$(BIN)/pytest -m ha -s tests/ha --basetemp=$(or $(BASETEMP),/tmp/pt-ha)

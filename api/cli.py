@@ -552,10 +552,33 @@ def _cmd_reconcile_stripe(args: argparse.Namespace) -> int:
 def _cmd_analyst_url(args: argparse.Namespace) -> int:
     from db import analyst
 
+    replica = args.replica
+    if replica == "":  # --replica without a URL: the standby named in the environment
+        replica = os.environ.get("DATABASE_REPLICA_URL", "").strip()
+        if not replica:
+            print(
+                "tollgate analyst url: --replica needs the standby's URL: set "
+                "DATABASE_REPLICA_URL or give it (--replica postgresql://HOST:PORT/)",
+                file=sys.stderr,
+            )
+            return 2
     with ExitStack() as stack:
         try:
-            print(analyst.issue_login(_connect(stack, args.data_dir), role=args.role))
-        except (analyst.RoleRefused, psycopg.Error) as exc:
+            conn = _connect(stack, args.data_dir)
+            if replica is None:
+                print(analyst.issue_login(conn, role=args.role))
+            else:
+                login = analyst.issue_replica_login(conn, replica, role=args.role)
+                print(login.url)
+                if not login.replayed:
+                    print(
+                        "tollgate analyst url: the replica has not replayed the new login within "
+                        f"{analyst.REPLICA_WAIT_SECONDS:.0f} s: the URL works once it catches up "
+                        "(is it streaming? see pg_stat_replication on the primary)",
+                        file=sys.stderr,
+                    )
+                    return 1
+        except (analyst.RoleRefused, analyst.ReplicaRefused, psycopg.Error) as exc:
             print(f"tollgate analyst url: {exc}".rstrip(), file=sys.stderr)
             return 2
     print(
@@ -813,6 +836,15 @@ def parser() -> argparse.ArgumentParser:
     url = analysts.add_parser("url", help="issue a read-only login and print its database URL")
     url.add_argument(
         "--role", help="the login's name (default tollgate_analyst_<database>)", default=None
+    )
+    url.add_argument(
+        "--replica",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="a URL for the hot standby instead of the primary: the standby's address, "
+        "with an operator's login (default: DATABASE_REPLICA_URL)",
     )
     url.set_defaults(func=_cmd_analyst_url)
     return p

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     # Seconds a request waits for a free connection before it gets 503.
     db_pool_timeout: float = Field(default=5.0, gt=0)
+    # A hot standby of database_url's server for the GET routes (api/reads.py: a caller reads
+    # its own writes, others see the standby's lag); None: everything on database_url.
+    database_read_url: str | None = None
 
     # Each worker applies the Stripe events webhooks stored (api/applier.py). Off when
     # `tollgate apply-events` runs on its own instead (several appliers are safe either way).
@@ -48,7 +51,7 @@ class Settings(BaseSettings):
     # with Authorization: Bearer <METRICS_TOKEN> (Prometheus: authorization.credentials).
     metrics_token: SecretStr | None = None
 
-    @field_validator("metrics_token", "database_listen_url", mode="before")
+    @field_validator("metrics_token", "database_listen_url", "database_read_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -32,8 +32,13 @@ def yoyo_uri(dsn: str) -> str:
     host = params.pop("host", "")
     port = params.pop("port", "")
     dbname = quote(params.pop("dbname", ""), safe="")
-    if host.startswith("/"):  # a socket directory travels as a query parameter
+    # A socket directory travels as a query parameter, and so do several hosts (a multi-host
+    # DSN, as for Patroni: libpq tries each) with their ports.
+    if host.startswith("/") or "," in host or "," in port:
         params["host"] = host
+        if "," in port:
+            params["port"] = port
+            port = ""
         host = ""
     auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
     netloc = f"{auth}{host}{':' + port if port else ''}"

@@ -10,6 +10,14 @@ from psycopg_pool import AsyncConnectionPool
 from db import queries
 from db.pooling import PooledConnectionRefused, is_pooled_async
 
+# Seconds one chain of reconnection attempts goes on before it gives up. psycopg_pool retries
+# a connection that failed after 1, 2, 4, 8, 16 ... seconds with no cap until this timeout (5
+# minutes by default): after a 20-second failover its next try could be 16 s away, and every
+# request meanwhile waits DB_POOL_TIMEOUT for nothing and gets 503. Given up sooner, the next
+# request that finds the pool empty starts a new attempt at once (the pool grows on demand,
+# back to its minimum after the first success).
+RECONNECT_TIMEOUT = 3.0
+
 
 def create_pool(
     dsn: str, *, role: str | None, min_size: int, max_size: int, timeout: float
@@ -46,6 +54,7 @@ def create_pool(
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
+        reconnect_timeout=RECONNECT_TIMEOUT,
         open=False,
         kwargs={"autocommit": True},
         configure=configure,
