@@ -224,8 +224,10 @@ def pgbouncer(cluster: Cluster, template: Template) -> Iterator[Pooler]:
         bouncer.stop()
 
 
-# The PgBouncer make_settings sends the APIs through (TOLLGATE_TEST_PGBOUNCER=1), else None.
+# The PgBouncer make_settings sends the APIs through (TOLLGATE_TEST_PGBOUNCER=1), else None;
+# and how many APIs it sent.
 _through: Pooler | None = None
+_routed = 0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -238,7 +240,15 @@ def _through_pgbouncer(request: pytest.FixtureRequest) -> Iterator[None]:
     try:
         yield
     finally:
-        _through = None
+        pooler, _through = _through, None
+    # The pass proves something only if its APIs' transactions went through PgBouncer.
+    carried = sum(
+        int(row["total_xact_count"])
+        for row in pooler.bouncer.show("STATS")
+        if str(row["database"]).startswith("tollgate_test_")
+    )
+    assert _routed > 0, f"{PGBOUNCER_SWITCH}=1, and no API of these tests went through PgBouncer"
+    assert carried > 0, f"{_routed} APIs were sent through PgBouncer, and it carried nothing"
 
 
 @pytest.fixture
@@ -336,6 +346,8 @@ def make_settings(dsn: str, emulator_base: str, **overrides: Any) -> Settings:
     }
     if _through is not None and _through.serves(dsn):
         # As deployed behind PgBouncer: its own login, no SET ROLE, LISTEN direct.
+        global _routed
+        _routed += 1
         values |= {
             "database_url": _through.dsn(dsn),
             "database_role": None,
