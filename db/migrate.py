@@ -75,8 +75,6 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
             raise FileNotFoundError(f"no migrations in {migrations_dir}")
         with backend.lock():
             pending = backend.to_apply(migrations)
-            if pooled:
-                _refuse_transactionless(pending)
             if len(pending) == len(migrations) and not _has_schema(backend):
                 with backend.transaction():
                     cursor = backend.connection.cursor()
@@ -90,6 +88,8 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
                     "schema tollgate exists but no migration is recorded as applied"
                     " (table _yoyo_migration): restore that table, or migrate an empty database"
                 )
+            if pooled:  # a fresh install (above) is one transaction: it may be pooled
+                _refuse_transactionless(pending)
             backend.apply_migrations_only(pending)
             backend.run_post_apply(migrations)
     finally:

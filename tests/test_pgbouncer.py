@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from db import queries
@@ -129,7 +130,7 @@ def test_a_payment_authorizations_and_transfers_through_pgbouncer(
     ):
         ops.set_action_price("report.generate", "0.50", "USD")
         bought = agent.create_payment(
-            "5.00", "usd", purpose="credits", payment_method=card.id, idempotency_key="buy"
+            "10.00", "usd", purpose="credits", payment_method=card.id, idempotency_key="buy"
         )
         stripe.v1.payment_intents.confirm(bought.stripe_id)
         deadline = time.monotonic() + 20
@@ -154,8 +155,8 @@ def test_a_payment_authorizations_and_transfers_through_pgbouncer(
         with ThreadPoolExecutor(max_workers=CONNECTIONS) as threads:
             assert set(threads.map(run, range(runs))) == {"agent_pooled"}
 
-        # 5.00 - 120 x 0.01 - 20 x 0.05
-        assert agent.balances().balances[0].balance == "2.80"
+        # 10.00 - 120 x 0.01 - 20 x 0.05 (8 holds of 0.50 at once fit in what is left)
+        assert agent.balances().balances[0].balance == "7.80"
         assert ops.balances("friend").balances[0].balance == "1.00"
         pool = pool_row(pgbouncer, dbname(db_dsn), pgbouncer.login)
         servers = sum(int(pool[k]) for k in pool if k.startswith("sv_") and "cancel" not in k)
@@ -319,3 +320,36 @@ def test_a_migration_outside_a_transaction_is_refused_through_pgbouncer(
     assert db.execute(index).fetchone() == (None,)
     assert migrate(db_dsn, folder) == ["9999.probe-pooled"]
     assert db.execute(index).fetchone() == ("tollgate.probe_pooled_idx",)
+
+
+TRANSACTIONAL = """-- An index, in a transaction.
+-- depends: {depends}
+
+SET LOCAL ROLE tollgate_owner;
+
+CREATE INDEX probe_pooled_tx_idx ON tollgate.api_keys (label);
+"""
+
+
+def test_a_fresh_install_and_a_transactional_migration_work_through_pgbouncer(
+    pgbouncer: Pooler, tmp_path: Path
+) -> None:
+    """Each is one transaction (yoyo's lock is a row of a table, not a session lock)."""
+    cluster, name = pgbouncer.cluster, f"tollgate_test_fresh_{os.getpid()}"
+    with cluster.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        direct = cluster.dsn(name)
+        through = pgbouncer.dsn(direct, user=pgbouncer.bouncer.admin)
+        assert len(migrate(through)) > 30, "every migration recorded by the fresh install"
+        folder = migrations_with(tmp_path, TRANSACTIONAL)
+        assert migrate(through, folder) == ["9999.probe-pooled"]
+        with psycopg.connect(direct, autocommit=True) as conn:
+            owner = conn.execute(
+                "SELECT tableowner FROM pg_indexes JOIN pg_tables USING (schemaname, tablename)"
+                " WHERE indexname = 'probe_pooled_tx_idx'"
+            ).fetchone()
+        assert owner == ("tollgate_owner",)
+    finally:
+        with cluster.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
