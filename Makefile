@@ -34,11 +34,11 @@ test: $(STAMP) lint
 # they start goes through a PgBouncer (pool_mode = transaction) the session starts, as the
 # API's own login, with LISTEN direct (tests/conftest.py; docs/OPERATIONS.md, "Behind
 # PgBouncer"). tests/test_pgbouncer.py, in the first run, proves PgBouncer is in the path.
-# The pgTAP files talk to the database, not to an API: they run once.
+# The pgTAP files, which call the SQL API, go through it too (fixture sql_dsn).
 PGBOUNCER_TESTS := tests/test_webhooks.py tests/test_payments.py tests/test_gating.py \
 	tests/test_transactions.py tests/test_ledger.py tests/test_mcp.py \
 	tests/test_refunds.py tests/test_reviews.py tests/test_health.py \
-	tests/test_transfer_batches.py
+	tests/test_transfer_batches.py tests/test_pgtap.py
 .PHONY: test-pgbouncer
 test-pgbouncer: $(STAMP)
 	TOLLGATE_TEST_PGBOUNCER=1 $(BIN)/pytest $(PGBOUNCER_TESTS)

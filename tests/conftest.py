@@ -292,6 +292,17 @@ def db_dsn(pg: tuple[Cluster, Template]) -> Iterator[str]:
 
 
 @pytest.fixture
+def sql_dsn(db_dsn: str) -> str:
+    """The test's database as SQL clients reach it: through the session's PgBouncer in the
+    PgBouncer pass (TOLLGATE_TEST_PGBOUNCER=1, as the server's own login, so a pgTAP file may
+    SET ROLE inside its transaction), else directly."""
+    if _through is None or not _through.serves(db_dsn):
+        return db_dsn
+    user, password = _server_login(_through.cluster)
+    return _through.dsn(db_dsn, user=user, password=password)
+
+
+@pytest.fixture
 def db(db_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A superuser connection to the test's database, for arranging and inspecting rows."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:
