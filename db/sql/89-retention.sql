@@ -7,9 +7,9 @@
 -- usage event's (account, id)) must stay unique forever. So old rows in a final state are
 -- moved, in bounded batches, to archive tables of the same shape in schema tollgate
 -- (*_archive, declared in each concern's file, beside its live table), by the functions of
--- schema retention (this file). The archive keeps the
--- same primary key, and the writers that must recognise an old id look it up there too: one
--- index probe, whatever the archive holds. What a batch moves:
+-- schema retention (this file). An archive keeps its table's primary key, and the writers
+-- that must recognise an old id look it up there too: one index probe, whatever the archive
+-- holds. What a batch moves:
 --
 --   payment_events  events in a final state (processed_at set) received and processed before
 --                   the horizon; received and pending events stay.
@@ -25,7 +25,8 @@
 -- tollgate_retention, which tollgate.refuse_change lets delete from the live tables and insert
 -- into the archives; it has DELETE on those six tables and nothing else (90-grants.sql), and
 -- only retention.archive_batch (SECURITY DEFINER, in schema retention, which only
--- tollgate_retention and its members, the migrating role, may use) runs as it. Nobody updates or deletes archived rows, the owner included.
+-- tollgate_retention and its members, the migrating role, may use) runs as it. Nobody updates
+-- or deletes archived rows, the owner included.
 --
 -- Concurrency: one batch of a kind at a time (a transaction-level advisory lock per kind; a
 -- second run waits, then finds the rows gone). Writers are never refused: the Stripe webhook
