@@ -11,7 +11,9 @@ the insert) and a transfer (``api.transfer_v1``: a posting, its audit row and it
 COMMIT). Measured three times: on a fresh database; with ``--rows`` Stripe events, usage
 events and sealed audit rows of history live (bench/seed_retention.sql, 200 days old); and
 after archiving all of it (``retention.archive_batch``, batches of 1,000, timed: rows per
-second). Results in bench/results/retention.json.
+second). Besides the time (mean, median, 99th percentile, which a busy shared machine makes
+noisy), the shared buffers each write touched (EXPLAIN (ANALYZE, BUFFERS), mean of 200): the
+work itself. Results in bench/results/retention.json.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ def timed(calls: int, run: Any) -> dict[str, float]:
     }
 
 
+def blocks(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> int:
+    """Shared buffers one call touched (hit or read), from EXPLAIN (ANALYZE, BUFFERS): the
+    work a write does, without the noise of a shared machine's clock. Functions' own
+    statements count toward the call's node."""
+    row = conn.execute(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query,
+        params,
+    ).fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+
+
 def writes(dsn: str, label: str, calls: int) -> dict[str, dict[str, float]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         user = keys.create(conn, account=f"w_{label}").key
@@ -64,36 +79,56 @@ def writes(dsn: str, label: str, calls: int) -> dict[str, dict[str, float]]:
         keys.create(conn, account=f"to_{label}")
         tag = uuid.uuid4().hex[:8]
 
-        def event(i: int) -> None:
+        def event_call(i: int) -> tuple[str, tuple[Any, ...]]:
             body = {
                 "id": f"evt_{label}_{tag}_{i}",
                 "type": "customer.updated",
                 "created": int(time.time()),
                 "data": {"object": {"object": "customer", "id": f"cus_{i}"}},
             }
-            conn.execute("SELECT * FROM api.ingest_stripe_event_v1(%s::jsonb)", (json.dumps(body),))
+            return "SELECT * FROM api.ingest_stripe_event_v1(%s::jsonb)", (json.dumps(body),)
 
-        def usage(i: int) -> None:
-            conn.execute(
+        def usage_call(i: int) -> tuple[str, tuple[Any, ...]]:
+            return (
                 "SELECT * FROM api.record_usage_v2(%s,"
                 " ARRAY[ROW(%s, NULL, NULL, 'tokens', 1, now())::api.usage_event_v1])",
                 (user, f"{label}-{tag}-{i}"),
             )
 
-        def transfer(i: int) -> None:
-            conn.execute(
+        def transfer_call(i: int) -> tuple[str, tuple[Any, ...]]:
+            return (
                 "SELECT * FROM api.transfer_v1(%s, %s, %s, 0.01, 'USD', %s)",
                 (user, f"w_{label}", f"to_{label}", f"{tag}-{i}"),
             )
 
+        def event(i: int) -> None:
+            conn.execute(*event_call(i))
+
+        def usage(i: int) -> None:
+            conn.execute(*usage_call(i))
+
+        def transfer(i: int) -> None:
+            conn.execute(*transfer_call(i))
+
+        def buffers(call: Any) -> float:
+            touched = [blocks(conn, *call(calls + 100 + i)) for i in range(200)]
+            return round(statistics.fmean(touched), 1)
+
         for warm in (event, usage, transfer):  # plans and caches, before the clock runs
             for i in range(calls, calls + 50):
                 warm(i)
-        return {
+        report = {
             "stripe_event": timed(calls, event),
             "usage_event": timed(calls, usage),
             "transfer": timed(calls, transfer),
         }
+        for name, call in (
+            ("stripe_event", event_call),
+            ("usage_event", usage_call),
+            ("transfer", transfer_call),
+        ):
+            report[name]["buffers_per_call"] = buffers(call)
+        return report
 
 
 def sizes(dsn: str) -> dict[str, int]:
