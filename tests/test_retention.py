@@ -1,7 +1,7 @@
 """Retention (`tollgate archive`, db/sql/89-retention.sql): final rows older than the horizon
 move to the archive tables, committed, by the command; ids stay unique across live and
-archive while writers and two retention runs work at once; the audit chain verifies across
-the archive."""
+archive while writers and two retention runs work at once (and for a signed webhook over
+HTTP); the audit chain verifies across the archive."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 from db import keys, queries
+from tests.conftest import Api
+from tests.helpers import event, sign, wait_applied
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,3 +228,41 @@ def test_an_id_resent_while_its_batch_commits_is_a_duplicate(
             assert answers[kind] == ["duplicate"], kind
     assert counts(db)["payment_events"] == (0, 1)
     assert counts(db)["usage_events"] == (0, 1)
+
+
+def test_a_webhook_for_an_archived_event_answers_duplicate(
+    api: Api, new_key: Any, db: psycopg.Connection[Any]
+) -> None:
+    """Stripe retries for days and `tollgate reconcile stripe` rebuilds events it made before:
+    an event archived since is answered as any duplicate is, with its payment, over HTTP."""
+    key = new_key("hook_user")
+    with api.client(key) as http:
+        created = http.post(
+            "/v1/payments",
+            json={"amount_minor": 2500, "currency": "eur", "purpose": "agent.run"},
+            headers={"Idempotency-Key": "p-archived"},
+        )
+    assert created.status_code == 201, created.text
+    payment = created.json()
+    payload = event("evt_archived_1", payment["stripe_id"], "succeeded")
+    headers = {
+        "Content-Type": "application/json",
+        "Stripe-Signature": sign(payload, api.webhook_secret),
+    }
+    with httpx.Client(base_url=api.url, timeout=30) as http:
+        first = http.post("/v1/webhooks/stripe", content=payload, headers=headers)
+        assert first.status_code == 200 and first.json()["outcome"] == "received"
+        assert wait_applied(db, "evt_archived_1") == {"evt_archived_1": "applied"}
+        assert (
+            queries.archive_batch(db, kind="payment_events", older_than=dt.timedelta(0), batch=10)
+            == 1
+        )
+        again = http.post("/v1/webhooks/stripe", content=payload, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json() == {
+        "outcome": "duplicate",
+        "event_id": "evt_archived_1",
+        "payment_id": payment["id"],
+        "payment_status": "succeeded",
+    }
+    assert counts(db)["payment_events"] == (0, 1), "stored once, archived"
