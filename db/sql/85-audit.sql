@@ -313,8 +313,11 @@ AS $$
     FROM (SELECT DISTINCT s.account_uuid FROM recent_seals s) a
     LEFT JOIN tollgate.audit_heads h ON h.account_uuid = a.account_uuid
     LEFT JOIN tollgate.audit_seals e ON e.account_uuid = h.account_uuid AND e.seq = h.rows
+    -- the last seal is archived when its row was written before the live ones (seq is commit order)
+    LEFT JOIN tollgate.audit_seals_archive ea ON e.seq IS NULL AND ea.account_uuid = h.account_uuid
+                                             AND ea.seq = h.rows
     WHERE h.account_uuid IS NULL  -- the head was deleted
-       OR e.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
+       OR coalesce(e.row_hash, ea.row_hash) IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
        OR EXISTS (SELECT FROM tollgate.audit_seals n WHERE n.account_uuid = h.account_uuid AND n.seq > h.rows)
 $$;
 
