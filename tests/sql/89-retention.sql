@@ -2,7 +2,7 @@
 -- across live and archive; the audit chain verifies across both and finds tampering in the
 -- archive; nobody else writes or changes an archive, nor deletes from a live table.
 BEGIN;
-SELECT plan(46);
+SELECT plan(50);
 
 -- Seals are written at COMMIT; this test never commits, so it seals at each statement's end.
 SET CONSTRAINTS tollgate.audit_log_90_seal IMMEDIATE;
@@ -105,6 +105,27 @@ RESET ROLE;
 SET LOCAL ROLE tollgate_analyst;
 SELECT throws_ok($$SELECT * FROM tollgate.audit_log_archive$$, '42501', NULL, 'analysts read no archive table directly');
 RESET ROLE;
+
+-- Who may do what: retention deletes from six tables and writes the archives, nothing else.
+SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
+                WHERE c.relnamespace = 'tollgate'::regnamespace AND c.relkind = 'r'
+                  AND has_table_privilege('tollgate_retention', c.oid, 'DELETE') ORDER BY 1),
+          ARRAY['audit_log', 'audit_seals', 'outbox', 'outbox_deliveries', 'payment_events', 'usage_events'],
+          'retention may delete from the six tables it archives, and from no other');
+SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
+                WHERE c.relnamespace = 'tollgate'::regnamespace AND c.relkind = 'r'
+                  AND (has_table_privilege('tollgate_retention', c.oid, 'INSERT')
+                       OR has_table_privilege('tollgate_retention', c.oid, 'UPDATE')) ORDER BY 1),
+          ARRAY['audit_log_archive', 'audit_seals_archive', 'outbox_archive', 'payment_events_archive',
+                'usage_events_archive'],
+          'it writes the archives only, and changes no row anywhere');
+SELECT ok(NOT has_schema_privilege('tollgate_app', 'retention', 'USAGE')
+          AND NOT has_schema_privilege('tollgate_listener', 'retention', 'USAGE')
+          AND NOT has_schema_privilege('tollgate_analyst', 'retention', 'USAGE')
+          AND NOT has_schema_privilege('tollgate_owner', 'retention', 'USAGE'),
+          'no other role reaches the retention functions');
+SELECT ok(NOT has_function_privilege('public', 'retention.archive_batch(text, interval, integer)', 'EXECUTE'),
+          'nor may PUBLIC execute them');
 
 -- Tampering in the archive is found.
 SET LOCAL session_replication_role = replica;  -- a superuser writing around the triggers
