@@ -444,6 +444,28 @@ INVARIANTS: frozenset[str] = frozenset(
         "transactions_reversal_posting_id_fkey",
         "transactions_settlement_posting_id_fkey",
         "usage_events_posting_id_fkey",
+        # retention's archives (db/sql/89-retention.sql): only retention.archive_batch writes
+        # them, moving rows that kept these keys while live
+        *(
+            f"{table}_archive_{suffix}"
+            for table, suffix in (
+                ("audit_log", "account_uuid_fkey"),
+                ("audit_log", "pkey"),
+                ("audit_seals", "audit_id_key"),
+                ("audit_seals", "pkey"),
+                ("outbox", "account_uuid_fkey"),
+                ("outbox", "event_id_key"),
+                ("outbox", "pkey"),
+                ("payment_events", "account_uuid_fkey"),
+                ("payment_events", "pkey"),
+                ("usage_events", "account_uuid_fkey"),
+                ("usage_events", "pkey"),
+            )
+        ),
+        # retention's arguments (`tollgate archive` checks them first)
+        "retention_batch",
+        "retention_horizon",
+        "retention_kind",
         # uniqueness Tollgate's functions keep (they insert ON CONFLICT or look first)
         "accounts_external_id_key",
         "audit_seals_audit_id_key",

@@ -1365,3 +1365,14 @@ def unregister_consumer(conn: Connection[Any], *, consumer: str) -> int:
 def prune_deliveries(conn: Connection[Any], *, older_than: dt.timedelta) -> int:
     """Forget deliveries done more than ``older_than`` ago; how many."""
     return _one_sync(conn, _CountRow, "prune_deliveries", {"older_than": older_than}).count
+
+
+ARCHIVE_KINDS = ("payment_events", "usage_events", "audit", "outbox")
+
+
+def archive_batch(conn: Connection[Any], *, kind: str, older_than: dt.timedelta, batch: int) -> int:
+    """Move one batch of at most ``batch`` final rows of ``kind`` (``ARCHIVE_KINDS``) older
+    than ``older_than`` to its archive table (db/sql/89-retention.sql); how many moved. Needs a
+    connection whose role may use schema retention (the migrating role)."""
+    params = {"kind": kind, "older_than": older_than, "batch": batch}
+    return _one_sync(conn, _CountRow, "archive_batch", params).count

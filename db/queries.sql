@@ -325,6 +325,11 @@ SELECT api.unregister_consumer_v1(p_consumer => %(consumer)s::text) AS count;
 -- name: prune_deliveries
 SELECT api.prune_deliveries_v1(p_older_than => %(older_than)s::interval) AS count;
 
+-- name: archive_batch
+SELECT retention.archive_batch(
+    p_kind => %(kind)s::text, p_older_than => %(older_than)s::interval, p_batch => %(batch)s::integer
+) AS count;
+
 -- name: deliveries_done
 SELECT api.deliveries_done_v2(
     p_consumer => %(consumer)s::text, p_lease_token => %(lease_token)s::uuid, p_outbox_ids => %(outbox_ids)s::bigint[]

@@ -60,6 +60,35 @@ CREATE INDEX payment_events_received_idx ON tollgate.payment_events (received_at
 
 COMMENT ON TABLE tollgate.payment_events IS 'Every Stripe webhook event received, once per event id.';
 
+-- Retention (89-retention.sql) finds old events by arrival time: a BRIN index, a few pages for
+-- the whole table, so a webhook's insert pays almost nothing for it.
+CREATE INDEX payment_events_received_at_brin ON tollgate.payment_events USING brin (received_at);
+
+-- Events in a final state (processed_at set) older than the retention horizon, moved here by
+-- retention.archive_batch('payment_events', ...) and by nothing else. Same columns as
+-- payment_events; the primary key keeps every archived id, so a replayed or reconciled event
+-- is still recognised as a duplicate, however old (tollgate.store_stripe_event looks here too).
+CREATE TABLE tollgate.payment_events_archive (
+    id                 text        CONSTRAINT payment_events_archive_pkey PRIMARY KEY,
+    account_uuid         uuid        CONSTRAINT payment_events_archive_account_uuid_fkey REFERENCES tollgate.accounts,
+    type               text        NOT NULL,
+    stripe_object_id   text,
+    target_status      tollgate.payment_status,
+    stripe_created     timestamptz NOT NULL,
+    payload            jsonb       NOT NULL,
+    state              tollgate.event_state NOT NULL,
+    note               text,
+    payment_intent_id  uuid,
+    received_at        timestamptz NOT NULL,
+    processed_at       timestamptz NOT NULL,
+    subscription_id    uuid
+);
+
+CREATE INDEX payment_events_archive_payment_intent_idx ON tollgate.payment_events_archive (payment_intent_id);
+
+COMMENT ON TABLE tollgate.payment_events_archive IS
+    'Stripe events in a final state moved out of payment_events by retention; append-only.';
+
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
@@ -340,7 +369,9 @@ $$;
 
 -- Store a Stripe event once, as received (or ignored: a type Tollgate does not act on, kept
 -- with the reason), and nothing else. stored is false when its id was stored before: the
--- primary key answers, and nothing is written. The event's shape is checked first (TG030).
+-- primary key answers (or the archive's, for an event retention moved there), and nothing is
+-- written. The event's shape is checked first (TG030). The retention lock, taken shared, keeps
+-- a batch of retention from moving this id between the archive lookup and the insert.
 CREATE OR REPLACE FUNCTION tollgate.store_stripe_event(
     p_event jsonb, OUT stored boolean, OUT state tollgate.event_state, OUT object_id text
 )
@@ -365,6 +396,11 @@ BEGIN
     SELECT * INTO object_id, target, is_sub, is_charge, why FROM tollgate.classify_stripe_event(p_event);
     state := CASE WHEN target IS NULL AND NOT is_sub AND NOT is_charge THEN 'ignored' ELSE 'received' END;
 
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('tollgate:retention:payment_events', 0));
+    IF EXISTS (SELECT FROM tollgate.payment_events_archive a WHERE a.id = p_event ->> 'id') THEN
+        stored := false;
+        RETURN;
+    END IF;
     INSERT INTO tollgate.payment_events
         (id, type, stripe_object_id, target_status, stripe_created, payload, state, note, processed_at)
     VALUES (p_event ->> 'id', p_event ->> 'type', object_id, target,
@@ -436,15 +472,19 @@ BEGIN
 END
 $$;
 
--- A stored event's id, and its payment and that payment's status once it is linked to one.
+-- A stored event's id, and its payment and that payment's status once it is linked to one
+-- (live or archived by retention).
 CREATE OR REPLACE FUNCTION tollgate.stripe_event_receipt(p_event_id text)
 RETURNS TABLE (event_id text, payment_id uuid, payment_status text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT e.id, e.payment_intent_id, p.status::text
-    FROM tollgate.payment_events e LEFT JOIN tollgate.payment_intents p ON p.id = e.payment_intent_id
-    WHERE e.id = p_event_id
+    FROM (SELECT l.id, l.payment_intent_id FROM tollgate.payment_events l WHERE l.id = p_event_id
+          UNION ALL
+          SELECT a.id, a.payment_intent_id FROM tollgate.payment_events_archive a WHERE a.id = p_event_id) e
+    LEFT JOIN tollgate.payment_intents p ON p.id = e.payment_intent_id
+    LIMIT 1
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -572,3 +612,17 @@ CREATE OR REPLACE TRIGGER payment_events_no_delete
 CREATE OR REPLACE TRIGGER payment_events_no_truncate
     BEFORE TRUNCATE ON tollgate.payment_events
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- --- tollgate.payment_events_archive ---
+
+CREATE OR REPLACE TRIGGER payment_events_archive_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.payment_events_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER payment_events_archive_no_truncate
+    BEFORE TRUNCATE ON tollgate.payment_events_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER payment_events_archive_written_by_retention
+    BEFORE INSERT ON tollgate.payment_events_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'rows are archived by retention only');

@@ -42,6 +42,31 @@ CREATE TABLE tollgate.usage_carry (
 
 COMMENT ON TABLE tollgate.usage_events IS 'Metered usage; priced metrics are debited from credits in the same transaction.';
 
+-- Retention (89-retention.sql) finds old events by arrival: BRIN, almost free on insert.
+CREATE INDEX usage_events_received_at_brin ON tollgate.usage_events USING brin (received_at);
+
+-- Usage events older than the retention horizon, moved here by
+-- retention.archive_batch('usage_events', ...) and by nothing else. Same columns as
+-- usage_events; the key keeps every archived (account, id), and api.record_usage_v2 looks here
+-- too, so a retried event is a duplicate however old it is.
+CREATE TABLE tollgate.usage_events_archive (
+    account_uuid   uuid        NOT NULL CONSTRAINT usage_events_archive_account_uuid_fkey REFERENCES tollgate.accounts,
+    id           text        NOT NULL,
+    agent_id     text        NOT NULL,
+    metric       text        NOT NULL,
+    quantity     numeric     NOT NULL,
+    occurred_at  timestamptz NOT NULL,
+    received_at  timestamptz NOT NULL,
+    cost         numeric,
+    currency     text,
+    posting_id   uuid,
+    CONSTRAINT usage_events_archive_pkey PRIMARY KEY (account_uuid, id)
+);
+
+CREATE INDEX usage_events_archive_metric_time_idx ON tollgate.usage_events_archive (account_uuid, metric, occurred_at);
+
+COMMENT ON TABLE tollgate.usage_events_archive IS 'Usage events moved out of usage_events by retention; append-only.';
+
 -- A usage event, as api.record_usage_v2 takes it. Part of the API: a new shape is a new type
 -- (_v2) beside this one, never an ALTER of it.
 CREATE TYPE api.usage_event_v1 AS (
@@ -336,9 +361,12 @@ BEGIN
     -- 2. One batch at a time per account, then the credit wallets in id order.
     SELECT * INTO avail, e_wallet FROM tollgate.lock_usage_wallets(e_account, e_currency);
 
-    -- Ids recorded before (the account's batches are serialised now, so this is final).
-    SELECT array_agg(CASE WHEN x.reason IS NULL AND EXISTS (
-                              SELECT FROM tollgate.usage_events u WHERE u.account_uuid = x.a AND u.id = x.id)
+    -- Ids recorded before, live or archived (the account's batches, and retention's moves of
+    -- its events, are serialised now, so this is final).
+    SELECT array_agg(CASE WHEN x.reason IS NULL AND (
+                              EXISTS (SELECT FROM tollgate.usage_events u WHERE u.account_uuid = x.a AND u.id = x.id)
+                              OR EXISTS (SELECT FROM tollgate.usage_events_archive u
+                                         WHERE u.account_uuid = x.a AND u.id = x.id))
                           THEN 'duplicate' ELSE x.reason END ORDER BY x.ord)
     INTO e_reason
     FROM unnest(e_account, e_id, e_reason) WITH ORDINALITY AS x (a, id, reason, ord);
@@ -423,7 +451,10 @@ BEGIN
     SELECT date_trunc(p_period, u.occurred_at, 'UTC'), u.metric, count(*), sum(u.quantity), max(u.quantity),
            CASE WHEN u.currency IS NOT NULL THEN tollgate.format_exact(sum(u.cost), u.currency) END,
            u.currency
-    FROM tollgate.usage_events u
+    FROM (SELECT l.metric, l.quantity, l.occurred_at, l.cost, l.currency, l.account_uuid FROM tollgate.usage_events l
+          UNION ALL
+          SELECT a.metric, a.quantity, a.occurred_at, a.cost, a.currency, a.account_uuid
+          FROM tollgate.usage_events_archive a) u
     WHERE u.account_uuid = acct.id AND (p_metric IS NULL OR u.metric = p_metric)
       AND u.occurred_at >= coalesce(p_from, '-infinity') AND u.occurred_at < coalesce(p_to, 'infinity')
     GROUP BY 1, 2, u.currency
@@ -431,7 +462,7 @@ BEGIN
 END
 $$;
 
--- For analysts: usage per account, agent, metric and UTC day.
+-- For analysts: usage per account, agent, metric and UTC day, archived events included.
 CREATE OR REPLACE VIEW reporting.usage_daily AS
 SELECT a.external_id                             AS account_id,
        nullif(u.agent_id, '')                    AS agent_id,
@@ -442,7 +473,11 @@ SELECT a.external_id                             AS account_id,
        max(u.quantity)                           AS quantity_max,
        sum(u.cost)                               AS cost_minor,
        u.currency
-FROM tollgate.usage_events u
+FROM (SELECT l.account_uuid, l.agent_id, l.metric, l.occurred_at, l.quantity, l.cost, l.currency
+      FROM tollgate.usage_events l
+      UNION ALL
+      SELECT r.account_uuid, r.agent_id, r.metric, r.occurred_at, r.quantity, r.cost, r.currency
+      FROM tollgate.usage_events_archive r) u
 JOIN tollgate.accounts a ON a.id = u.account_uuid
 GROUP BY 1, 2, 3, 4, u.currency;
 
@@ -461,3 +496,17 @@ CREATE OR REPLACE TRIGGER usage_events_append_only
 CREATE OR REPLACE TRIGGER usage_events_no_truncate
     BEFORE TRUNCATE ON tollgate.usage_events
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change();
+
+-- --- tollgate.usage_events_archive ---
+
+CREATE OR REPLACE TRIGGER usage_events_archive_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.usage_events_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER usage_events_archive_no_truncate
+    BEFORE TRUNCATE ON tollgate.usage_events_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER usage_events_archive_written_by_retention
+    BEFORE INSERT ON tollgate.usage_events_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'rows are archived by retention only');

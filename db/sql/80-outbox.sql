@@ -86,6 +86,24 @@ CREATE INDEX outbox_deliveries_retrying_idx ON tollgate.outbox_deliveries (consu
 
 COMMENT ON TABLE tollgate.outbox_deliveries IS 'One row per consumer and outbox event: at-least-once delivery state.';
 
+-- Outbox events older than the retention horizon that every consumer has received (no
+-- delivery left but delivered ones, which are forgotten with them, as `tollgate outbox prune`
+-- forgets them), moved here by retention.archive_batch('outbox', ...) and by nothing else.
+-- Same columns as outbox.
+CREATE TABLE tollgate.outbox_archive (
+    id          bigint      CONSTRAINT outbox_archive_pkey PRIMARY KEY,
+    event_id    uuid        NOT NULL CONSTRAINT outbox_archive_event_id_key UNIQUE,
+    account_uuid  uuid        NOT NULL CONSTRAINT outbox_archive_account_uuid_fkey REFERENCES tollgate.accounts,
+    topic       text        NOT NULL,
+    payload     jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL,
+    xact_id     xid8
+);
+
+CREATE INDEX outbox_archive_account_uuid_idx ON tollgate.outbox_archive (account_uuid, id);
+
+COMMENT ON TABLE tollgate.outbox_archive IS 'Outbox events every consumer received, moved out of outbox by retention; append-only.';
+
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
@@ -537,6 +555,20 @@ CREATE OR REPLACE TRIGGER outbox_notify
 CREATE OR REPLACE TRIGGER outbox_written_by_triggers
     BEFORE INSERT ON tollgate.outbox
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- --- tollgate.outbox_archive ---
+
+CREATE OR REPLACE TRIGGER outbox_archive_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.outbox_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER outbox_archive_no_truncate
+    BEFORE TRUNCATE ON tollgate.outbox_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER outbox_archive_written_by_retention
+    BEFORE INSERT ON tollgate.outbox_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'rows are archived by retention only');
 
 -- --- tollgate.outbox_deliveries ---
 

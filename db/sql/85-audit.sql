@@ -64,6 +64,41 @@ CREATE TABLE tollgate.audit_seals (
 
 COMMENT ON TABLE tollgate.audit_seals IS 'Each audit row''s place in its account''s hash chain, written when its transaction commits.';
 
+-- Sealed audit rows older than the retention horizon and their seals, moved here together by
+-- retention.archive_batch('audit', ...) and by nothing else. Same columns as audit_log and
+-- audit_seals: the chain is checked across both (verify_audit_chain), so an archived row is
+-- as tamper-evident as a live one, and the live part still links to the archived part.
+CREATE TABLE tollgate.audit_log_archive (
+    id          bigint      CONSTRAINT audit_log_archive_pkey PRIMARY KEY,
+    account_uuid  uuid        NOT NULL CONSTRAINT audit_log_archive_account_uuid_fkey REFERENCES tollgate.accounts,
+    entity      text        NOT NULL,
+    entity_id   text        NOT NULL,
+    action      text        NOT NULL,
+    old_value   text,
+    new_value   text,
+    actor       text        NOT NULL,
+    db_role     text        NOT NULL,
+    at          timestamptz NOT NULL,
+    note        text,
+    xact        bigint
+);
+
+CREATE INDEX audit_log_archive_entity_idx ON tollgate.audit_log_archive (entity, entity_id, id);
+CREATE INDEX audit_log_archive_account_uuid_idx ON tollgate.audit_log_archive (account_uuid, id);
+
+COMMENT ON TABLE tollgate.audit_log_archive IS 'Sealed audit rows moved out of audit_log by retention; append-only, still chained.';
+
+CREATE TABLE tollgate.audit_seals_archive (
+    account_uuid  uuid        NOT NULL,
+    seq         bigint      NOT NULL,
+    audit_id    bigint      NOT NULL CONSTRAINT audit_seals_archive_audit_id_key UNIQUE,
+    prev_hash   bytea       NOT NULL,
+    row_hash    bytea       NOT NULL,
+    CONSTRAINT audit_seals_archive_pkey PRIMARY KEY (account_uuid, seq)
+);
+
+COMMENT ON TABLE tollgate.audit_seals_archive IS 'The seals of archived audit rows, moved with them by retention; append-only.';
+
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
@@ -189,20 +224,31 @@ $$;
 --                  were added around the trigger, or the head itself was deleted)
 -- A superuser who rewrites a whole chain and its head consistently is not caught: keep a copy
 -- of audit_heads.last_hash elsewhere (e.g. in the daily report) to compare against.
+-- The chain is checked whole: rows and seals retention archived (audit_log_archive,
+-- audit_seals_archive) are read with the live ones, so an archived row is checked like any
+-- other and the first live seal must link to the last archived one.
 CREATE OR REPLACE FUNCTION tollgate.verify_audit_chain()
 RETURNS TABLE (account_uuid uuid, problem text, seq bigint, audit_id bigint)
 LANGUAGE sql STABLE SECURITY DEFINER  -- reporting.audit_chain_problems calls it for analysts
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH chained AS (
-        SELECT s.account_uuid, s.seq, s.audit_id, s.prev_hash, s.row_hash, l AS r, l.id AS found,
+    WITH all_rows AS (
+        SELECT l AS r, l.id, l.account_uuid FROM tollgate.audit_log l
+        UNION ALL
+        SELECT ROW(a.*)::tollgate.audit_log, a.id, a.account_uuid FROM tollgate.audit_log_archive a
+    ), all_seals AS (
+        SELECT s.* FROM tollgate.audit_seals s
+        UNION ALL
+        SELECT a.* FROM tollgate.audit_seals_archive a
+    ), chained AS (
+        SELECT s.account_uuid, s.seq, s.audit_id, s.prev_hash, s.row_hash, l.r, l.id AS found,
                lag(s.row_hash) OVER w AS before_hash, lag(s.seq) OVER w AS before_seq,
                row_number() OVER (PARTITION BY s.account_uuid ORDER BY s.seq DESC) AS from_end
-        FROM tollgate.audit_seals s LEFT JOIN tollgate.audit_log l ON l.id = s.audit_id
+        FROM all_seals s LEFT JOIN all_rows l ON l.id = s.audit_id
         WINDOW w AS (PARTITION BY s.account_uuid ORDER BY s.seq)
     )
-    SELECT l.account_uuid, 'unsealed', NULL::bigint, l.id FROM tollgate.audit_log l
-    WHERE NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = l.id)
+    SELECT l.account_uuid, 'unsealed', NULL::bigint, l.id FROM all_rows l
+    WHERE NOT EXISTS (SELECT FROM all_seals s WHERE s.audit_id = l.id)
     UNION ALL
     SELECT c.account_uuid, 'missing', c.seq, c.audit_id FROM chained c WHERE c.found IS NULL
     UNION ALL
@@ -226,8 +272,8 @@ $$;
 
 -- The part of verify_audit_chain() that costs the same at any size, for monitoring
 -- (api.metrics_v1, every scrape): the newest p_rows audit rows and seals, each checked the same
--- ways (unsealed, missing, altered; a link to the seal before it that does not match is
--- broken_link, and a missing one a gap), and the heads of their accounts (head). About 1,000
+-- ways (unsealed, missing, altered; a link to the seal before it, live or archived, that does
+-- not match is broken_link, and a missing one a gap), and the heads of their accounts (head). About 1,000
 -- rows take a few milliseconds. An edit further back is found only by verify_audit_chain(),
 -- which recomputes every hash: run that on a schedule (docs/OPERATIONS.md).
 CREATE OR REPLACE FUNCTION tollgate.audit_recent_problems(p_rows integer)
@@ -241,10 +287,13 @@ AS $$
         SELECT s.* FROM tollgate.audit_seals s ORDER BY s.audit_id DESC LIMIT p_rows
     ), chained AS (
         SELECT s.account_uuid, s.seq, s.audit_id, s.prev_hash, s.row_hash, l AS r, l.id AS found,
-               b.row_hash AS before_hash, b.seq AS before_seq
+               coalesce(b.row_hash, ba.row_hash) AS before_hash, coalesce(b.seq, ba.seq) AS before_seq
         FROM recent_seals s
         LEFT JOIN tollgate.audit_log l ON l.id = s.audit_id
         LEFT JOIN tollgate.audit_seals b ON b.account_uuid = s.account_uuid AND b.seq = s.seq - 1
+        -- the seal before may have been archived by retention
+        LEFT JOIN tollgate.audit_seals_archive ba ON b.seq IS NULL AND ba.account_uuid = s.account_uuid
+                                                 AND ba.seq = s.seq - 1
     )
     SELECT r.account_uuid, 'unsealed', NULL::bigint, r.id FROM recent_rows r
     WHERE NOT EXISTS (SELECT FROM tollgate.audit_seals s WHERE s.audit_id = r.id)
@@ -264,8 +313,11 @@ AS $$
     FROM (SELECT DISTINCT s.account_uuid FROM recent_seals s) a
     LEFT JOIN tollgate.audit_heads h ON h.account_uuid = a.account_uuid
     LEFT JOIN tollgate.audit_seals e ON e.account_uuid = h.account_uuid AND e.seq = h.rows
+    -- the last seal is archived when its row was written before the live ones (seq is commit order)
+    LEFT JOIN tollgate.audit_seals_archive ea ON e.seq IS NULL AND ea.account_uuid = h.account_uuid
+                                             AND ea.seq = h.rows
     WHERE h.account_uuid IS NULL  -- the head was deleted
-       OR e.row_hash IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
+       OR coalesce(e.row_hash, ea.row_hash) IS DISTINCT FROM CASE WHEN h.rows = 0 THEN NULL ELSE h.last_hash END
        OR EXISTS (SELECT FROM tollgate.audit_seals n WHERE n.account_uuid = h.account_uuid AND n.seq > h.rows)
 $$;
 
@@ -361,3 +413,31 @@ CREATE OR REPLACE TRIGGER audit_seals_no_truncate
 CREATE OR REPLACE TRIGGER audit_seals_written_by_triggers
     BEFORE INSERT ON tollgate.audit_seals
     FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION tollgate.refuse_direct_insert();
+
+-- --- tollgate.audit_log_archive ---
+
+CREATE OR REPLACE TRIGGER audit_log_archive_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.audit_log_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER audit_log_archive_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_log_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER audit_log_archive_written_by_retention
+    BEFORE INSERT ON tollgate.audit_log_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'rows are archived by retention only');
+
+-- --- tollgate.audit_seals_archive ---
+
+CREATE OR REPLACE TRIGGER audit_seals_archive_append_only
+    BEFORE UPDATE OR DELETE ON tollgate.audit_seals_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER audit_seals_archive_no_truncate
+    BEFORE TRUNCATE ON tollgate.audit_seals_archive
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER audit_seals_archive_written_by_retention
+    BEFORE INSERT ON tollgate.audit_seals_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'rows are archived by retention only');

@@ -29,7 +29,7 @@ BEGIN
              WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname ~ '^pg_(try_)?advisory_(xact_)?lock'
     LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO tollgate_owner', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO tollgate_owner, tollgate_retention', f);
     END LOOP;
 END
 $locks$;
@@ -163,3 +163,24 @@ REVOKE DELETE, TRUNCATE
 REVOKE UPDATE, DELETE, TRUNCATE ON tollgate.payment_takebacks FROM tollgate_owner;
 
 REVOKE DELETE, TRUNCATE ON tollgate.refunds, tollgate.disputes FROM tollgate_owner;
+
+-- Retention (89-retention.sql): tollgate_retention reads and deletes the rows it moves, and
+-- writes the archives; tollgate.refuse_change lets it past the append-only triggers of these
+-- tables only, and it has no privilege on any other table. Nobody else writes an archive, the
+-- owner included; analysts read them through the reporting views (95-reporting.sql).
+GRANT SELECT, DELETE
+    ON tollgate.payment_events, tollgate.usage_events, tollgate.audit_log, tollgate.audit_seals,
+       tollgate.outbox, tollgate.outbox_deliveries
+    TO tollgate_retention;
+
+GRANT SELECT ON tollgate.outbox_consumers TO tollgate_retention;
+
+GRANT SELECT, INSERT
+    ON tollgate.payment_events_archive, tollgate.usage_events_archive, tollgate.audit_log_archive,
+       tollgate.audit_seals_archive, tollgate.outbox_archive
+    TO tollgate_retention;
+
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE
+    ON tollgate.payment_events_archive, tollgate.usage_events_archive, tollgate.audit_log_archive,
+       tollgate.audit_seals_archive, tollgate.outbox_archive
+    FROM tollgate_owner;

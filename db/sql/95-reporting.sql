@@ -8,11 +8,15 @@
 -- ===== Functions and views: re-applied by every migrate =====
 SET LOCAL ROLE tollgate_owner;
 
--- Status changes of payments, from the audit trail.
+-- Status changes of payments, from the audit trail (archived rows included).
 CREATE OR REPLACE VIEW reporting.payment_status_changes AS
 SELECT l.entity_id::uuid AS payment_id, a.external_id AS account_id, l.old_value AS from_status,
        l.new_value AS to_status, l.actor, l.at
-FROM tollgate.audit_log l JOIN tollgate.accounts a ON a.id = l.account_uuid
+FROM (SELECT t.entity, t.entity_id, t.account_uuid, t.old_value, t.new_value, t.actor, t.at FROM tollgate.audit_log t
+      UNION ALL
+      SELECT r.entity, r.entity_id, r.account_uuid, r.old_value, r.new_value, r.actor, r.at
+      FROM tollgate.audit_log_archive r) l
+JOIN tollgate.accounts a ON a.id = l.account_uuid
 WHERE l.entity = 'payment_intent';
 
 CREATE OR REPLACE VIEW reporting.payments AS
@@ -123,12 +127,19 @@ SELECT v.id AS review_id, v.account_id, v.subject, v.subject_ref, v.rules, v.det
        now() - v.created_at AS waiting
 FROM tollgate.review_v1 v WHERE v.status = 'open';
 
+-- The whole trail: live rows and those retention archived (with their seals).
 CREATE OR REPLACE VIEW reporting.audit_trail AS
 SELECT l.id AS audit_id, a.external_id AS account_id, s.seq, l.entity, l.entity_id, l.action,
        l.old_value, l.new_value, l.actor, l.db_role, l.at, l.note
 FROM tollgate.audit_log l
 JOIN tollgate.accounts a ON a.id = l.account_uuid
-LEFT JOIN tollgate.audit_seals s ON s.audit_id = l.id;
+LEFT JOIN tollgate.audit_seals s ON s.audit_id = l.id
+UNION ALL
+SELECT l.id, a.external_id, s.seq, l.entity, l.entity_id, l.action,
+       l.old_value, l.new_value, l.actor, l.db_role, l.at, l.note
+FROM tollgate.audit_log_archive l
+JOIN tollgate.accounts a ON a.id = l.account_uuid
+LEFT JOIN tollgate.audit_seals_archive s ON s.audit_id = l.id;
 
 CREATE OR REPLACE VIEW reporting.audit_chain_problems AS
 SELECT a.external_id AS account_id, v.problem, v.seq, v.audit_id
