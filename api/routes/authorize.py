@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api import body, operations
+from api import body, operations, x402
 from api.deps import ApiKey, Pool
 from api.models import Authorization, AuthorizeRequest, ErrorBody, PaymentRequired
 
@@ -27,8 +27,13 @@ async def authorize(request: Request, api_key: ApiKey, pool: Pool) -> JSONRespon
     of the action, or its credits entitle it: with credits, the cost is held (`hold_id`), to
     capture with the actual cost or release when the work is done. Otherwise 402:
     `payment_required` with `accepts`, the exact payment requests (method, url, headers, body)
-    that would entitle the account, or `spend_cap_exceeded`."""
+    that would entitle the account, or `spend_cap_exceeded`. Every 402 also carries x402 v2's
+    `PAYMENT-REQUIRED` header (docs/X402.md)."""
     ask = await body.parse(request, AuthorizeRequest)
     answer = await operations.authorize(pool, api_key=api_key, ask=ask)
-    status = 402 if isinstance(answer, PaymentRequired) else 200
-    return JSONResponse(answer.model_dump(mode="json"), status_code=status)
+    if isinstance(answer, PaymentRequired):
+        required = x402.for_authorization(answer, str(request.url))
+        return JSONResponse(
+            answer.model_dump(mode="json"), status_code=402, headers=x402.required_header(required)
+        )
+    return JSONResponse(answer.model_dump(mode="json"), status_code=200)
