@@ -41,6 +41,12 @@ BAD_REQUEST_CODES = {
     "invalid_event",
     "malformed_json",
     "idempotency_key_required",
+    # x402's PAYMENT-SIGNATURE header (api/x402.py): malformed, or naming no offered scheme
+    "invalid_payment_signature",
+    "unsupported_x402_version",
+    "invalid_payment_payload",
+    "unsupported_payment_scheme",
+    "invalid_payment_identifier",
 }
 
 RETRY_AFTER_SECONDS = "2"

@@ -3,14 +3,24 @@ with the x402 SDK's own helper and checked against what the JSON body says (docs
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from x402.extensions.payment_identifier import PAYMENT_IDENTIFIER, is_payment_identifier_extension
-from x402.http.constants import PAYMENT_REQUIRED_HEADER
-from x402.http.utils import decode_payment_required_header
-from x402.schemas import PaymentRequired
+from x402.http.constants import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+)
+from x402.http.utils import (
+    decode_payment_required_header,
+    decode_payment_response_header,
+    encode_payment_signature_header,
+)
+from x402.schemas import PaymentPayload, PaymentRequired
 
 from tests.conftest import Api
 
@@ -111,3 +121,79 @@ def test_can_continue_402_carries_x402_payment_required(shop: dict[str, Any]) ->
     assert required.accepts == []
     assert required.error == "payment_required: no succeeded payment"
     assert required.resource is not None and "/can-continue" in required.resource.url
+
+
+def signed(payload: dict[str, Any]) -> dict[str, str]:
+    return {PAYMENT_SIGNATURE_HEADER: encode_payment_signature_header(PaymentPayload(**payload))}
+
+
+def credits_payload(required: PaymentRequired, key: str, paid_id: str) -> dict[str, Any]:
+    accepted = next(r for r in required.accepts if r.scheme == "tollgate-credits")
+    return {
+        "payload": {"apiKey": key, "paymentId": paid_id},
+        "accepted": accepted,
+        "resource": required.resource,
+    }
+
+
+def test_a_paid_retry_with_credits_replays_and_binds_its_identifier(
+    shop: dict[str, Any], db: psycopg.Connection[Any]
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    fund(shop["admin"], "1.00")
+    payload = credits_payload(required, shop["key"], "pay_credits_identifier_1")
+
+    paid = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(payload))
+    assert paid.status_code == 200, paid.text
+    settled = decode_payment_response_header(paid.headers[PAYMENT_RESPONSE_HEADER])
+    assert settled.success and settled.network == "tollgate:credits"
+    assert settled.transaction == paid.json()["hold_id"] and settled.payer == "agent_user"
+
+    again = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(payload))
+    assert again.status_code == 200 and again.json() == paid.json()
+    assert again.headers[PAYMENT_RESPONSE_HEADER] == paid.headers[PAYMENT_RESPONSE_HEADER]
+    assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
+
+    other = payload | {
+        "payload": {"apiKey": shop["key"], "paymentId": "pay_credits_identifier_1", "x": 1}
+    }
+    conflict = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(other))
+    assert (
+        conflict.status_code == 409 and conflict.json()["error"]["code"] == "idempotency_key_reused"
+    )
+    assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        ("not base64!", "invalid_payment_signature"),
+        (base64.b64encode(b'{"x402Version": 2}').decode(), "invalid_payment_signature"),
+        ("scheme", "unsupported_payment_scheme"),
+        ("identifier", "invalid_payment_identifier"),
+        ("key", "invalid_payment_payload"),
+        ("card", "invalid_payment_payload"),
+    ],
+)
+def test_a_bad_payment_signature_is_a_400_that_writes_nothing(
+    shop: dict[str, Any], db: psycopg.Connection[Any], header: str, code: str
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    good = credits_payload(required, shop["key"], "pay_credits_identifier_2")
+    card = next(r for r in required.accepts if r.scheme == "auth-capture")
+    variants = {
+        "scheme": good | {"accepted": good["accepted"].model_copy(update={"scheme": "exact"})},
+        "identifier": good | {"payload": {"apiKey": shop["key"], "paymentId": "short"}},
+        "key": good | {"payload": {"paymentId": "pay_credits_identifier_2"}},
+        "card": good | {"accepted": card, "payload": {"token": "4242424242424242"}},
+    }
+    sent = signed(variants[header]) if header in variants else {PAYMENT_SIGNATURE_HEADER: header}
+    refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=sent)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == code
+    assert db.execute(
+        "SELECT (SELECT count(*) FROM tollgate.holds),"
+        " (SELECT count(*) FROM tollgate.x402_settlements)"
+    ).fetchone() == (0, 0)
