@@ -56,6 +56,10 @@ PAY_TO = "tollgate"
 # How long a paid card retry waits for Stripe's signed webhook to settle the payment.
 CARD_TIMEOUT_SECONDS = 30
 CREDITS_TIMEOUT_SECONDS = 30
+# The MCP transport: the authorize tool as an x402 resource, and where a refusal's
+# PaymentRequired goes in the result's _meta (next to the spec's x402/payment-response).
+MCP_AUTHORIZE_URL = "mcp://tool/authorize"
+MCP_REQUIRED_META = "x402/payment-required"
 
 
 def requirements(answer: PaymentRequired) -> list[PaymentRequirements]:

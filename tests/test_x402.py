@@ -4,6 +4,7 @@ with the x402 SDK's own helper and checked against what the JSON body says (docs
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from x402.http.utils import (
 from x402.schemas import PaymentPayload, PaymentRequired
 
 from tests.conftest import Api
+from tests.test_mcp import with_mcp
 
 ACTION = "report.generate"
 
@@ -197,3 +199,23 @@ def test_a_bad_payment_signature_is_a_400_that_writes_nothing(
         "SELECT (SELECT count(*) FROM tollgate.holds),"
         " (SELECT count(*) FROM tollgate.x402_settlements)"
     ).fetchone() == (0, 0)
+
+
+def test_a_refused_mcp_authorize_carries_x402_payment_required(
+    shop: dict[str, Any], api: Api
+) -> None:
+    async def work(client: Any) -> Any:
+        return await client.call_tool("authorize", {"action": ACTION})
+
+    result = with_mcp(api, shop["key"], work)
+    assert result.is_error
+    body = result.structured_content
+    assert body["status"] == 402 and body["error"]["code"] == "payment_required"
+    assert {o["scheme"] for o in body["accepts"]} == {"stripe.payment", "credits"}, "as before"
+    wrapper = body["x402/error"]
+    assert wrapper["code"] == 402
+    required = PaymentRequired.model_validate(wrapper["data"])
+    assert required.resource is not None and required.resource.url == "mcp://tool/authorize"
+    assert {r.scheme for r in required.accepts} == {"auth-capture", "tollgate-credits"}
+    assert result.meta["x402/payment-required"] == wrapper["data"]
+    assert json.loads(result.content[0].text)["x402/error"] == wrapper
