@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def holds(db: psycopg.Connection[Any]) -> list[tuple[str, str, int]]:
 def test_an_x402_agent_pays_by_card_through_the_sdk(
     paid_api: tuple[str, dict[str, str]], dev_stack: Path, db: psycopg.Connection[Any]
 ) -> None:
-    url, _ = paid_api
+    url, env = paid_api
     said = steps(run_agent(url, dev_stack))
     assert said[0].startswith("buying a report")
     assert said[1].startswith("paid 50 on card:any (pi_") and "got report" in said[1]
@@ -61,12 +62,27 @@ def test_an_x402_agent_pays_by_card_through_the_sdk(
     assert said[3] == "a call that fails at the seller: 500, its hold released"
 
     # Two card payments (the paid call, the failed call), each bought 0.50 of credits for the
-    # seller's walk-in account (the paywall's key, ops); one hold captured, one released.
-    payments = db.execute(
-        "SELECT status::text, purpose, amount FROM tollgate.payment_intents ORDER BY created_at"
-    ).fetchall()
-    assert payments == [("succeeded", "credits", 50)] * 2
+    # seller's walk-in account (the paywall's key, ops); one hold captured, one released, and
+    # the failed call's payment refunded: its credits are taken back once Stripe reports it.
     assert holds(db) == [("ops", "captured", 1), ("ops", "released", 1)]
+    deadline = time.monotonic() + 30
+    while True:
+        payments = db.execute(
+            "SELECT p.status::text, p.purpose, p.amount, p.amount_refunded,"
+            " (SELECT b.balance FROM api.balances_v1(%s, 'ops') b WHERE b.name = 'main')"
+            " FROM tollgate.payment_intents p ORDER BY p.created_at",
+            (env["TOLLGATE_ADMIN_KEY"],),
+        ).fetchall()
+        if payments[-1] != ("refunded", "credits", 50, 50, "0.00") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+            continue
+        break
+    assert payments == [
+        ("succeeded", "credits", 50, 0, "0.00"),
+        ("refunded", "credits", 50, 50, "0.00"),
+    ], "the failed call kept nothing"
     settled = db.execute(
         "SELECT count(*) FILTER (WHERE response IS NOT NULL), count(*)"
         " FROM tollgate.x402_settlements"

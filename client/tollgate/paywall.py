@@ -9,7 +9,8 @@
 For each request to a priced route the paywall asks Tollgate's ``POST /v1/authorize`` whether
 the caller may run the action: a subscription, a paid run, or a hold on credits at the action's
 price. Allowed: the route runs; when it answers below 400 the hold is captured, otherwise (an
-error status or an exception) it is released, so a failed call costs nothing. Refused: the
+error status or an exception) it is released, so a failed call costs nothing (a card paid
+through x402 for it is refunded: that needs the paywall's key to be an admin key). Refused: the
 caller gets Tollgate's 402 as it is, its JSON body and x402's ``PAYMENT-REQUIRED`` header (whose
 ``resource`` names this API's URL).
 
@@ -124,6 +125,8 @@ class Paywall:
                 if hold_id and not finished:
                     finished.append(to)
                     await _finish(tollgate, owner, hold_id, to)
+                    if to == "release" and settled:
+                        await _void_card(tollgate, self.api_key, settled)
 
             async def send_with_payment(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -160,6 +163,28 @@ async def _finish(tollgate: httpx.AsyncClient, key: str, hold_id: str, to: str) 
         return
     if done.status_code != 200:
         log.warning("could not %s hold %s: %s %s", to, hold_id, done.status_code, done.text)
+
+
+async def _void_card(tollgate: httpx.AsyncClient, key: str, settled: str) -> None:
+    """A failed call paid by card through x402 keeps nothing: the payment that bought its
+    credits is refunded (once: the Idempotency-Key is the PaymentIntent's), and Stripe's refund
+    events take the credits back. Refunds need an admin key: the paywall's."""
+    answer = _decode(settled)
+    if not isinstance(answer, dict) or not str(answer.get("network", "")).startswith("card:"):
+        return
+    intent = answer.get("transaction")
+    if not isinstance(intent, str) or not intent.startswith("pi_"):
+        return  # held from credits already on the account: nothing was charged for it
+    try:
+        done = await tollgate.post(
+            f"/v1/payments/{intent}/refunds",
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": f"x402-void-{intent}"},
+        )
+    except httpx.HTTPError as exc:
+        log.warning("could not refund %s: %s", intent, exc)
+        return
+    if done.status_code not in (200, 201):
+        log.warning("could not refund %s: %s %s", intent, done.status_code, done.text)
 
 
 def _bearer(value: str | None) -> str | None:
