@@ -357,8 +357,17 @@ async def _card(
             wait=5.0,
         )
         status = paid.payment.status
+        if paid.replayed:  # a resent payment, or its twin: where is it now?
+            async with pool.connection() as conn:
+                now = await queries.get_payment(conn, api_key=api_key, ref=str(paid.payment.id))
+            status = now.status
         if status == "requires_confirmation":
-            status = await stripe.confirm_payment_intent(paid.payment.stripe_id)
+            try:
+                status = await stripe.confirm_payment_intent(paid.payment.stripe_id)
+            except DomainError as exc:
+                # A twin confirmed it a moment ago: Stripe refuses a second confirmation.
+                if not (paid.replayed and exc.code == "stripe_rejected"):
+                    raise
     except DomainError as exc:
         if exc.kind != "payment_required":
             raise

@@ -23,7 +23,8 @@ from x402.http.utils import (
 )
 from x402.schemas import PaymentPayload, PaymentRequired
 
-from tests.conftest import Api
+from tests.conftest import Api, Emulator
+from tests.helpers import in_parallel, stripe_client
 from tests.test_mcp import with_mcp
 
 ACTION = "report.generate"
@@ -219,3 +220,84 @@ def test_a_refused_mcp_authorize_carries_x402_payment_required(
     assert {r.scheme for r in required.accepts} == {"auth-capture", "tollgate-credits"}
     assert result.meta["x402/payment-required"] == wrapper["data"]
     assert json.loads(result.content[0].text)["x402/error"] == wrapper
+
+
+def card_payload(required: PaymentRequired, token: str, paid_id: str) -> dict[str, Any]:
+    accepted = next(r for r in required.accepts if r.scheme == "auth-capture")
+    return {
+        "payload": {"token": token, "paymentId": paid_id},
+        "accepted": accepted,
+        "resource": required.resource,
+    }
+
+
+def test_a_paid_retry_by_card_settles_once_and_a_declined_card_is_a_402(
+    shop: dict[str, Any], emulator: Emulator, db: psycopg.Connection[Any]
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    stripe = stripe_client(emulator.base)
+
+    def card(number: str) -> str:
+        method = stripe.v1.payment_methods.create(
+            {
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+            }
+        )
+        return str(method.id)
+
+    declined = card_payload(required, card("4000000000000341"), "pay_card_identifier_01")
+    refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(declined))
+    assert refused.json()["error"]["code"] == "card_declined"
+    assert decoded(refused).accepts, "a 402 saying how to pay, in both formats"
+
+    good = card_payload(required, card("4242424242424242"), "pay_card_identifier_02")
+    answers = [
+        agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(good)) for _ in range(2)
+    ]
+    for paid in answers:
+        assert paid.status_code == 200, paid.text
+        assert paid.json()["via"] == "credits" and paid.json()["hold_id"]
+    first, again = (
+        decode_payment_response_header(a.headers[PAYMENT_RESPONSE_HEADER]) for a in answers
+    )
+    assert first == again and first.transaction.startswith("pi_") and first.amount == "50"
+    assert answers[0].json() == answers[1].json()
+    rows = db.execute(
+        "SELECT status::text, count(*)::int FROM tollgate.payment_intents GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert ("succeeded", 1) in rows, rows
+    assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
+
+    # The same identifier with another card: refused before anything is charged.
+    other = card_payload(required, card("4242424242424242"), "pay_card_identifier_02")
+    conflict = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(other))
+    assert conflict.status_code == 409, conflict.text
+    assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
+
+
+def test_twin_card_retries_charge_once(
+    shop: dict[str, Any], api: Api, emulator: Emulator, db: psycopg.Connection[Any]
+) -> None:
+    """The same paid retry sent four times at once (an agent retrying on a timeout): one
+    PaymentIntent, one hold, four identical answers."""
+    required = decoded(shop["agent"].post("/v1/authorize", json={"action": ACTION}))
+    method = stripe_client(emulator.base).v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
+    headers = signed(card_payload(required, str(method.id), "pay_card_identifier_03"))
+
+    def send(_: int) -> httpx.Response:
+        with api.client(shop["key"]) as http:
+            return http.post("/v1/authorize", json={"action": ACTION}, headers=headers)
+
+    answers = in_parallel(4, send)
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert len({a.headers[PAYMENT_RESPONSE_HEADER] for a in answers}) == 1
+    assert len({a.json()["hold_id"] for a in answers}) == 1
+    assert db.execute("SELECT count(*) FROM tollgate.payment_intents").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
