@@ -122,6 +122,16 @@ def for_continuation(answer: Continuation, url: str) -> X402PaymentRequired:
     )
 
 
+def for_refusal(code: str, message: str, url: str) -> X402PaymentRequired:
+    """The x402 form of any other 402 (a declined card, a spend cap on a capture or a
+    transfer): the reason, and no way to pay that would change it."""
+    return X402PaymentRequired(
+        error=f"{code}: {message}",
+        resource=ResourceInfo(url=url, mime_type="application/json"),
+        accepts=[],
+    )
+
+
 def required_header(required: X402PaymentRequired) -> dict[str, str]:
     return {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(required)}
 

@@ -301,3 +301,23 @@ def test_twin_card_retries_charge_once(
     assert len({a.json()["hold_id"] for a in answers}) == 1
     assert db.execute("SELECT count(*) FROM tollgate.payment_intents").fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
+
+
+def test_every_other_402_carries_x402_payment_required(shop: dict[str, Any]) -> None:
+    """A transfer past a spend cap is a 402 from the error handler: the header is there too."""
+    fund(shop["admin"], "5.00")
+    capped = shop["admin"].put(
+        "/v1/accounts/agent_user/spend-caps",
+        json={"period": "day", "currency": "USD", "hard_limit": "0.60"},
+    )
+    assert capped.status_code == 200, capped.text
+    refused = shop["agent"].post(
+        "/v1/transfers",
+        json={"to_account_id": "ops", "amount": "1.00", "currency": "USD"},
+        headers={"Idempotency-Key": "transfer-over-cap"},
+    )
+    assert refused.json()["error"]["code"] == "spend_cap_exceeded"
+    required = decoded(refused)
+    assert required.accepts == [] and required.error is not None
+    assert required.error.startswith("spend_cap_exceeded: ")
+    assert required.resource is not None and required.resource.url.endswith("/v1/transfers")
