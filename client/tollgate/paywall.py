@@ -110,6 +110,8 @@ class Paywall:
                         answer.headers[PAYMENT_REQUIRED], _url(scope, headers)
                     )
                     extra.append((b"payment-required", required.encode("latin-1")))
+                if "retry-after" in answer.headers:  # nothing was done: the caller may retry
+                    extra.append((b"retry-after", answer.headers["retry-after"].encode("latin-1")))
                 await _raw(send, answer.status_code, answer.content, extra)
                 return
             allowed = answer.json()
@@ -229,9 +231,9 @@ def _url(scope: Scope, headers: Mapping[str, str]) -> str:
 
 async def _raw(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
     headers = [(b"content-type", b"application/json"), *extra]
-    if extra:
-        exposed = b", ".join(name.upper() for name, _ in extra)
-        headers.append((b"access-control-expose-headers", exposed))
+    exposed = [name.upper() for name, _ in extra if name.startswith(b"payment-")]
+    if exposed:
+        headers.append((b"access-control-expose-headers", b", ".join(exposed)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
