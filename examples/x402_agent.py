@@ -25,7 +25,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from x402 import x402Client
@@ -119,9 +118,5 @@ async def main() -> int:
     return 0 if failed.status_code == 500 else 1
 
 
-def run() -> Any:
-    return asyncio.run(main())
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(asyncio.run(main()))
