@@ -23,9 +23,25 @@ $(STAMP): pyproject.toml client/pyproject.toml
 dev: $(STAMP)
 	$(BIN)/tollgate dev
 
-## Lint, type-check and run every test (pytest + pgTAP) against a real PostgreSQL.
+## Lint, type-check and run every test (pytest + pgTAP) against a real PostgreSQL; then the
+## HTTP tests once more with the API behind a PgBouncer in transaction pooling mode.
 test: $(STAMP) lint
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-pgbouncer
+
+# The tests whose API talks to PostgreSQL the most (payments, Stripe webhooks and the applier,
+# authorize and holds, transactions, transfers, MCP), about 2.5 minutes: every API
+# they start goes through a PgBouncer (pool_mode = transaction) the session starts, as the
+# API's own login, with LISTEN direct (tests/conftest.py; docs/OPERATIONS.md, "Behind
+# PgBouncer"). tests/test_pgbouncer.py, in the first run, proves PgBouncer is in the path.
+# The pgTAP files, which call the SQL API, go through it too (fixture sql_dsn).
+PGBOUNCER_TESTS := tests/test_webhooks.py tests/test_payments.py tests/test_gating.py \
+	tests/test_transactions.py tests/test_ledger.py tests/test_mcp.py \
+	tests/test_refunds.py tests/test_reviews.py tests/test_health.py \
+	tests/test_transfer_batches.py tests/test_pgtap.py
+.PHONY: test-pgbouncer
+test-pgbouncer: $(STAMP)
+	TOLLGATE_TEST_PGBOUNCER=1 $(BIN)/pytest $(PGBOUNCER_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -51,3 +67,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .tollgate
+
+## The failover test: etcd and a two-node Patroni cluster (installed by the test when missing),
+## the primary killed under load (tests/ha/test_failover.py). Prints what the failover cost.
+test-ha: $(STAMP)
+	$(BIN)/pytest -m ha -s tests/ha --basetemp=$(or $(BASETEMP),/tmp/pt-ha)

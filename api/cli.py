@@ -169,16 +169,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from db import queries
     from db.errors import DomainError
     from db.migrate import migrate
+    from db.pooling import PooledConnectionRefused
 
     with ExitStack() as stack:
         url = database_url(stack, args.data_dir)
-        applied = migrate(url)
+        try:
+            applied = migrate(url)
+        except PooledConnectionRefused as exc:
+            print(f"tollgate migrate: {exc}", file=sys.stderr)
+            return 2
         print("applied: " + (", ".join(applied) if applied else "nothing new"))
         # The deployment's configured webhook secret is registered with the migrations, by
         # the role that may (the service's own role cannot).
         secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
         if secret:
-            with psycopg.connect(url, autocommit=True) as conn:
+            with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
                 try:
                     done = queries.operator_add_webhook_secret(
                         conn, secret=secret, label="STRIPE_WEBHOOK_SECRET"
@@ -194,9 +199,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _connect(stack: ExitStack, data_dir: Path) -> psycopg.Connection[tuple[object, ...]]:
+    """The operator commands' connection. It prepares no statement, so DATABASE_URL may be a
+    PgBouncer in transaction mode (db/pooling.py): a command's short life gains nothing
+    from them."""
     from api.devstack import database_url
 
-    return stack.enter_context(psycopg.connect(database_url(stack, data_dir), autocommit=True))
+    return stack.enter_context(
+        psycopg.connect(database_url(stack, data_dir), autocommit=True, prepare_threshold=None)
+    )
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -329,6 +339,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from db import handlers
     from db.errors import DomainError
     from db.listener import Handler, Listener, ListenerSettings
+    from db.pooling import PooledConnectionRefused
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     if args.webhook:
@@ -373,6 +384,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         except DomainError as exc:  # refused (not unavailable): reconnecting would not help
             print(f"tollgate listen: {exc.message}", file=sys.stderr)
             return 2
+        except PooledConnectionRefused as exc:
+            print(f"tollgate listen: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -390,6 +404,8 @@ def _cmd_apply_events(args: argparse.Namespace) -> int:
         applier = Applier(
             ApplierSettings(
                 dsn=database_url(stack, args.data_dir),
+                # LISTEN needs a direct connection (DATABASE_URL may be PgBouncer).
+                listen_dsn=os.environ.get("DATABASE_LISTEN_URL") or None,
                 role=args.role or None,
                 batch=args.batch,
                 sweep_seconds=args.sweep,
@@ -536,10 +552,33 @@ def _cmd_reconcile_stripe(args: argparse.Namespace) -> int:
 def _cmd_analyst_url(args: argparse.Namespace) -> int:
     from db import analyst
 
+    replica = args.replica
+    if replica == "":  # --replica without a URL: the standby named in the environment
+        replica = os.environ.get("DATABASE_REPLICA_URL", "").strip()
+        if not replica:
+            print(
+                "tollgate analyst url: --replica needs the standby's URL: set "
+                "DATABASE_REPLICA_URL or give it (--replica postgresql://HOST:PORT/)",
+                file=sys.stderr,
+            )
+            return 2
     with ExitStack() as stack:
         try:
-            print(analyst.issue_login(_connect(stack, args.data_dir), role=args.role))
-        except (analyst.RoleRefused, psycopg.Error) as exc:
+            conn = _connect(stack, args.data_dir)
+            if replica is None:
+                print(analyst.issue_login(conn, role=args.role))
+            else:
+                login = analyst.issue_replica_login(conn, replica, role=args.role)
+                print(login.url)
+                if not login.replayed:
+                    print(
+                        "tollgate analyst url: the replica has not replayed the new login within "
+                        f"{analyst.REPLICA_WAIT_SECONDS:.0f} s: the URL works once it catches up "
+                        "(is it streaming? see pg_stat_replication on the primary)",
+                        file=sys.stderr,
+                    )
+                    return 1
+        except (analyst.RoleRefused, analyst.ReplicaRefused, psycopg.Error) as exc:
             print(f"tollgate analyst url: {exc}".rstrip(), file=sys.stderr)
             return 2
     print(
@@ -742,6 +781,9 @@ def parser() -> argparse.ArgumentParser:
     apply_events = sub.add_parser(
         "apply-events",
         help="apply the Stripe events webhooks stored (as each `tollgate serve` worker does)",
+        description="Apply the Stripe events webhooks stored, as each `tollgate serve` worker "
+        "does. Batches go to DATABASE_URL; the wake-ups (LISTEN) to DATABASE_LISTEN_URL when "
+        "set, which must be a direct connection when DATABASE_URL is a PgBouncer.",
     )
     apply_events.add_argument(
         "--batch", type=int, default=100, help="events per transaction (1-5000)"
@@ -753,7 +795,9 @@ def parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="apply what is stored now, then exit"
     )
     apply_events.add_argument(
-        "--role", default="tollgate_app", help="SET ROLE to this ('' for none)"
+        "--role",
+        default="tollgate_app",
+        help="SET LOCAL ROLE to this in each batch ('' for none)",
     )
     apply_events.set_defaults(func=_cmd_apply_events)
 
@@ -792,6 +836,15 @@ def parser() -> argparse.ArgumentParser:
     url = analysts.add_parser("url", help="issue a read-only login and print its database URL")
     url.add_argument(
         "--role", help="the login's name (default tollgate_analyst_<database>)", default=None
+    )
+    url.add_argument(
+        "--replica",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="a URL for the hot standby instead of the primary: the standby's address, "
+        "with an operator's login (default: DATABASE_REPLICA_URL)",
     )
     url.set_defaults(func=_cmd_analyst_url)
     return p

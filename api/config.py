@@ -17,13 +17,21 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "production"
 
     # The PostgreSQL server (libpq URI or key=value string). The service's connections
-    # SET ROLE to database_role, which may only execute the api functions.
+    # SET ROLE to database_role, which may only execute the api functions. Through a pooler in
+    # transaction mode (PgBouncer), database_role is empty and the login is a member of
+    # tollgate_app: SET ROLE is session state (docs/OPERATIONS.md, "Behind PgBouncer").
     database_url: str
     database_role: str | None = "tollgate_app"
+    # A direct connection to the same database for LISTEN (the Stripe event applier's
+    # wake-ups), which a transaction pooler cannot carry; None: database_url.
+    database_listen_url: str | None = None
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)
     # Seconds a request waits for a free connection before it gets 503.
     db_pool_timeout: float = Field(default=5.0, gt=0)
+    # A hot standby of database_url's server for the GET routes (api/reads.py: a caller reads
+    # its own writes, others see the standby's lag); None: everything on database_url.
+    database_read_url: str | None = None
 
     # Each worker applies the Stripe events webhooks stored (api/applier.py). Off when
     # `tollgate apply-events` runs on its own instead (several appliers are safe either way).
@@ -43,7 +51,7 @@ class Settings(BaseSettings):
     # with Authorization: Bearer <METRICS_TOKEN> (Prometheus: authorization.credentials).
     metrics_token: SecretStr | None = None
 
-    @field_validator("metrics_token", mode="before")
+    @field_validator("metrics_token", "database_listen_url", "database_read_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

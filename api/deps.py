@@ -10,6 +10,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from api.config import Settings
+from api.reads import READ_AFTER_HEADER, Reads
 from api.stripe_gateway import StripeGateway
 from db.errors import DomainError
 
@@ -86,8 +87,25 @@ def require_idempotency_key(key: str | None) -> str:
     return key
 
 
+async def _read_pool(
+    request: Request, api_key: Annotated[str, Depends(BEARER)]
+) -> AsyncConnectionPool[AsyncConnection[Any]]:
+    """The pool a GET reads from: the standby's (DATABASE_READ_URL) once it shows what this
+    caller wrote, else the primary's (api/reads.py), answered as Tollgate-Read-From."""
+    reads: Reads | None = request.app.state.reads
+    if reads is None:
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
+        return pool
+    pool = await reads.pool_for(api_key, request.headers.get(READ_AFTER_HEADER))
+    # Answered by api.reads.Headers, on errors as well.
+    request.state.read_from = "standby" if pool is reads.standby else "primary"
+    return pool
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 Pool = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(_pool)]
+# For the GET routes that take a key: the standby when one is configured and has caught up.
+ReadPool = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(_read_pool)]
 Stripe = Annotated[StripeGateway, Depends(_stripe)]
 ApiKey = Annotated[str, Depends(BEARER)]
 # Optional in the signature so that a missing key answers 400 idempotency_key_required (through

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.routing import Route
 
-from api import __version__, applier, body, docs, errors, mcp_tools, observability
+from api import __version__, applier, body, docs, errors, mcp_tools, observability, reads
 from api.config import Settings
 from api.metrics import Metrics
 from api.metrics import endpoint as metrics_endpoint
@@ -56,17 +56,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=s.stripe_timeout,
         )
         app.state.settings, app.state.pool, app.state.stripe = s, pool, gateway
+        # GET routes on a hot standby, when one is named (api/reads.py).
+        if s.database_read_url:
+            standby = create_pool(
+                s.database_read_url,
+                role=s.database_role,
+                min_size=s.db_pool_min_size,
+                max_size=s.db_pool_max_size,
+                timeout=s.db_pool_timeout,
+            )
+            await standby.open(wait=False)
+            app.state.reads = reads.Reads(pool, standby)
         # With several workers, each writes its pool's statistics for any worker's scrape.
         syncing = None
         if metrics_multiprocess():
             syncing = asyncio.create_task(metrics.sync_pool_forever(pool))
         # Stored Stripe events are applied by an applier in each worker, on connections of its
-        # own (the pool serves requests only).
+        # own (the pool serves requests only); it LISTENs on DATABASE_LISTEN_URL when set.
         applying = None
         if s.apply_stripe_events:
             applying = await applier.run_in_background(
                 applier.ApplierSettings(
-                    dsn=s.database_url, role=s.database_role, batch=s.apply_batch
+                    dsn=s.database_url,
+                    role=s.database_role,
+                    batch=s.apply_batch,
+                    listen_dsn=s.database_listen_url,
                 )
             )
         # What startup built (modules, routes, models) stays for the process's life: kept out
@@ -83,6 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await syncing
             metrics.process_ended()
+            if app.state.reads is not None:
+                await app.state.reads.close()
+                app.state.reads = None
             await pool.close()
             await gateway.close()
 
@@ -102,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     # A request id, the request log and the latency histograms, for every request.
     app.state.metrics = metrics
+    app.state.reads = None
+    app.add_middleware(reads.Headers, state=app.state)
     app.add_middleware(observability.RequestLog, metrics=metrics)
     for module in (
         health,

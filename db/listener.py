@@ -38,6 +38,7 @@ from psycopg.conninfo import make_conninfo
 
 from db import queries
 from db.errors import DomainError, translate
+from db.pooling import PooledConnectionRefused, is_pooled
 
 log = logging.getLogger("tollgate.listen")
 
@@ -225,6 +226,14 @@ class Listener:
 
     def _connect(self, *, autocommit: bool, working: bool = False) -> psycopg.Connection[Any]:
         conn = psycopg.connect(make_conninfo(self.settings.dsn, **KEEPALIVES), autocommit=True)
+        if is_pooled(conn):
+            # LISTEN, SET ROLE and SET would stay on a server connection of the pooler's.
+            conn.close()
+            raise PooledConnectionRefused(
+                "DATABASE_URL goes through a pooler (PgBouncer): `tollgate listen` LISTENs and "
+                "sets its role for the session, so it needs a direct connection to the "
+                "database server (docs/OPERATIONS.md, Behind PgBouncer)"
+            )
         if self.settings.role:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.settings.role)))
         if working:
@@ -238,7 +247,8 @@ class Listener:
 
     def run(self) -> None:
         """Deliver until stop is set, reconnecting whenever the database fails us. Raises the
-        DomainError of a refusal, which no reconnecting changes."""
+        DomainError of a refusal, which no reconnecting changes, and PooledConnectionRefused
+        when DATABASE_URL goes through a pooler."""
         pause = 0.2
         while not self.stop.is_set():
             try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from psycopg.conninfo import conninfo_to_dict
 
+from db.pooling import PooledConnectionRefused, is_pooled
 from db.schema import fresh_install_sql, replaceable_sql
 
 
@@ -30,8 +32,13 @@ def yoyo_uri(dsn: str) -> str:
     host = params.pop("host", "")
     port = params.pop("port", "")
     dbname = quote(params.pop("dbname", ""), safe="")
-    if host.startswith("/"):  # a socket directory travels as a query parameter
+    # A socket directory travels as a query parameter, and so do several hosts (a multi-host
+    # DSN, as for Patroni: libpq tries each) with their ports.
+    if host.startswith("/") or "," in host or "," in port:
         params["host"] = host
+        if "," in port:
+            params["port"] = port
+            port = ""
         host = ""
     auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
     netloc = f"{auth}{host}{':' + port if port else ''}"
@@ -58,6 +65,11 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
 
     backend = get_backend(yoyo_uri(dsn))
     try:
+        # Through a pooler (PgBouncer, db/pooling.py) every transaction may reach another
+        # server connection: prepare nothing (yoyo runs the same statements many times; there
+        # is nothing to gain on a direct connection either).
+        backend.connection.prepare_threshold = None
+        pooled = is_pooled(backend.connection)
         migrations = read_migrations(str(migrations_dir))
         if not migrations:  # a fresh install would record no history: refuse, say where
             raise FileNotFoundError(f"no migrations in {migrations_dir}")
@@ -76,11 +88,31 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
                     "schema tollgate exists but no migration is recorded as applied"
                     " (table _yoyo_migration): restore that table, or migrate an empty database"
                 )
+            if pooled:  # a fresh install (above) is one transaction: it may be pooled
+                _refuse_transactionless(pending)
             backend.apply_migrations_only(pending)
             backend.run_post_apply(migrations)
     finally:
         backend.connection.close()
     return [m.id for m in pending]
+
+
+def _refuse_transactionless(pending: list[Any]) -> None:
+    """Migrations marked ``-- transactional: false`` (CREATE INDEX CONCURRENTLY, enum values)
+    run statement by statement, each its own transaction, and SET ROLE for all of them: through
+    a transaction pooler the role would be missing from the next statement and left on a
+    server connection another client gets. Refused before anything runs."""
+    for migration in pending:
+        migration.load()
+    outside = [m.id for m in pending if not m.use_transactions]
+    if outside:
+        raise PooledConnectionRefused(
+            f"DATABASE_URL goes through a pooler (PgBouncer) and the pending migration"
+            f"{'s' if len(outside) > 1 else ''} {', '.join(outside)} cannot run in a "
+            "transaction (it sets its role for the session): run `tollgate migrate` with "
+            "DATABASE_URL set to the database server itself (docs/OPERATIONS.md, Behind "
+            "PgBouncer). Nothing was applied."
+        )
 
 
 def _has_schema(backend: object) -> bool:

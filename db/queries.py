@@ -254,6 +254,19 @@ async def ping(conn: AsyncConnection[Any]) -> None:
         await conn.execute(QUERIES["ping"])
 
 
+@dataclass(frozen=True, slots=True)
+class WalPositionRow:
+    lsn: str | None  # a pg_lsn as text, 16/B374D848
+
+
+async def wal_written(conn: AsyncConnection[Any]) -> WalPositionRow:
+    return await _one(conn, WalPositionRow, "wal_written", {})
+
+
+async def wal_replayed(conn: AsyncConnection[Any]) -> WalPositionRow:
+    return await _one(conn, WalPositionRow, "wal_replayed", {})
+
+
 async def begin_payment(
     conn: AsyncConnection[Any],
     *,

@@ -5,6 +5,15 @@
 -- name: ping
 SELECT 1 AS ok;
 
+-- name: wal_written
+-- The primary's WAL position after a caller's writes: a standby that has replayed up to it
+-- shows them (api/reads.py).
+SELECT pg_current_wal_lsn()::text AS lsn;
+
+-- name: wal_replayed
+-- How far a hot standby has replayed; NULL on a server that is not in recovery.
+SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END AS lsn;
+
 -- name: begin_payment
 -- stripe_amount: what Stripe's API is sent (its units are not always ISO's), converted in SQL.
 SELECT b.*, CASE WHEN NOT b.replayed THEN api.stripe_charge_amount_v1(b.amount, b.currency) END

@@ -6,6 +6,13 @@ its own database cloned from it, so no test sees another's rows. Tests marked
 ``restarts_postgres`` restart their server: they always get an embedded one (the session's, or
 with DATABASE_URL one started for them alone), so they run in every mode. Nothing is skipped:
 a skip fails the test.
+
+With TOLLGATE_TEST_PGBOUNCER=1 (``make test`` runs the HTTP tests a second time so), every API
+the tests start (``make_settings``) reaches its database through a PgBouncer in transaction
+pooling mode that the session starts (db/pgbouncer.py, installed with apt-get when missing),
+as a login that is only a member of tollgate_app, with no DATABASE_ROLE, and LISTENs on a
+direct connection (DATABASE_LISTEN_URL): as docs/OPERATIONS.md, "Behind PgBouncer", says to
+deploy it. The ``pgbouncer`` fixture is there in both modes (tests/test_pgbouncer.py).
 """
 
 from __future__ import annotations
@@ -32,9 +39,15 @@ from api.main import create_app
 from db import keys, pgtap, queries
 from db.embedded import EmbeddedServer
 from db.migrate import migrate
+from db.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
 PGTAP_CACHE = ROOT / ".tollgate" / "cache" / "pgtap"
+# Set to 1: the APIs the tests start go through PgBouncer (see the module's docstring).
+PGBOUNCER_SWITCH = "TOLLGATE_TEST_PGBOUNCER"
+# The API's login through PgBouncer: a member of tollgate_app and of nothing else, as
+# docker-compose.yml's tollgate_api (roles are cluster-wide: made once, kept).
+POOLED_LOGIN = "tollgate_test_pooled_api"
 
 
 @dataclass
@@ -154,6 +167,90 @@ def _template(cluster: Cluster) -> Iterator[Template]:
             )
 
 
+@dataclass
+class Pooler:
+    """The session's PgBouncer (transaction pooling) in front of the session's cluster."""
+
+    bouncer: PgBouncer
+    cluster: Cluster
+    # The API's login (POOLED_LOGIN) and its password ("" for the embedded server).
+    login: str
+    password: str
+
+    def serves(self, dsn: str) -> bool:
+        """Whether ``dsn`` names a database of the cluster behind this PgBouncer."""
+        ours, theirs = conninfo_to_dict(self.cluster.admin_dsn), conninfo_to_dict(dsn)
+        return all(ours.get(k) == theirs.get(k) for k in ("host", "port", "user"))
+
+    def dsn(self, direct: str, *, user: str | None = None, password: str | None = None) -> str:
+        """The same database through PgBouncer, as the API's login (or ``user``)."""
+        dbname = str(conninfo_to_dict(direct)["dbname"])
+        if user is None:
+            return self.bouncer.dsn(dbname, self.login, self.password)
+        return self.bouncer.dsn(dbname, user, password)
+
+
+def _server_login(cluster: Cluster) -> tuple[str, str]:
+    """The admin DSN's user and password (for PgBouncer's auth file)."""
+    with cluster.admin() as conn:
+        user = conn.info.user
+        password = conn.info.password or os.environ.get("PGPASSWORD", "")
+    return user, password
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(cluster: Cluster, template: Template) -> Iterator[Pooler]:
+    """A PgBouncer in transaction mode in front of the session's cluster, with a login for the
+    API. After ``template``: tollgate_app exists once the template is migrated."""
+    password = "" if cluster.embedded else secrets.token_urlsafe(18)
+    with cluster.admin() as conn:
+        found = conn.execute("SELECT FROM pg_roles WHERE rolname = %s", [POOLED_LOGIN]).fetchone()
+        verb = sql.SQL("ALTER" if found else "CREATE")
+        conn.execute(
+            sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                verb, sql.Identifier(POOLED_LOGIN), sql.Literal(password or None)
+            )
+        )
+        conn.execute(sql.SQL("GRANT tollgate_app TO {}").format(sql.Identifier(POOLED_LOGIN)))
+    admin, admin_password = _server_login(cluster)
+    bouncer = PgBouncer(
+        cluster.admin_dsn,
+        users={admin: admin_password, POOLED_LOGIN: password},
+        admin=admin,
+    )
+    try:
+        yield Pooler(bouncer, cluster, POOLED_LOGIN, password)
+    finally:
+        bouncer.stop()
+
+
+# The PgBouncer make_settings sends the APIs through (TOLLGATE_TEST_PGBOUNCER=1), else None;
+# and how many APIs it sent.
+_through: Pooler | None = None
+_routed = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _through_pgbouncer(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _through
+    if os.environ.get(PGBOUNCER_SWITCH) != "1":
+        yield
+        return
+    _through = request.getfixturevalue("pgbouncer")
+    try:
+        yield
+    finally:
+        pooler, _through = _through, None
+    # The pass proves something only if its APIs' transactions went through PgBouncer.
+    carried = sum(
+        int(row["total_xact_count"])
+        for row in pooler.bouncer.show("STATS")
+        if str(row["database"]).startswith("tollgate_test_")
+    )
+    assert _routed > 0, f"{PGBOUNCER_SWITCH}=1, and no API of these tests went through PgBouncer"
+    assert carried > 0, f"{_routed} APIs were sent through PgBouncer, and it carried nothing"
+
+
 @pytest.fixture
 def pg(request: pytest.FixtureRequest) -> tuple[Cluster, Template]:
     """The server and template of this test: an embedded one for ``restarts_postgres`` tests."""
@@ -195,6 +292,17 @@ def db_dsn(pg: tuple[Cluster, Template]) -> Iterator[str]:
 
 
 @pytest.fixture
+def sql_dsn(db_dsn: str) -> str:
+    """The test's database as SQL clients reach it: through the session's PgBouncer in the
+    PgBouncer pass (TOLLGATE_TEST_PGBOUNCER=1, as the server's own login, so a pgTAP file may
+    SET ROLE inside its transaction), else directly."""
+    if _through is None or not _through.serves(db_dsn):
+        return db_dsn
+    user, password = _server_login(_through.cluster)
+    return _through.dsn(db_dsn, user=user, password=password)
+
+
+@pytest.fixture
 def db(db_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A superuser connection to the test's database, for arranging and inspecting rows."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:
@@ -228,6 +336,9 @@ class Api:
     url: str
     settings: Settings
     webhook_secret: str
+    # The test database, directly and as its superuser (settings.database_url may be the
+    # API's login through PgBouncer, which reads no table).
+    dsn: str
 
     def client(
         self, key: str | None = None, *, headers: dict[str, str] | None = None
@@ -244,6 +355,15 @@ def make_settings(dsn: str, emulator_base: str, **overrides: Any) -> Settings:
         "stripe_api_base": emulator_base,
         "db_pool_max_size": 20,
     }
+    if _through is not None and _through.serves(dsn):
+        # As deployed behind PgBouncer: its own login, no SET ROLE, LISTEN direct.
+        global _routed
+        _routed += 1
+        values |= {
+            "database_url": _through.dsn(dsn),
+            "database_role": None,
+            "database_listen_url": dsn,
+        }
     values.update(overrides)
     return Settings(**values)
 
@@ -284,7 +404,7 @@ def api(db_dsn: str, emulator: Emulator) -> Iterator[Api]:
     secret = register_webhook_secret(db_dsn)
     with ServerThread(settings) as url:
         emulator.point_webhooks_at(f"{url}/v1/webhooks/stripe", secret)
-        yield Api(url, settings, secret)
+        yield Api(url, settings, secret, db_dsn)
 
 
 @pytest.fixture

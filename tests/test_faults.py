@@ -110,7 +110,7 @@ def stripe_behind_proxy(db_dsn: str, emulator: Emulator) -> Any:
         settings = make_settings(db_dsn, stripe_url)
         secret = register_webhook_secret(db_dsn)
         with ServerThread(settings) as url:
-            yield Api(url, settings, secret), script
+            yield Api(url, settings, secret, db_dsn), script
 
 
 @pytest.mark.parametrize(

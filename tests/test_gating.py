@@ -51,7 +51,7 @@ def succeed(api: Api, stripe_id: str, event_id: str) -> None:
         },
     )
     assert r.status_code == 200 and r.json()["outcome"] == "received", r.text
-    assert wait_applied(api.settings.database_url, event_id) == {event_id: "applied"}
+    assert wait_applied(api.dsn, event_id) == {event_id: "applied"}
 
 
 def authorize(client: httpx.Client, **extra: Any) -> httpx.Response:

@@ -16,7 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import Api, Emulator
-from tests.helpers import event, row_counts, sign, stripe_client
+from tests.helpers import event, row_counts, sign, stripe_client, wait_applied
 
 TOOLS = {
     "authorize",
@@ -304,6 +304,8 @@ def test_a_webhook_signed_event_and_mcp_see_one_state(api: Api, new_key: Any) ->
             headers={"Stripe-Signature": sign(payload, api.webhook_secret)},
         )
     assert answer.status_code == 200
+    # The webhook stores the event; the applier applies it (api/applier.py).
+    assert wait_applied(api.dsn, "evt_mcp_1") == {"evt_mcp_1": "applied"}
 
     async def status(client: Client) -> Any:
         return await client.call_tool("payment_status", {"payment_id": created["stripe_id"]})

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from db.migrate import MIGRATIONS_DIR, SchemaWithoutHistory, migrate, yoyo_uri
 from tests.conftest import Cluster
@@ -422,6 +423,26 @@ def test_a_schema_without_migration_history_is_refused(cluster: Cluster, tmp_pat
             conn.execute("DELETE FROM public._yoyo_migration")
         with pytest.raises(SchemaWithoutHistory, match="_yoyo_migration"):
             migrate(dsn)
+    finally:
+        drop_database(cluster, name)
+
+
+def test_migrate_takes_a_multi_host_dsn(cluster: Cluster, tmp_path: Path) -> None:
+    """With PostgreSQL behind Patroni, DATABASE_URL names every node and lets libpq find the
+    writable one; `tollgate migrate` takes the same DSN (here the first host is not there)."""
+    name = "tg_multi_host_" + tmp_path.name[-12:].replace("-", "_").lower()
+    dsn = new_database(cluster, name)
+    try:
+        params = conninfo_to_dict(dsn)
+        port = str(params.get("port") or 5432)
+        params |= {
+            "host": f"/nonexistent-tollgate,{params.get('host') or 'localhost'}",
+            "port": f"{port},{port}",
+            "target_session_attrs": "read-write",
+        }
+        multi = make_conninfo(**params)
+        assert migrate(multi) != []
+        assert migrate(multi) == [], "the second run finds the database up to date"
     finally:
         drop_database(cluster, name)
 

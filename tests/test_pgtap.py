@@ -1,4 +1,6 @@
-"""Run each pgTAP file in tests/sql in a fresh database and fail on any "not ok"."""
+"""Run each pgTAP file in tests/sql in a fresh database and fail on any "not ok". In the
+PgBouncer pass (``make test-pgbouncer``) each file goes through PgBouncer in transaction
+pooling mode: a file is one transaction, so it must keep nothing in its session."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import psycopg
 import pytest
 from psycopg.pq import ExecStatus
 
+from db import pooling
 from tests.conftest import Template
 
 SQL_DIR = Path(__file__).parent / "sql"
@@ -36,11 +39,14 @@ def test_files_exist() -> None:
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_pgtap(path: Path, db_dsn: str, template: Template) -> None:
+def test_pgtap(path: Path, sql_dsn: str, db_dsn: str, template: Template) -> None:
     if template.pgtap_error:
         pytest.fail(template.pgtap_error, pytrace=False)
+    if sql_dsn != db_dsn:  # the PgBouncer pass: the file really goes through the pooler
+        with psycopg.connect(sql_dsn, autocommit=True) as conn:
+            assert pooling.is_pooled(conn), "sql_dsn should reach PostgreSQL through PgBouncer"
     try:
-        lines = run_tap(db_dsn, path.read_text(encoding="utf-8"))
+        lines = run_tap(sql_dsn, path.read_text(encoding="utf-8"))
     except psycopg.Error as exc:
         pytest.fail(f"{path.name} stopped with an error: {exc}", pytrace=False)
     planned = next((int(m.group(1)) for line in lines if (m := PLAN.match(line))), None)

@@ -153,7 +153,7 @@ def test_a_partial_refund_is_asked_once_in_stripe_units_and_its_webhook_takes_cr
         assert delivered.status_code == 200, delivered.text
         assert delivered.json()["outcome"] == "received"
         stored = json.loads(payload)["id"]
-        assert wait_applied(api.settings.database_url, stored) == {stored: "stale"}, (
+        assert wait_applied(api.dsn, stored) == {stored: "stale"}, (
             "the event finds the refund counted"
         )
         assert _balance_becomes(http, "iceland", 600), "and takes nothing more"

@@ -124,9 +124,7 @@ def test_a_flagged_top_up_grants_nothing_until_approved(
             headers={"Stripe-Signature": sign(body, api.webhook_secret)},
         )
         assert applied.status_code == 200 and applied.json()["outcome"] == "received"
-        assert wait_applied(api.settings.database_url, "evt_top_up_ok") == {
-            "evt_top_up_ok": "applied"
-        }
+        assert wait_applied(api.dsn, "evt_top_up_ok") == {"evt_top_up_ok": "applied"}
 
         held = risky.get("/v1/accounts/risky/can-continue", params={"purpose": "credits"})
         assert held.status_code == 402

@@ -286,7 +286,7 @@ def test_a_linked_payment_settles_the_transaction_through_its_webhook(
             },
         )
         assert delivered.status_code == 200 and delivered.json()["outcome"] == "received"
-        assert wait_applied(api.settings.database_url, "evt_sale_1") == {"evt_sale_1": "applied"}
+        assert wait_applied(api.dsn, "evt_sale_1") == {"evt_sale_1": "applied"}
         assert http.get("/v1/transactions/sale-1").json()["status"] == "settled"
         assert http.get("/v1/accounts/shop/balances").json()["balances"][0]["balance"] == "42.00"
     assert ledger_problems(db) == []

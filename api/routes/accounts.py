@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api import body, money, operations, pages, x402
-from api.deps import ApiKey, Pool
+from api.deps import ApiKey, Pool, ReadPool
 from api.models import (
     ApiError,
     ApiKeyOut,
@@ -48,7 +48,7 @@ READ_ERRORS: dict[int | str, dict[str, object]] = {
 @me_router.get(
     "/me", response_model=Identity, summary="Who am I", responses={401: {"model": ErrorBody}}
 )
-async def whoami(api_key: ApiKey, pool: Pool) -> Identity:
+async def whoami(api_key: ApiKey, pool: ReadPool) -> Identity:
     """The key's account, the key's id, and whether it is an admin key (which may act for any
     account)."""
     async with pool.connection() as conn:
@@ -90,7 +90,7 @@ async def can_continue(
     request: Request,
     account_id: AccountId,
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     purpose: Annotated[
         str | None, Query(max_length=100, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")
     ] = None,
@@ -128,7 +128,7 @@ async def can_continue(
     summary="Account balances",
     responses={code: {"model": ErrorBody} for code in (401, 404, 503)},
 )
-async def balances(account_id: AccountId, api_key: ApiKey, pool: Pool) -> Balances:
+async def balances(account_id: AccountId, api_key: ApiKey, pool: ReadPool) -> Balances:
     """The account's ledger balances, one per ledger account and currency: `main` is its
     credits; `debt` (negative) what it owes after a refund of spent credits. Amounts come as a
     decimal string and in minor units."""
@@ -144,7 +144,7 @@ async def balances(account_id: AccountId, api_key: ApiKey, pool: Pool) -> Balanc
 async def usage_report(
     account_id: AccountId,
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     metric: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z][a-z0-9_.:-]*$")] = None,
     period: Literal["day", "month"] = "day",
     start: Annotated[dt.datetime | None, Query(alias="from")] = None,
@@ -274,7 +274,7 @@ async def set_wallet(
 async def list_spend_caps(
     account_id: AccountId,
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> SpendCapPage:
@@ -298,7 +298,7 @@ async def list_spend_caps(
 async def list_wallets(
     account_id: AccountId,
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> WalletPage:
@@ -323,7 +323,7 @@ async def list_wallets(
 async def list_keys(
     account_id: AccountId,
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> ApiKeyPage:
@@ -347,7 +347,7 @@ async def list_keys(
 async def list_events(
     account_id: AccountId,
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     type: Annotated[
         str | None, Query(max_length=100, pattern=r"^[a-z_]+\.[a-z_]+$", examples=["credits.low"])
     ] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from api import body, money, pages
-from api.deps import ApiKey, Pool
+from api.deps import ApiKey, Pool, ReadPool
 from api.models import (
     ActionPage,
     ActionPriceIn,
@@ -36,7 +36,7 @@ Name = Annotated[
 @router.get("/actions", response_model=ActionPage, responses=READ_ERRORS)
 async def list_actions(
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> ActionPage:
@@ -54,7 +54,7 @@ async def list_actions(
 @router.get("/metrics", response_model=MetricPricePage, responses=READ_ERRORS)
 async def list_metric_prices(
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,
 ) -> MetricPricePage:

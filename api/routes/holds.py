@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 
 from api import body, money, operations, pages
-from api.deps import ApiKey, Pool
+from api.deps import ApiKey, Pool, ReadPool
 from api.models import CaptureRequest, ErrorBody, HoldOut, HoldPage, HoldStatus
 from db import queries
 
@@ -26,7 +26,7 @@ LIST_ERRORS: dict[int | str, dict[str, object]] = {
 @router.get("", response_model=HoldPage, responses=LIST_ERRORS)
 async def list_holds(
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     account_id: Annotated[
         str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
     ] = None,
@@ -67,7 +67,7 @@ async def list_holds(
 
 
 @router.get("/{hold_id}", response_model=HoldOut, responses=ERRORS, summary="Read a hold")
-async def get_hold(hold_id: UUID, api_key: ApiKey, pool: Pool) -> HoldOut:
+async def get_hold(hold_id: UUID, api_key: ApiKey, pool: ReadPool) -> HoldOut:
     """A hold that `POST /v1/authorize` placed on credits: its amount, what was captured, and
     its status (`active`, `captured`, `released` or `expired`)."""
     return await operations.hold(pool, api_key=api_key, hold_id=hold_id)

@@ -12,6 +12,7 @@ from api.deps import (
     ApiKey,
     IdempotencyKeyHeader,
     Pool,
+    ReadPool,
     SettingsDep,
     Stripe,
     require_idempotency_key,
@@ -93,7 +94,7 @@ async def create_payment(
 @router.get("", response_model=PaymentPage, responses=LIST_ERRORS, summary="List payments")
 async def list_payments(
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     account_id: Annotated[
         str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
     ] = None,
@@ -125,7 +126,7 @@ async def list_payments(
 
 
 @router.get("/{ref}", response_model=PaymentRead, responses=ERRORS, summary="Read a payment")
-async def get_payment(ref: PaymentRef, api_key: ApiKey, pool: Pool) -> PaymentRead:
+async def get_payment(ref: PaymentRef, api_key: ApiKey, pool: ReadPool) -> PaymentRead:
     """A payment by Tollgate id or Stripe id (pi_...), with its status as the Stripe events
     applied so far made it, and `events_received`: how many more of its events were received
     and are waiting to be applied (webhooks store first, the applier applies within moments).

@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request
 
 from api import body, money, pages
-from api.deps import ApiKey, Pool
+from api.deps import ApiKey, Pool, ReadPool
 from api.models import DecisionIn, ErrorBody, ReviewOut, RiskRuleIn, RiskRuleOut, RiskRulePage
 from db import queries
 
@@ -27,7 +27,7 @@ LIST_ERRORS: dict[int | str, dict[str, object]] = {
     "/reviews", response_model=list[ReviewOut], responses=ERRORS, summary="List risk reviews"
 )
 async def list_reviews(
-    api_key: ApiKey, pool: Pool, status: Literal["open", "approved", "rejected"] | None = "open"
+    api_key: ApiKey, pool: ReadPool, status: Literal["open", "approved", "rejected"] | None = "open"
 ) -> list[ReviewOut]:
     """Admin keys: risk reviews with this `status` (`open` by default), oldest first, each
     naming the transaction or payment it holds and the rules that opened it."""
@@ -77,7 +77,7 @@ async def reject(review_id: UUID, request: Request, api_key: ApiKey, pool: Pool)
 @router.get("/risk-rules", response_model=RiskRulePage, responses=LIST_ERRORS)
 async def list_risk_rules(
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     account_id: Annotated[str | None, Query(max_length=200)] = None,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
     cursor: pages.Cursor = None,

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request
 
 from api import body, money, pages
-from api.deps import ApiKey, Pool
+from api.deps import ApiKey, Pool, ReadPool
 from api.models import (
     ErrorBody,
     Transaction,
@@ -62,7 +62,7 @@ async def create_transaction(request: Request, api_key: ApiKey, pool: Pool) -> T
 @router.get("", response_model=TransactionPage, responses=ERRORS, summary="List transactions")
 async def list_transactions(
     api_key: ApiKey,
-    pool: Pool,
+    pool: ReadPool,
     account_id: AccountQuery = None,
     status: TransactionStatus | None = None,
     limit: pages.Limit = pages.DEFAULT_LIMIT,
@@ -92,7 +92,7 @@ async def list_transactions(
     "/{reference}", response_model=Transaction, responses=ERRORS, summary="Read a transaction"
 )
 async def get_transaction(
-    reference: Reference, api_key: ApiKey, pool: Pool, account_id: AccountQuery = None
+    reference: Reference, api_key: ApiKey, pool: ReadPool, account_id: AccountQuery = None
 ) -> Transaction:
     """A transaction by its reference (an admin key names the account with `account_id`)."""
     async with pool.connection() as conn:

@@ -18,10 +18,12 @@ from pydantic import BaseModel
 
 from tollgate import models
 from tollgate._core import (
+    READ_AFTER_HEADER,
     Call,
     T,
     TollgateError,
     Unavailable,
+    later_write,
     pause,
     result,
     retry_exception,
@@ -77,6 +79,9 @@ class AsyncClient:
         self.retries = retries
         self.backoff = backoff
         self._account: str | None = None
+        # The newest write position answered (Tollgate-Write-Lsn), sent back with every GET so
+        # that it reads this client's writes whichever worker answers.
+        self._written: str | None = None
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "tollgate-python"},
@@ -97,9 +102,12 @@ class AsyncClient:
         """Send one call, retrying what is safe to retry; the parsed answer or a typed error."""
         attempt = 0
         while True:
+            headers = call.headers
+            if call.method == "GET" and self._written:
+                headers = headers | {READ_AFTER_HEADER: self._written}
             try:
                 response = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=call.headers
+                    call.method, call.path, json=call.json, params=call.params, headers=headers
                 )
             except httpx.TransportError as exc:
                 wait = pause(attempt, None, self.backoff)
@@ -108,6 +116,7 @@ class AsyncClient:
                     attempt += 1
                     continue
                 raise Unavailable(0, "unreachable", f"{type(exc).__name__}: {exc}") from exc
+            self._written = later_write(self._written, response)
             wait = pause(attempt, response, self.backoff)
             if attempt < self.retries and wait is not None and retry_response(call, response):
                 await asyncio.sleep(wait)

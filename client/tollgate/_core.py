@@ -24,6 +24,30 @@ NOTHING_DONE = {(503, "database_unavailable"), (409, "idempotency_in_progress")}
 # The longest Retry-After honoured; a server asking for more is not retried.
 MAX_RETRY_AFTER = 60.0
 
+# Read-your-own-writes with a standby (Tollgate's DATABASE_READ_URL): a request that may write
+# is answered with the primary's WAL position after it; a GET that sends the newest one back
+# reads from the standby only once it has replayed that far.
+WRITE_LSN_HEADER = "Tollgate-Write-Lsn"
+READ_AFTER_HEADER = "Tollgate-Read-After"
+
+
+def _lsn(text: str) -> int | None:
+    high, slash, low = text.strip().partition("/")
+    try:
+        return (int(high, 16) << 32) | int(low, 16) if slash else None
+    except ValueError:
+        return None
+
+
+def later_write(known: str | None, response: httpx.Response) -> str | None:
+    """The newer of ``known`` and the write position ``response`` answers, if any."""
+    answered = response.headers.get(WRITE_LSN_HEADER)
+    new = _lsn(answered) if answered else None
+    if new is None:
+        return known
+    old = _lsn(known) if known else None
+    return answered if old is None or new > old else known
+
 
 class TollgateError(Exception):
     """An error answer from Tollgate: HTTP status, Tollgate's code, its message, the body, and
