@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from api import observability
+from api import observability, x402
 from api.models import AMOUNT_CODES
 from db.errors import DomainError, Kind, translate
 
@@ -41,6 +41,12 @@ BAD_REQUEST_CODES = {
     "invalid_event",
     "malformed_json",
     "idempotency_key_required",
+    # x402's PAYMENT-SIGNATURE header (api/x402.py): malformed, or naming no offered scheme
+    "invalid_payment_signature",
+    "unsupported_x402_version",
+    "invalid_payment_payload",
+    "unsupported_payment_scheme",
+    "invalid_payment_identifier",
 }
 
 RETRY_AFTER_SECONDS = "2"
@@ -73,7 +79,11 @@ def domain_error_response(exc: DomainError) -> JSONResponse:
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return domain_error_response(exc)
+    response = domain_error_response(exc)
+    if response.status_code == 402:  # a declined card, a spend cap: x402's header too
+        required = x402.for_refusal(exc.code, exc.message, str(request.url))
+        response.headers.update(x402.required_header(required))
+    return response
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -7,7 +7,9 @@ request, as for the REST API; a request without a valid key is answered 401 befo
 
 A refusal is a tool error (``isError: true``) whose ``structuredContent`` is the body the HTTP
 API would send: ``{"error": {"code", "message"}, "status": ...}``, and for ``authorize`` the
-full 402 body with ``accepts``, the payment requests that would entitle the account.
+full 402 body with ``accepts``, the payment requests that would entitle the account, plus
+x402's MCP transport data: ``"x402/error": {"code": 402, "message", "data": PaymentRequired}``
+and ``_meta["x402/payment-required"]`` (docs/X402.md).
 
 Every tool has a title, a description written for a model (one paragraph: what it does, what
 to give, and how to retry it safely) and annotations (MCP's hints: read-only, destructive,
@@ -33,7 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import __version__, errors, operations
+from api import __version__, errors, operations, x402
 from api.models import (
     AMOUNT_CODES,
     Authorization,
@@ -93,11 +95,12 @@ def _exact(name: str, value: McpAmount | None) -> str | int | Decimal | None:
 
 
 class ToolRefusal(Exception):
-    """A refusal to hand back as a structured tool error."""
+    """A refusal to hand back as a structured tool error (``meta``: the result's ``_meta``)."""
 
-    def __init__(self, body: dict[str, Any], text: str) -> None:
+    def __init__(self, body: dict[str, Any], text: str, meta: dict[str, Any] | None = None) -> None:
         super().__init__(text)
         self.body = body
+        self.meta = meta
 
 
 def _refusal(status: int, code: str, message: str) -> ToolRefusal:
@@ -122,6 +125,7 @@ def _error_result(refusal: ToolRefusal) -> CallToolResult:
         content=[TextContent(type="text", text=json.dumps(refusal.body))],
         structured_content=refusal.body,
         is_error=True,
+        _meta=refusal.meta,
     )
 
 
@@ -245,8 +249,12 @@ def build(app_state: Any) -> MCPServer:
             )
             answer = await operations.authorize(app_state.pool, api_key=key, ask=ask)
             if isinstance(answer, PaymentRequired):
-                body = answer.model_dump(mode="json") | {"status": 402}
-                raise ToolRefusal(body, json.dumps(body))
+                # x402's MCP transport next to Tollgate's body: its x402/error wrapper in the
+                # structured content (and so in the text), PaymentRequired in _meta.
+                required = x402.wire(x402.for_authorization(answer, x402.MCP_AUTHORIZE_URL))
+                wrapper = {"code": 402, "message": answer.error.message, "data": required}
+                body = answer.model_dump(mode="json") | {"status": 402, "x402/error": wrapper}
+                raise ToolRefusal(body, json.dumps(body), {x402.MCP_REQUIRED_META: required})
             return answer
 
         return await call(ctx, work)

@@ -208,21 +208,29 @@ async def authorize(
 ) -> Authorization | PaymentRequired:
     """Allowed (with the hold to capture, if credits paid), or the refusal with how to pay."""
     async with pool.connection() as conn:
-        if ask.cost_minor is not None and ask.currency is None:
-            raise DomainError(
-                "invalid", "currency_required", "cost_minor needs the currency it counts in"
-            )
-        found = await queries.authorize(
-            conn,
-            api_key=api_key,
-            account=ask.account_id,
-            action=ask.action,
-            cost=await money.as_decimal(conn, ask.currency, ask.cost, ask.cost_minor),
-            currency=ask.currency.upper() if ask.currency else None,
-            agent=ask.agent_id,
-            hold_seconds=ask.hold_seconds,
+        return await authorize_on(conn, api_key=api_key, ask=ask)
+
+
+async def authorize_on(
+    conn: AsyncConnection[Any], *, api_key: str, ask: AuthorizeRequest
+) -> Authorization | PaymentRequired:
+    """``authorize`` on the caller's connection, inside its transaction (x402's paid retry
+    claims its payment identifier and places the hold in one transaction)."""
+    if ask.cost_minor is not None and ask.currency is None:
+        raise DomainError(
+            "invalid", "currency_required", "cost_minor needs the currency it counts in"
         )
-        minor = await money.minors(conn, found.currency, remaining=found.remaining)
+    found = await queries.authorize(
+        conn,
+        api_key=api_key,
+        account=ask.account_id,
+        action=ask.action,
+        cost=await money.as_decimal(conn, ask.currency, ask.cost, ask.cost_minor),
+        currency=ask.currency.upper() if ask.currency else None,
+        agent=ask.agent_id,
+        hold_seconds=ask.hold_seconds,
+    )
+    minor = await money.minors(conn, found.currency, remaining=found.remaining)
     if found.allowed:
         return Authorization.model_validate(asdict(found) | minor)
     return PaymentRequired(

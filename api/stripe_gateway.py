@@ -92,6 +92,19 @@ class StripeGateway:
                 ) from exc
         return CreatedIntent(id=intent.id, status=intent.status, client_secret=intent.client_secret)
 
+    async def confirm_payment_intent(self, stripe_id: str) -> str:
+        """Confirm a PaymentIntent created with its payment method (x402's card retry: the
+        payer's token is the whole authorization); its new status. A declined card is a
+        payment_required DomainError."""
+        with _stripe_errors():
+            try:
+                intent = await self._client.v1.payment_intents.confirm_async(stripe_id)
+            except stripe.CardError as exc:
+                raise DomainError(
+                    "payment_required", "card_declined", exc.user_message or str(exc)
+                ) from exc
+        return str(intent.status)
+
     async def create_refund(
         self,
         *,

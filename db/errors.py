@@ -246,6 +246,11 @@ _NOTE: tuple[Kind, str, str | None] = (
     "a note is at most 2000 characters",
 )
 CONSTRAINTS |= {
+    "x402_settlements_identifier_format": (
+        "invalid",
+        "invalid_payment_identifier",
+        "a payment identifier is 16-128 letters, digits, _ and -",
+    ),
     "holds_agent_id_format": _AGENT,
     "spend_caps_agent_id_format": _AGENT,
     "usage_events_agent_id_format": _AGENT,
@@ -492,6 +497,13 @@ INVARIANTS: frozenset[str] = frozenset(
         "hold_transitions_terminal_is_final",
         "holds_captured_amount_non_negative",
         "holds_captured_has_amount",
+        "x402_settlements_account_uuid_fkey",
+        "x402_settlements_claimed",
+        "x402_settlements_immutable",
+        "x402_settlements_payload_sha256_length",
+        "x402_settlements_pkey",
+        "x402_settlements_same_payload",
+        "x402_settlements_settled_has_response",
         "holds_posting_when_spent",
         "idempotency_keys_completed_has_response",
         "ledger_accounts_name_format",

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import AsyncConnection, Connection, sql
 from psycopg.rows import class_row
 from psycopg.types.composite import CompositeInfo, register_composite
+from psycopg.types.json import Jsonb
 
 from db import errors
 
@@ -697,6 +698,50 @@ async def authorize(
         "hold_seconds": hold_seconds,
     }
     return await _one(conn, AuthorizationRow, "authorize", params)
+
+
+@dataclass(frozen=True, slots=True)
+class X402ClaimRow:
+    response: dict[str, Any] | None  # the stored answer when this payload was settled before
+
+
+@dataclass(frozen=True, slots=True)
+class X402SettledRow:
+    settled: bool
+
+
+async def x402_claim(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    identifier: str,
+    payload_sha256: bytes,
+) -> X402ClaimRow:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "identifier": identifier,
+        "payload_sha256": payload_sha256,
+    }
+    return await _one(conn, X402ClaimRow, "x402_claim", params)
+
+
+async def x402_settle(
+    conn: AsyncConnection[Any],
+    *,
+    api_key: str,
+    account: str | None,
+    identifier: str,
+    response: Jsonb,
+) -> X402SettledRow:
+    params = {
+        "api_key": api_key,
+        "account": account,
+        "identifier": identifier,
+        "response": response,
+    }
+    return await _one(conn, X402SettledRow, "x402_settle", params)
 
 
 async def capture_hold(

@@ -483,3 +483,19 @@ FROM api.list_events_v1(
     p_limit   => %(limit)s::integer,
     p_after   => %(after)s::bigint
 ) AS e;
+
+-- name: x402_claim
+SELECT api.x402_claim_v1(
+    p_api_key        => %(api_key)s::text,
+    p_account        => %(account)s::text,
+    p_identifier     => %(identifier)s::text,
+    p_payload_sha256 => %(payload_sha256)s::bytea
+) AS response;
+
+-- name: x402_settle
+SELECT api.x402_settle_v1(
+    p_api_key    => %(api_key)s::text,
+    p_account    => %(account)s::text,
+    p_identifier => %(identifier)s::text,
+    p_response   => %(response)s::jsonb
+) AS settled;

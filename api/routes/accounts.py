@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api import body, money, operations, pages
+from api import body, money, operations, pages, x402
 from api.deps import ApiKey, Pool, ReadPool
 from api.models import (
     ApiError,
@@ -87,6 +87,7 @@ async def whoami(api_key: ApiKey, pool: ReadPool) -> Identity:
     },
 )
 async def can_continue(
+    request: Request,
     account_id: AccountId,
     api_key: ApiKey,
     pool: ReadPool,
@@ -96,7 +97,8 @@ async def can_continue(
 ) -> JSONResponse:
     """200 `allowed: true` when the account's newest payment (for `purpose`, if given)
     succeeded; otherwise 402 `allowed: false` with that payment's status (`under_review` while
-    a risk review holds it, null when there is none)."""
+    a risk review holds it, null when there is none). A 402 also carries x402 v2's
+    `PAYMENT-REQUIRED` header."""
     async with pool.connection() as conn:
         found = await queries.can_continue(
             conn, api_key=api_key, account=account_id, purpose=purpose
@@ -114,6 +116,9 @@ async def can_continue(
     return JSONResponse(
         answer.model_dump(mode="json", exclude_none=False),
         status_code=200 if answer.allowed else 402,
+        headers=None
+        if answer.allowed
+        else x402.required_header(x402.for_continuation(answer, str(request.url))),
     )
 
 
