@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 DEV_ACCOUNT = "dev_account"
 DEV_ADMIN_ACCOUNT = "ops"  # as docker-compose.yml's first admin key
+# Where the seller paywall books card payments of callers without a key (TOLLGATE_CARD_ACCOUNT):
+# an account nobody holds a key of, never the one unpaid callers are authorized on (ops).
+DEV_CARD_ACCOUNT = "x402_card"
 DEV_EMULATOR_PORT = 8420  # localstripe's own default
 DEV_STRIPE_KEY = "sk_test_tollgate_dev"  # what the emulator is called with (any sk_test_ works)
 DEV_ACTION = "report.generate"  # priced at 0.50 USD, so the agent flow works at once
@@ -242,6 +245,14 @@ def ensure_key(
     return StoredKey(new.key, new.key_id), True
 
 
+def ensure_account(conn: psycopg.Connection[Any], account: str) -> None:
+    """``account``, created if new with a key that is revoked at once: nobody holds a key of it
+    (an admin key acts for it)."""
+    if not queries.list_api_keys(conn, account=account):
+        made = keys.create(conn, account=account, label="tollgate dev (creates the account)")
+        queries.revoke_api_key(conn, key_id=made.key_id)
+
+
 def register_webhook_secret(conn: psycopg.Connection[Any], secret: str, label: str) -> None:
     """Register the secret the API's webhooks are signed with (PostgreSQL verifies them),
     retiring other secrets of the same label (an earlier data folder's, say)."""
@@ -353,6 +364,7 @@ def run(*, host: str, port: int, data_dir: Path, stripe_port: int | None = None)
             state.admin_key, new_admin = ensure_key(
                 conn, state.admin_key, account=DEV_ADMIN_ACCOUNT, admin=True
             )
+            ensure_account(conn, DEV_CARD_ACCOUNT)
             queries.operator_set_action_price(
                 conn, action=DEV_ACTION, price=Decimal("0.50"), currency="USD", description=None
             )
@@ -362,6 +374,7 @@ def run(*, host: str, port: int, data_dir: Path, stripe_port: int | None = None)
             "TOLLGATE_URL": base,
             "TOLLGATE_API_KEY": state.api_key.key,
             "TOLLGATE_ADMIN_KEY": state.admin_key.key,
+            "TOLLGATE_CARD_ACCOUNT": DEV_CARD_ACCOUNT,
             "TOLLGATE_DATA_DIR": str(data_dir.resolve()),
         }
         if emulated:

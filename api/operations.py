@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
@@ -216,11 +216,21 @@ async def authorize_on(
 ) -> Authorization | PaymentRequired:
     """``authorize`` on the caller's connection, inside its transaction (x402's paid retry
     claims its payment identifier and places the hold in one transaction)."""
+    found = await _authorization_row(conn, api_key=api_key, ask=ask)
+    minor = await money.minors(conn, found.currency, remaining=found.remaining)
+    if found.allowed:
+        return Authorization.model_validate(asdict(found) | minor)
+    return _refused(found, ask, minor)
+
+
+async def _authorization_row(
+    conn: AsyncConnection[Any], *, api_key: str, ask: AuthorizeRequest
+) -> queries.AuthorizationRow:
     if ask.cost_minor is not None and ask.currency is None:
         raise DomainError(
             "invalid", "currency_required", "cost_minor needs the currency it counts in"
         )
-    found = await queries.authorize(
+    return await queries.authorize(
         conn,
         api_key=api_key,
         account=ask.account_id,
@@ -230,9 +240,32 @@ async def authorize_on(
         agent=ask.agent_id,
         hold_seconds=ask.hold_seconds,
     )
-    minor = await money.minors(conn, found.currency, remaining=found.remaining)
-    if found.allowed:
-        return Authorization.model_validate(asdict(found) | minor)
+
+
+async def quote_on(
+    conn: AsyncConnection[Any], *, api_key: str, ask: AuthorizeRequest
+) -> PaymentRequired:
+    """What a payment for one run of ``ask`` asks, stated as a refusal, whatever the account
+    holds already: the authorization is made in a savepoint that is rolled back, so nothing is
+    held and no paid run is used (x402's card retry pays first: it is never let through on
+    credits or entitlements it did not buy). A spend cap stays a refusal with no way to pay.
+    ``remaining`` is left out: the account's credits are not the payer's."""
+    async with conn.transaction(force_rollback=True):
+        found = await _authorization_row(conn, api_key=api_key, ask=ask)
+    if found.allowed or found.code is None:
+        found = replace(
+            found,
+            allowed=False,
+            code="payment_required",
+            message=f"pay {found.pay} {found.currency} for one run of {found.action}",
+        )
+    found = replace(found, remaining=None)
+    return _refused(found, ask, {"remaining_minor": None})
+
+
+def _refused(
+    found: queries.AuthorizationRow, ask: AuthorizeRequest, minor: dict[str, Any]
+) -> PaymentRequired:
     return PaymentRequired(
         error=ApiError(code=found.code or "payment_required", message=found.message or ""),
         account_id=found.account_id,

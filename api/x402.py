@@ -334,10 +334,21 @@ async def _card(
 ) -> JSONResponse:
     """Buy the credits the 402 asks for with the card token, wait (at most the requirement's
     maxTimeoutSeconds) for Stripe's signed webhook to settle them, then hold them at the
-    action's price. An account entitled already is held (or let through) without a charge."""
-    held = await _hold(pool, api_key, ask, payload, paid_id, None, None)
-    if isinstance(held, JSONResponse):
-        return held
+    action's price. Before the payment, only this identifier's stored settlement is answered:
+    nothing is authorized from what the account holds already (credits another payer's card
+    bought, an entitlement), so a card payload is never served unless its own payment
+    succeeded."""
+    async with pool.connection() as conn, conn.transaction():
+        claim = await queries.x402_claim(
+            conn,
+            api_key=api_key,
+            account=ask.account_id,
+            identifier=paid_id,
+            payload_sha256=fingerprint(payload),
+        )
+        if claim.response is not None:
+            return _answer(claim.response)
+        held = await operations.quote_on(conn, api_key=api_key, ask=ask)
     offer = next((o for o in held.accepts if o.scheme == "stripe.payment"), None)
     if offer is None:  # a spend cap: paying would not help
         return _refusal(held, url)

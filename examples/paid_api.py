@@ -10,8 +10,10 @@ examples/x402_agent.py). Without either it gets the 402 in every format: Tollgat
 x402's ``PAYMENT-REQUIRED`` header. The hold is captured when the report is made and released
 when it fails (``?fail=1`` makes it fail), so a failed call costs nothing.
 
-Configuration: TOLLGATE_URL and TOLLGATE_ADMIN_KEY (the seller's key; its account must hold no
-credits), from the environment or from the ``dev.env`` that ``tollgate dev`` writes.
+Configuration: TOLLGATE_URL, TOLLGATE_ADMIN_KEY (the seller's key: unpaid callers are authorized
+on its account, which must never hold credits) and TOLLGATE_CARD_ACCOUNT (where card payments of
+callers without a key are booked: another account, that no unpaid call is authorized on), from
+the environment or from the ``dev.env`` that ``tollgate dev`` writes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def build() -> FastAPI:
         routes={"POST /report": "report.generate"},
         tollgate_url=os.environ["TOLLGATE_URL"],
         api_key=os.environ["TOLLGATE_ADMIN_KEY"],
+        card_account=os.environ.get("TOLLGATE_CARD_ACCOUNT"),
     )
 
     @app.post("/report")

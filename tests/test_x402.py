@@ -303,6 +303,41 @@ def test_twin_card_retries_charge_once(
     assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
 
 
+def test_a_card_retry_is_never_served_from_credits_it_did_not_buy(
+    shop: dict[str, Any], emulator: Emulator, db: psycopg.Connection[Any]
+) -> None:
+    """Credits already on the account (as another payer's card payment leaves them once its
+    webhook is applied, before that payer's hold) serve no card payload whose own payment did
+    not succeed: a declined card and a token Stripe does not know both get a 4xx, no hold and
+    no settlement; the credits are all still there."""
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    fund(shop["admin"], "1.00")
+    method = stripe_client(emulator.base).v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
+    declined = card_payload(required, str(method.id), "pay_card_identifier_04")
+    refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(declined))
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["code"] == "card_declined"
+    assert refused.json()["remaining"] is None, "the account's credits are not the payer's"
+    assert decoded(refused).accepts, "a 402 saying how to pay, in both formats"
+
+    bogus = card_payload(required, "pm_no_such_card_at_all", "pay_card_identifier_05")
+    refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(bogus))
+    assert 400 <= refused.status_code < 500, refused.text
+
+    assert db.execute(
+        "SELECT (SELECT count(*) FROM tollgate.holds),"
+        " (SELECT count(*) FROM tollgate.x402_settlements WHERE response IS NOT NULL)"
+    ).fetchone() == (0, 0)
+    # The credits are untouched: the account's own key still holds them.
+    assert agent.post("/v1/authorize", json={"action": ACTION}).status_code == 200
+
+
 def test_every_other_402_carries_x402_payment_required(shop: dict[str, Any]) -> None:
     """A transfer past a spend cap is a 402 from the error handler: the header is there too."""
     fund(shop["admin"], "5.00")

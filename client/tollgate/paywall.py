@@ -17,9 +17,15 @@ caller gets Tollgate's 402 as it is, its JSON body and x402's ``PAYMENT-REQUIRED
 Who pays: a caller with a Tollgate key sends it as ``Authorization: Bearer <key>``; an x402
 agent retries with ``PAYMENT-SIGNATURE`` (a card, or credits naming its key), which the paywall
 hands to Tollgate, and the answer's ``PAYMENT-RESPONSE`` goes back with the route's response.
-Anything else is authorized with the paywall's own key (``api_key``, else ``TOLLGATE_API_KEY``):
-give it a key of an account that holds no credits, so that a caller who pays nothing gets the
-402. Tollgate's URL is ``tollgate_url``, else ``TOLLGATE_URL``.
+Anything else is authorized with the paywall's own key (``api_key``, else ``TOLLGATE_API_KEY``)
+on that key's own account: give it a key of an account that never holds credits, so that a
+caller who pays nothing gets the 402. A card payment from a caller without a key buys credits
+on another account, ``card_account`` (else ``TOLLGATE_CARD_ACCOUNT``; the paywall's key must be
+an admin key): each such payment is held there for its own call, and no unpaid request is
+ever authorized on it, so nobody is served from credits another caller's card bought. Without
+``card_account``, such card payments are refused (402 ``card_account_not_configured``); card
+payments of callers with a key, and credits payloads, are booked on the payer's own account.
+Tollgate's URL is ``tollgate_url``, else ``TOLLGATE_URL``.
 
 It needs only httpx (this distribution's dependency); any ASGI framework can use it.
 """
@@ -46,6 +52,16 @@ PAYMENT_SIGNATURE = "payment-signature"
 PAYMENT_REQUIRED = "payment-required"
 PAYMENT_RESPONSE = "payment-response"
 
+NO_CARD_ACCOUNT = {
+    "error": {
+        "code": "card_account_not_configured",
+        "message": "this API takes no card payment from a caller without a Tollgate key: its "
+        "paywall has no card account (Paywall(card_account=...) or TOLLGATE_CARD_ACCOUNT, an "
+        "account its admin key acts for that holds nothing else); pay with credits "
+        "(tollgate-credits) or send a Tollgate key",
+    }
+}
+
 log = logging.getLogger("tollgate.paywall")
 
 
@@ -60,6 +76,7 @@ class Paywall:
         routes: Mapping[str, str],
         tollgate_url: str | None = None,
         api_key: str | None = None,
+        card_account: str | None = None,
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -72,6 +89,8 @@ class Paywall:
                 "Paywall needs tollgate_url and api_key (or TOLLGATE_URL and _API_KEY)"
             )
         self.api_key: str = key
+        # Where keyless callers' card payments are booked: never the paywall key's own account.
+        self.card_account = card_account or os.environ.get("TOLLGATE_CARD_ACCOUNT") or None
         # A card payment waits (at most the requirement's maxTimeoutSeconds) for Stripe's webhook.
         self.timeout = timeout
         self.transport = transport
@@ -90,13 +109,22 @@ class Paywall:
         signature = headers.get(PAYMENT_SIGNATURE)
         key = caller_key or self.api_key
         sent = {"Authorization": f"Bearer {key}"}
+        ask: dict[str, str] = {"action": action}
         if signature:
             sent["PAYMENT-SIGNATURE"] = signature
+            if caller_key is None and self.card_account is not None:
+                # A card payment is booked on the card account, which no unpaid request is
+                # authorized on (a credits payload is held on its own key's account whatever
+                # this says; anything else Tollgate refuses).
+                ask["account_id"] = self.card_account
+            elif caller_key is None and _credits_key(signature) is None:
+                await _json(send, 402, NO_CARD_ACCOUNT)
+                return
         async with httpx.AsyncClient(
             base_url=self.base_url, timeout=self.timeout, transport=self.transport
         ) as tollgate:
             try:
-                answer = await tollgate.post("/v1/authorize", json={"action": action}, headers=sent)
+                answer = await tollgate.post("/v1/authorize", json=ask, headers=sent)
             except httpx.HTTPError as exc:
                 log.warning("Tollgate unreachable: %s", exc)
                 await _json(
@@ -206,6 +234,12 @@ def _credits_key(signature: str | None) -> str | None:
     """The Tollgate key a ``tollgate-credits`` payment payload names, if that is what was sent."""
     payload = _decode(signature) if signature else None
     if not isinstance(payload, dict) or not isinstance(payload.get("payload"), dict):
+        return None
+    accepted = payload.get("accepted")
+    if not isinstance(accepted, dict) or (accepted.get("scheme"), accepted.get("network")) != (
+        "tollgate-credits",
+        "tollgate:credits",
+    ):
         return None
     key = payload["payload"].get("apiKey")
     return key if isinstance(key, str) and key else None
