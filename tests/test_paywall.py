@@ -4,6 +4,7 @@ charge per paid call, none for a failed call, none for a refused one."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,11 +15,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from x402.http.utils import decode_payment_required_header
-from x402.schemas import PaymentRequired
+from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
+from x402.schemas import PaymentPayload, PaymentRequired
 
 from api import devstack, stripe_emulator
+from tests.helpers import stripe_client
 from tests.test_example_agent import dev_stack
+from tollgate.paywall import Paywall
 
 ROOT = Path(__file__).resolve().parent.parent
 __all__ = ["dev_stack", "paid_api"]
@@ -113,3 +116,116 @@ def test_the_paywall_charges_paid_calls_once_and_failed_calls_never(
     ).fetchone()
     assert captured == (100,), "two runs at 0.50 USD"
     assert db.execute("SELECT * FROM tollgate.ledger_discrepancies()").fetchall() == []
+
+
+def card_signature(required: PaymentRequired, token: str, paid_id: str) -> dict[str, str]:
+    """PAYMENT-SIGNATURE paying the card entry of ``required`` with ``token``."""
+    accepted = next(r for r in required.accepts if r.scheme == "auth-capture")
+    payload = PaymentPayload(
+        payload={"token": token, "paymentId": paid_id},
+        accepted=accepted,
+        resource=required.resource,
+    )
+    return {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
+
+
+def test_no_keyless_call_is_served_from_credits_a_card_bought(
+    paid_api: tuple[str, dict[str, str]], db: psycopg.Connection[Any]
+) -> None:
+    """Credits on the card account (as a keyless payer's card payment leaves them once its
+    webhook is applied, before that payer's hold) serve no other call: not a keyless call
+    without payment (authorized on the paywall key's own account), not a card payload whose
+    card is declined or unknown. No hold, and the credits are all still there."""
+    url, env = paid_api
+    admin = {"Authorization": f"Bearer {env['TOLLGATE_ADMIN_KEY']}"}
+    card_account = env["TOLLGATE_CARD_ACCOUNT"]
+    with httpx.Client(base_url=env["TOLLGATE_URL"], headers=admin, timeout=30) as tollgate:
+        funded = tollgate.post(
+            "/v1/transactions",
+            json={
+                "account_id": card_account,
+                "reference": "landed-card-payment",
+                "amount": "5.00",
+                "currency": "USD",
+            },
+        )
+        assert funded.status_code == 201, funded.text
+        settled = tollgate.post(
+            "/v1/transactions/landed-card-payment/settle", params={"account_id": card_account}
+        )
+        assert settled.status_code == 200, settled.text
+    declined = stripe_client(env["STRIPE_API_BASE"]).v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
+    with httpx.Client(base_url=url, timeout=60) as http:
+        unpaid = http.post("/report")
+        assert unpaid.status_code == 402, unpaid.text
+        required = decode_payment_required_header(unpaid.headers["PAYMENT-REQUIRED"])
+        assert isinstance(required, PaymentRequired)
+        refused = http.post(
+            "/report", headers=card_signature(required, str(declined.id), "pay_declined_card_01")
+        )
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["error"]["code"] == "card_declined"
+        bogus = http.post(
+            "/report", headers=card_signature(required, "pm_no_such_card_at_all", "pay_bogus_01")
+        )
+        assert 400 <= bogus.status_code < 500, bogus.text
+        assert http.post("/report").status_code == 402, "still nothing for the unpaid"
+
+    assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (0,)
+    balances = db.execute(
+        "SELECT a.external_id, b.balance FROM tollgate.accounts a,"
+        " LATERAL api.balances_v1(%s, a.external_id) b"
+        " WHERE b.name = 'main' ORDER BY 1",
+        (env["TOLLGATE_ADMIN_KEY"],),
+    ).fetchall()
+    assert balances == [(card_account, "5.00")]
+
+
+def test_without_a_card_account_keyless_card_payments_are_refused() -> None:
+    """The paywall refuses a keyless card payment when it has no card account, before asking
+    Tollgate anything (nothing is charged); a credits payload is not refused by this."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the route must not run")
+
+    paywall = Paywall(
+        app,
+        routes={"POST /report": "report.generate"},
+        tollgate_url="http://127.0.0.1:9",
+        api_key="tg_seller",
+    )
+    assert paywall.card_account is None
+    required = PaymentRequired.model_validate(
+        {
+            "x402Version": 2,
+            "resource": {"url": "http://shop/report"},
+            "accepts": [
+                {
+                    "scheme": "auth-capture",
+                    "network": "card:any",
+                    "asset": "USD",
+                    "amount": "50",
+                    "payTo": "tollgate",
+                    "maxTimeoutSeconds": 30,
+                }
+            ],
+        }
+    )
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=paywall)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+            return await http.post(
+                "/report", headers=card_signature(required, "pm_card_visa", "pay_no_card_acct_1")
+            )
+
+    refused = asyncio.run(call())
+    assert refused.status_code == 402, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "card_account_not_configured"
+    assert "TOLLGATE_CARD_ACCOUNT" in error["message"]

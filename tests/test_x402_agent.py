@@ -61,15 +61,16 @@ def test_an_x402_agent_pays_by_card_through_the_sdk(
     assert said[2] == "resent the same payment: 200, same settlement: True"
     assert said[3] == "a call that fails at the seller: 500, its hold released"
 
-    # Two card payments (the paid call, the failed call), each bought 0.50 of credits for the
-    # seller's walk-in account (the paywall's key, ops); one hold captured, one released, and
+    # Two card payments (the paid call, the failed call), each bought 0.50 of credits on the
+    # seller's card account (TOLLGATE_CARD_ACCOUNT, x402_card: never ops, the paywall key's own
+    # account that unpaid callers are authorized on); one hold captured, one released, and
     # the failed call's payment refunded: its credits are taken back once Stripe reports it.
-    assert holds(db) == [("ops", "captured", 1), ("ops", "released", 1)]
+    assert holds(db) == [("x402_card", "captured", 1), ("x402_card", "released", 1)]
     deadline = time.monotonic() + 30
     while True:
         payments = db.execute(
             "SELECT p.status::text, p.purpose, p.amount, p.amount_refunded,"
-            " (SELECT b.balance FROM api.balances_v1(%s, 'ops') b WHERE b.name = 'main')"
+            " (SELECT b.balance FROM api.balances_v1(%s, 'x402_card') b WHERE b.name = 'main')"
             " FROM tollgate.payment_intents p ORDER BY p.created_at",
             (env["TOLLGATE_ADMIN_KEY"],),
         ).fetchall()
@@ -83,6 +84,11 @@ def test_an_x402_agent_pays_by_card_through_the_sdk(
         ("succeeded", "credits", 50, 0, "0.00"),
         ("refunded", "credits", 50, 50, "0.00"),
     ], "the failed call kept nothing"
+    ops = db.execute(
+        "SELECT coalesce(sum(b.balance_minor), 0)::int FROM api.balances_v1(%s, 'ops') b",
+        (env["TOLLGATE_ADMIN_KEY"],),
+    ).fetchone()
+    assert ops == (0,), "the paywall key's own account never holds credits"
     settled = db.execute(
         "SELECT count(*) FILTER (WHERE response IS NOT NULL), count(*)"
         " FROM tollgate.x402_settlements"
