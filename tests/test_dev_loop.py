@@ -100,7 +100,10 @@ def test_a_restart_keeps_the_emulator_port_the_webhook_secret_and_the_keys(
         assert state["stripe_port"] == stripe_port
         assert f"export TOLLGATE_ADMIN_KEY={state['admin_key']['key']}\n" in env_file
         rows = dev_rows(db)
-        assert rows == (2, 2, [DEV_SECRET_LABEL]), "a key, an admin key, the emulator's secret"
+        # A key, an admin key, the card account's (revoked at once: nobody holds a key of it),
+        # the emulator's secret.
+        assert rows == (3, 2, [DEV_SECRET_LABEL])
+        assert "export TOLLGATE_CARD_ACCOUNT=x402_card\n" in env_file
 
         first = pay(data, env, "credits", "5.00")
         assert first.returncode == 0, first.stdout + first.stderr
