@@ -186,9 +186,14 @@ def test_no_keyless_call_is_served_from_credits_a_card_bought(
     assert balances == [(card_account, "5.00")]
 
 
-def test_without_a_card_account_keyless_card_payments_are_refused() -> None:
-    """The paywall refuses a keyless card payment when it has no card account, before asking
-    Tollgate anything (nothing is charged); a credits payload is not refused by this."""
+def test_without_a_card_account_keyless_card_payments_are_refused(
+    dev_stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paywall with no card account offers keyless callers no card in its 402 (real Tollgate
+    behind it), and refuses a keyless card payment before asking Tollgate anything (nothing is
+    charged)."""
+    monkeypatch.delenv("TOLLGATE_CARD_ACCOUNT", raising=False)
+    env = devstack.read_env_file(dev_stack / "dev.env")
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the route must not run")
@@ -196,8 +201,8 @@ def test_without_a_card_account_keyless_card_payments_are_refused() -> None:
     paywall = Paywall(
         app,
         routes={"POST /report": "report.generate"},
-        tollgate_url="http://127.0.0.1:9",
-        api_key="tg_seller",
+        tollgate_url=env["TOLLGATE_URL"],
+        api_key=env["TOLLGATE_ADMIN_KEY"],
     )
     assert paywall.card_account is None
     required = PaymentRequired.model_validate(
@@ -217,14 +222,16 @@ def test_without_a_card_account_keyless_card_payments_are_refused() -> None:
         }
     )
 
-    async def call() -> httpx.Response:
+    async def call(headers: dict[str, str]) -> httpx.Response:
         transport = httpx.ASGITransport(app=paywall)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
-            return await http.post(
-                "/report", headers=card_signature(required, "pm_card_visa", "pay_no_card_acct_1")
-            )
+            return await http.post("/report", headers=headers)
 
-    refused = asyncio.run(call())
+    unpaid = asyncio.run(call({}))
+    offered = decode_payment_required_header(unpaid.headers["PAYMENT-REQUIRED"])
+    assert isinstance(offered, PaymentRequired)
+    assert [r.scheme for r in offered.accepts] == ["tollgate-credits"], "no card offered"
+    refused = asyncio.run(call(card_signature(required, "pm_card_visa", "pay_no_card_acct_1")))
     assert refused.status_code == 402, refused.text
     error = refused.json()["error"]
     assert error["code"] == "card_account_not_configured"

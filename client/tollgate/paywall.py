@@ -23,8 +23,9 @@ caller who pays nothing gets the 402. A card payment from a caller without a key
 on another account, ``card_account`` (else ``TOLLGATE_CARD_ACCOUNT``; the paywall's key must be
 an admin key): each such payment is held there for its own call, and no unpaid request is
 ever authorized on it, so nobody is served from credits another caller's card bought. Without
-``card_account``, such card payments are refused (402 ``card_account_not_configured``); card
-payments of callers with a key, and credits payloads, are booked on the payer's own account.
+``card_account``, such card payments are refused (402 ``card_account_not_configured``), and
+the 402s keyless callers get offer no card; card payments of callers with a key, and credits
+payloads, are booked on the payer's own account.
 Tollgate's URL is ``tollgate_url``, else ``TOLLGATE_URL``.
 
 It needs only httpx (this distribution's dependency); any ASGI framework can use it.
@@ -135,7 +136,9 @@ class Paywall:
                 extra: list[tuple[bytes, bytes]] = []
                 if answer.status_code == 402 and PAYMENT_REQUIRED in answer.headers:
                     required = _with_resource(
-                        answer.headers[PAYMENT_REQUIRED], _url(scope, headers)
+                        answer.headers[PAYMENT_REQUIRED],
+                        _url(scope, headers),
+                        card=caller_key is not None or self.card_account is not None,
                     )
                     extra.append((b"payment-required", required.encode("latin-1")))
                 if "retry-after" in answer.headers:  # nothing was done: the caller may retry
@@ -245,13 +248,19 @@ def _credits_key(signature: str | None) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def _with_resource(header: str, url: str) -> str:
-    """Tollgate's PAYMENT-REQUIRED with ``resource.url`` naming this API's URL, not Tollgate's."""
+def _with_resource(header: str, url: str, *, card: bool = True) -> str:
+    """Tollgate's PAYMENT-REQUIRED with ``resource.url`` naming this API's URL, not Tollgate's;
+    without its card entry when ``card`` is false (a keyless caller, and no card account)."""
     required = _decode(header)
     if not isinstance(required, dict):
         return header
     resource = required.get("resource")
     required["resource"] = {**(resource if isinstance(resource, dict) else {}), "url": url}
+    accepts = required.get("accepts")
+    if not card and isinstance(accepts, list):
+        required["accepts"] = [
+            a for a in accepts if not (isinstance(a, dict) and a.get("scheme") == "auth-capture")
+        ]
     return base64.b64encode(json.dumps(required, separators=(",", ":")).encode()).decode()
 
 
