@@ -54,7 +54,11 @@ class BearerKey(HTTPBearer):
     FastAPI's 403."""
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
-        return bearer_key(request.headers.get("authorization"))
+        key = bearer_key(request.headers.get("authorization"))
+        # The key a route acted for: api.reads.Headers remembers its write position, once the
+        # answer shows that the database took the key (not 401/403) and may have written.
+        request.state.api_key = key
+        return key
 
 
 BEARER = BearerKey(

@@ -4,9 +4,15 @@ With DATABASE_READ_URL set, the GET routes of the API read from that server, a s
 standby of DATABASE_URL's, through a second pool (the same role, SET ROLE tollgate_app);
 everything else stays on the primary. A standby is behind by its replication lag, so:
 
-- Every request that may write (not GET, HEAD or OPTIONS) and carries a bearer key is answered
-  (unless with a 5xx) with ``Tollgate-Write-Lsn``: the primary's WAL position once it is done.
-  The worker that answered remembers it for that key (its hash; the newest 10,000 keys).
+- A request that may have written is answered with ``Tollgate-Write-Lsn``: the primary's WAL
+  position once it is done. That is a request not GET, HEAD or OPTIONS, to a route that takes
+  the key (api/deps.py BEARER), answered 2xx, 402 or 409: the database took the key and the
+  request's transactions committed. A 401 or 403 (the key refused), 400, 404, 405, 422 (nothing
+  done) or 5xx gets none, costs no query, and changes nothing here.
+- The worker that answered remembers the position for that key (its hash; the newest 10,000
+  keys, so only keys the database accepted). A key forgotten to make room reads as one that
+  wrote at the newest forgotten position: nobody's write is lost from sight, though while
+  more than 10,000 keys write within a replication lag everyone else may read the primary.
 - A GET by that key reads from the standby only once the standby has replayed up to that
   position, else from the primary. A caller can also send the position back as
   ``Tollgate-Read-After`` (other workers and processes do not share the memory); a malformed
@@ -42,6 +48,9 @@ WRITE_LSN_HEADER = "Tollgate-Write-Lsn"
 READ_AFTER_HEADER = "Tollgate-Read-After"
 READ_FROM_HEADER = "Tollgate-Read-From"  # standby or primary: where a GET read
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The answers of a request, by a key the database took, whose transactions committed: 402 is an
+# authorization refused with how to pay (returned, not raised), 409 may be a replay.
+MAY_HAVE_WRITTEN_4XX = frozenset({402, 409})
 # Keys whose last write position a worker remembers (the least recent are forgotten: their
 # next GET reads the standby, which has replayed their write by then, most likely).
 REMEMBERED_KEYS = 10_000
@@ -73,6 +82,8 @@ class Reads:
         self.primary = primary
         self.standby = standby
         self._written: OrderedDict[bytes, int] = OrderedDict()
+        # The newest position of a key forgotten to make room: what an unknown key waits for.
+        self._forgotten = 0
         self._replayed = 0  # the newest replay position the standby reported
         self._standby_ok = False
         self._checked_at = float("-inf")
@@ -80,7 +91,7 @@ class Reads:
 
     async def pool_for(self, api_key: str, read_after: str | None) -> Pool:
         """The standby if it has replayed what this caller wrote, else the primary."""
-        needed = self._written.get(_caller(api_key), 0)
+        needed = self._written.get(_caller(api_key), self._forgotten)
         if read_after is not None:
             asked = parse_lsn(read_after)
             if asked is None:
@@ -120,25 +131,22 @@ class Reads:
         self._written[caller] = max(lsn, self._written.get(caller, 0))
         self._written.move_to_end(caller)
         while len(self._written) > REMEMBERED_KEYS:
-            self._written.popitem(last=False)
+            _, position = self._written.popitem(last=False)
+            self._forgotten = max(self._forgotten, position)
         return lsn
 
     async def close(self) -> None:
         await self.standby.close()
 
 
-def bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, key = value.decode("latin-1").partition(" ")
-            return key.strip() or None if scheme.lower() == "bearer" else None
-    return None
+def _may_have_written(status: int) -> bool:
+    return 200 <= status < 300 or status in MAY_HAVE_WRITTEN_4XX
 
 
 class Headers:
     """Plain ASGI middleware (when DATABASE_READ_URL is set): a GET answers where it read
-    (Tollgate-Read-From); after a request that may write, the primary's WAL position is
-    remembered for its key and answered as Tollgate-Write-Lsn."""
+    (Tollgate-Read-From); after a request by a key the database took that may have written,
+    the primary's WAL position is remembered for its key and answered as Tollgate-Write-Lsn."""
 
     def __init__(self, app: ASGIApp, *, state: State) -> None:
         self.app = app
@@ -149,7 +157,6 @@ class Headers:
         if reads is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        key = bearer(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -158,9 +165,12 @@ class Headers:
                     read_from = scope.get("state", {}).get("read_from")
                     if read_from:  # set by the route's pool dependency (api/deps.py)
                         added.append((READ_FROM_HEADER.lower().encode(), read_from.encode()))
-                elif key is not None and message["status"] < 500:
+                elif _may_have_written(message["status"]) and (
+                    key := scope.get("state", {}).get("api_key")
+                ):
                     # The handler has returned (its transactions committed) before its answer
-                    # starts. A 5xx wrote nothing to read back (or the database is down).
+                    # starts. The key is set by the route's key dependency (api/deps.py): a
+                    # request that no route took, or refused before, has none.
                     lsn = await reads.wrote(key)
                     if lsn is not None:
                         added.append((WRITE_LSN_HEADER.lower().encode(), format_lsn(lsn).encode()))

@@ -23,11 +23,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import tollgate as tollgate_client
-from api.reads import READ_AFTER_HEADER, READ_FROM_HEADER, WRITE_LSN_HEADER
+from api import reads
+from api.reads import READ_AFTER_HEADER, READ_FROM_HEADER, WRITE_LSN_HEADER, Reads, parse_lsn
 from db import analyst
 from db.embedded import EmbeddedServer
 from db.migrate import migrate
@@ -391,6 +393,80 @@ def test_a_caller_reads_its_own_writes_and_others_read_the_standby(pair: Pair) -
             assert read(ann, "direct-2") == (404, "standby")
         pair.standby.catch_up()
         assert read(ann, "direct-2") == (200, "standby")
+
+
+def remembered(server: ServerThread) -> dict[bytes, int]:
+    """What the served app's worker remembers of each key's last write (api/reads.py)."""
+    app = server.server.config.app
+    assert isinstance(app, FastAPI)
+    app_reads: Reads = app.state.reads
+    return dict(app_reads._written)
+
+
+def test_only_a_write_by_a_key_the_database_took_is_remembered(pair: Pair) -> None:
+    """A refused or impossible request gets no Tollgate-Write-Lsn, costs no query on the
+    primary and leaves the worker's memory as it was: an unauthenticated caller can neither
+    learn the primary's WAL position nor push other keys' positions out."""
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        primary.execute("SELECT api.create_api_key_v1('bo', 'bo-key', false, NULL)")
+    pair.standby.catch_up()
+    server = serve(pair)
+    body = {"reference": "bo-1", "amount_minor": 250, "currency": "USD"}
+    with server as url, httpx.Client(base_url=url) as http:
+        bogus = {"Authorization": "Bearer bogus"}
+        bo = {"Authorization": "Bearer bo-key"}
+        refused = [
+            http.post("/v1/nonexistent", headers=bogus),  # 404: no route
+            http.post("/v1/transactions", headers=bogus, json=body),  # 401: unknown key
+            http.post("/v1/transactions", json=body),  # 401: no key
+            http.put("/v1/transactions", headers=bo, json=body),  # 405
+            http.post("/v1/transactions", headers=bo, json={"reference": "bo-1"}),  # 422
+            http.post(  # 400 malformed_json
+                "/v1/transactions", headers=bo | {"Content-Type": "application/json"}, content=b"{"
+            ),
+            http.post(  # 422 refused by the database
+                "/v1/transactions", headers=bo, json=body | {"currency": "ZZZ"}
+            ),
+        ]
+        assert [r.status_code for r in refused] == [404, 401, 401, 405, 422, 400, 422]
+        for r in refused:
+            assert WRITE_LSN_HEADER not in r.headers, r.request.url
+        assert remembered(server) == {}
+
+        made = http.post("/v1/transactions", headers=bo, json=body)
+        assert made.status_code == 201, made.text
+        assert parse_lsn(made.headers[WRITE_LSN_HEADER]) in remembered(server).values()
+        assert len(remembered(server)) == 1
+
+
+def test_a_key_forgotten_to_make_room_still_reads_its_writes(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past REMEMBERED_KEYS the least recent key is forgotten; its GETs (and any unknown key's)
+    wait for the newest forgotten position, so none reads a standby without its own write."""
+    monkeypatch.setattr(reads, "REMEMBERED_KEYS", 2)
+    keys = ["cy-key", "dee-key", "eve-key"]
+    with psycopg.connect(pair.primary_dsn, autocommit=True) as primary:
+        for key in keys:
+            primary.execute("SELECT api.create_api_key_v1('cy', %s, false, NULL)", (key,))
+    pair.standby.catch_up()
+    server = serve(pair)
+    with server as url, httpx.Client(base_url=url) as http:
+        with Paused(pair.standby):
+            for n, key in enumerate(keys):  # cy's position is forgotten for eve's
+                made = http.post(
+                    "/v1/transactions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"reference": f"cy-{n}", "amount_minor": 5, "currency": "USD"},
+                )
+                assert made.status_code == 201, made.text
+            assert len(remembered(server)) == 2
+            cy = {"Authorization": "Bearer cy-key"}
+            got = http.get("/v1/transactions/cy-0", headers=cy)
+            assert (got.status_code, got.headers[READ_FROM_HEADER]) == (200, "primary")
+        pair.standby.catch_up()
+        got = http.get("/v1/transactions/cy-0", headers=cy)
+        assert (got.status_code, got.headers[READ_FROM_HEADER]) == (200, "standby")
 
 
 def test_every_get_route_answers_from_the_standby(pair: Pair) -> None:
