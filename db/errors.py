@@ -582,6 +582,11 @@ UNAVAILABLE = (
     pgerr.DeadlockDetected,
     pgerr.LockNotAvailable,
     pgerr.QueryCanceled,
+    # The server cannot take writes now: a session or server read-only (a standby, a primary
+    # being demoted, default_transaction_read_only), or out of disk or memory.
+    pgerr.ReadOnlySqlTransaction,
+    pgerr.DiskFull,
+    pgerr.OutOfMemory,
 )
 
 # The connection broke while a request used it: a statement may have committed (autocommit)

@@ -72,9 +72,10 @@ def _quote(text: str) -> str:
 
 
 class PgBouncer:
-    """A running pgbouncer (``pool_mode = transaction``) on 127.0.0.1, a free port; ``stop()``
-    ends it. ``users`` maps every login that may connect to its server password ("" when the
-    server trusts it); ``admin`` (one of them) may use the ``pgbouncer`` admin console."""
+    """A running pgbouncer (``pool_mode = transaction``, session state reset after every
+    transaction) on 127.0.0.1, a free port; ``stop()`` ends it. ``users`` maps every login that
+    may connect to its server password ("" when the server trusts it); ``admin`` (one of them)
+    may use the ``pgbouncer`` admin console."""
 
     def __init__(
         self,
@@ -110,6 +111,10 @@ class PgBouncer:
             f"admin_users = {admin}\n"
             f"stats_users = {admin}\n"
             "pool_mode = transaction\n"
+            # A session SET by any client (default_transaction_read_only, a role, ...) is reset
+            # when its transaction ends, before another client gets the server connection.
+            "server_reset_query = DISCARD ALL\n"
+            "server_reset_query_always = 1\n"
             # Fewer server connections than a pool has clients: they are shared.
             f"default_pool_size = {pool_size}\n"
             "max_client_conn = 2000\n"

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
-from db.errors import CONSTRAINTS, INVARIANTS, RULES
-from tests.conftest import Api
+from api.config import Settings
+from db.errors import CONSTRAINTS, INVARIANTS, RULES, DomainError, translate
+from tests.conftest import Api, Emulator, ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = sorted([*ROOT.glob("db/**/*.sql"), *ROOT.glob("migrations/*.sql")])
@@ -218,3 +221,38 @@ def test_refusals_name_no_table_or_constraint(
     assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
     assert 'relation "' not in r.text and "constraint" not in r.text
     assert "_fkey" not in r.text and "tollgate." not in r.text
+
+
+def test_a_database_that_takes_no_writes_is_a_retryable_503(
+    db_dsn: str, emulator: Emulator, new_key: Any
+) -> None:
+    """A server or session in read-only mode (a standby, default_transaction_read_only) refuses
+    a write with SQLSTATE 25006: nothing was done, so 503 database_unavailable with Retry-After,
+    as for a database that is down, not a 500."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as refused:
+            conn.execute("CREATE TEMPORARY TABLE probe ()")
+    translated = translate(refused.value)
+    assert isinstance(translated, DomainError)
+    assert (translated.kind, translated.code) == ("unavailable", "database_unavailable")
+
+    key = new_key("read_only_writer")
+    read_only = make_conninfo(db_dsn, options="-c default_transaction_read_only=on")
+    # Directly in either test pass (startup options do not pass PgBouncer), as the API's role.
+    settings = Settings(
+        environment="test",
+        database_url=read_only,
+        stripe_api_key="sk_test_tollgate",
+        stripe_api_base=emulator.base,
+        apply_stripe_events=False,
+    )
+    with ServerThread(settings) as url:
+        made = httpx.post(
+            f"{url}/v1/transactions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"reference": "read-only-1", "amount_minor": 5, "currency": "USD"},
+        )
+    assert made.status_code == 503, made.text
+    assert made.json()["error"]["code"] == "database_unavailable"
+    assert made.headers["Retry-After"]

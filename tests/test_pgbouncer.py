@@ -82,14 +82,21 @@ def pooled_api(pooler: Pooler, db_dsn: str, emulator: Emulator, **overrides: Any
         yield Api(url, settings, secret, db_dsn)
 
 
-def test_this_pgbouncer_pools_transactions_so_session_state_leaks(
+def test_this_pgbouncer_pools_transactions_and_resets_what_a_session_sets(
     pgbouncer: Pooler, db_dsn: str
 ) -> None:
-    """What the rules below guard against: through a transaction pooler, what one client sets
-    for its session is seen by another client, and a client's connection is not one server
-    process. The pooled connection is told apart from a direct one."""
+    """What the rules below guard against: through a transaction pooler a client's connection
+    is not one server process, and clients share server connections. What one client sets for
+    its session (here default_transaction_read_only, which would make every write fail) is
+    reset when its transaction ends (server_reset_query_always): neither its own next
+    transaction nor another client's sees it. The pooled connection is told apart from a
+    direct one."""
     config = {r["key"]: r["value"] for r in pgbouncer.bouncer.show("CONFIG")}
     assert config["pool_mode"] == "transaction"
+    assert (config["server_reset_query"], config["server_reset_query_always"]) == (
+        "DISCARD ALL",
+        "1",
+    )
     through = pgbouncer.dsn(db_dsn)
     with (
         psycopg.connect(through, autocommit=True) as one,
@@ -97,10 +104,41 @@ def test_this_pgbouncer_pools_transactions_so_session_state_leaks(
         psycopg.connect(db_dsn, autocommit=True) as direct,
     ):
         assert is_pooled(one) and is_pooled(other) and not is_pooled(direct)
-        one.execute("SELECT set_config('tollgate.probe', 'left by one', false)")
-        seen = other.execute("SELECT current_setting('tollgate.probe', true)").fetchone()
-        assert seen == ("left by one",), "the other client got the same server connection"
+        for setting in ("SET default_transaction_read_only = on", "SET ROLE tollgate_app"):
+            one.execute(setting)
+            for client in (other, one):
+                seen = client.execute(
+                    "SELECT current_setting('default_transaction_read_only'), current_user"
+                ).fetchone()
+                assert seen == ("off", pgbouncer.login), setting
+        with one.transaction():  # within a transaction, a SET holds
+            one.execute("SET default_transaction_read_only = on")
+            shown = one.execute("SHOW default_transaction_read_only").fetchone()
+            assert shown == ("on",)
+        assert other.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
         assert pool_row(pgbouncer, dbname(db_dsn), pgbouncer.login)["pool_mode"] == "transaction"
+
+
+def test_a_read_only_session_set_by_another_client_does_not_reach_the_api(
+    pgbouncer: Pooler, db_dsn: str, emulator: Emulator, db: psycopg.Connection[Any]
+) -> None:
+    """Another client logged in as the API's login sets its sessions read-only on every
+    server connection of the pool, one after the other: the API's writes still succeed."""
+    from db import keys
+
+    key = keys.create(db, account="pooled_writer").key
+    with (
+        pooled_api(pgbouncer, db_dsn, emulator, apply_stripe_events=False) as api,
+        httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}) as http,
+    ):
+        for n in range(20):
+            with psycopg.connect(pgbouncer.dsn(db_dsn), autocommit=True) as intruder:
+                intruder.execute("SET default_transaction_read_only = on")
+            made = http.post(
+                "/v1/transactions",
+                json={"reference": f"pooled-{n}", "amount_minor": 5, "currency": "USD"},
+            )
+            assert made.status_code == 201, made.text
 
 
 def test_a_payment_authorizations_and_transfers_through_pgbouncer(
