@@ -183,7 +183,9 @@ $$;
 -- flight fan out without the new consumer (they do not see it yet), so the registration
 -- records the snapshot it ran in, and the consumer's claims add every event it did not see
 -- committed until no writer that could have missed it is left (tollgate.outbox_catch_up). A
--- listener idle in the registering transaction delays nobody.
+-- listener idle in the registering transaction delays no writer. It holds retention's outbox
+-- lock shared (retention.archive_outbox), so no batch archives an event the registration
+-- does not see committed (READ COMMITTED: the snapshot recorded is taken after the lock).
 CREATE OR REPLACE FUNCTION api.register_consumer_v1(p_consumer text, p_from_start boolean)
 RETURNS TABLE (consumer text, created boolean, backfilled bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -197,6 +199,7 @@ BEGIN
         RETURN QUERY SELECT p_consumer, false, 0::bigint;
         RETURN;
     END IF;
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('tollgate:retention:outbox', 0));
     INSERT INTO tollgate.outbox_consumers (name, registered_xact, registered_snapshot, catching_up)
     VALUES (p_consumer, pg_current_xact_id(), pg_current_snapshot(), true)
     ON CONFLICT (name) DO NOTHING;

@@ -18,8 +18,9 @@
 --                   is verified across both (tollgate.verify_audit_chain). An unsealed row
 --                   (written around the triggers: verify reports it) is never moved.
 --   outbox          events created before the horizon that no consumer still waits for (no
---                   pending or dead delivery); their delivered deliveries are forgotten, as
---                   `tollgate outbox prune` forgets them.
+--                   pending or dead delivery, and none a consumer still catching up is owed);
+--                   their delivered deliveries are forgotten, as `tollgate outbox prune`
+--                   forgets them.
 --
 -- The only way past the append-only triggers: these functions belong to role
 -- tollgate_retention, which tollgate.refuse_change lets delete from the live tables and insert
@@ -139,7 +140,10 @@ $$;
 -- Outbox events created at or before p_cutoff that every registered consumer has received (a
 -- pending or dead delivery keeps its event, and only it, in the outbox), oldest first, with
 -- their delivered deliveries (forgotten). In id order, stopping at the first event inside the
--- horizon.
+-- horizon. A consumer still catching up (tollgate.outbox_catch_up) is owed the events its
+-- registration did not see committed, whether or not they have a delivery for it yet: those
+-- stay (the catch-up's own predicate). A registration in flight holds the lock taken here,
+-- shared (api.register_consumer_v1): a batch waits for it to commit, then sees the consumer.
 CREATE OR REPLACE FUNCTION retention.archive_outbox(p_cutoff timestamptz, p_batch integer)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -154,7 +158,12 @@ BEGIN
     FOR r IN SELECT o.id, o.created_at,
                     EXISTS (SELECT FROM tollgate.outbox_consumers c
                             JOIN tollgate.outbox_deliveries d ON d.consumer = c.name AND d.outbox_id = o.id
-                            WHERE d.status <> 'delivered') AS waited_for
+                            WHERE d.status <> 'delivered')
+                    OR EXISTS (SELECT FROM tollgate.outbox_consumers c
+                               WHERE c.catching_up
+                                 AND o.xact_id >= pg_snapshot_xmin(c.registered_snapshot)
+                                 AND NOT pg_visible_in_snapshot(o.xact_id, c.registered_snapshot))
+                    AS waited_for
              FROM tollgate.outbox o ORDER BY o.id LOOP
         EXIT WHEN r.created_at > p_cutoff OR cardinality(ids) >= p_batch;
         IF NOT r.waited_for THEN
