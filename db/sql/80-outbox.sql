@@ -565,6 +565,10 @@ CREATE OR REPLACE TRIGGER outbox_archive_append_only
     BEFORE UPDATE OR DELETE ON tollgate.outbox_archive
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
 
+CREATE OR REPLACE TRIGGER outbox_archive_moved
+    AFTER INSERT ON tollgate.outbox_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.archive_moves();
+
 CREATE OR REPLACE TRIGGER outbox_archive_no_truncate
     BEFORE TRUNCATE ON tollgate.outbox_archive
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
@@ -583,3 +587,9 @@ CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
     WHEN (OLD.status = 'delivered'
           OR (NEW.consumer, NEW.outbox_id, NEW.account_uuid) IS DISTINCT FROM (OLD.consumer, OLD.outbox_id, OLD.account_uuid))
     EXECUTE FUNCTION tollgate.outbox_deliveries_guard();
+
+-- Retention forgets delivered deliveries only (db/sql/89-retention.sql).
+CREATE OR REPLACE TRIGGER outbox_deliveries_kept_until_delivered
+    BEFORE DELETE ON tollgate.outbox_deliveries
+    FOR EACH ROW WHEN (OLD.status <> 'delivered')
+    EXECUTE FUNCTION tollgate.retention_forgets_delivered();
