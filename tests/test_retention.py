@@ -266,3 +266,68 @@ def test_a_webhook_for_an_archived_event_answers_duplicate(
         "payment_status": "succeeded",
     }
     assert counts(db)["payment_events"] == (0, 1), "stored once, archived"
+
+
+def settle_uncommitted(writer: psycopg.Connection[Any], admin: str, account: str, ref: str) -> None:
+    writer.execute("SET ROLE tollgate_app")
+    writer.execute(
+        "SELECT * FROM api.create_transaction_v1(%s, %s, %s, 1, 'USD', NULL)", (admin, account, ref)
+    )
+    writer.execute(
+        "SELECT * FROM api.move_transaction_v1(%s, %s, %s, 'settled')", (admin, account, ref)
+    )
+
+
+def claimed(listener: psycopg.Connection[Any], consumer: str) -> list[int]:
+    rows = listener.execute(
+        "SELECT outbox_id FROM api.claim_deliveries_v2(%s, 100, interval '60 s', 5)", (consumer,)
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def test_an_event_a_consumer_catching_up_is_owed_stays(
+    db_dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A settlement fanned out before a consumer's registration committed, its own commit after
+    it: the consumer is owed the event though no delivery names it yet. Retention run before the
+    consumer's claim leaves it, whether the registration has committed or is still in flight
+    (the batch waits for it); the claim then hands the event out."""
+    admin = keys.create(db, account="owed_ops", is_admin=True).key
+    keys.create(db, account="owed_user")
+    with (
+        psycopg.connect(db_dsn) as writer,
+        psycopg.connect(db_dsn, autocommit=True) as listener,
+        psycopg.connect(db_dsn) as mover,
+    ):
+        listener.execute("SET ROLE tollgate_listener")
+        settle_uncommitted(writer, admin, "owed_user", "owed-1")
+        listener.execute("SELECT * FROM api.register_consumer_v1('late', false)")
+        writer.commit()
+        assert (
+            queries.archive_batch(mover, kind="outbox", older_than=dt.timedelta(0), batch=1000) == 0
+        )
+        mover.commit()
+        first = db.execute("SELECT max(id) FROM tollgate.outbox").fetchone()
+        assert first is not None and first[0] is not None, "the event stays in the outbox"
+        assert claimed(listener, "late") == [first[0]], "the claim still finds it"
+
+        listener.autocommit = False
+        settle_uncommitted(writer, admin, "owed_user", "owed-2")
+        listener.execute("SELECT * FROM api.register_consumer_v1('later', false)")
+        writer.commit()
+        moved: list[int] = []
+        t = threading.Thread(
+            target=lambda: moved.append(
+                queries.archive_batch(mover, kind="outbox", older_than=dt.timedelta(0), batch=1000)
+            )
+        )
+        t.start()
+        assert waiting_for_a_lock(db, mover.info.backend_pid), "the batch waits"
+        listener.commit()
+        t.join(timeout=30)
+        mover.commit()
+        assert moved == [0]
+        second = db.execute("SELECT max(id) FROM tollgate.outbox").fetchone()
+        assert second is not None and second[0] is not None and second[0] > first[0]
+        assert second[0] in claimed(listener, "later")
+        listener.commit()

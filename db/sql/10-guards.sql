@@ -30,10 +30,12 @@ $$;
 -- Trigger: refuse the operation. Arguments: the rule's name (default append_only) and why.
 -- The rule reference_data lets the change through in a transaction that called
 -- tollgate.allow_reference_data_change() (a migration). Retention is the one sanctioned way
--- past the others: running as role tollgate_retention (only the SECURITY DEFINER functions of
--- 89-retention.sql do), a DELETE from an append-only table and an INSERT into an archive
--- table (rule archived) go through; which rows, is those functions' rule. tollgate_retention
--- has DELETE on the six tables retention moves rows out of and nothing else (90-grants.sql).
+-- past the others: running as role tollgate_retention (the SECURITY DEFINER functions of
+-- 89-retention.sql, or a member of that role), an INSERT into an archive table (rule
+-- archived) goes through, and its trigger (tollgate.archive_moves) deletes the live row it
+-- copies; that DELETE goes through only for a row in a final state that the archive holds
+-- exactly as it is (retention.may_delete). tollgate_retention has DELETE on the six tables
+-- retention moves rows out of and nothing else (90-grants.sql).
 CREATE OR REPLACE FUNCTION tollgate.refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -41,12 +43,16 @@ AS $$
 DECLARE
     rule text := coalesce(TG_ARGV[0], 'append_only');
 BEGIN
-    IF current_user = 'tollgate_retention'
-       AND ((rule = 'append_only' AND TG_OP = 'DELETE') OR (rule = 'archived' AND TG_OP = 'INSERT')) THEN
-        IF TG_OP = 'DELETE' THEN
-            RETURN OLD;
+    IF current_user = 'tollgate_retention' THEN
+        IF rule = 'archived' AND TG_OP = 'INSERT' THEN
+            RETURN NEW;
         END IF;
-        RETURN NEW;
+        -- Nested, so no other role ever calls into schema retention.
+        IF rule = 'append_only' AND TG_OP = 'DELETE' THEN
+            IF retention.may_delete(TG_TABLE_NAME, to_jsonb(OLD)) THEN
+                RETURN OLD;
+            END IF;
+        END IF;
     END IF;
     IF rule = 'reference_data'
        AND current_setting('tollgate.reference_data_change', true) = 'on' THEN

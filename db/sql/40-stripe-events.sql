@@ -619,6 +619,10 @@ CREATE OR REPLACE TRIGGER payment_events_archive_append_only
     BEFORE UPDATE OR DELETE ON tollgate.payment_events_archive
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
 
+CREATE OR REPLACE TRIGGER payment_events_archive_moved
+    AFTER INSERT ON tollgate.payment_events_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.archive_moves();
+
 CREATE OR REPLACE TRIGGER payment_events_archive_no_truncate
     BEFORE TRUNCATE ON tollgate.payment_events_archive
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');

@@ -503,6 +503,10 @@ CREATE OR REPLACE TRIGGER usage_events_archive_append_only
     BEFORE UPDATE OR DELETE ON tollgate.usage_events_archive
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
 
+CREATE OR REPLACE TRIGGER usage_events_archive_moved
+    AFTER INSERT ON tollgate.usage_events_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.archive_moves();
+
 CREATE OR REPLACE TRIGGER usage_events_archive_no_truncate
     BEFORE TRUNCATE ON tollgate.usage_events_archive
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');

@@ -183,7 +183,9 @@ $$;
 -- flight fan out without the new consumer (they do not see it yet), so the registration
 -- records the snapshot it ran in, and the consumer's claims add every event it did not see
 -- committed until no writer that could have missed it is left (tollgate.outbox_catch_up). A
--- listener idle in the registering transaction delays nobody.
+-- listener idle in the registering transaction delays no writer. It holds retention's outbox
+-- lock shared (retention.archive_outbox), so no batch archives an event the registration
+-- does not see committed (READ COMMITTED: the snapshot recorded is taken after the lock).
 CREATE OR REPLACE FUNCTION api.register_consumer_v1(p_consumer text, p_from_start boolean)
 RETURNS TABLE (consumer text, created boolean, backfilled bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -197,6 +199,7 @@ BEGIN
         RETURN QUERY SELECT p_consumer, false, 0::bigint;
         RETURN;
     END IF;
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('tollgate:retention:outbox', 0));
     INSERT INTO tollgate.outbox_consumers (name, registered_xact, registered_snapshot, catching_up)
     VALUES (p_consumer, pg_current_xact_id(), pg_current_snapshot(), true)
     ON CONFLICT (name) DO NOTHING;
@@ -562,6 +565,10 @@ CREATE OR REPLACE TRIGGER outbox_archive_append_only
     BEFORE UPDATE OR DELETE ON tollgate.outbox_archive
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
 
+CREATE OR REPLACE TRIGGER outbox_archive_moved
+    AFTER INSERT ON tollgate.outbox_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.archive_moves();
+
 CREATE OR REPLACE TRIGGER outbox_archive_no_truncate
     BEFORE TRUNCATE ON tollgate.outbox_archive
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
@@ -580,3 +587,9 @@ CREATE OR REPLACE TRIGGER outbox_deliveries_10_guard
     WHEN (OLD.status = 'delivered'
           OR (NEW.consumer, NEW.outbox_id, NEW.account_uuid) IS DISTINCT FROM (OLD.consumer, OLD.outbox_id, OLD.account_uuid))
     EXECUTE FUNCTION tollgate.outbox_deliveries_guard();
+
+-- Retention forgets delivered deliveries only (db/sql/89-retention.sql).
+CREATE OR REPLACE TRIGGER outbox_deliveries_kept_until_delivered
+    BEFORE DELETE ON tollgate.outbox_deliveries
+    FOR EACH ROW WHEN (OLD.status <> 'delivered')
+    EXECUTE FUNCTION tollgate.retention_forgets_delivered();

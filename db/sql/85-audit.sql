@@ -420,6 +420,10 @@ CREATE OR REPLACE TRIGGER audit_log_archive_append_only
     BEFORE UPDATE OR DELETE ON tollgate.audit_log_archive
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
 
+CREATE OR REPLACE TRIGGER audit_log_archive_moved
+    AFTER INSERT ON tollgate.audit_log_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.archive_moves();
+
 CREATE OR REPLACE TRIGGER audit_log_archive_no_truncate
     BEFORE TRUNCATE ON tollgate.audit_log_archive
     FOR EACH STATEMENT EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
@@ -433,6 +437,10 @@ CREATE OR REPLACE TRIGGER audit_log_archive_written_by_retention
 CREATE OR REPLACE TRIGGER audit_seals_archive_append_only
     BEFORE UPDATE OR DELETE ON tollgate.audit_seals_archive
     FOR EACH ROW EXECUTE FUNCTION tollgate.refuse_change('archived', 'archived rows are never changed or removed');
+
+CREATE OR REPLACE TRIGGER audit_seals_archive_moved
+    AFTER INSERT ON tollgate.audit_seals_archive
+    FOR EACH ROW EXECUTE FUNCTION tollgate.archive_moves();
 
 CREATE OR REPLACE TRIGGER audit_seals_archive_no_truncate
     BEFORE TRUNCATE ON tollgate.audit_seals_archive

@@ -168,8 +168,10 @@ REVOKE DELETE, TRUNCATE ON tollgate.refunds, tollgate.disputes FROM tollgate_own
 
 -- Retention (89-retention.sql): tollgate_retention reads and deletes the rows it moves, and
 -- writes the archives; tollgate.refuse_change lets it past the append-only triggers of these
--- tables only, and it has no privilege on any other table. Nobody else writes an archive, the
--- owner included; analysts read them through the reporting views (95-reporting.sql).
+-- tables only, for final rows moved to their archive, and it has no privilege on any other
+-- table. No other role has INSERT on an archive, the owner included (which, owning them,
+-- could re-grant it: see the append-only tables above); analysts read them through the
+-- reporting views (95-reporting.sql).
 GRANT SELECT, DELETE
     ON tollgate.payment_events, tollgate.usage_events, tollgate.audit_log, tollgate.audit_seals,
        tollgate.outbox, tollgate.outbox_deliveries

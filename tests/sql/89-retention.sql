@@ -2,7 +2,7 @@
 -- across live and archive; the audit chain verifies across both and finds tampering in the
 -- archive; nobody else writes or changes an archive, nor deletes from a live table.
 BEGIN;
-SELECT plan(50);
+SELECT plan(63);
 
 -- Seals are written at COMMIT; this test never commits, so it seals at each statement's end.
 SET CONSTRAINTS tollgate.audit_log_90_seal IMMEDIATE;
@@ -105,6 +105,37 @@ RESET ROLE;
 SET LOCAL ROLE tollgate_analyst;
 SELECT throws_ok($$SELECT * FROM tollgate.audit_log_archive$$, '42501', NULL, 'analysts read no archive table directly');
 RESET ROLE;
+
+-- Retention's own role (which a member may SET ROLE to) deletes only final rows, and only as
+-- moved to their archive; an archive row is one moved from its live table, as it was there.
+SELECT is(pg_temp.ingest(pg_temp.event('evt_final', 'customer.created', '{"object": "customer", "id": "cus_2"}')),
+          'ignored', 'another final Stripe event');
+SELECT is((SELECT status FROM api.move_transaction_v1('ops-key', 'ria', 't-2', 'settled')), 'settled',
+          'an outbox event crm waits for');
+SET LOCAL ROLE tollgate_retention;
+SELECT throws_ok($$DELETE FROM tollgate.payment_events WHERE state = 'pending'$$, 'TG012', NULL,
+                 'retention deletes no pending Stripe event');
+SELECT throws_ok($$DELETE FROM tollgate.payment_events WHERE id = 'evt_final'$$, 'TG012', NULL,
+                 'nor a final one it has not archived');
+SELECT throws_ok($$INSERT INTO tollgate.payment_events_archive SELECT * FROM tollgate.payment_events WHERE state = 'pending'$$,
+                 '23502', NULL, 'nor archives a pending one (an archived event has processed_at)');
+SELECT throws_ok($$INSERT INTO tollgate.payment_events_archive
+                   SELECT (jsonb_populate_record(NULL::tollgate.payment_events_archive, to_jsonb(a) || '{"id": "evt_future"}')).*
+                   FROM tollgate.payment_events_archive a LIMIT 1$$,
+                 'TG012', 'tollgate.payment_events_archive: an archived row is moved from its live table, which has no such row',
+                 'an archive row for an event never received is refused');
+SELECT throws_ok($$INSERT INTO tollgate.payment_events_archive
+                   SELECT (jsonb_populate_record(NULL::tollgate.payment_events_archive, to_jsonb(e) || '{"type": "charge.refunded"}')).*
+                   FROM tollgate.payment_events e WHERE e.id = 'evt_final'$$,
+                 'TG012', NULL, 'so is one that differs from its live row');
+SELECT throws_ok($$DELETE FROM tollgate.outbox_deliveries$$, 'TG012', NULL, 'retention forgets no pending delivery');
+SELECT throws_ok($$INSERT INTO tollgate.outbox_archive SELECT * FROM tollgate.outbox$$, 'TG012', NULL,
+                 'nor archives an outbox event a consumer waits for');
+SELECT throws_ok($$DELETE FROM tollgate.audit_log$$, 'TG012', NULL, 'nor deletes audit rows');
+RESET ROLE;
+SELECT is(pg_temp.archive('payment_events'), 1::bigint, 'the batch still moves the final event');
+SELECT results_eq($$SELECT id FROM tollgate.payment_events$$, ARRAY['evt_waiting'], 'and leaves the pending one');
+SELECT is((SELECT count(*)::int FROM tollgate.outbox), 1, 'the outbox event crm waits for stays');
 
 -- Who may do what: retention deletes from six tables and writes the archives, nothing else.
 SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
