@@ -113,7 +113,9 @@ class PgBouncer:
             "pool_mode = transaction\n"
             # A session SET by any client (default_transaction_read_only, a role, ...) is reset
             # when its transaction ends, before another client gets the server connection.
-            "server_reset_query = DISCARD ALL\n"
+            # Not DISCARD ALL: it also drops every cached plan, so each stored function would
+            # be planned again in every transaction (authorize through PgBouncer: -45%).
+            "server_reset_query = RESET ALL; RESET ROLE\n"
             "server_reset_query_always = 1\n"
             # Fewer server connections than a pool has clients: they are shared.
             f"default_pool_size = {pool_size}\n"

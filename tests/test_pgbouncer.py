@@ -94,7 +94,7 @@ def test_this_pgbouncer_pools_transactions_and_resets_what_a_session_sets(
     config = {r["key"]: r["value"] for r in pgbouncer.bouncer.show("CONFIG")}
     assert config["pool_mode"] == "transaction"
     assert (config["server_reset_query"], config["server_reset_query_always"]) == (
-        "DISCARD ALL",
+        "RESET ALL; RESET ROLE",
         "1",
     )
     through = pgbouncer.dsn(db_dsn)
