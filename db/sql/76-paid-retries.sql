@@ -43,7 +43,8 @@ SET LOCAL ROLE tollgate_owner;
 -- and lock it until the caller's transaction ends. Returns NULL when it is the caller's to
 -- settle; the stored response when that payload was settled for that request and its hold is
 -- still active. The same identifier with another payload or request: TG020. A settled one
--- whose hold was captured, released or has expired: TG022 (the payment was used).
+-- whose hold was captured, released or has expired (or was settled before holds were
+-- recorded): TG022 (the payment was used).
 CREATE OR REPLACE FUNCTION api.x402_claim_v1(
     p_api_key text, p_account text, p_identifier text, p_payload_sha256 bytea,
     p_action text, p_cost numeric, p_cost_minor bigint, p_currency text
@@ -71,14 +72,12 @@ BEGIN
         RAISE EXCEPTION 'payment identifier % was used with another payment payload', p_identifier
             USING ERRCODE = 'TG020', CONSTRAINT = 'x402_settlements_same_payload';
     END IF;
-    IF claim.request IS DISTINCT FROM asked THEN
-        IF claim.request IS NULL AND claim.response IS NULL THEN  -- claimed before requests were kept
-            UPDATE tollgate.x402_settlements AS s SET request = asked
-            WHERE s.account_uuid = acct.id AND s.payment_identifier = p_identifier;
-        ELSE
-            RAISE EXCEPTION 'payment identifier % was used for another request (action, cost or currency)', p_identifier
-                USING ERRCODE = 'TG020', CONSTRAINT = 'x402_settlements_same_request';
-        END IF;
+    IF claim.request IS NOT NULL AND claim.request <> asked THEN
+        RAISE EXCEPTION 'payment identifier % was used for another request (action, cost or currency)', p_identifier
+            USING ERRCODE = 'TG020', CONSTRAINT = 'x402_settlements_same_request';
+    ELSIF claim.request IS NULL AND claim.response IS NULL THEN  -- claimed before requests were kept
+        UPDATE tollgate.x402_settlements AS s SET request = asked
+        WHERE s.account_uuid = acct.id AND s.payment_identifier = p_identifier;
     END IF;
     IF claim.response IS NULL THEN
         RETURN NULL;
@@ -86,7 +85,7 @@ BEGIN
     SELECT h.* INTO held FROM tollgate.holds AS h WHERE h.id = claim.hold_id;
     IF held.id IS NULL OR held.status <> 'active' OR held.expires_at <= now() THEN
         RAISE EXCEPTION 'payment % was already used: its hold is %; pay again with a new payment identifier',
-            p_identifier, CASE WHEN held.status = 'active' THEN 'expired' ELSE coalesce(held.status::text, 'gone') END
+            p_identifier, CASE WHEN held.status = 'active' THEN 'expired' ELSE coalesce(held.status::text, 'not recorded') END
             USING ERRCODE = 'TG022', CONSTRAINT = 'x402_settlements_used';
     END IF;
     RETURN claim.response;

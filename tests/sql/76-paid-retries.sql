@@ -2,7 +2,7 @@
 -- to the request it paid for; its stored answer is built from the hold the same transaction
 -- placed, replayed only while that hold is active, and never changes.
 BEGIN;
-SELECT plan(25);
+SELECT plan(26);
 
 SELECT has_table('tollgate', 'x402_settlements', 'x402 settlements are a table');
 SELECT col_is_pk('tollgate', 'x402_settlements', ARRAY['account_uuid', 'payment_identifier'],
@@ -90,6 +90,10 @@ SELECT throws_ok($$UPDATE tollgate.x402_settlements SET response = '{}' WHERE pa
                  'TG011', NULL, 'a settled answer never changes');
 SELECT throws_ok($$SELECT api.x402_claim_v1('alice-key', NULL, 'short', sha256('one'), 'report.generate', NULL, NULL, NULL)$$,
                  '23514', NULL, 'an identifier is 16-128 letters, digits, _ and -');
+INSERT INTO tollgate.x402_settlements (account_uuid, payment_identifier, payload_sha256, response, settled_at)
+SELECT id, 'pay_settled_before_0042', sha256('old'), '{"body": {}}', now() FROM tollgate.accounts WHERE external_id = 'alice';
+SELECT throws_ok($$SELECT api.x402_claim_v1('alice-key', NULL, 'pay_settled_before_0042', sha256('old'), 'report.generate', NULL, NULL, NULL)$$,
+                 'TG022', NULL, 'a settlement made before requests and holds were recorded is never replayed');
 
 SELECT * FROM finish();
 ROLLBACK;
