@@ -377,6 +377,21 @@ def card_payload(required: PaymentRequired, token: str, paid_id: str) -> dict[st
     }
 
 
+@pytest.mark.parametrize("change", [{"amount": "1"}, {"asset": "EUR"}])
+def test_a_card_payload_for_another_amount_is_a_402_before_anything_else(
+    shop: dict[str, Any], db: psycopg.Connection[Any], change: dict[str, str]
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    good = card_payload(required, "pm_card_visa", "pay_card_wrong_amount_1")
+    cheap = good | {"accepted": good["accepted"].model_copy(update=change)}
+    refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(cheap))
+    assert refused.json()["error"]["code"] == "payment_required"
+    assert decoded(refused).accepts
+    assert written(db) == (0, 0)
+    assert db.execute("SELECT count(*) FROM tollgate.payment_intents").fetchone() == (0,)
+
+
 def test_a_paid_retry_by_card_settles_once_and_a_declined_card_is_a_402(
     shop: dict[str, Any], emulator: Emulator, db: psycopg.Connection[Any]
 ) -> None:
