@@ -10,6 +10,7 @@ the reason come from the database's answer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import hashlib
 import json
@@ -23,12 +24,10 @@ from pydantic import ValidationError
 from x402.extensions.payment_identifier import (
     PAYMENT_IDENTIFIER,
     declare_payment_identifier_extension,
-    extract_payment_identifier,
     is_valid_payment_id,
 )
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER
 from x402.http.utils import (
-    decode_payment_signature_header,
     encode_payment_required_header,
     encode_payment_response_header,
 )
@@ -153,42 +152,74 @@ def wire(required: X402PaymentRequired) -> dict[str, Any]:
 FAILED = {"requires_payment_method", "canceled"}
 
 
+# The largest PAYMENT-SIGNATURE read: a payload is a few hundred bytes.
+MAX_SIGNATURE_BYTES = 8192
+
+
+def _invalid_signature(why: str) -> DomainError:
+    return DomainError(
+        "invalid",
+        "invalid_payment_signature",
+        f"PAYMENT-SIGNATURE must be base64 of an x402 v2 PaymentPayload (JSON object): {why}",
+    )
+
+
 def decode_signature(value: str) -> PaymentPayload:
-    """The PAYMENT-SIGNATURE header as an x402 v2 PaymentPayload, or a 400."""
+    """The PAYMENT-SIGNATURE header as an x402 v2 PaymentPayload, or a 400: every malformed
+    header is ``invalid_payment_signature`` (too long, not base64, not a JSON object, not a
+    PaymentPayload), a version other than the integer 2 ``unsupported_x402_version``."""
+    if len(value) > MAX_SIGNATURE_BYTES:
+        raise _invalid_signature(f"at most {MAX_SIGNATURE_BYTES} bytes")
     try:
-        payload = decode_payment_signature_header(value)
-    except (ValueError, UnicodeDecodeError, binascii.Error, ValidationError) as exc:
+        raw = base64.b64decode(value.strip().encode("ascii"), validate=True)
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeError, binascii.Error, RecursionError) as exc:
+        raise _invalid_signature("not base64 of JSON") from exc
+    if not isinstance(data, dict):
+        raise _invalid_signature("not a JSON object")
+    version = data.get("x402Version")
+    if type(version) is not int or version != 2:
         raise DomainError(
             "invalid",
-            "invalid_payment_signature",
-            "PAYMENT-SIGNATURE must be base64 of an x402 v2 PaymentPayload (JSON)",
-        ) from exc
-    if not isinstance(payload, PaymentPayload):
-        raise DomainError(
-            "invalid", "unsupported_x402_version", "only x402 version 2 payloads are accepted"
+            "unsupported_x402_version",
+            "only x402 version 2 payloads are accepted (x402Version: 2)",
         )
-    return payload
+    try:
+        return PaymentPayload.model_validate(data)
+    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
+        raise _invalid_signature("not a PaymentPayload") from exc
+
+
+def _bad_identifier(message: str) -> DomainError:
+    return DomainError("invalid", "invalid_payment_identifier", message)
 
 
 def identifier(payload: PaymentPayload) -> str | None:
-    """The payment-identifier extension's id, else the card payload's paymentId; checked."""
-    found = extract_payment_identifier(payload, validate=False)
+    """The payment-identifier extension's id, else the card payload's paymentId; checked. A
+    present but malformed extension is refused, never ignored."""
+    found: object = None
+    extensions = payload.extensions or {}
+    if PAYMENT_IDENTIFIER in extensions:
+        extension = extensions[PAYMENT_IDENTIFIER]
+        if not isinstance(extension, dict):
+            raise _bad_identifier(f"extensions[{PAYMENT_IDENTIFIER!r}] must be an object")
+        info = extension.get("info")
+        if not isinstance(info, dict):
+            raise _bad_identifier(f"extensions[{PAYMENT_IDENTIFIER!r}].info must be an object")
+        if "id" in info:
+            found = info["id"]
+            if not isinstance(found, str):
+                raise _bad_identifier(
+                    f"extensions[{PAYMENT_IDENTIFIER!r}].info.id must be a string"
+                )
     inner = payload.payload.get("paymentId")
     if found is not None and inner is not None and found != inner:
-        raise DomainError(
-            "invalid",
-            "invalid_payment_identifier",
-            "the payment-identifier extension's id and payload.paymentId differ",
-        )
+        raise _bad_identifier("the payment-identifier extension's id and payload.paymentId differ")
     found = found if found is not None else inner
     if found is None:
         return None
     if not isinstance(found, str) or not is_valid_payment_id(found):
-        raise DomainError(
-            "invalid",
-            "invalid_payment_identifier",
-            "a payment identifier is 16-128 letters, digits, _ and -",
-        )
+        raise _bad_identifier("a payment identifier is 16-128 letters, digits, _ and -")
     return found
 
 
@@ -263,6 +294,44 @@ async def pay(
     )
 
 
+async def _claim(
+    conn: Any, key: str, ask: AuthorizeRequest, payload: PaymentPayload, paid_id: str
+) -> dict[str, Any] | None:
+    """Claim ``paid_id`` for this payload and this request: the stored answer of a replay
+    whose hold is still active, or None when it is the caller's to settle (409 when the
+    identifier was used for another payload or request, or its hold was already used)."""
+    claim = await queries.x402_claim(
+        conn,
+        api_key=key,
+        account=ask.account_id,
+        identifier=paid_id,
+        payload_sha256=fingerprint(payload),
+        action=ask.action,
+        cost=ask.cost,
+        cost_minor=ask.cost_minor,
+        currency=ask.currency,
+    )
+    return claim.response
+
+
+class _Refused(Exception):
+    """A refusal that undoes the transaction it is raised in (nothing claimed, nothing held)."""
+
+    def __init__(self, answer: PaymentRequired) -> None:
+        super().__init__(answer.error.code)
+        self.answer = answer
+
+
+def _check_amount(payload: PaymentPayload, quote: PaymentRequired, amount_minor: int) -> None:
+    """The payload must pay what PAYMENT-REQUIRED asks (amount in minor units, currency)."""
+    if (payload.accepted.amount, payload.accepted.asset) != (str(amount_minor), quote.currency):
+        quote.error = ApiError(
+            code="payment_required",
+            message=f"pay {amount_minor} minor units of {quote.currency}, as PAYMENT-REQUIRED says",
+        )
+        raise _Refused(quote)
+
+
 async def _hold(
     pool: Any,
     key: str,
@@ -271,40 +340,46 @@ async def _hold(
     paid_id: str | None,
     transaction: str | None,
     amount: str | None,
+    *,
+    check_price: bool = False,
 ) -> JSONResponse | PaymentRequired:
     """Claim the identifier, authorize (a hold on the credits) and store the answer, in one
     transaction: the 200 to send, or the refusal. ``transaction`` names the payment (a card's
-    PaymentIntent); without one, the hold."""
-    async with pool.connection() as conn, conn.transaction():
-        if paid_id is not None:
-            claim = await queries.x402_claim(
-                conn,
-                api_key=key,
-                account=ask.account_id,
-                identifier=paid_id,
-                payload_sha256=fingerprint(payload),
+    PaymentIntent); without one, the hold. With ``check_price`` (credits) the payload's amount
+    and asset must be the run's price first. Only an answer with a hold is stored: one that
+    placed none (a subscription, a paid run) charged nothing, and its retry authorizes anew."""
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            if check_price:
+                quote = await operations.quote_on(conn, api_key=key, ask=ask)
+                if quote.price_minor is not None:
+                    _check_amount(payload, quote, quote.price_minor)
+            if paid_id is not None:
+                replay = await _claim(conn, key, ask, payload, paid_id)
+                if replay is not None:
+                    return _answer(replay)
+            answer = await operations.authorize_on(conn, api_key=key, ask=ask)
+            if isinstance(answer, PaymentRequired):
+                raise _Refused(answer)
+            settle = SettleResponse(
+                success=True,
+                transaction=transaction or str(answer.hold_id or answer.via),
+                network=payload.accepted.network,
+                amount=amount,
+                payer=answer.account_id,
             )
-            if claim.response is not None:
-                return _answer(claim.response)
-        answer = await operations.authorize_on(conn, api_key=key, ask=ask)
-        if isinstance(answer, PaymentRequired):
-            return answer
-        settle = SettleResponse(
-            success=True,
-            transaction=transaction or str(answer.hold_id or answer.via),
-            network=payload.accepted.network,
-            amount=amount,
-            payer=answer.account_id,
-        )
-        stored = _settled(answer, settle)
-        if paid_id is not None:
-            await queries.x402_settle(
-                conn,
-                api_key=key,
-                account=ask.account_id,
-                identifier=paid_id,
-                response=Jsonb(stored),
-            )
+            stored = _settled(answer, settle)
+            if paid_id is not None and answer.hold_id is not None:
+                await queries.x402_settle(
+                    conn,
+                    api_key=key,
+                    account=ask.account_id,
+                    identifier=paid_id,
+                    hold_id=answer.hold_id,
+                    response=Jsonb(stored),
+                )
+    except _Refused as refused:
+        return refused.answer
     return _answer(stored)
 
 
@@ -318,7 +393,9 @@ async def _credits(
 ) -> JSONResponse:
     """The payload's key pays: a hold on its own account's credits at the action's price."""
     own = ask.model_copy(update={"account_id": None})
-    held = await _hold(pool, key, own, payload, paid_id, None, payload.accepted.amount)
+    held = await _hold(
+        pool, key, own, payload, paid_id, None, payload.accepted.amount, check_price=True
+    )
     return held if isinstance(held, JSONResponse) else _refusal(held, url)
 
 
@@ -337,30 +414,20 @@ async def _card(
     action's price. Before the payment, only this identifier's stored settlement is answered:
     nothing is authorized from what the account holds already (credits another payer's card
     bought, an entitlement), so a card payload is never served unless its own payment
-    succeeded."""
-    async with pool.connection() as conn, conn.transaction():
-        claim = await queries.x402_claim(
-            conn,
-            api_key=api_key,
-            account=ask.account_id,
-            identifier=paid_id,
-            payload_sha256=fingerprint(payload),
-        )
-        if claim.response is not None:
-            return _answer(claim.response)
-        held = await operations.quote_on(conn, api_key=api_key, ask=ask)
-    offer = next((o for o in held.accepts if o.scheme == "stripe.payment"), None)
+    succeeded. The amount is checked before anything else: a payload that does not pay what
+    PAYMENT-REQUIRED asks is a 402 that claims and holds nothing."""
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            held = await operations.quote_on(conn, api_key=api_key, ask=ask)
+            offer = next((o for o in held.accepts if o.scheme == "stripe.payment"), None)
+            if offer is not None:
+                _check_amount(payload, held, offer.amount_minor)
+            replay = await _claim(conn, api_key, ask, payload, paid_id)
+            if replay is not None:
+                return _answer(replay)
+    except _Refused as refused:
+        return _refusal(refused.answer, url)
     if offer is None:  # a spend cap: paying would not help
-        return _refusal(held, url)
-    if (payload.accepted.amount, payload.accepted.asset) != (
-        str(offer.amount_minor),
-        held.currency,
-    ):
-        held.error = ApiError(
-            code="payment_required",
-            message=f"pay {offer.amount_minor} minor units of {held.currency}, "
-            "as PAYMENT-REQUIRED says",
-        )
         return _refusal(held, url)
     try:
         paid = await operations.create_payment(

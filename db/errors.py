@@ -49,6 +49,7 @@ RULES: dict[str, tuple[Kind, str]] = {
     "TG012": ("conflict", "append_only"),
     "TG020": ("conflict", "idempotency_key_reused"),
     "TG021": ("conflict", "idempotency_in_progress"),
+    "TG022": ("conflict", "payment_already_used"),
     "TG030": ("invalid", "invalid_event"),
     "TG031": ("invalid", "invalid_signature"),
     "TG040": ("conflict", "unbalanced_posting"),
@@ -246,6 +247,7 @@ _NOTE: tuple[Kind, str, str | None] = (
     "a note is at most 2000 characters",
 )
 CONSTRAINTS |= {
+    "x402_settlements_answer": ("invalid", "invalid_settlement", None),
     "x402_settlements_identifier_format": (
         "invalid",
         "invalid_payment_identifier",
@@ -499,11 +501,16 @@ INVARIANTS: frozenset[str] = frozenset(
         "holds_captured_has_amount",
         "x402_settlements_account_uuid_fkey",
         "x402_settlements_claimed",
+        "x402_settlements_hold_id_fkey",
         "x402_settlements_immutable",
+        "x402_settlements_one_per_hold",
+        "x402_settlements_own_hold",
         "x402_settlements_payload_sha256_length",
         "x402_settlements_pkey",
         "x402_settlements_same_payload",
+        "x402_settlements_same_request",
         "x402_settlements_settled_has_response",
+        "x402_settlements_used",
         "holds_posting_when_spent",
         "idempotency_keys_completed_has_response",
         "ledger_accounts_name_format",

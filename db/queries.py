@@ -717,12 +717,21 @@ async def x402_claim(
     account: str | None,
     identifier: str,
     payload_sha256: bytes,
+    action: str,
+    cost: Decimal | None,
+    cost_minor: int | None,
+    currency: str | None,
 ) -> X402ClaimRow:
+    """Claim ``identifier`` for this payload and request (action, cost as asked)."""
     params = {
         "api_key": api_key,
         "account": account,
         "identifier": identifier,
         "payload_sha256": payload_sha256,
+        "action": action,
+        "cost": cost,
+        "cost_minor": cost_minor,
+        "currency": currency,
     }
     return await _one(conn, X402ClaimRow, "x402_claim", params)
 
@@ -733,12 +742,14 @@ async def x402_settle(
     api_key: str,
     account: str | None,
     identifier: str,
+    hold_id: UUID,
     response: Jsonb,
 ) -> X402SettledRow:
     params = {
         "api_key": api_key,
         "account": account,
         "identifier": identifier,
+        "hold_id": hold_id,
         "response": response,
     }
     return await _one(conn, X402SettledRow, "x402_settle", params)

@@ -489,7 +489,11 @@ SELECT api.x402_claim_v1(
     p_api_key        => %(api_key)s::text,
     p_account        => %(account)s::text,
     p_identifier     => %(identifier)s::text,
-    p_payload_sha256 => %(payload_sha256)s::bytea
+    p_payload_sha256 => %(payload_sha256)s::bytea,
+    p_action         => %(action)s::text,
+    p_cost           => %(cost)s::numeric,
+    p_cost_minor     => %(cost_minor)s::bigint,
+    p_currency       => %(currency)s::text
 ) AS response;
 
 -- name: x402_settle
@@ -497,5 +501,6 @@ SELECT api.x402_settle_v1(
     p_api_key    => %(api_key)s::text,
     p_account    => %(account)s::text,
     p_identifier => %(identifier)s::text,
+    p_hold_id    => %(hold_id)s::uuid,
     p_response   => %(response)s::jsonb
 ) AS settled;

@@ -7,8 +7,9 @@
 Nothing here is Tollgate's but the scheme registration (``tollgate.x402``, the client's ``x402``
 extra): the SDK meets the 402, reads ``PAYMENT-REQUIRED``, has the card scheme build the payload
 (a Stripe PaymentMethod made at the emulator, card 4242...), retries with ``PAYMENT-SIGNATURE``
-and gets the report with ``PAYMENT-RESPONSE``. Then, as after a lost response, the agent resends
-the very same payment: the first settlement comes back and nothing more is charged. Last, a call
+and gets the report with ``PAYMENT-RESPONSE``. Then the agent resends the very same payment:
+the report it paid for was delivered (its hold captured), so the payment is used: 409
+``payment_already_used``, no second report, nothing more charged. Last, a call
 that fails on the seller's side (``?fail=true``): its hold is released, nothing is charged.
 ``--credits`` pays from the credits of the account of TOLLGATE_API_KEY instead of a card.
 
@@ -100,16 +101,17 @@ async def main() -> int:
             f"{bought.json()['report']}"
         )
 
-    # A lost response: the same PAYMENT-SIGNATURE again replays the settlement.
+    # The same PAYMENT-SIGNATURE again, once the report was delivered (its hold captured): one
+    # payment is one run, so it is refused and nothing more is charged. (Resent while the hold
+    # is still active, after a lost response, it would replay the settlement.)
     header = encode_payment_signature_header(sent[-1])
     async with httpx.AsyncClient(timeout=60) as plain:
         again = await plain.post(
             f"{url}/report", params={"topic": "q3"}, headers={PAYMENT_SIGNATURE_HEADER: header}
         )
-    replay = decode_payment_response_header(again.headers["PAYMENT-RESPONSE"])
-    same = replay.transaction == settled.transaction
-    step(f"resent the same payment: {again.status_code}, same settlement: {same}")
-    if again.status_code != 200 or not same:
+    code = again.json().get("error", {}).get("code") if again.status_code != 200 else None
+    step(f"resent the same payment after the report: {again.status_code} {code}")
+    if again.status_code != 409 or code != "payment_already_used":
         return 1
 
     async with x402HttpxClient(payer, timeout=60) as http:

@@ -168,6 +168,152 @@ def test_a_paid_retry_with_credits_replays_and_binds_its_identifier(
     assert db.execute("SELECT count(*) FROM tollgate.holds").fetchone() == (1,)
 
 
+def written(db: psycopg.Connection[Any]) -> tuple[int, int]:
+    """How many holds and x402 settlements there are."""
+    row = db.execute(
+        "SELECT (SELECT count(*) FROM tollgate.holds),"
+        " (SELECT count(*) FROM tollgate.x402_settlements)"
+    ).fetchone()
+    assert row is not None
+    return (row[0], row[1])
+
+
+@pytest.mark.parametrize("finish", ["capture", "release"])
+def test_one_x402_payment_buys_one_run_and_only_the_run_it_paid_for(
+    shop: dict[str, Any], db: psycopg.Connection[Any], finish: str
+) -> None:
+    agent, admin = shop["agent"], shop["admin"]
+    for action, price in (("report.premium", "1.00"), ("report.other", "0.50")):
+        priced = admin.put(f"/v1/actions/{action}", json={"price": price, "currency": "USD"})
+        assert priced.status_code == 200, priced.text
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    fund(admin, "5.00")
+    sent = signed(credits_payload(required, shop["key"], "pay_one_run_only_0001"))
+
+    paid = agent.post("/v1/authorize", json={"action": ACTION}, headers=sent)
+    assert paid.status_code == 200, paid.text
+    hold = paid.json()["hold_id"]
+    # The answer was lost: resent before the seller finished, it is the same run, same hold.
+    lost = agent.post("/v1/authorize", json={"action": ACTION}, headers=sent)
+    assert lost.status_code == 200 and lost.json() == paid.json()
+    # The same payment for a dearer action does not pay its price: 402, nothing held.
+    dearer = agent.post("/v1/authorize", json={"action": "report.premium"}, headers=sent)
+    assert dearer.json()["error"]["code"] == "payment_required"
+    assert decoded(dearer).accepts
+    # For another request at the same price it is bound to its first request: 409.
+    for other in ({"action": "report.other"}, {"action": ACTION, "cost": "0.50"}):
+        refused = agent.post("/v1/authorize", json=other, headers=sent)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "idempotency_key_reused"
+    assert written(db) == (1, 1)
+
+    done = agent.post(f"/v1/holds/{hold}/{finish}")
+    assert done.status_code == 200, done.text
+    for _ in range(3):
+        used = agent.post("/v1/authorize", json={"action": ACTION}, headers=sent)
+        assert used.status_code == 409, used.text
+        assert used.json()["error"]["code"] == "payment_already_used"
+        assert PAYMENT_RESPONSE_HEADER not in used.headers
+    assert written(db) == (1, 1)
+    balance = agent.get("/v1/accounts/agent_user/wallets").json()["wallets"][0]
+    assert balance["balance"] == ("4.50" if finish == "capture" else "5.00")
+
+
+def test_a_credits_payload_must_pay_what_payment_required_asks(
+    shop: dict[str, Any], db: psycopg.Connection[Any]
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    fund(shop["admin"], "5.00")
+    good = credits_payload(required, shop["key"], "pay_wrong_amount_0001")
+    for change in ({"amount": "1"}, {"asset": "EUR"}):
+        cheap = good | {"accepted": good["accepted"].model_copy(update=change)}
+        refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(cheap))
+        assert refused.json()["error"]["code"] == "payment_required"
+        again = decoded(refused)
+        assert {r.amount for r in again.accepts if r.scheme == "tollgate-credits"} == {"50"}
+        assert written(db) == (0, 0)
+    # Nothing was bound: the identifier still pays with the right amount.
+    paid = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(good))
+    assert paid.status_code == 200, paid.text
+
+
+def encoded(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def raw_payload(required: PaymentRequired, key: str, **changes: Any) -> dict[str, Any]:
+    """A credits payload as the JSON on the wire, with ``changes`` made to its top level."""
+    accepted = next(r for r in required.accepts if r.scheme == "tollgate-credits")
+    wire = {
+        "x402Version": 2,
+        "accepted": accepted.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "payload": {"apiKey": key},
+    }
+    return wire | changes
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("list", "invalid_payment_signature"),
+        ("string", "invalid_payment_signature"),
+        ("null", "invalid_payment_signature"),
+        ("deep", "invalid_payment_signature"),
+        ("huge", "invalid_payment_signature"),
+        ("not_utf8", "invalid_payment_signature"),
+        ("version_1", "unsupported_x402_version"),
+        ("version_text", "unsupported_x402_version"),
+        ("version_float", "unsupported_x402_version"),
+        ("version_true", "unsupported_x402_version"),
+        ("no_version", "unsupported_x402_version"),
+        ("extension_list", "invalid_payment_identifier"),
+        ("info_text", "invalid_payment_identifier"),
+        ("id_number", "invalid_payment_identifier"),
+        ("payment_id_number", "invalid_payment_identifier"),
+    ],
+)
+def test_a_malformed_payment_signature_is_a_400_that_writes_nothing(
+    shop: dict[str, Any], db: psycopg.Connection[Any], case: str, code: str
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    fund(shop["admin"], "5.00")
+    key = shop["key"]
+    ident = PAYMENT_IDENTIFIER
+    documents: dict[str, Any] = {
+        "list": [1, 2],
+        "string": "x",
+        "null": None,
+        "version_1": raw_payload(required, key, x402Version=1),
+        "version_text": raw_payload(required, key, x402Version="2"),
+        "version_float": raw_payload(required, key, x402Version=2.0),
+        "version_true": raw_payload(required, key, x402Version=True),
+        "no_version": {k: v for k, v in raw_payload(required, key).items() if k != "x402Version"},
+        "extension_list": raw_payload(required, key, extensions={ident: ["pay_malformed_000001"]}),
+        "info_text": raw_payload(required, key, extensions={ident: {"info": "pay_malformed_01"}}),
+        "id_number": raw_payload(required, key, extensions={ident: {"info": {"id": 12345}}}),
+        "payment_id_number": raw_payload(required, key)
+        | {"payload": {"apiKey": key, "paymentId": 1234567890123456789}},
+    }
+    if case == "deep":
+        header = encoded(b"[" * 100000)[:8000]
+    elif case == "huge":
+        big = raw_payload(required, key)
+        big["payload"]["padding"] = "x" * 9000
+        header = encoded(json.dumps(big).encode())
+    elif case == "not_utf8":
+        header = encoded(b'{"x402Version": 2, "a": "' + bytes([0xFF, 0xFE]) + b'"}')
+    else:
+        header = encoded(json.dumps(documents[case]).encode())
+    refused = agent.post(
+        "/v1/authorize", json={"action": ACTION}, headers={PAYMENT_SIGNATURE_HEADER: header}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == code
+    assert written(db) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("header", "code"),
     [
@@ -229,6 +375,21 @@ def card_payload(required: PaymentRequired, token: str, paid_id: str) -> dict[st
         "accepted": accepted,
         "resource": required.resource,
     }
+
+
+@pytest.mark.parametrize("change", [{"amount": "1"}, {"asset": "EUR"}])
+def test_a_card_payload_for_another_amount_is_a_402_before_anything_else(
+    shop: dict[str, Any], db: psycopg.Connection[Any], change: dict[str, str]
+) -> None:
+    agent = shop["agent"]
+    required = decoded(agent.post("/v1/authorize", json={"action": ACTION}))
+    good = card_payload(required, "pm_card_visa", "pay_card_wrong_amount_1")
+    cheap = good | {"accepted": good["accepted"].model_copy(update=change)}
+    refused = agent.post("/v1/authorize", json={"action": ACTION}, headers=signed(cheap))
+    assert refused.json()["error"]["code"] == "payment_required"
+    assert decoded(refused).accepts
+    assert written(db) == (0, 0)
+    assert db.execute("SELECT count(*) FROM tollgate.payment_intents").fetchone() == (0,)
 
 
 def test_a_paid_retry_by_card_settles_once_and_a_declined_card_is_a_402(

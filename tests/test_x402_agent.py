@@ -1,7 +1,7 @@
 """An x402 agent, with the x402 SDK's own HTTP client and Tollgate's scheme clients registered,
 buys a route of examples/paid_api.py, all three as real processes (`tollgate dev`, the seller's
 API, the agent); the ledger is checked afterwards: one charge per paid call, none for the failed
-call, none twice for the resent payment."""
+call, none for the resent payment (refused: one payment is one run)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import httpx
 import psycopg
 from x402 import x402Client
 from x402.http.clients import x402HttpxClient
+from x402.http.utils import encode_payment_signature_header
+from x402.schemas import PaymentPayload
 
 from tests.test_example_agent import dev_stack
 from tests.test_paywall import ROOT, paid_api, pay_credits
@@ -58,7 +60,7 @@ def test_an_x402_agent_pays_by_card_through_the_sdk(
     said = steps(run_agent(url, dev_stack))
     assert said[0].startswith("buying a report")
     assert said[1].startswith("paid 50 on card:any (pi_") and "got report" in said[1]
-    assert said[2] == "resent the same payment: 200, same settlement: True"
+    assert said[2] == "resent the same payment after the report: 409 payment_already_used"
     assert said[3] == "a call that fails at the seller: 500, its hold released"
 
     # Two card payments (the paid call, the failed call), each bought 0.50 of credits on the
@@ -104,7 +106,7 @@ def test_an_x402_agent_pays_from_credits_and_identifiers_are_bound(
     pay_credits(dev_stack, "2.00")
     said = steps(run_agent(url, dev_stack, "--credits"))
     assert said[1].startswith("paid 50 on tollgate:credits (")
-    assert said[2] == "resent the same payment: 200, same settlement: True"
+    assert said[2] == "resent the same payment after the report: 409 payment_already_used"
     assert holds(db) == [("dev_account", "captured", 1), ("dev_account", "released", 1)]
 
     # The same payment identifier with another payload (another resource) is refused: 409.
@@ -113,6 +115,8 @@ def test_an_x402_agent_pays_from_credits_and_identifiers_are_bound(
         "tollgate:*",
         CreditsScheme(api_key=env["TOLLGATE_API_KEY"], payment_id=lambda: "pay_one_identifier_01"),
     )
+    sent: list[PaymentPayload] = []
+    payer.on_after_payment_creation(lambda ctx: sent.append(ctx.payment_payload))
 
     async def buy(topic: str) -> httpx.Response:
         async with x402HttpxClient(payer, timeout=60) as http:
@@ -120,6 +124,15 @@ def test_an_x402_agent_pays_from_credits_and_identifiers_are_bound(
 
     first = asyncio.run(buy("q1"))
     assert first.status_code == 200, first.text
+    # The paid signature sent again and again gets no second report: its run was delivered.
+    signature = encode_payment_signature_header(sent[0])
+    for _ in range(4):
+        again = httpx.post(
+            f"{url}/report", params={"topic": "q1"}, headers={"PAYMENT-SIGNATURE": signature}
+        )
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "payment_already_used"
+        assert "report" not in again.json() and "PAYMENT-RESPONSE" not in again.headers
     other = asyncio.run(buy("q2"))
     assert other.status_code == 409, other.text
     assert other.json()["error"]["code"] == "idempotency_key_reused"

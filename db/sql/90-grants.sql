@@ -103,8 +103,8 @@ GRANT EXECUTE ON FUNCTION
     api.import_reconciliation_v2(text, text, api.reconciliation_line_v1[]),
     api.begin_refund_v1(text, text, text, numeric, bigint),
     api.finish_refund_v1(text, uuid, text, text),
-    api.x402_claim_v1(text, text, text, bytea),
-    api.x402_settle_v1(text, text, text, jsonb),
+    api.x402_claim_v1(text, text, text, bytea, text, numeric, bigint, text),
+    api.x402_settle_v1(text, text, text, uuid, jsonb),
     -- Reading back what was set, a page at a time
     api.list_actions_v1(text, integer, text),
     api.list_metric_prices_v1(text, integer, text),
